@@ -1,0 +1,1 @@
+"""Pocket: event-sourced wallets, every balance audited, explained and replayable."""

@@ -1,0 +1,100 @@
+"""Configuration: the one place Pocket reads the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+DEFAULT_SQLITE_FILE = "pocket.db"
+SQLITE_MODULE = "eventsourcing.sqlite"
+POSTGRES_MODULE = "eventsourcing.postgres"
+
+
+class ConfigurationError(ValueError):
+    """The environment describes something Pocket cannot run on."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where Pocket keeps its data, as the eventsourcing library's environment."""
+
+    persistence_module: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def is_postgres(self) -> bool:
+        """True when the data lives in PostgreSQL."""
+        return self.persistence_module == POSTGRES_MODULE
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True when the data lives in an SQLite file."""
+        return self.persistence_module == SQLITE_MODULE
+
+    @classmethod
+    def from_environ(
+        cls, environ: Mapping[str, str] | None = None, cwd: Path | None = None
+    ) -> Settings:
+        """Reads POCKET_DATABASE_URL, or falls back to an SQLite file in cwd."""
+        environ = os.environ if environ is None else environ
+        url = environ.get("POCKET_DATABASE_URL", "").strip()
+        if url:
+            return cls.from_url(url, cwd)
+        if environ.get("PERSISTENCE_MODULE"):
+            # The library's own variables describe the store: leave them be.
+            module = environ["PERSISTENCE_MODULE"]
+            return cls(module, description=f"{module} (the library's variables)")
+        return cls.from_url(f"sqlite:///{DEFAULT_SQLITE_FILE}", cwd)
+
+    @classmethod
+    def from_url(cls, url: str, cwd: Path | None = None) -> Settings:
+        """Turns a database URL into the library's environment variables."""
+        scheme = url.split(":", 1)[0].lower()
+        if scheme == "sqlite":
+            return cls._sqlite(url, cwd or Path.cwd())
+        if scheme in ("postgresql", "postgres"):
+            return cls._postgres(url)
+        msg = (
+            f"POCKET_DATABASE_URL must start with sqlite:/// or postgresql://, "
+            f"not {scheme}://"
+        )
+        raise ConfigurationError(msg)
+
+    @classmethod
+    def _sqlite(cls, url: str, cwd: Path) -> Settings:
+        prefix = "sqlite:///"
+        if not url.lower().startswith(prefix) or len(url) == len(prefix):
+            msg = "An SQLite URL looks like sqlite:///pocket.db or sqlite:////abs.db"
+            raise ConfigurationError(msg)
+        path = Path(unquote(url[len(prefix) :]))
+        path = path if path.is_absolute() else cwd / path
+        env = {"PERSISTENCE_MODULE": SQLITE_MODULE, "SQLITE_DBNAME": str(path)}
+        return cls(SQLITE_MODULE, env, f"SQLite database {path}")
+
+    @classmethod
+    def _postgres(cls, url: str) -> Settings:
+        parts = urlsplit(url)
+        dbname = unquote(parts.path.lstrip("/"))
+        if not dbname:
+            msg = "A PostgreSQL URL names its database: postgresql://u:p@host:5432/db"
+            raise ConfigurationError(msg)
+        try:
+            port = parts.port or 5432
+        except ValueError as error:
+            msg = f"Bad port in POCKET_DATABASE_URL: {error}"
+            raise ConfigurationError(msg) from None
+        env = {
+            "PERSISTENCE_MODULE": POSTGRES_MODULE,
+            "POSTGRES_DBNAME": dbname,
+            "POSTGRES_HOST": parts.hostname or "127.0.0.1",
+            "POSTGRES_PORT": str(port),
+            "POSTGRES_USER": unquote(parts.username or "postgres"),
+            # The library insists on a password even under trust authentication.
+            "POSTGRES_PASSWORD": unquote(parts.password or ""),
+        }
+        where = f"{env['POSTGRES_HOST']}:{port}/{dbname} as {env['POSTGRES_USER']}"
+        return cls(POSTGRES_MODULE, env, f"PostgreSQL database {where}")

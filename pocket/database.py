@@ -1,0 +1,118 @@
+"""Pocket's own tables (users, projections) over the library's datastores.
+
+The eventsourcing library already owns a connection pool for the event store, and
+translates each driver's errors into its own exception classes. Pocket's tables
+use that same pool, so this module only adds what the library does not have: one
+way to run a statement on either PostgreSQL or SQLite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+from uuid import UUID
+
+from eventsourcing.application import Application
+from eventsourcing.postgres import PostgresDatastore
+from eventsourcing.sqlite import SQLiteDatastore
+
+Row = dict[str, Any]
+Dialect = Literal["postgres", "sqlite"]
+
+
+class UnsupportedStore(RuntimeError):
+    """The application's store has no SQL (POPO): Pocket's tables need one."""
+
+
+class Database:
+    """Runs SQL written in PostgreSQL's placeholder style on either database."""
+
+    def __init__(self, datastore: PostgresDatastore | SQLiteDatastore) -> None:
+        self.datastore = datastore
+        self.dialect: Dialect = (
+            "postgres" if isinstance(datastore, PostgresDatastore) else "sqlite"
+        )
+
+    @classmethod
+    def of(cls, app: Application[Any]) -> Database:
+        """The database behind an application's event store."""
+        datastore = getattr(app.factory, "datastore", None)
+        if not isinstance(datastore, PostgresDatastore | SQLiteDatastore):
+            msg = "Pocket's tables need SQLite or PostgreSQL, not in-memory storage."
+            raise UnsupportedStore(msg)
+        return cls(datastore)
+
+    @contextmanager
+    def transaction(self, *, commit: bool = True) -> Iterator[Transaction]:
+        """One transaction: committed at the end, rolled back on error."""
+        with self.datastore.transaction(commit=commit) as cursor:
+            # The library wraps sqlite3's cursor; its wrapper hides description.
+            yield Transaction(getattr(cursor, "sqlite_cursor", cursor), self.dialect)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Runs one statement in a transaction of its own and returns its rows."""
+        with self.transaction() as tx:
+            return tx.execute(sql, params)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Runs one read-only statement and returns its rows."""
+        with self.transaction(commit=False) as tx:
+            return tx.execute(sql, params)
+
+
+class Transaction:
+    """A cursor inside an open transaction."""
+
+    def __init__(self, cursor: Any, dialect: Dialect) -> None:
+        self.cursor = cursor
+        self.dialect = dialect
+        self.rowcount = 0
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Runs a statement and returns its rows (empty when it returns none)."""
+        if self.dialect == "sqlite":
+            sql = sql.replace("%s", "?")
+            params = [_sqlite_param(p) for p in params]
+        self.cursor.execute(sql, params)
+        self.rowcount = self.cursor.rowcount
+        if self.cursor.description is None:
+            return []
+        return [dict(row) for row in self.cursor.fetchall()]
+
+    def lock_schema(self) -> None:
+        """Serializes schema changes between processes starting at once."""
+        if self.dialect == "postgres":
+            self.execute("SELECT pg_advisory_xact_lock(hashtext('pocket-schema'))")
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Runs a statement once for each row of parameters."""
+        if self.dialect == "sqlite":
+            sql = sql.replace("%s", "?")
+            rows = [[_sqlite_param(p) for p in row] for row in rows]
+        self.cursor.executemany(sql, list(rows))
+
+
+def _sqlite_param(value: Any) -> Any:
+    if isinstance(value, UUID | Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def as_uuid(value: Any) -> UUID:
+    """A UUID from either database's representation."""
+    return value if isinstance(value, UUID) else UUID(str(value))
+
+
+def as_decimal(value: Any) -> Decimal:
+    """An exact Decimal from either database's representation."""
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def as_datetime(value: Any) -> datetime:
+    """A timezone-aware datetime from either database's representation."""
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
