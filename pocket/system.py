@@ -284,12 +284,15 @@ class ProjectionFollower:
         projection: WalletProjection,
         *,
         batch_size: int = 500,
-        poll_interval: float = 1.0,
+        poll_interval: float | None = None,
     ) -> None:
         self.pocket = pocket
         self.projection = projection
         self.batch_size = batch_size
-        self.poll_interval = poll_interval
+        # PostgreSQL wakes the follower with NOTIFY, so its poll is only a safety
+        # net; SQLite cannot notify other processes, so it is polled.
+        listens = isinstance(pocket.recorder, PostgresApplicationRecorder)
+        self.poll_interval = poll_interval or (30.0 if listens else 0.5)
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
         pocket.add_save_listener(self.wakeup.set)

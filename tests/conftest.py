@@ -1,0 +1,99 @@
+"""Fixtures shared by every layer: backends as parametrized settings."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pocket.config import Settings
+
+ADMIN_URL = os.environ.get(
+    "POCKET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REQUIRE_POSTGRES = os.environ.get("POCKET_REQUIRE_POSTGRES") == "1"
+
+
+def postgres_problem() -> str | None:
+    """Why PostgreSQL cannot be used for tests, or None when it can."""
+    try:
+        with psycopg.connect(ADMIN_URL, connect_timeout=3):
+            return None
+    except psycopg.Error as error:
+        return f"no PostgreSQL at {ADMIN_URL}: {error}".strip()
+
+
+_problem: list[str | None] = []
+
+
+def require_postgres() -> None:
+    """Skips (or, with POCKET_REQUIRE_POSTGRES=1, fails) when there is no server."""
+    if not _problem:
+        _problem.append(postgres_problem())
+    problem = _problem[0]
+    if problem is None:
+        return
+    if REQUIRE_POSTGRES:
+        pytest.fail(f"POCKET_REQUIRE_POSTGRES=1 but {problem}")
+    pytest.skip(problem)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database, dropped afterwards."""
+    require_postgres()
+    name = f"pocket_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    base = ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(name)
+                )
+            )
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh SQLite file in the test's own directory."""
+    return f"sqlite:///{tmp_path / 'pocket.db'}"
+
+
+POPO = Settings("eventsourcing.popo", {"PERSISTENCE_MODULE": "eventsourcing.popo"})
+
+
+@pytest.fixture(params=["popo", "sqlite", "postgres"])
+def any_settings(request: pytest.FixtureRequest) -> Settings:
+    """Every store the Pocket application runs on."""
+    return settings_for(request)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_settings(request: pytest.FixtureRequest) -> Settings:
+    """Every store the whole service (users, projection) runs on."""
+    return settings_for(request)
+
+
+@pytest.fixture
+def postgres_settings(postgres_url: str) -> Settings:
+    """PostgreSQL only."""
+    return Settings.from_url(postgres_url)
+
+
+def settings_for(request: pytest.FixtureRequest) -> Settings:
+    """Settings for the backend named by a parametrized fixture."""
+    backend = request.param
+    if backend == "popo":
+        return POPO
+    url = request.getfixturevalue(f"{backend}_url")
+    assert isinstance(url, str)
+    return Settings.from_url(url)

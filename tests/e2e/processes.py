@@ -1,0 +1,178 @@
+"""Helpers for end-to-end tests: real `pocket` processes and an HTTP client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from pocket.application import Pocket
+from pocket.config import Settings
+from pocket.database import Database
+from pocket.system import WalletRecord, to_record
+
+POCKET = Path(sys.executable).with_name("pocket")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    msg = f"Timed out after {timeout}s waiting for {what or check}"
+    raise AssertionError(msg)
+
+
+class PocketProcess:
+    """A `pocket` command running in its own process, its output in a file."""
+
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        env: Mapping[str, str],
+        name: str,
+    ) -> None:
+        self.log_path = cwd / f"{name}-{time.monotonic_ns()}.log"
+        self.log_file = self.log_path.open("wb")
+        # Only what the test says decides where the data goes.
+        inherited = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("POCKET_DATABASE_URL", "PERSISTENCE_MODULE")
+        }
+        full_env = {**inherited, **env, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [str(POCKET), *args],
+            cwd=cwd,
+            env=full_env,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """kill -9: no clean-up of any kind."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        """SIGTERM, and the exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.kill()
+        self.log_file.close()
+
+
+class Api:
+    """A small JSON-over-HTTP client for the real server."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+
+    def request(
+        self, method: str, path: str, body: Any = None
+    ) -> tuple[int, dict[str, Any]]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(  # noqa: S310 - the URL is our own server
+            self.base_url + path, data=data, method=method
+        )
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def post(self, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+        return self.request("POST", path, body)
+
+    def get(self, path: str) -> tuple[int, dict[str, Any]]:
+        return self.request("GET", path)
+
+    def is_up(self) -> bool:
+        try:
+            return self.get("/health")[0] == 200
+        except OSError:
+            return False
+
+
+def serve(cwd: Path, env: Mapping[str, str], *extra: str) -> tuple[PocketProcess, Api]:
+    """Starts `pocket serve` on a free port and waits until it answers."""
+    port = free_port()
+    process = PocketProcess(["serve", "--port", str(port), *extra], cwd, env, "serve")
+    api = Api(f"http://127.0.0.1:{port}")
+    wait_for(
+        lambda: api.is_up() or process.process.poll() is not None, what="pocket serve"
+    )
+    assert process.process.poll() is None, process.output
+    return process, api
+
+
+def follow(cwd: Path, env: Mapping[str, str], *extra: str) -> PocketProcess:
+    """Starts `pocket follow` and waits until it has started following."""
+    process = PocketProcess(["follow", *extra], cwd, env, "follow")
+    wait_for(
+        lambda: "Following" in process.output or process.process.poll() is not None,
+        what="pocket follow",
+    )
+    assert process.process.poll() is None, process.output
+    return process
+
+
+def replay(settings: Settings) -> dict[UUID, WalletRecord]:
+    """Every wallet as the event store says it is."""
+    pocket = Pocket(env=dict(settings.env))
+    try:
+        wallets: dict[UUID, WalletRecord] = {}
+        max_id = pocket.recorder.max_notification_id() or 0
+        for notification in pocket.recorder.select_notifications(start=1, limit=max_id):
+            if notification.originator_id in wallets:
+                continue
+            wallet = pocket.get_wallet(UUID(str(notification.originator_id)))
+            wallets[wallet.aggregate_id] = WalletRecord(
+                wallet.aggregate_id, wallet.user_id, wallet.balance, wallet.version
+            )
+        return wallets
+    finally:
+        pocket.close()
+
+
+def balance(value: Any) -> Decimal:
+    return Decimal(str(value))
+
+
+def records(settings: Settings) -> dict[UUID, WalletRecord]:
+    """What the wallet_records view holds now."""
+    pocket = Pocket(env=dict(settings.env))
+    try:
+        rows = Database.of(pocket).query("SELECT * FROM wallet_records")
+        return {record.aggregate_id: record for record in map(to_record, rows)}
+    finally:
+        pocket.close()

@@ -1,0 +1,194 @@
+"""End to end: real `pocket serve` and `pocket follow` processes, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from pocket.config import Settings
+from pocket.service import open_pocket
+from tests.e2e.processes import (
+    Api,
+    PocketProcess,
+    follow,
+    records,
+    replay,
+    serve,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+DRAWER = Path(__file__).with_name("drawer.py")
+
+
+def seed_session(api: Api) -> int:
+    """The seed's curl session; returns the user's id."""
+    status, body = api.post("/users", {"name": "Gabriela"})
+    assert status == 201, body
+    user_id: int = body["user"]["id"]
+    assert body["wallet"]["balance"] == "0.00"
+    status, body = api.post(
+        f"/users/{user_id}/add_money", {"amount": 20, "source": "API"}
+    )
+    assert (status, body["wallet"]["balance"]) == (200, "20.00")
+    status, body = api.post(
+        f"/users/{user_id}/draw_money", {"amount": 5, "destination": "API"}
+    )
+    assert (status, body["wallet"]["balance"]) == (200, "15.00")
+    status, body = api.get(f"/users/{user_id}/transactions")
+    assert status == 200
+    assert body["balance"] == "15.00"
+    assert [(t["type"], t["amount"]) for t in body["transactions"]] == [
+        ("IN", "20.00"),
+        ("OUT", "5.00"),
+    ]
+    return user_id
+
+
+def test_the_seed_session_on_the_embedded_default(tmp_path: Path) -> None:
+    server, api = serve(tmp_path, {})
+    try:
+        database = tmp_path / "pocket.db"
+        assert f"SQLite database {database}" in server.output
+        seed_session(api)
+        settings = Settings.from_url(f"sqlite:///{database}")
+        wait_for(lambda: records(settings) == replay(settings), what="the projection")
+        (record,) = records(settings).values()
+        assert record.balance == Decimal("15.00")
+        assert server.terminate() == 0
+    finally:
+        server.close()
+
+
+def test_the_seed_session_on_postgres_with_a_separate_follower(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    env = {"POCKET_DATABASE_URL": postgres_url}
+    settings = Settings.from_url(postgres_url)
+    server, api = serve(tmp_path, env, "--no-follower")
+    follower = follow(tmp_path, env)
+    try:
+        seed_session(api)
+        # Woken by NOTIFY: far sooner than the follower's 30-second safety poll.
+        wait_for(
+            lambda: records(settings) == replay(settings),
+            timeout=5,
+            what="the follower to apply the session",
+        )
+        assert follower.terminate() == 0
+        assert "Stopped at position 3" in follower.output
+        assert server.terminate() == 0
+    finally:
+        follower.close()
+        server.close()
+
+
+def test_writes_need_no_follower_and_are_caught_up_later(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    env = {"POCKET_DATABASE_URL": postgres_url}
+    settings = Settings.from_url(postgres_url)
+    server, api = serve(tmp_path, env, "--no-follower")
+    follower: PocketProcess | None = None
+    try:
+        for _ in range(3):
+            seed_session(api)
+        assert records(settings) == {}
+        follower = follow(tmp_path, env)
+        wait_for(lambda: records(settings) == replay(settings), what="the catch-up")
+        assert len(records(settings)) == 3
+    finally:
+        if follower is not None:
+            follower.close()
+        server.close()
+
+
+def test_a_follower_killed_at_any_point_catches_up_exactly(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    env = {"POCKET_DATABASE_URL": postgres_url}
+    settings = Settings.from_url(postgres_url)
+    pocket = open_pocket(settings)
+    wallets = [pocket.create_wallet(str(n)) for n in range(10)]
+    stop = threading.Event()
+
+    def write() -> None:
+        while not stop.is_set():
+            for wallet_id in wallets:
+                pocket.add_money(wallet_id, Decimal("1.01"), "API")
+            for wallet_id in wallets[::3]:
+                pocket.draw_money(wallet_id, Decimal("0.50"), "ATM")
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    rng = random.Random(20261126)
+    positions: list[tuple[int, int]] = []
+    try:
+        for _ in range(8):
+            size = rng.choice(["1", "3", "20", "200"])
+            follower = follow(tmp_path, env, "--batch-size", size)
+            time.sleep(rng.uniform(0.1, 0.6))
+            follower.kill()
+            follower.close()
+            view = records(settings)
+            positions.append(
+                (
+                    sum(r.version for r in view.values()),
+                    pocket.recorder.max_notification_id() or 0,
+                )
+            )
+    finally:
+        stop.set()
+        writer.join()
+    # Every kill found the follower mid-stream: it had applied some, not all.
+    assert all(0 < applied < head for applied, head in positions), positions
+    follower = follow(tmp_path, env)
+    try:
+        wait_for(
+            lambda: records(settings) == replay(settings), what="the final catch-up"
+        )
+    finally:
+        follower.close()
+        pocket.close()
+
+
+def test_concurrent_draws_from_several_processes_never_overdraw(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    env = {"POCKET_DATABASE_URL": postgres_url}
+    first, api = serve(tmp_path, env, "--no-follower")
+    second, other_api = serve(tmp_path, env, "--no-follower")
+    try:
+        status, body = api.post("/users", {"name": "Shared"})
+        assert status == 201
+        user_id = body["user"]["id"]
+        api.post(f"/users/{user_id}/add_money", {"amount": "50.00", "source": "API"})
+        urls = f"{api.base_url},{other_api.base_url}"
+        clients = [
+            subprocess.Popen(
+                [sys.executable, str(DRAWER), urls, str(user_id), "20", "1.00"],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(6)
+        ]
+        outcomes: Counter[str] = Counter()
+        for client in clients:
+            out, _ = client.communicate(timeout=120)
+            outcomes.update(json.loads(out))
+        assert outcomes == {"200": 50, "409 insufficient_funds": 70}
+        status, body = other_api.get(f"/users/{user_id}/transactions")
+        assert (status, body["balance"]) == (200, "0.00")
+        assert sum(t["type"] == "OUT" for t in body["transactions"]) == 50
+    finally:
+        first.close()
+        second.close()

@@ -1,0 +1,162 @@
+"""The Pocket application on each store: POPO, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from uuid import uuid4
+
+import pytest
+
+from pocket.application import (
+    Pocket,
+    WalletAlreadyExists,
+    WalletNotFound,
+)
+from pocket.config import Settings
+from pocket.domainmodel import InsufficientFunds, InvalidAmount
+
+
+@pytest.fixture
+def pocket(any_settings: Settings) -> Iterator[Pocket]:
+    app = Pocket(env=dict(any_settings.env))
+    yield app
+    app.close()
+
+
+def test_the_seed_session_gives_the_seed_balances(pocket: Pocket) -> None:
+    wallet_id = pocket.create_wallet("2")
+    assert pocket.add_money(wallet_id, Decimal("20"), "API").balance == Decimal("20.00")
+    assert pocket.draw_money(wallet_id, Decimal("5"), "API").balance == Decimal("15.00")
+    history = pocket.transactions(wallet_id)
+    assert [(t.type, t.amount, t.source, t.destination) for t in history] == [
+        ("IN", Decimal("20.00"), "API", None),
+        ("OUT", Decimal("5.00"), None, "API"),
+    ]
+    assert history[0].date <= history[1].date
+    assert pocket.get_wallet(wallet_id).balance == Decimal("15.00")
+
+
+def test_a_commands_answer_is_the_wallet_it_left(pocket: Pocket) -> None:
+    wallet_id = pocket.create_wallet("u")
+    after = pocket.add_money(wallet_id, Decimal("1.50"), "API")
+    assert after == pocket.get_wallet(wallet_id)
+    assert after.version == 2
+
+
+def test_money_is_exact_to_the_cent_after_a_round_trip(pocket: Pocket) -> None:
+    wallet_id = pocket.create_wallet("u")
+    for _ in range(10):
+        pocket.add_money(wallet_id, Decimal("0.10"), "API")
+    pocket.add_money(wallet_id, Decimal("999999999.99"), "API")
+    wallet = pocket.get_wallet(wallet_id)
+    assert wallet.balance == Decimal("1000000000.99")
+    assert str(wallet.balance) == "1000000000.99"
+
+
+def test_an_overdraft_is_refused_and_records_nothing(pocket: Pocket) -> None:
+    wallet_id = pocket.create_wallet("u")
+    pocket.add_money(wallet_id, Decimal("3"), "API")
+    with pytest.raises(InsufficientFunds):
+        pocket.draw_money(wallet_id, Decimal("3.01"), "API")
+    assert pocket.get_wallet(wallet_id).version == 2
+    assert len(pocket.transactions(wallet_id)) == 1
+
+
+def test_an_invalid_amount_records_nothing(pocket: Pocket) -> None:
+    wallet_id = pocket.create_wallet("u")
+    with pytest.raises(InvalidAmount):
+        pocket.add_money(wallet_id, Decimal("-1"), "API")
+    assert pocket.get_wallet(wallet_id).version == 1
+
+
+def test_unknown_wallets_are_not_found(pocket: Pocket) -> None:
+    with pytest.raises(WalletNotFound):
+        pocket.get_wallet(uuid4())
+    with pytest.raises(WalletNotFound):
+        pocket.add_money(uuid4(), Decimal("1"), "API")
+    with pytest.raises(WalletNotFound):
+        pocket.transactions(uuid4())
+
+
+def test_a_wallet_id_can_be_chosen_but_only_once(pocket: Pocket) -> None:
+    wallet_id = uuid4()
+    assert pocket.create_wallet("u", wallet_id=wallet_id) == wallet_id
+    with pytest.raises(WalletAlreadyExists):
+        pocket.create_wallet("v", wallet_id=wallet_id)
+    assert pocket.get_wallet(wallet_id).user_id == "u"
+
+
+def test_a_snapshot_is_taken_every_hundred_events(pocket: Pocket) -> None:
+    wallet_id = pocket.create_wallet("u")
+    for _ in range(205):
+        pocket.add_money(wallet_id, Decimal("1"), "API")
+    assert pocket.snapshots is not None
+    snapshots = list(pocket.snapshots.get(wallet_id))
+    assert [s.originator_version for s in snapshots] == [100, 200]
+
+
+def test_a_new_process_loads_a_long_history_from_its_snapshot(
+    sql_settings: Settings,
+) -> None:
+    writer = Pocket(env=dict(sql_settings.env))
+    wallet_id = writer.create_wallet("u")
+    for _ in range(150):
+        writer.add_money(wallet_id, Decimal("1"), "API")
+    writer.close()
+    reader = Pocket(env=dict(sql_settings.env))
+    assert reader.get_wallet(wallet_id).balance == Decimal("150.00")
+    assert len(reader.transactions(wallet_id)) == 150
+    reader.close()
+
+
+def test_concurrent_draws_in_threads_never_overdraw(pocket: Pocket) -> None:
+    wallet_id = pocket.create_wallet("u")
+    pocket.add_money(wallet_id, Decimal("10.00"), "API")
+    start = threading.Barrier(8)
+
+    def draw() -> str:
+        start.wait()
+        outcomes = []
+        for _ in range(3):
+            try:
+                pocket.draw_money(wallet_id, Decimal("1.00"), "ATM")
+                outcomes.append("ok")
+            except InsufficientFunds:
+                outcomes.append("refused")
+        return ",".join(outcomes)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = ",".join(pool.map(lambda _: draw(), range(8))).split(",")
+    assert results.count("ok") == 10
+    assert results.count("refused") == 14
+    assert pocket.get_wallet(wallet_id).balance == Decimal("0.00")
+    assert sum(t.type == "OUT" for t in pocket.transactions(wallet_id)) == 10
+
+
+def test_two_application_instances_on_one_database_retry_conflicts(
+    sql_settings: Settings,
+) -> None:
+    first = Pocket(env=dict(sql_settings.env))
+    second = Pocket(env=dict(sql_settings.env))
+    wallet_id = first.create_wallet("u")
+    first.add_money(wallet_id, Decimal("100"), "API")
+    start = threading.Barrier(2)
+
+    def add(app: Pocket) -> None:
+        start.wait()
+        for _ in range(25):
+            app.add_money(wallet_id, Decimal("1"), "API")
+
+    threads = [threading.Thread(target=add, args=(app,)) for app in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wallet = first.get_wallet(wallet_id)
+    assert wallet.balance == Decimal("150.00")
+    assert wallet.version == 52
+    first.close()
+    second.close()
