@@ -65,9 +65,6 @@ class WalletChanges:
 
     def move(self, wallet_id: UUID, amount: Decimal, version: int) -> None:
         """Money moved in (positive) or out (negative) of a wallet."""
-        if wallet_id in self.opened:
-            user_id, _ = self.opened[wallet_id]
-            self.opened[wallet_id] = (user_id, version)
         delta, _ = self.deltas.get(wallet_id, (ZERO, 0))
         self.deltas[wallet_id] = (delta + amount, version)
 
@@ -332,14 +329,18 @@ class ProjectionFollower:
                 self.wakeup.clear()
                 try:
                     applied = self.catch_up()
-                except IntegrityError as error:
-                    # Another follower moved the position: read it again.
-                    log.info("Projection moved under us (%s); re-reading", error)
-                    continue
-                except Exception:
+                except Exception as error:
+                    # Nothing was applied: the failed batch rolled back whole. An
+                    # IntegrityError means another follower moved the position.
                     failures += 1
-                    delay = min(30.0, 0.5 * 2 ** min(failures, 6))
-                    log.exception("Follower failed; retrying in %.1fs", delay)
+                    delay = min(30.0, 0.05 * 2 ** min(failures, 10))
+                    log.warning(
+                        "Follower batch failed (%s: %s); again in %.2fs",
+                        type(error).__name__,
+                        error,
+                        delay,
+                        exc_info=not isinstance(error, IntegrityError),
+                    )
                     self.stopping.wait(delay)
                     continue
                 if applied:
