@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, Recording
 
-from pocket.domainmodel import PocketError, Wallet, check_text
+from pocket.domainmodel import (
+    Cause,
+    CommandRecord,
+    PocketError,
+    Wallet,
+    check_amount,
+    transfer,
+)
 
-T = TypeVar("T")
+HISTORY_PAGE_MAX = 500
 
 
 @dataclass(frozen=True)
@@ -28,11 +37,34 @@ class WalletInfo:
     user_id: str
     balance: Decimal
     version: int
+    closed: bool
+    modified_on: datetime
 
     @classmethod
     def of(cls, wallet: Wallet) -> WalletInfo:
         """The caller's view of a wallet aggregate."""
-        return cls(wallet.id, wallet.user_id, wallet.balance, wallet.version)
+        return cls(
+            wallet.id,
+            wallet.user_id,
+            wallet.balance,
+            wallet.version,
+            wallet.closed,
+            wallet.modified_on,
+        )
+
+
+@dataclass(frozen=True)
+class TransferInfo:
+    """A transfer as its caller sees it: both wallets as it left them."""
+
+    id: UUID
+    amount: Decimal
+    description: str
+    sender: WalletInfo
+    receiver: WalletInfo
+
+
+Result = WalletInfo | TransferInfo
 
 
 @dataclass(frozen=True)
@@ -44,12 +76,35 @@ class Transaction:
     amount: Decimal
     date: datetime
     balance: Decimal
+    actor: str | None
+    correlation_id: str | None
     source: str | None = None
     destination: str | None = None
+    transfer_id: UUID | None = None
+    counterparty_user_id: str | None = None
+    counterparty_wallet_id: UUID | None = None
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """Consecutive entries of a wallet's history, and whether more follow."""
+
+    wallet: WalletInfo
+    transactions: list[Transaction]
+    has_more: bool
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """A client-chosen command id, and what the command was, to detect reuse."""
+
+    command_id: str
+    fingerprint: str
 
 
 class Pocket(Application[UUID]):
-    """Creates wallets and moves money in and out of them."""
+    """Creates wallets and moves money in and out of them and between them."""
 
     name = "Pocket"
     # A snapshot every hundred events keeps loading a wallet as cheap on its
@@ -66,29 +121,156 @@ class Pocket(Application[UUID]):
         # conflicts (and their retries) only happen between processes.
         self._locks = [threading.Lock() for _ in range(self._lock_stripes)]
         self._save_listeners: list[Callable[[], None]] = []
+        self._in_flight: set[str] = set()
+        self._in_flight_lock = threading.Lock()
 
-    def create_wallet(self, user_id: str, wallet_id: UUID | None = None) -> UUID:
+    # Commands
+
+    def create_wallet(
+        self, user_id: str, wallet_id: UUID | None = None, *, cause: Cause | None = None
+    ) -> UUID:
         """Opens an empty wallet for a user; returns its id."""
-        wallet = Wallet(user_id=check_text("user_id", user_id), id=wallet_id or uuid4())
+        wallet = Wallet.open(user_id, wallet_id or uuid4(), cause or new_cause())
         try:
             self.save(wallet)
         except IntegrityError:
             raise WalletAlreadyExists(wallet.id) from None
         return wallet.id
 
-    def add_money(self, wallet_id: UUID, amount: Decimal, source: str) -> WalletInfo:
+    def add_money(
+        self,
+        wallet_id: UUID,
+        amount: Decimal,
+        source: str,
+        *,
+        cause: Cause | None = None,
+        command_id: str | None = None,
+    ) -> WalletInfo:
         """Puts money into a wallet; returns the wallet as it now is."""
-        return self._change(wallet_id, lambda w: w.add_money(amount, source))
+        why = cause or new_cause()
+
+        def decide(wallets: list[Wallet]) -> Result:
+            (wallet,) = wallets
+            wallet.add_money(amount, source, why)
+            return WalletInfo.of(wallet)
+
+        key = idempotency(command_id, "add_money", wallet_id, amount, source)
+        return self._wallet_result(self._execute([wallet_id], decide, key))
 
     def draw_money(
-        self, wallet_id: UUID, amount: Decimal, destination: str
+        self,
+        wallet_id: UUID,
+        amount: Decimal,
+        destination: str,
+        *,
+        cause: Cause | None = None,
+        command_id: str | None = None,
     ) -> WalletInfo:
         """Takes money out of a wallet; refuses to go below zero."""
-        return self._change(wallet_id, lambda w: w.draw_money(amount, destination))
+        why = cause or new_cause()
 
-    def get_wallet(self, wallet_id: UUID) -> WalletInfo:
-        """The wallet as the event store says it is now."""
-        return WalletInfo.of(self._get(wallet_id))
+        def decide(wallets: list[Wallet]) -> Result:
+            (wallet,) = wallets
+            wallet.draw_money(amount, destination, why)
+            return WalletInfo.of(wallet)
+
+        key = idempotency(command_id, "draw_money", wallet_id, amount, destination)
+        return self._wallet_result(self._execute([wallet_id], decide, key))
+
+    def transfer(
+        self,
+        sender_id: UUID,
+        receiver_id: UUID,
+        amount: Decimal,
+        description: str = "",
+        *,
+        cause: Cause | None = None,
+        command_id: str | None = None,
+    ) -> TransferInfo:
+        """Moves money between two wallets: both sides in one transaction, or none."""
+        why = cause or new_cause()
+        transfer_id = uuid4()
+
+        def decide(wallets: list[Wallet]) -> Result:
+            sender, receiver = wallets
+            transfer(
+                sender,
+                receiver,
+                amount=amount,
+                description=description,
+                transfer_id=transfer_id,
+                cause=why,
+            )
+            return TransferInfo(
+                transfer_id,
+                check_amount(amount),
+                description,
+                WalletInfo.of(sender),
+                WalletInfo.of(receiver),
+            )
+
+        key = idempotency(
+            command_id, "transfer", sender_id, receiver_id, amount, description
+        )
+        result = self._execute([sender_id, receiver_id], decide, key)
+        assert isinstance(result, TransferInfo)
+        return result
+
+    def close_wallet(
+        self,
+        wallet_id: UUID,
+        *,
+        cause: Cause | None = None,
+        command_id: str | None = None,
+    ) -> WalletInfo:
+        """Closes an empty wallet for good."""
+        why = cause or new_cause()
+
+        def decide(wallets: list[Wallet]) -> Result:
+            (wallet,) = wallets
+            wallet.close(why)
+            return WalletInfo.of(wallet)
+
+        key = idempotency(command_id, "close", wallet_id)
+        return self._wallet_result(self._execute([wallet_id], decide, key))
+
+    # Queries
+
+    def get_wallet(
+        self,
+        wallet_id: UUID,
+        *,
+        version: int | None = None,
+        at: datetime | None = None,
+    ) -> WalletInfo:
+        """The wallet now, or as it was at a version or at a moment."""
+        if at is not None:
+            version = self._version_at(wallet_id, at)
+        if version is None:
+            return WalletInfo.of(self._get(wallet_id))
+        if version < 1:
+            raise VersionNotFound(wallet_id, version)
+        wallet = self._get(wallet_id, version=version)
+        if wallet.version != version:
+            raise VersionNotFound(wallet_id, version)
+        return WalletInfo.of(wallet)
+
+    def history(
+        self, wallet_id: UUID, *, after: int = 0, limit: int = 50
+    ) -> HistoryPage:
+        """A page of the wallet's money movements after a position, oldest first.
+
+        Reads only the page's own events (and a snapshot for the balance), so a
+        page costs the same at the end of a long history as at its start.
+        """
+        limit = max(1, min(limit, HISTORY_PAGE_MAX))
+        wallet = WalletInfo.of(self._get(wallet_id))
+        # Only two events are not money movements (opening and closing), so
+        # limit + 3 events hold at least limit + 1 movements when there are that
+        # many: enough to tell whether another page follows.
+        events = self.events.get(wallet_id, gt=max(after, 0), limit=limit + 3)
+        entries = [t for e in events if (t := to_transaction(e)) is not None]
+        return HistoryPage(wallet, entries[:limit], len(entries) > limit)
 
     def transactions(self, wallet_id: UUID) -> list[Transaction]:
         """Every movement of money in and out of a wallet, oldest first."""
@@ -99,6 +281,8 @@ class Pocket(Application[UUID]):
             if (transaction := to_transaction(event)) is not None
         ]
 
+    # Plumbing
+
     def add_save_listener(self, listener: Callable[[], None]) -> None:
         """Calls listener after each save in this process (wakes local followers)."""
         self._save_listeners.append(listener)
@@ -108,30 +292,118 @@ class Pocket(Application[UUID]):
         for listener in self._save_listeners:
             listener()
 
-    def _get(self, wallet_id: UUID) -> Wallet:
+    def _get(self, wallet_id: UUID, version: int | None = None) -> Wallet:
         try:
-            wallet: object = self.repository.get(wallet_id)
+            wallet: object = self.repository.get(wallet_id, version=version)
         except AggregateNotFoundError:
             raise WalletNotFound(wallet_id) from None
         if not isinstance(wallet, Wallet):
             raise WalletNotFound(wallet_id)
         return wallet
 
-    def _change(self, wallet_id: UUID, command: Callable[[Wallet], None]) -> WalletInfo:
+    def _version_at(self, wallet_id: UUID, moment: datetime) -> int:
+        """The last version recorded at or before a moment (binary search)."""
+        low, high = 0, self._get(wallet_id).version
+        while low < high:
+            middle = (low + high + 1) // 2
+            (event,) = self.events.get(wallet_id, gt=middle - 1, lte=middle)
+            assert isinstance(event, Wallet.Event | Wallet.Created)
+            if event.timestamp <= moment:
+                low = middle
+            else:
+                high = middle - 1
+        if low == 0:
+            raise VersionNotFound(wallet_id, 0)
+        return low
+
+    def _wallet_result(self, result: Result) -> WalletInfo:
+        assert isinstance(result, WalletInfo)
+        return result
+
+    def _execute(
+        self,
+        wallet_ids: Sequence[UUID],
+        decide: Callable[[list[Wallet]], Result],
+        key: Idempotency | None,
+    ) -> Result:
+        """Runs a command once, however often it is retried with the same key."""
+        if key is None:
+            return self._run(wallet_ids, decide, None)
+        with self._claim(key.command_id):
+            return self._run(wallet_ids, decide, key)
+
+    def _run(
+        self,
+        wallet_ids: Sequence[UUID],
+        decide: Callable[[list[Wallet]], Result],
+        key: Idempotency | None,
+    ) -> Result:
         """Loads, decides and saves, retrying when another writer got there first."""
-        lock = self._locks[hash(wallet_id) % self._lock_stripes]
+        record_id = CommandRecord.id_for(key.command_id) if key else None
         for attempt in range(self.max_attempts):
-            with lock:
-                wallet = self._get(wallet_id)
-                command(wallet)
+            if key is not None and (done := self._replay(key)) is not None:
+                return done
+            with self._locked(wallet_ids):
+                wallets = [self._get(wallet_id) for wallet_id in wallet_ids]
+                result = decide(wallets)
+                record = None
+                if key is not None and record_id is not None:
+                    record = CommandRecord(
+                        key.command_id, key.fingerprint, to_record(result), id=record_id
+                    )
                 try:
-                    self.save(wallet)
+                    self.save(*wallets, record)
                 except IntegrityError:
                     pass
                 else:
-                    return WalletInfo.of(wallet)
+                    return result
             backoff(attempt)
-        raise ConcurrencyConflict(wallet_id)
+        raise ConcurrencyConflict(wallet_ids[0])
+
+    def _replay(self, key: Idempotency) -> Result | None:
+        """The result of an earlier run of this command, if it ran."""
+        try:
+            record: object = self.repository.get(CommandRecord.id_for(key.command_id))
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(record, CommandRecord)
+        if record.fingerprint != key.fingerprint:
+            raise IdempotencyKeyReused(key.command_id)
+        return from_record(record.result)
+
+    @contextlib.contextmanager
+    def _claim(self, command_id: str) -> Iterator[None]:
+        with self._in_flight_lock:
+            if command_id in self._in_flight:
+                raise CommandInFlight(command_id)
+            self._in_flight.add(command_id)
+        try:
+            yield
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.discard(command_id)
+
+    @contextlib.contextmanager
+    def _locked(self, wallet_ids: Sequence[UUID]) -> Iterator[None]:
+        # Always in the same order, so two opposite transfers cannot deadlock.
+        stripes = sorted({hash(i) % self._lock_stripes for i in wallet_ids})
+        with contextlib.ExitStack() as stack:
+            for stripe in stripes:
+                stack.enter_context(self._locks[stripe])
+            yield
+
+
+def new_cause() -> Cause:
+    """The cause of a change made with no request around it."""
+    return Cause(actor="system", correlation_id=uuid4().hex)
+
+
+def idempotency(command_id: str | None, *parts: object) -> Idempotency | None:
+    """What makes a command idempotent: its id, and a fingerprint of its content."""
+    if command_id is None:
+        return None
+    text = "\x1f".join(str(part) for part in parts)
+    return Idempotency(command_id, hashlib.sha256(text.encode()).hexdigest())
 
 
 def backoff(attempt: int) -> None:
@@ -139,25 +411,77 @@ def backoff(attempt: int) -> None:
     time.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
 
 
+def to_record(result: Result) -> dict[str, Any]:
+    """A result as a command record keeps it."""
+    if isinstance(result, WalletInfo):
+        return {"wallet": wallet_dict(result)}
+    return {
+        "transfer": {
+            "id": result.id,
+            "amount": result.amount,
+            "description": result.description,
+            "sender": wallet_dict(result.sender),
+            "receiver": wallet_dict(result.receiver),
+        }
+    }
+
+
+def wallet_dict(wallet: WalletInfo) -> dict[str, Any]:
+    """A WalletInfo as plain values."""
+    return {
+        "aggregate_id": wallet.aggregate_id,
+        "user_id": wallet.user_id,
+        "balance": wallet.balance,
+        "version": wallet.version,
+        "closed": wallet.closed,
+        "modified_on": wallet.modified_on,
+    }
+
+
+def from_record(data: dict[str, Any]) -> Result:
+    """The result a command record kept."""
+    if "wallet" in data:
+        return WalletInfo(**data["wallet"])
+    recorded = data["transfer"]
+    return TransferInfo(
+        id=recorded["id"],
+        amount=recorded["amount"],
+        description=recorded["description"],
+        sender=WalletInfo(**recorded["sender"]),
+        receiver=WalletInfo(**recorded["receiver"]),
+    )
+
+
 def to_transaction(event: object) -> Transaction | None:
     """The history entry for a money event; None for other events."""
+    common: dict[str, Any] = {}
+    if isinstance(
+        event,
+        Wallet.MoneyAdded
+        | Wallet.MoneyDrawn
+        | Wallet.TransferSent
+        | Wallet.TransferReceived,
+    ):
+        common = {
+            "id": event.originator_version,
+            "amount": event.amount,
+            "date": event.timestamp,
+            "balance": event.balance,
+            "actor": event.actor,
+            "correlation_id": event.correlation_id,
+        }
     if isinstance(event, Wallet.MoneyAdded):
-        return Transaction(
-            id=event.originator_version,
-            type="IN",
-            amount=event.amount,
-            date=event.timestamp,
-            balance=event.balance,
-            source=event.source,
-        )
+        return Transaction(type="IN", source=event.source, **common)
     if isinstance(event, Wallet.MoneyDrawn):
+        return Transaction(type="OUT", destination=event.destination, **common)
+    if isinstance(event, Wallet.TransferSent | Wallet.TransferReceived):
         return Transaction(
-            id=event.originator_version,
-            type="OUT",
-            amount=event.amount,
-            date=event.timestamp,
-            balance=event.balance,
-            destination=event.destination,
+            type="OUT" if isinstance(event, Wallet.TransferSent) else "IN",
+            transfer_id=event.transfer_id,
+            counterparty_user_id=event.counterparty_user_id,
+            counterparty_wallet_id=event.counterparty_wallet_id,
+            description=event.description,
+            **common,
         )
     return None
 
@@ -166,9 +490,26 @@ class WalletNotFound(PocketError, LookupError):
     """No wallet has this id."""
 
 
+class VersionNotFound(PocketError, LookupError):
+    """The wallet had no such version (or did not exist at that moment)."""
+
+    def __init__(self, wallet_id: UUID, version: int) -> None:
+        super().__init__(f"Wallet {wallet_id} has no version {version}.")
+        self.wallet_id = wallet_id
+        self.version = version
+
+
 class WalletAlreadyExists(PocketError):
     """A wallet with this id was already created."""
 
 
 class ConcurrencyConflict(PocketError):
     """Other writers kept changing the wallet; the command was not applied."""
+
+
+class IdempotencyKeyReused(PocketError, ValueError):
+    """The command id was already used for a different command."""
+
+
+class CommandInFlight(PocketError):
+    """A command with this id is running right now; its result is not known yet."""

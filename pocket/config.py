@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 DEFAULT_SQLITE_FILE = "pocket.db"
+MIN_ADMIN_TOKEN_LENGTH = 16
 SQLITE_MODULE = "eventsourcing.sqlite"
 POSTGRES_MODULE = "eventsourcing.postgres"
 
@@ -24,6 +25,10 @@ class Settings:
     persistence_module: str
     env: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    # The operator's token; None means nobody has admin access.
+    admin_token: str | None = None
+    # Whether anyone may sign up (POST /users) without the admin token.
+    open_signup: bool = True
 
     @property
     def is_postgres(self) -> bool:
@@ -43,12 +48,18 @@ class Settings:
         environ = os.environ if environ is None else environ
         url = environ.get("POCKET_DATABASE_URL", "").strip()
         if url:
-            return cls.from_url(url, cwd)
-        if environ.get("PERSISTENCE_MODULE"):
+            store = cls.from_url(url, cwd)
+        elif environ.get("PERSISTENCE_MODULE"):
             # The library's own variables describe the store: leave them be.
             module = environ["PERSISTENCE_MODULE"]
-            return cls(module, description=f"{module} (the library's variables)")
-        return cls.from_url(f"sqlite:///{DEFAULT_SQLITE_FILE}", cwd)
+            store = cls(module, description=f"{module} (the library's variables)")
+        else:
+            store = cls.from_url(f"sqlite:///{DEFAULT_SQLITE_FILE}", cwd)
+        return replace(
+            store,
+            admin_token=admin_token(environ.get("POCKET_ADMIN_TOKEN", "")),
+            open_signup=signup(environ.get("POCKET_SIGNUP", "open")),
+        )
 
     @classmethod
     def from_url(cls, url: str, cwd: Path | None = None) -> Settings:
@@ -98,3 +109,23 @@ class Settings:
         }
         where = f"{env['POSTGRES_HOST']}:{port}/{dbname} as {env['POSTGRES_USER']}"
         return cls(POSTGRES_MODULE, env, f"PostgreSQL database {where}")
+
+
+def admin_token(value: str) -> str | None:
+    """The admin token, if one is configured; short ones are refused."""
+    token = value.strip()
+    if not token:
+        return None
+    if len(token) < MIN_ADMIN_TOKEN_LENGTH:
+        msg = f"POCKET_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LENGTH} characters"
+        raise ConfigurationError(msg)
+    return token
+
+
+def signup(value: str) -> bool:
+    """POCKET_SIGNUP: open (anyone may sign up) or closed (admin only)."""
+    choice = value.strip().lower()
+    if choice not in ("open", "closed"):
+        msg = f"POCKET_SIGNUP must be open or closed, not {value!r}"
+        raise ConfigurationError(msg)
+    return choice == "open"

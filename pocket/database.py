@@ -82,6 +82,19 @@ class Transaction:
             return []
         return [dict(row) for row in self.cursor.fetchall()]
 
+    def has_column(self, table: str, column: str) -> bool:
+        """Whether a table of Pocket's already has a column (for migrations)."""
+        if self.dialect == "postgres":
+            rows = self.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = "
+                "current_schema() AND table_name = %s AND column_name = %s",
+                [table, column],
+            )
+            return bool(rows)
+        return any(
+            row["name"] == column for row in self.execute(f"PRAGMA table_info({table})")
+        )
+
     def lock_schema(self) -> None:
         """Serializes schema changes between processes starting at once."""
         if self.dialect == "postgres":

@@ -3,70 +3,293 @@
 from __future__ import annotations
 
 import unicodedata
+from dataclasses import dataclass
 from decimal import Decimal
-from uuid import UUID
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
 CENT = Decimal("0.01")
 ZERO = Decimal("0.00")
 MAX_AMOUNT = Decimal("1000000000.00")
-MAX_LABEL_LENGTH = 255
+MAX_TEXT_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class Cause:
+    """Who caused a change (a user, the admin, the system) and under which request."""
+
+    actor: str = "system"
+    correlation_id: str = ""
+
+
+def add_cause(state: dict[str, Any]) -> None:
+    """Upcasts an event recorded before events said who caused them."""
+    state["actor"] = None
+    state["correlation_id"] = None
 
 
 class Wallet(Aggregate):
-    """A user's wallet: money in, money out, never below zero."""
+    """A user's wallet: money in, money out, never below zero, closed for good."""
+
+    class_version = 2
 
     class Created(Aggregate.Created):
         """The wallet was opened for a user."""
 
+        class_version = 2
         user_id: str
+        actor: str | None
+        correlation_id: str | None
+        upcast_v1_v2 = staticmethod(add_cause)
 
     class MoneyAdded(Aggregate.Event):
         """Money came in; balance is what the wallet held afterwards."""
 
+        class_version = 2
         amount: Decimal
         source: str
         balance: Decimal
+        actor: str | None
+        correlation_id: str | None
+        upcast_v1_v2 = staticmethod(add_cause)
 
     class MoneyDrawn(Aggregate.Event):
         """Money went out; balance is what the wallet held afterwards."""
 
+        class_version = 2
         amount: Decimal
         destination: str
         balance: Decimal
+        actor: str | None
+        correlation_id: str | None
+        upcast_v1_v2 = staticmethod(add_cause)
+
+    class TransferSent(Aggregate.Event):
+        """Money went to another wallet, as one side of a transfer."""
+
+        amount: Decimal
+        transfer_id: UUID
+        counterparty_wallet_id: UUID
+        counterparty_user_id: str
+        description: str
+        balance: Decimal
+        actor: str
+        correlation_id: str
+
+    class TransferReceived(Aggregate.Event):
+        """Money came from another wallet, as one side of a transfer."""
+
+        amount: Decimal
+        transfer_id: UUID
+        counterparty_wallet_id: UUID
+        counterparty_user_id: str
+        description: str
+        balance: Decimal
+        actor: str
+        correlation_id: str
+
+    class Closed(Aggregate.Event):
+        """The wallet was closed; it takes no more money in or out."""
+
+        actor: str
+        correlation_id: str
 
     @event(Created)
-    def __init__(self, user_id: str, id: UUID) -> None:
+    def __init__(
+        self, user_id: str, id: UUID, actor: str | None, correlation_id: str | None
+    ) -> None:
         # Naming id here lets the caller choose it (the library sets it itself).
         self.user_id = user_id
         self.balance = ZERO
+        self.closed = False
 
-    def add_money(self, amount: Decimal, source: str) -> None:
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        """Snapshots taken before wallets could close were of open wallets."""
+        state["closed"] = False
+
+    @classmethod
+    def open(cls, user_id: str, wallet_id: UUID, cause: Cause) -> Wallet:
+        """Opens an empty wallet for a user."""
+        return cls(
+            user_id=check_text("user_id", user_id),
+            id=wallet_id,
+            actor=cause.actor,
+            correlation_id=cause.correlation_id,
+        )
+
+    def add_money(self, amount: Decimal, source: str, cause: Cause) -> None:
         """Puts money into the wallet from a named source."""
         amount = check_amount(amount)
         source = check_text("source", source)
-        self._money_added(amount=amount, source=source, balance=self.balance + amount)
+        self.check_open()
+        self._money_added(
+            amount=amount,
+            source=source,
+            balance=self.balance + amount,
+            actor=cause.actor,
+            correlation_id=cause.correlation_id,
+        )
 
-    def draw_money(self, amount: Decimal, destination: str) -> None:
+    def draw_money(self, amount: Decimal, destination: str, cause: Cause) -> None:
         """Takes money out of the wallet to a named destination."""
         amount = check_amount(amount)
         destination = check_text("destination", destination)
+        self.check_open()
+        self.check_funds(amount)
+        self._money_drawn(
+            amount=amount,
+            destination=destination,
+            balance=self.balance - amount,
+            actor=cause.actor,
+            correlation_id=cause.correlation_id,
+        )
+
+    def close(self, cause: Cause) -> None:
+        """Closes an empty wallet for good; its history stays readable."""
+        self.check_open()
+        if self.balance != ZERO:
+            raise WalletNotEmpty(self.balance)
+        self._closed(actor=cause.actor, correlation_id=cause.correlation_id)
+
+    def check_open(self) -> None:
+        """Raises WalletClosed if the wallet takes no more money."""
+        if self.closed:
+            raise WalletClosed(self.id)
+
+    def check_funds(self, amount: Decimal) -> None:
+        """Raises InsufficientFunds if drawing amount would go below zero."""
         if amount > self.balance:
             raise InsufficientFunds(balance=self.balance, amount=amount)
-        self._money_drawn(
-            amount=amount, destination=destination, balance=self.balance - amount
-        )
 
     # Each money event records the balance it leaves behind, so a page of history
     # can show running balances without replaying everything before it.
     @event(MoneyAdded)
-    def _money_added(self, amount: Decimal, source: str, balance: Decimal) -> None:
+    def _money_added(
+        self,
+        amount: Decimal,
+        source: str,
+        balance: Decimal,
+        actor: str,
+        correlation_id: str,
+    ) -> None:
         self.balance = balance
 
     @event(MoneyDrawn)
-    def _money_drawn(self, amount: Decimal, destination: str, balance: Decimal) -> None:
+    def _money_drawn(
+        self,
+        amount: Decimal,
+        destination: str,
+        balance: Decimal,
+        actor: str,
+        correlation_id: str,
+    ) -> None:
         self.balance = balance
+
+    @event(TransferSent)
+    def _transfer_sent(
+        self,
+        *,
+        amount: Decimal,
+        transfer_id: UUID,
+        counterparty_wallet_id: UUID,
+        counterparty_user_id: str,
+        description: str,
+        balance: Decimal,
+        actor: str,
+        correlation_id: str,
+    ) -> None:
+        self.balance = balance
+
+    @event(TransferReceived)
+    def _transfer_received(
+        self,
+        *,
+        amount: Decimal,
+        transfer_id: UUID,
+        counterparty_wallet_id: UUID,
+        counterparty_user_id: str,
+        description: str,
+        balance: Decimal,
+        actor: str,
+        correlation_id: str,
+    ) -> None:
+        self.balance = balance
+
+    @event(Closed)
+    def _closed(self, actor: str, correlation_id: str) -> None:
+        self.closed = True
+
+
+def transfer(
+    sender: Wallet,
+    receiver: Wallet,
+    *,
+    amount: Decimal,
+    description: str,
+    transfer_id: UUID,
+    cause: Cause,
+) -> None:
+    """Moves money from one wallet to another: both sides, or neither."""
+    amount = check_amount(amount)
+    if description:
+        description = check_text("description", description)
+    if sender.id == receiver.id:
+        raise SameWallet(sender.id)
+    sender.check_open()
+    receiver.check_open()
+    sender.check_funds(amount)
+    # One rule spanning two wallets: this function owns both sides' events.
+    sender._transfer_sent(
+        amount=amount,
+        transfer_id=transfer_id,
+        counterparty_wallet_id=receiver.id,
+        counterparty_user_id=receiver.user_id,
+        description=description,
+        balance=sender.balance - amount,
+        actor=cause.actor,
+        correlation_id=cause.correlation_id,
+    )
+    receiver._transfer_received(
+        amount=amount,
+        transfer_id=transfer_id,
+        counterparty_wallet_id=sender.id,
+        counterparty_user_id=sender.user_id,
+        description=description,
+        balance=receiver.balance + amount,
+        actor=cause.actor,
+        correlation_id=cause.correlation_id,
+    )
+
+
+class CommandRecord(Aggregate):
+    """A command that changed wallets, kept so that a retry of it changes nothing.
+
+    Saved in the same transaction as the events the command caused, so there is
+    never one without the other.
+    """
+
+    class Recorded(Aggregate.Created):
+        """The command ran; result is what its caller was told."""
+
+        command_id: str
+        fingerprint: str
+        result: dict[str, Any]
+
+    @event(Recorded)
+    def __init__(
+        self, command_id: str, fingerprint: str, result: dict[str, Any], id: UUID
+    ) -> None:
+        self.command_id = command_id
+        self.fingerprint = fingerprint
+        self.result = result
+
+    @staticmethod
+    def id_for(command_id: str) -> UUID:
+        """The record's id: the same command id always gives the same record."""
+        return uuid5(NAMESPACE_URL, f"pocket:command:{command_id}")
 
 
 def check_amount(amount: object) -> Decimal:
@@ -92,8 +315,8 @@ def check_text(field: str, value: object) -> str:
         raise InvalidText(field, "must be a string.")
     if not value.strip():
         raise InvalidText(field, "must not be empty.")
-    if len(value) > MAX_LABEL_LENGTH:
-        raise InvalidText(field, f"must be at most {MAX_LABEL_LENGTH} characters.")
+    if len(value) > MAX_TEXT_LENGTH:
+        raise InvalidText(field, f"must be at most {MAX_TEXT_LENGTH} characters.")
     # Control characters (NUL above all) and lone surrogates cannot be stored
     # faithfully as text in every database, so they are refused at the door.
     if any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
@@ -127,3 +350,29 @@ class InsufficientFunds(PocketError):
         )
         self.balance = balance
         self.amount = amount
+
+
+class WalletClosed(PocketError):
+    """The wallet is closed: no money goes in or out."""
+
+    def __init__(self, wallet_id: UUID) -> None:
+        super().__init__("The wallet is closed: no money goes in or out.")
+        self.wallet_id = wallet_id
+
+
+class WalletNotEmpty(PocketError):
+    """Only an empty wallet can be closed."""
+
+    def __init__(self, balance: Decimal) -> None:
+        super().__init__(
+            f"Only an empty wallet can be closed; this one holds {balance:.2f}."
+        )
+        self.balance = balance
+
+
+class SameWallet(PocketError, ValueError):
+    """A transfer must go to another wallet."""
+
+    def __init__(self, wallet_id: UUID) -> None:
+        super().__init__("A transfer must go to another wallet.")
+        self.wallet_id = wallet_id

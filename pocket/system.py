@@ -144,6 +144,14 @@ class WalletRecordsView(TrackingRecorder):
         )
         return to_record(rows[0]) if rows else None
 
+    def get_many(self, ids: list[UUID]) -> dict[UUID, WalletRecord]:
+        """The rows for some wallets, by id (missing ones left out)."""
+        with self.db.transaction(commit=False) as tx:
+            return {
+                record.aggregate_id: record
+                for record in map(to_record, self._select_in(tx, "*", ids))
+            }
+
     def all(self) -> list[WalletRecord]:
         """Every row, in no particular order."""
         return [to_record(row) for row in self.db.query(f"SELECT * FROM {self.table}")]
@@ -211,17 +219,22 @@ class WalletRecordsView(TrackingRecorder):
             raise ProjectionError(msg)
 
     def _balances(self, tx: Transaction, ids: list[UUID]) -> dict[UUID, Decimal]:
-        balances: dict[UUID, Decimal] = {}
+        return {
+            as_uuid(row["aggregate_id"]): as_decimal(row["balance"])
+            for row in self._select_in(tx, "aggregate_id, balance", ids)
+        }
+
+    def _select_in(
+        self, tx: Transaction, columns: str, ids: list[UUID]
+    ) -> Iterator[dict[str, Any]]:
+        # In chunks: SQLite allows a limited number of parameters per statement.
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ", ".join(["%s"] * len(chunk))
-            for row in tx.execute(
-                f"SELECT aggregate_id, balance FROM {self.table} "
-                f"WHERE aggregate_id IN ({marks})",
+            yield from tx.execute(
+                f"SELECT {columns} FROM {self.table} WHERE aggregate_id IN ({marks})",
                 chunk,
-            ):
-                balances[as_uuid(row["aggregate_id"])] = as_decimal(row["balance"])
-        return balances
+            )
 
 
 def to_record(row: dict[str, Any]) -> WalletRecord:
@@ -238,10 +251,16 @@ class WalletProjection(Projection[WalletRecordsView]):
     """Folds Pocket's wallet events into wallet_records."""
 
     name = "wallet_records"
-    topics = (
-        get_topic(Wallet.Created),
-        get_topic(Wallet.MoneyAdded),
-        get_topic(Wallet.MoneyDrawn),
+    topics = tuple(
+        get_topic(cls)
+        for cls in (
+            Wallet.Created,
+            Wallet.MoneyAdded,
+            Wallet.MoneyDrawn,
+            Wallet.TransferSent,
+            Wallet.TransferReceived,
+            Wallet.Closed,
+        )
     )
 
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
@@ -266,10 +285,12 @@ def fold(changes: WalletChanges, event: object) -> None:
     """Adds one event's effect to a batch's changes."""
     if isinstance(event, Wallet.Created):
         changes.open(event.originator_id, event.user_id, event.originator_version)
-    elif isinstance(event, Wallet.MoneyAdded):
+    elif isinstance(event, Wallet.MoneyAdded | Wallet.TransferReceived):
         changes.move(event.originator_id, event.amount, event.originator_version)
-    elif isinstance(event, Wallet.MoneyDrawn):
+    elif isinstance(event, Wallet.MoneyDrawn | Wallet.TransferSent):
         changes.move(event.originator_id, -event.amount, event.originator_version)
+    elif isinstance(event, Wallet.Closed):
+        changes.move(event.originator_id, ZERO, event.originator_version)
 
 
 class ProjectionFollower:

@@ -51,16 +51,43 @@ class UserStore:
             tx.lock_schema()
             for statement in statements:
                 tx.execute(statement)
+            # Tables made before users had API tokens gain the column here.
+            if not tx.has_column("users", "token_hash"):
+                tx.execute("ALTER TABLE users ADD COLUMN token_hash text")
+            tx.execute(
+                "CREATE UNIQUE INDEX IF NOT EXISTS users_token_hash "
+                "ON users (token_hash)"
+            )
 
-    def create(self, name: str, wallet_id: UUID) -> User:
+    def create(self, name: str, wallet_id: UUID, token_hash: str) -> User:
         """Adds a user whose wallet, with the given id, is yet to be opened."""
         now = datetime.now(UTC)
         rows = self.db.execute(
-            "INSERT INTO users (name, wallet_id, wallet_opened, created_at, updated_at)"
-            " VALUES (%s, %s, false, %s, %s) RETURNING *",
-            [name, wallet_id, now, now],
+            "INSERT INTO users "
+            "(name, wallet_id, wallet_opened, created_at, updated_at, token_hash)"
+            " VALUES (%s, %s, false, %s, %s, %s) RETURNING *",
+            [name, wallet_id, now, now, token_hash],
         )
         return to_user(rows[0])
+
+    def set_token_hash(self, user_id: int, token_hash: str) -> None:
+        """Replaces the user's API token (the old one stops working)."""
+        self.db.execute(
+            "UPDATE users SET token_hash = %s, updated_at = %s WHERE id = %s",
+            [token_hash, datetime.now(UTC), user_id],
+        )
+
+    def find_by_token_hash(self, token_hash: str) -> int | None:
+        """The id of the user whose token has this hash, if any."""
+        rows = self.db.query("SELECT id FROM users WHERE token_hash = %s", [token_hash])
+        return int(rows[0]["id"]) if rows else None
+
+    def page(self, after: int, limit: int) -> list[User]:
+        """Users with ids above after, in id order."""
+        rows = self.db.query(
+            "SELECT * FROM users WHERE id > %s ORDER BY id LIMIT %s", [after, limit]
+        )
+        return [to_user(row) for row in rows]
 
     def get(self, user_id: int) -> User:
         """The user with this id, or UserNotFound."""

@@ -1,50 +1,70 @@
 """The HTTP API: a thin Flask layer over the Pocket service.
 
-Requests are parsed strictly here, at the edge; every error, whoever raised it,
-leaves as the same JSON body.
+Requests are authenticated in one place (before every view), parsed strictly at
+the edge, and every error, whoever raised it, leaves as the same JSON body.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import re
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
+from enum import Enum
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 from eventsourcing.persistence import (
     InterfaceError,
     OperationalError,
     PersistenceError,
 )
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from pocket.application import (
+    HISTORY_PAGE_MAX,
+    CommandInFlight,
     ConcurrencyConflict,
+    IdempotencyKeyReused,
     Transaction,
+    TransferInfo,
+    VersionNotFound,
     WalletInfo,
     WalletNotFound,
 )
 from pocket.config import Settings
 from pocket.domainmodel import (
+    Cause,
     InsufficientFunds,
     InvalidAmount,
     InvalidText,
     PocketError,
+    SameWallet,
+    WalletClosed,
+    WalletNotEmpty,
     check_amount,
     check_text,
 )
-from pocket.service import Account, PocketService
-from pocket.users import User, UserNotFound
+from pocket.openapi import openapi_document
+from pocket.service import Account, PocketService, Principal, RecipientNotFound
+from pocket.system import WalletRecord
+from pocket.users import MAX_USER_ID, User, UserNotFound
 
 MAX_BODY_BYTES = 1024 * 1024
+MAX_KEY_LENGTH = 255
+DEFAULT_PAGE = 50
+REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
 log = logging.getLogger(__name__)
 bp = Blueprint("pocket", __name__)
+View = TypeVar("View", bound=Callable[..., Any])
 
 
 def create_app(service: PocketService | None = None) -> Flask:
@@ -59,6 +79,7 @@ def create_app(service: PocketService | None = None) -> Flask:
     app.register_error_handler(PocketError, domain_error)
     app.register_error_handler(PersistenceError, persistence_error)
     app.register_error_handler(Exception, unexpected_error)
+    app.after_request(add_request_id)
     return app
 
 
@@ -68,51 +89,262 @@ def service() -> PocketService:
     return pocket_service
 
 
+# Who may call what: each view declares it, one hook enforces it.
+
+
+class Access(Enum):
+    """Who may call a view."""
+
+    PUBLIC = "anyone"
+    SIGNUP = "anyone while sign-up is open, else the admin"
+    ADMIN = "the admin"
+    OWNER = "the user named in the path, or the admin"
+
+
+def access(level: Access, query: tuple[str, ...] = ()) -> Callable[[View], View]:
+    """Declares who may call a view, and the query parameters it reads."""
+
+    def declare(view: View) -> View:
+        view.access = level  # type: ignore[attr-defined]
+        view.query = frozenset(query)  # type: ignore[attr-defined]
+        return view
+
+    return declare
+
+
+@bp.before_request
+def authorize() -> None:
+    """Authenticates the caller and checks the view's access level, for every view."""
+    g.request_id = request_id()
+    g.principal = None
+    view = current_app.view_functions.get(request.endpoint or "")
+    # A view that declares nothing is the admin's alone.
+    level = getattr(view, "access", Access.ADMIN)
+    if level is Access.PUBLIC:
+        check_query(getattr(view, "query", frozenset()))
+        return
+    header = request.headers.get("Authorization")
+    open_signup = level is Access.SIGNUP and service().settings.open_signup
+    if open_signup and header is None:
+        check_query(getattr(view, "query", frozenset()))
+        return
+    principal = authenticate(header)
+    g.principal = principal
+    if level is Access.OWNER:
+        user_id = (request.view_args or {}).get("user_id")
+        if not (isinstance(user_id, int) and principal.may_act_for(user_id)):
+            # Another user's wallet: as if it did not exist.
+            raise UserNotFound(user_id)
+    elif not (principal.is_admin or open_signup):
+        # An endpoint this caller may not use is, to them, not there.
+        raise ApiError(HTTPStatus.NOT_FOUND, "not_found", NOT_FOUND_MESSAGE)
+    check_query(getattr(view, "query", frozenset()))
+
+
+def check_query(known: frozenset[str]) -> None:
+    """Refuses query parameters the view does not read."""
+    unknown = sorted(set(request.args) - known)
+    if unknown:
+        raise invalid(unknown[0], "Unknown query parameter.")
+
+
+def authenticate(header: str | None) -> Principal:
+    """The principal a bearer token stands for; 401 when there is none."""
+    scheme, _, token = (header or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() == "bearer" and token:
+        principal = service().authenticate(token)
+        if principal is not None:
+            return principal
+        message = "The bearer token is not valid."
+    else:
+        message = "Send a bearer token: Authorization: Bearer <token>."
+    raise ApiError(HTTPStatus.UNAUTHORIZED, "unauthorized", message)
+
+
+def request_id() -> str:
+    """The request's correlation id: the client's X-Request-Id, or a new one."""
+    given = request.headers.get("X-Request-Id", "")
+    return given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def add_request_id(response: Response) -> Response:
+    """Every answer names the request it answers."""
+    response.headers["X-Request-Id"] = g.get("request_id") or request_id()
+    return response
+
+
+def cause() -> Cause:
+    """Who is changing things, under which request: recorded in every event."""
+    principal: Principal | None = g.principal
+    actor = principal.actor if principal is not None else "anonymous"
+    return Cause(actor=actor, correlation_id=g.request_id)
+
+
+def command_id() -> str | None:
+    """The Idempotency-Key, scoped to the caller, or None when none was sent."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 0 < len(key) <= MAX_KEY_LENGTH or not key.isprintable():
+        raise invalid(
+            "Idempotency-Key",
+            f"Must be 1 to {MAX_KEY_LENGTH} printable characters.",
+        )
+    principal: Principal = g.principal
+    return f"{principal.actor}:{key}"
+
+
 # Routes
 
 
 @bp.get("/health")
+@access(Access.PUBLIC)
 def health() -> Response:
     """A trivial endpoint: the server is up (it does not touch the database)."""
     return jsonify(status="ok")
 
 
+@bp.get("/openapi.json")
+@access(Access.PUBLIC)
+def openapi() -> Response:
+    """The OpenAPI 3.1 document of this API."""
+    return jsonify(openapi_document())
+
+
 @bp.post("/users")
+@access(Access.SIGNUP)
 def create_user() -> tuple[Response, int]:
-    """Signs up a user, which opens their wallet."""
+    """Signs up a user, which opens their wallet; the token is shown this once."""
     body = read_body({"name": text_field("name")})
-    return account_json(service().create_user(body["name"])), HTTPStatus.CREATED
+    principal: Principal | None = g.principal
+    account, token = service().create_user(
+        body["name"],
+        correlation_id=g.request_id,
+        by_admin=principal is not None and principal.is_admin,
+    )
+    return jsonify(**account_json(account), token=token), HTTPStatus.CREATED
+
+
+@bp.get("/users")
+@access(Access.ADMIN, query=("limit", "after"))
+def list_users() -> Response:
+    """A page of users with their wallets as the projection has them (admin)."""
+    limit = page_limit()
+    after = cursor_arg("u")
+    page = service().list_accounts(after, limit + 1)
+    more = len(page) > limit
+    page = page[:limit]
+    return jsonify(
+        users=[
+            {"user": user_json(user), "wallet": record_json(record)}
+            for user, record in page
+        ],
+        next=cursor("u", page[-1][0].id) if more else None,
+    )
 
 
 @bp.get("/users/<int:user_id>")
+@access(Access.OWNER)
 def get_user(user_id: int) -> Response:
     """A user and their wallet."""
-    return account_json(service().get_account(user_id))
+    return jsonify(account_json(service().get_account(user_id)))
+
+
+@bp.post("/users/<int:user_id>/token")
+@access(Access.OWNER)
+def rotate_token(user_id: int) -> Response:
+    """Issues the user a new API token; the old one stops working."""
+    read_optional_body()
+    return jsonify(token=service().issue_token(user_id))
 
 
 @bp.post("/users/<int:user_id>/add_money")
+@access(Access.OWNER)
 def add_money(user_id: int) -> Response:
     """Puts money into the user's wallet."""
     body = read_body({"amount": amount_field, "source": text_field("source")})
-    return account_json(service().add_money(user_id, body["amount"], body["source"]))
+    account = service().add_money(
+        user_id, body["amount"], body["source"], cause=cause(), command_id=command_id()
+    )
+    return jsonify(account_json(account))
 
 
 @bp.post("/users/<int:user_id>/draw_money")
+@access(Access.OWNER)
 def draw_money(user_id: int) -> Response:
     """Takes money out of the user's wallet, never below zero."""
     body = read_body({"amount": amount_field, "destination": text_field("destination")})
-    account = service().draw_money(user_id, body["amount"], body["destination"])
-    return account_json(account)
+    account = service().draw_money(
+        user_id,
+        body["amount"],
+        body["destination"],
+        cause=cause(),
+        command_id=command_id(),
+    )
+    return jsonify(account_json(account))
+
+
+@bp.post("/users/<int:user_id>/transfers")
+@access(Access.OWNER)
+def create_transfer(user_id: int) -> tuple[Response, int]:
+    """Moves money to another user's wallet: both sides or neither."""
+    body = read_body(
+        {
+            "to_user_id": user_id_field,
+            "amount": amount_field,
+            "description": text_field("description"),
+        },
+        optional={"description"},
+    )
+    account, result = service().transfer(
+        user_id,
+        body["to_user_id"],
+        body["amount"],
+        body.get("description", ""),
+        cause=cause(),
+        command_id=command_id(),
+    )
+    payload = account_json(account)
+    payload["transfer"] = transfer_json(result, user_id, body["to_user_id"])
+    return jsonify(payload), HTTPStatus.CREATED
+
+
+@bp.post("/users/<int:user_id>/close")
+@access(Access.OWNER)
+def close_wallet(user_id: int) -> Response:
+    """Closes the user's wallet, which must be empty; its history stays readable."""
+    read_optional_body()
+    account = service().close_wallet(user_id, cause=cause(), command_id=command_id())
+    return jsonify(account_json(account))
 
 
 @bp.get("/users/<int:user_id>/transactions")
+@access(Access.OWNER, query=("limit", "after"))
 def transactions(user_id: int) -> Response:
-    """The user's balance and every movement of money that explains it."""
-    wallet, history = service().transactions(user_id)
+    """A page of the user's money movements, oldest first, with running balances."""
+    limit = page_limit()
+    page = service().history(user_id, after=cursor_arg("t"), limit=limit)
+    last = page.transactions[-1].id if page.transactions else None
     return jsonify(
-        balance=money(wallet.balance),
-        transactions=[transaction_json(t) for t in history],
+        balance=money(page.wallet.balance),
+        transactions=[transaction_json(t) for t in page.transactions],
+        next=cursor("t", last) if page.has_more and last is not None else None,
     )
+
+
+@bp.get("/users/<int:user_id>/wallet")
+@access(Access.OWNER, query=("at", "version"))
+def wallet_as_of(user_id: int) -> Response:
+    """The wallet now, at a version (?version=n) or at a moment (?at=ISO 8601)."""
+    if "at" in request.args and "version" in request.args:
+        raise invalid("at", "Give at or version, not both.")
+    version = int_arg("version", 1, 2**62) if "version" in request.args else None
+    at = moment_arg("at") if "at" in request.args else None
+    account = service().wallet_as_of(user_id, version=version, at=at)
+    wallet = wallet_json(account.wallet)
+    wallet["as_of"] = account.wallet.modified_on.isoformat()
+    return jsonify(user=user_json(account.user), wallet=wallet)
 
 
 # Request parsing
@@ -127,10 +359,45 @@ class JSONNumber:
 
 Field = Callable[[Any], Any]
 AMOUNT_SHAPE = re.compile(r"-?[0-9]+(\.[0-9]+)?", re.ASCII)
+DIGITS = re.compile(r"[0-9]{1,19}", re.ASCII)
 
 
-def read_body(fields: Mapping[str, Field]) -> dict[str, Any]:
+def read_body(
+    fields: Mapping[str, Field], optional: set[str] | frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """The request's JSON object, every field checked, or an ApiError."""
+    body = read_json_object()
+    values: dict[str, Any] = {}
+    problems: dict[str, str] = {}
+    for name in body.keys() - fields.keys():
+        problems[name] = "Unknown field: the server decides it, or it does not exist."
+    for name, check in fields.items():
+        if name not in body:
+            if name not in optional:
+                problems[name] = "This field is required."
+            continue
+        try:
+            values[name] = check(body[name])
+        except (InvalidAmount, InvalidText) as error:
+            problems[name] = str(error)
+    if problems:
+        raise ApiError(
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "Some fields are missing or invalid.",
+            fields=dict(sorted(problems.items())),
+        )
+    return values
+
+
+def read_optional_body() -> None:
+    """For commands without fields: no body at all, or an empty JSON object."""
+    if request.content_length or request.headers.get("Transfer-Encoding"):
+        read_body({})
+
+
+def read_json_object() -> dict[str, Any]:
+    """The body as a JSON object whose numbers are kept as written."""
     if request.mimetype != "application/json":
         raise ApiError(
             HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
@@ -148,26 +415,7 @@ def read_body(fields: Mapping[str, Field]) -> dict[str, Any]:
     if not isinstance(body, dict):
         msg = "The body must be a JSON object."
         raise ApiError(HTTPStatus.BAD_REQUEST, "not_an_object", msg)
-    values: dict[str, Any] = {}
-    problems: dict[str, str] = {}
-    for name in body.keys() - fields.keys():
-        problems[name] = "Unknown field: the server decides it, or it does not exist."
-    for name, check in fields.items():
-        if name not in body:
-            problems[name] = "This field is required."
-            continue
-        try:
-            values[name] = check(body[name])
-        except (InvalidAmount, InvalidText) as error:
-            problems[name] = str(error)
-    if problems:
-        raise ApiError(
-            HTTPStatus.UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            "Some fields are missing or invalid.",
-            fields=dict(sorted(problems.items())),
-        )
-    return values
+    return body
 
 
 def amount_field(value: Any) -> Decimal:
@@ -192,9 +440,72 @@ def amount_field(value: Any) -> Decimal:
     return check_amount(Decimal(text))
 
 
+def user_id_field(value: Any) -> int:
+    """A user id: a positive JSON integer."""
+    text = value.text if isinstance(value, JSONNumber) else None
+    if text is None or not DIGITS.fullmatch(text) or not 0 < int(text) <= MAX_USER_ID:
+        raise InvalidText("to_user_id", "must be a user id (a positive integer).")
+    return int(text)
+
+
 def text_field(name: str) -> Field:
-    """A checker for a required, non-empty text field."""
+    """A checker for a non-empty text field."""
     return lambda value: check_text(name, value)
+
+
+def page_limit() -> int:
+    """?limit=: how many entries a page holds."""
+    if "limit" not in request.args:
+        return DEFAULT_PAGE
+    return int_arg("limit", 1, HISTORY_PAGE_MAX)
+
+
+def int_arg(name: str, low: int, high: int) -> int:
+    """A query parameter that must be an integer in [low, high]."""
+    text = request.args[name]
+    if not DIGITS.fullmatch(text) or not low <= int(text) <= high:
+        raise invalid(name, f"Must be an integer from {low} to {high}.")
+    return int(text)
+
+
+def moment_arg(name: str) -> datetime:
+    """A query parameter that must be an ISO 8601 date or date and time."""
+    try:
+        moment = datetime.fromisoformat(request.args[name])
+    except ValueError:
+        raise invalid(name, "Must be an ISO 8601 date and time.") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def cursor(kind: str, position: int) -> str:
+    """An opaque cursor for the page after position."""
+    raw = f"{kind}1.{position}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def cursor_arg(kind: str) -> int:
+    """The position an ?after= cursor names (0 when there is none)."""
+    value = request.args.get("after")
+    if value is None:
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = ""
+    prefix, _, position = raw.partition(".")
+    if prefix != f"{kind}1" or not DIGITS.fullmatch(position):
+        raise invalid("after", "Not a cursor this list gave out.")
+    return int(position)
+
+
+def invalid(field: str, problem: str) -> ApiError:
+    """A 422 naming one offending field or parameter."""
+    return ApiError(
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        "Some fields are missing or invalid.",
+        fields={field: problem},
+    )
 
 
 # Responses
@@ -221,12 +532,38 @@ def wallet_json(wallet: WalletInfo) -> dict[str, Any]:
         "aggregate_id": str(wallet.aggregate_id),
         "user_id": wallet.user_id,
         "balance": money(wallet.balance),
+        "version": wallet.version,
+        "closed": wallet.closed,
     }
 
 
-def account_json(account: Account) -> Response:
+def record_json(record: WalletRecord | None) -> dict[str, Any] | None:
+    """A wallet as the projection has it (None until the projection reaches it)."""
+    if record is None:
+        return None
+    return {
+        "aggregate_id": str(record.aggregate_id),
+        "user_id": record.user_id,
+        "balance": money(record.balance),
+        "version": record.version,
+    }
+
+
+def account_json(account: Account) -> dict[str, Any]:
     """The seed's response shape: the user and their wallet."""
-    return jsonify(user=user_json(account.user), wallet=wallet_json(account.wallet))
+    return {"user": user_json(account.user), "wallet": wallet_json(account.wallet)}
+
+
+def transfer_json(result: TransferInfo, from_user: int, to_user: int) -> dict[str, Any]:
+    """A transfer as its sender sees it."""
+    return {
+        "id": str(result.id),
+        "from_user_id": from_user,
+        "to_user_id": to_user,
+        "amount": money(result.amount),
+        "description": result.description,
+        "date": result.sender.modified_on.isoformat(),
+    }
 
 
 def transaction_json(transaction: Transaction) -> dict[str, Any]:
@@ -235,16 +572,28 @@ def transaction_json(transaction: Transaction) -> dict[str, Any]:
         "id": transaction.id,
         "type": transaction.type,
         "amount": money(transaction.amount),
+        "balance": money(transaction.balance),
         "date": transaction.date.isoformat(),
     }
     if transaction.source is not None:
         entry["source"] = transaction.source
     if transaction.destination is not None:
         entry["destination"] = transaction.destination
+    if transaction.transfer_id is not None:
+        entry["transfer_id"] = str(transaction.transfer_id)
+        entry["counterparty"] = {
+            "user_id": transaction.counterparty_user_id,
+            "wallet_id": str(transaction.counterparty_wallet_id),
+        }
+        entry["description"] = transaction.description
+    entry["actor"] = transaction.actor
+    entry["correlation_id"] = transaction.correlation_id
     return entry
 
 
 # Errors
+
+NOT_FOUND_MESSAGE = "There is nothing at this address."
 
 
 class ApiError(Exception):
@@ -269,7 +618,10 @@ def error_response(error: ApiError) -> tuple[Response, int]:
     body: dict[str, Any] = {"code": error.code, "message": error.message}
     if error.fields:
         body["fields"] = error.fields
-    return jsonify(error=body), error.status
+    response = jsonify(error=body)
+    if error.status == HTTPStatus.UNAUTHORIZED:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="pocket"'
+    return response, error.status
 
 
 def api_error(error: ApiError) -> tuple[Response, int]:
@@ -291,7 +643,7 @@ def http_error(error: HTTPException) -> tuple[Response, int]:
     status = HTTPStatus(error.code or 500)
     code = HTTP_CODES.get(status, status.phrase.lower().replace(" ", "_"))
     message = {
-        404: "There is nothing at this address.",
+        404: NOT_FOUND_MESSAGE,
         405: f"{request.method} is not allowed here.",
         413: f"The body must be at most {MAX_BODY_BYTES} bytes.",
     }.get(status, error.description or status.phrase)
@@ -301,28 +653,53 @@ def http_error(error: HTTPException) -> tuple[Response, int]:
     return response, status_code
 
 
-DOMAIN_ERRORS: dict[type[PocketError], tuple[HTTPStatus, str]] = {
-    UserNotFound: (HTTPStatus.NOT_FOUND, "user_not_found"),
-    WalletNotFound: (HTTPStatus.NOT_FOUND, "wallet_not_found"),
-    InsufficientFunds: (HTTPStatus.CONFLICT, "insufficient_funds"),
-    ConcurrencyConflict: (HTTPStatus.CONFLICT, "concurrent_update"),
-    InvalidAmount: (HTTPStatus.UNPROCESSABLE_ENTITY, "validation_failed"),
-    InvalidText: (HTTPStatus.UNPROCESSABLE_ENTITY, "validation_failed"),
+# Most specific first: the first class an error is an instance of decides.
+DOMAIN_ERRORS: dict[type[PocketError], tuple[HTTPStatus, str, str | None]] = {
+    RecipientNotFound: (
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        "to_user_id",
+    ),
+    SameWallet: (HTTPStatus.UNPROCESSABLE_ENTITY, "validation_failed", "to_user_id"),
+    UserNotFound: (HTTPStatus.NOT_FOUND, "user_not_found", None),
+    WalletNotFound: (HTTPStatus.NOT_FOUND, "wallet_not_found", None),
+    VersionNotFound: (HTTPStatus.NOT_FOUND, "version_not_found", None),
+    InsufficientFunds: (HTTPStatus.CONFLICT, "insufficient_funds", None),
+    WalletClosed: (HTTPStatus.CONFLICT, "wallet_closed", None),
+    WalletNotEmpty: (HTTPStatus.CONFLICT, "wallet_not_empty", None),
+    CommandInFlight: (HTTPStatus.CONFLICT, "idempotency_key_in_flight", None),
+    ConcurrencyConflict: (HTTPStatus.CONFLICT, "concurrent_update", None),
+    IdempotencyKeyReused: (
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+        "Idempotency-Key",
+    ),
+    InvalidAmount: (HTTPStatus.UNPROCESSABLE_ENTITY, "validation_failed", "amount"),
+    InvalidText: (HTTPStatus.UNPROCESSABLE_ENTITY, "validation_failed", None),
 }
 
 DOMAIN_MESSAGES: dict[type[PocketError], str] = {
+    RecipientNotFound: "There is no such user.",
+    SameWallet: "A transfer must go to another user.",
     UserNotFound: "There is no such user.",
     WalletNotFound: "There is no such wallet.",
+    VersionNotFound: "The wallet had no such version, or did not exist yet then.",
+    CommandInFlight: "A request with this Idempotency-Key is still running.",
     ConcurrencyConflict: "The wallet kept changing under this request; try again.",
+    IdempotencyKeyReused: "This Idempotency-Key was used for a different request.",
 }
 
 
 def domain_error(error: PocketError) -> tuple[Response, int]:
     """Pocket's rules refusing a request, mapped to statuses in one place."""
-    for cls, (status, code) in DOMAIN_ERRORS.items():
+    for cls, (status, code, field) in DOMAIN_ERRORS.items():
         if isinstance(error, cls):
             message = DOMAIN_MESSAGES.get(cls, str(error))
-            return error_response(ApiError(status, code, message))
+            named = error.field if isinstance(error, InvalidText) else field
+            fields = {named: message} if named else None
+            if fields:
+                message = "Some fields are missing or invalid."
+            return error_response(ApiError(status, code, message, fields))
     return unexpected_error(error)
 
 

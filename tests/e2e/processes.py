@@ -92,8 +92,13 @@ class PocketProcess:
 class Api:
     """A small JSON-over-HTTP client for the real server."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, token: str | None = None) -> None:
         self.base_url = base_url
+        self.token = token
+
+    def as_user(self, token: str) -> Api:
+        """The same server, with a user's (or the admin's) token."""
+        return Api(self.base_url, token)
 
     def request(
         self, method: str, path: str, body: Any = None
@@ -104,6 +109,8 @@ class Api:
         )
         if data is not None:
             request.add_header("Content-Type", "application/json")
+        if self.token is not None:
+            request.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
                 return response.status, json.loads(response.read())

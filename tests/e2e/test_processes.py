@@ -35,6 +35,7 @@ def seed_session(api: Api) -> int:
     status, body = api.post("/users", {"name": "Gabriela"})
     assert status == 201, body
     user_id: int = body["user"]["id"]
+    api = api.as_user(body["token"])
     assert body["wallet"]["balance"] == "0.00"
     status, body = api.post(
         f"/users/{user_id}/add_money", {"amount": 20, "source": "API"}
@@ -170,12 +171,14 @@ def test_concurrent_draws_from_several_processes_never_overdraw(
     try:
         status, body = api.post("/users", {"name": "Shared"})
         assert status == 201
-        user_id = body["user"]["id"]
-        api.post(f"/users/{user_id}/add_money", {"amount": "50.00", "source": "API"})
+        user_id, token = body["user"]["id"], body["token"]
+        api.as_user(token).post(
+            f"/users/{user_id}/add_money", {"amount": "50.00", "source": "API"}
+        )
         urls = f"{api.base_url},{other_api.base_url}"
         clients = [
             subprocess.Popen(
-                [sys.executable, str(DRAWER), urls, str(user_id), "20", "1.00"],
+                [sys.executable, str(DRAWER), urls, str(user_id), token, "20", "1.00"],
                 stdout=subprocess.PIPE,
                 text=True,
             )
@@ -186,9 +189,68 @@ def test_concurrent_draws_from_several_processes_never_overdraw(
             out, _ = client.communicate(timeout=120)
             outcomes.update(json.loads(out))
         assert outcomes == {"200": 50, "409 insufficient_funds": 70}
-        status, body = other_api.get(f"/users/{user_id}/transactions")
+        status, body = other_api.as_user(token).get(
+            f"/users/{user_id}/transactions?limit=500"
+        )
         assert (status, body["balance"]) == (200, "0.00")
         assert sum(t["type"] == "OUT" for t in body["transactions"]) == 50
     finally:
         first.close()
         second.close()
+
+
+def test_retried_requests_move_money_once_across_crashes_and_processes(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    env = {"POCKET_DATABASE_URL": postgres_url}
+    doomed, doomed_api = serve(tmp_path, env, "--no-follower")
+    survivor, api = serve(tmp_path, env, "--no-follower")
+    try:
+        status, body = api.post("/users", {"name": "Retrier"})
+        assert status == 201
+        user_id, token = body["user"]["id"], body["token"]
+        user = api.as_user(token)
+        user.post(f"/users/{user_id}/add_money", {"amount": "1000", "source": "API"})
+
+        def drawers(urls: str) -> list[subprocess.Popen[str]]:
+            return [
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(DRAWER),
+                        urls,
+                        str(user_id),
+                        token,
+                        "60",
+                        "1.00",
+                        "key-",
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                )
+                for _ in range(2)
+            ]
+
+        # First attempts go to a server that is killed mid-stream...
+        first = drawers(doomed_api.base_url)
+        time.sleep(0.4)
+        doomed.kill()
+        for client in first:
+            client.communicate(timeout=120)
+        status, body = user.get(f"/users/{user_id}")
+        # The crash came mid-stream: some draws had happened, not all.
+        assert Decimal("940.00") < Decimal(body["wallet"]["balance"]) < Decimal("1000")
+        # ...then every key is retried, by three clients at once, on the other.
+        outcomes: Counter[str] = Counter()
+        for client in drawers(api.base_url) + drawers(api.base_url):
+            out, _ = client.communicate(timeout=120)
+            outcomes.update(json.loads(out))
+        assert set(outcomes) <= {"200", "409 idempotency_key_in_flight"}
+        status, body = user.get(f"/users/{user_id}/transactions?limit=500")
+        assert status == 200
+        assert body["balance"] == "940.00"
+        assert sum(t["type"] == "OUT" for t in body["transactions"]) == 60
+    finally:
+        doomed.close()
+        survivor.close()

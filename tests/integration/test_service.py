@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from uuid import uuid4
 
@@ -11,7 +12,7 @@ import pytest
 from pocket.application import WalletNotFound
 from pocket.config import Settings
 from pocket.domainmodel import InvalidText
-from pocket.service import PocketService
+from pocket.service import PocketService, RecipientNotFound
 from pocket.users import UserNotFound
 
 
@@ -23,7 +24,8 @@ def service(sql_settings: Settings) -> Iterator[PocketService]:
 
 
 def test_creating_a_user_opens_their_wallet(service: PocketService) -> None:
-    account = service.create_user("Gabriela")
+    account, token = service.create_user("Gabriela")
+    assert token.startswith("pkt_")
     assert account.user.name == "Gabriela"
     assert account.user.wallet_id == account.wallet.aggregate_id
     assert account.wallet.user_id == str(account.user.id)
@@ -32,8 +34,8 @@ def test_creating_a_user_opens_their_wallet(service: PocketService) -> None:
 
 
 def test_user_ids_count_up_from_one(service: PocketService) -> None:
-    first = service.create_user("a").user.id
-    second = service.create_user("b").user.id
+    first = service.create_user("a")[0].user.id
+    second = service.create_user("b")[0].user.id
     assert (first, second) == (1, 2)
 
 
@@ -42,7 +44,7 @@ def test_a_name_that_breaks_the_text_rules_creates_nobody(
 ) -> None:
     with pytest.raises(InvalidText):
         service.create_user("\x00")
-    assert service.create_user("ok").user.id == 1
+    assert service.create_user("ok")[0].user.id == 1
 
 
 @pytest.mark.parametrize("user_id", [0, -1, 2**63, 10**30])
@@ -55,7 +57,7 @@ def test_impossible_user_ids_are_simply_not_found(
 
 def crash_between_user_and_wallet(service: PocketService) -> int:
     """What a crash right after inserting the user row leaves behind."""
-    return service.users.create("Interrupted", wallet_id=uuid4()).id
+    return service.users.create("Interrupted", uuid4(), token_hash="x").id
 
 
 def test_a_wallet_left_unopened_is_opened_when_the_user_is_next_used(
@@ -92,3 +94,70 @@ def test_a_crash_after_opening_but_before_marking_is_completed(
     service.pocket.create_wallet(str(user_id), wallet_id=user.wallet_id)
     assert service.open_pending_wallets() == 1
     assert service.get_account(user_id).wallet.aggregate_id == user.wallet_id
+
+
+def test_a_token_opens_its_own_users_account_only(service: PocketService) -> None:
+    first, first_token = service.create_user("a")
+    service.create_user("b")
+    principal = service.authenticate(first_token)
+    assert principal is not None
+    assert principal.user_id == first.user.id
+    assert principal.may_act_for(first.user.id)
+    assert not principal.may_act_for(first.user.id + 1)
+    assert service.authenticate(first_token + "x") is None
+    assert service.authenticate("") is None
+
+
+def test_only_a_hash_of_the_token_is_stored(service: PocketService) -> None:
+    _, token = service.create_user("a")
+    rows = service.users.db.query("SELECT * FROM users")
+    assert token not in repr(rows)
+
+
+def test_a_new_token_replaces_the_old(service: PocketService) -> None:
+    account, old = service.create_user("a")
+    new = service.issue_token(account.user.id)
+    assert service.authenticate(old) is None
+    principal = service.authenticate(new)
+    assert principal is not None
+    assert principal.user_id == account.user.id
+
+
+def test_the_admin_token_opens_every_account(sql_settings: Settings) -> None:
+    settings = replace(sql_settings, admin_token="operator-secret-0123456789")
+    admin_service = PocketService(settings)
+    try:
+        principal = admin_service.authenticate("operator-secret-0123456789")
+        assert principal is not None
+        assert principal.is_admin
+        assert principal.may_act_for(12345)
+        assert admin_service.authenticate("operator-secret-012345678") is None
+    finally:
+        admin_service.close()
+
+
+def test_without_an_admin_token_configured_there_is_no_admin(
+    service: PocketService,
+) -> None:
+    assert service.settings.admin_token is None
+    assert service.authenticate("admin") is None
+
+
+def test_a_transfer_between_users_names_both(service: PocketService) -> None:
+    alice, _ = service.create_user("alice")
+    bob, _ = service.create_user("bob")
+    service.add_money(alice.user.id, Decimal("30"), "API")
+    sender, result = service.transfer(alice.user.id, bob.user.id, Decimal("12.50"), "x")
+    assert sender.wallet.balance == Decimal("17.50")
+    assert result.receiver.balance == Decimal("12.50")
+    (received,) = service.pocket.transactions(bob.user.wallet_id)
+    assert received.counterparty_user_id == str(alice.user.id)
+    assert received.transfer_id == result.id
+
+
+def test_a_transfer_to_nobody_is_refused(service: PocketService) -> None:
+    alice, _ = service.create_user("alice")
+    service.add_money(alice.user.id, Decimal("30"), "API")
+    with pytest.raises(RecipientNotFound):
+        service.transfer(alice.user.id, 999, Decimal("1"))
+    assert service.get_account(alice.user.id).wallet.balance == Decimal("30.00")

@@ -11,17 +11,28 @@ from eventsourcing.application import project_aggregate
 
 from pocket.domainmodel import (
     MAX_AMOUNT,
+    Cause,
+    CommandRecord,
     InsufficientFunds,
     InvalidAmount,
     InvalidText,
+    SameWallet,
     Wallet,
+    WalletClosed,
+    WalletNotEmpty,
     check_amount,
     check_text,
+    transfer,
 )
 
+CAUSE = Cause(actor="user:7", correlation_id="req-1")
 
-def new_wallet() -> Wallet:
-    return Wallet(user_id="7", id=uuid4())
+
+def new_wallet(balance: str = "0") -> Wallet:
+    wallet = Wallet.open("7", uuid4(), CAUSE)
+    if Decimal(balance):
+        wallet.add_money(Decimal(balance), "seed", CAUSE)
+    return wallet
 
 
 def test_a_new_wallet_is_empty_and_belongs_to_its_user() -> None:
@@ -35,7 +46,7 @@ def test_a_new_wallet_is_empty_and_belongs_to_its_user() -> None:
 
 def test_adding_money_raises_the_balance_and_records_the_source() -> None:
     wallet = new_wallet()
-    wallet.add_money(Decimal("20"), "API")
+    wallet.add_money(Decimal("20"), "API", CAUSE)
     assert wallet.balance == Decimal("20.00")
     event = wallet.collect_events()[-1]
     assert isinstance(event, Wallet.MoneyAdded)
@@ -44,12 +55,13 @@ def test_adding_money_raises_the_balance_and_records_the_source() -> None:
         "API",
         Decimal("20.00"),
     )
+    assert (event.actor, event.correlation_id) == ("user:7", "req-1")
 
 
 def test_drawing_money_lowers_the_balance_and_records_the_destination() -> None:
     wallet = new_wallet()
-    wallet.add_money(Decimal("20"), "API")
-    wallet.draw_money(Decimal("5"), "ATM")
+    wallet.add_money(Decimal("20"), "API", CAUSE)
+    wallet.draw_money(Decimal("5"), "ATM", CAUSE)
     assert wallet.balance == Decimal("15.00")
     event = wallet.collect_events()[-1]
     assert isinstance(event, Wallet.MoneyDrawn)
@@ -62,10 +74,10 @@ def test_drawing_money_lowers_the_balance_and_records_the_destination() -> None:
 
 def test_drawing_more_than_the_balance_is_refused_and_records_nothing() -> None:
     wallet = new_wallet()
-    wallet.add_money(Decimal("10.00"), "API")
+    wallet.add_money(Decimal("10.00"), "API", CAUSE)
     wallet.collect_events()
     with pytest.raises(InsufficientFunds) as caught:
-        wallet.draw_money(Decimal("10.01"), "ATM")
+        wallet.draw_money(Decimal("10.01"), "ATM", CAUSE)
     assert caught.value.balance == Decimal("10.00")
     assert wallet.balance == Decimal("10.00")
     assert wallet.collect_events() == []
@@ -73,16 +85,16 @@ def test_drawing_more_than_the_balance_is_refused_and_records_nothing() -> None:
 
 def test_drawing_the_whole_balance_leaves_exactly_zero() -> None:
     wallet = new_wallet()
-    wallet.add_money(Decimal("0.10"), "a")
-    wallet.add_money(Decimal("0.20"), "b")
-    wallet.draw_money(Decimal("0.30"), "c")
+    wallet.add_money(Decimal("0.10"), "a", CAUSE)
+    wallet.add_money(Decimal("0.20"), "b", CAUSE)
+    wallet.draw_money(Decimal("0.30"), "c", CAUSE)
     assert wallet.balance == Decimal("0.00")
 
 
 def test_replaying_the_events_rebuilds_the_same_wallet() -> None:
     wallet = new_wallet()
-    wallet.add_money(Decimal("100.10"), "API")
-    wallet.draw_money(Decimal("0.05"), "shop")
+    wallet.add_money(Decimal("100.10"), "API", CAUSE)
+    wallet.draw_money(Decimal("0.05"), "shop", CAUSE)
     copy = project_aggregate(None, wallet.collect_events())
     assert isinstance(copy, Wallet)
     assert (copy.id, copy.user_id, copy.balance, copy.version) == (
@@ -113,7 +125,7 @@ def test_replaying_the_events_rebuilds_the_same_wallet() -> None:
 def test_amounts_that_break_the_money_rules_are_refused(amount: Any) -> None:
     wallet = new_wallet()
     with pytest.raises(InvalidAmount):
-        wallet.add_money(amount, "API")
+        wallet.add_money(amount, "API", CAUSE)
     assert wallet.collect_events()[1:] == []
 
 
@@ -139,3 +151,87 @@ def test_texts_that_cannot_be_stored_faithfully_are_refused(text: Any) -> None:
 
 def test_a_text_of_255_characters_is_accepted() -> None:
     assert check_text("source", "é" * 255) == "é" * 255
+
+
+def send(sender: Wallet, receiver: Wallet, amount: str) -> None:
+    transfer(
+        sender,
+        receiver,
+        amount=Decimal(amount),
+        description="rent",
+        transfer_id=TRANSFER_ID,
+        cause=CAUSE,
+    )
+
+
+TRANSFER_ID = uuid4()
+
+
+def test_a_transfer_records_both_sides_naming_each_other() -> None:
+    sender, receiver = new_wallet("50"), new_wallet()
+    sender.collect_events()
+    receiver.collect_events()
+    send(sender, receiver, "20.5")
+    (sent,) = sender.collect_events()
+    (received,) = receiver.collect_events()
+    assert isinstance(sent, Wallet.TransferSent)
+    assert isinstance(received, Wallet.TransferReceived)
+    assert (sent.transfer_id, received.transfer_id) == (TRANSFER_ID, TRANSFER_ID)
+    assert (sent.counterparty_wallet_id, received.counterparty_wallet_id) == (
+        receiver.id,
+        sender.id,
+    )
+    assert (sent.balance, received.balance) == (Decimal("29.50"), Decimal("20.50"))
+    assert sent.description == received.description == "rent"
+
+
+@pytest.mark.parametrize(
+    ("amount", "error"),
+    [("50.01", InsufficientFunds), ("0", InvalidAmount), ("0.001", InvalidAmount)],
+)
+def test_a_refused_transfer_records_nothing_on_either_side(
+    amount: str, error: type[Exception]
+) -> None:
+    sender, receiver = new_wallet("50"), new_wallet()
+    sender.collect_events()
+    receiver.collect_events()
+    with pytest.raises(error):
+        send(sender, receiver, amount)
+    assert sender.collect_events() == receiver.collect_events() == []
+    assert (sender.balance, receiver.balance) == (Decimal("50.00"), Decimal("0.00"))
+
+
+def test_a_wallet_cannot_transfer_to_itself() -> None:
+    wallet = new_wallet("10")
+    with pytest.raises(SameWallet):
+        send(wallet, wallet, "1")
+
+
+def test_only_an_empty_wallet_closes() -> None:
+    wallet = new_wallet("0.01")
+    with pytest.raises(WalletNotEmpty):
+        wallet.close(CAUSE)
+    wallet.draw_money(Decimal("0.01"), "out", CAUSE)
+    wallet.close(CAUSE)
+    assert wallet.closed
+    assert isinstance(wallet.collect_events()[-1], Wallet.Closed)
+
+
+def test_a_closed_wallet_takes_no_money_in_or_out_and_stays_closed() -> None:
+    wallet, other = new_wallet(), new_wallet("5")
+    wallet.close(CAUSE)
+    wallet.collect_events()
+    with pytest.raises(WalletClosed):
+        wallet.add_money(Decimal("1"), "API", CAUSE)
+    with pytest.raises(WalletClosed):
+        wallet.draw_money(Decimal("1"), "API", CAUSE)
+    with pytest.raises(WalletClosed):
+        send(other, wallet, "1")
+    with pytest.raises(WalletClosed):
+        wallet.close(CAUSE)
+    assert wallet.collect_events() == []
+
+
+def test_a_command_record_id_depends_only_on_the_command_id() -> None:
+    assert CommandRecord.id_for("user:1:k") == CommandRecord.id_for("user:1:k")
+    assert CommandRecord.id_for("user:1:k") != CommandRecord.id_for("user:2:k")

@@ -34,11 +34,17 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
+def sign_in(client: FlaskClient, token: str) -> None:
+    """Sends the token with every later request of this client."""
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+
+
 @pytest.fixture
 def user_id(client: FlaskClient) -> int:
-    """A user with 10.00 in their wallet."""
+    """A signed-in user with 10.00 in their wallet."""
     created = client.post("/users", json={"name": "Gabriela"})
     uid: int = created.get_json()["user"]["id"]
+    sign_in(client, created.get_json()["token"])
     client.post(f"/users/{uid}/add_money", json={"amount": 10, "source": "API"})
     return uid
 
@@ -60,8 +66,11 @@ def test_the_seed_session(client: FlaskClient) -> None:
         "aggregate_id": wallet["aggregate_id"],
         "user_id": str(user["id"]),
         "balance": "0.00",
+        "version": 1,
+        "closed": False,
     }
     uid = user["id"]
+    sign_in(client, body["token"])
 
     added = client.post(f"/users/{uid}/add_money", json={"amount": 20, "source": "API"})
     assert added.status_code == 200
@@ -89,7 +98,10 @@ def test_the_seed_session(client: FlaskClient) -> None:
     assert entries[0]["id"] < entries[1]["id"]
 
     fetched = client.get(f"/users/{uid}").get_json()
-    assert fetched == {"user": user, "wallet": {**wallet, "balance": "15.00"}}
+    assert fetched == {
+        "user": user,
+        "wallet": {**wallet, "balance": "15.00", "version": 3},
+    }
 
 
 @pytest.mark.parametrize(
@@ -375,7 +387,9 @@ def test_an_overdraft_is_409_and_changes_nothing(
         "/users/1/nothing",
     ],
 )
-def test_unknown_users_and_routes_are_404(client: FlaskClient, path: str) -> None:
+def test_unknown_users_and_routes_are_404(
+    client: FlaskClient, user_id: int, path: str
+) -> None:
     answer = client.get(path)
     assert answer.status_code == 404
     assert answer.get_json()["error"]["code"] in ("not_found", "user_not_found")

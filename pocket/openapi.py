@@ -1,0 +1,455 @@
+"""The OpenAPI 3.1 document of Pocket's HTTP API, served at GET /openapi.json.
+
+Written by hand next to the routes it describes; the tests check it against the
+routes and run generated requests against the live app.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+Schema = dict[str, Any]
+
+MONEY_OUT: Schema = {
+    "type": "string",
+    "pattern": r"^[0-9]+\.[0-9]{2}$",
+    "description": "Money, with exactly two decimal places.",
+    "examples": ["15.00"],
+}
+AMOUNT_IN: Schema = {
+    "description": (
+        "Greater than zero, at most 1000000000.00, at most 2 decimal places; "
+        "plain digits with an optional decimal point (no sign, exponent or spaces)."
+    ),
+    "oneOf": [
+        {
+            "type": "string",
+            "pattern": r"^[0-9]+(\.[0-9]{1,2})?$",
+            "maxLength": 20,
+        },
+        {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 1000000000,
+            "multipleOf": 0.01,
+        },
+    ],
+    "examples": [20, "20.50"],
+}
+TEXT: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 255,
+    "pattern": r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$",
+}
+TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
+UUID_STRING: Schema = {"type": "string", "format": "uuid"}
+
+
+def ref(name: str) -> Schema:
+    """A reference to a component schema."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(properties: dict[str, Schema], optional: tuple[str, ...] = ()) -> Schema:
+    """A closed object schema: exactly these properties, all but optional required."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": [name for name in properties if name not in optional],
+        "additionalProperties": False,
+    }
+
+
+SCHEMAS: dict[str, Schema] = {
+    "User": obj(
+        {
+            "id": {"type": "integer", "minimum": 1},
+            "name": {"type": "string"},
+            "created_at": TIMESTAMP,
+            "updated_at": TIMESTAMP,
+        }
+    ),
+    "Wallet": obj(
+        {
+            "aggregate_id": UUID_STRING,
+            "user_id": {"type": "string"},
+            "balance": MONEY_OUT,
+            "version": {"type": "integer", "minimum": 1},
+            "closed": {"type": "boolean"},
+        }
+    ),
+    "WalletAsOf": obj(
+        {
+            "aggregate_id": UUID_STRING,
+            "user_id": {"type": "string"},
+            "balance": MONEY_OUT,
+            "version": {"type": "integer", "minimum": 1},
+            "closed": {"type": "boolean"},
+            "as_of": TIMESTAMP,
+        }
+    ),
+    "ProjectedWallet": {
+        "description": "The wallet as the wallet_records projection has it (may lag).",
+        "oneOf": [
+            obj(
+                {
+                    "aggregate_id": UUID_STRING,
+                    "user_id": {"type": "string"},
+                    "balance": MONEY_OUT,
+                    "version": {"type": "integer", "minimum": 1},
+                }
+            ),
+            {"type": "null"},
+        ],
+    },
+    "Account": obj({"user": ref("User"), "wallet": ref("Wallet")}),
+    "AccountAsOf": obj({"user": ref("User"), "wallet": ref("WalletAsOf")}),
+    "NewAccount": obj(
+        {
+            "user": ref("User"),
+            "wallet": ref("Wallet"),
+            "token": {
+                "type": "string",
+                "description": "The user's API token. It is shown only this once.",
+            },
+        }
+    ),
+    "AccountPage": obj(
+        {
+            "users": {
+                "type": "array",
+                "items": obj({"user": ref("User"), "wallet": ref("ProjectedWallet")}),
+            },
+            "next": {"type": ["string", "null"]},
+        }
+    ),
+    "Token": obj({"token": {"type": "string"}}),
+    "Transaction": obj(
+        {
+            "id": {
+                "type": "integer",
+                "description": "The entry's position in the wallet's history.",
+            },
+            "type": {"enum": ["IN", "OUT"]},
+            "amount": MONEY_OUT,
+            "balance": {**MONEY_OUT, "description": "The balance after this entry."},
+            "date": TIMESTAMP,
+            "source": {"type": "string"},
+            "destination": {"type": "string"},
+            "transfer_id": UUID_STRING,
+            "counterparty": obj(
+                {"user_id": {"type": "string"}, "wallet_id": UUID_STRING}
+            ),
+            "description": {"type": "string"},
+            "actor": {
+                "type": ["string", "null"],
+                "description": "Who caused it: user:<id>, admin or system.",
+            },
+            "correlation_id": {
+                "type": ["string", "null"],
+                "description": "The X-Request-Id of the request that caused it.",
+            },
+        },
+        optional=(
+            "source",
+            "destination",
+            "transfer_id",
+            "counterparty",
+            "description",
+        ),
+    ),
+    "TransactionPage": obj(
+        {
+            "balance": MONEY_OUT,
+            "transactions": {"type": "array", "items": ref("Transaction")},
+            "next": {
+                "type": ["string", "null"],
+                "description": "Pass as ?after= for the next page; null at the end.",
+            },
+        }
+    ),
+    "Transfer": obj(
+        {
+            "id": UUID_STRING,
+            "from_user_id": {"type": "integer"},
+            "to_user_id": {"type": "integer"},
+            "amount": MONEY_OUT,
+            "description": {"type": "string"},
+            "date": TIMESTAMP,
+        }
+    ),
+    "TransferResult": obj(
+        {"user": ref("User"), "wallet": ref("Wallet"), "transfer": ref("Transfer")}
+    ),
+    "Error": obj(
+        {
+            "error": obj(
+                {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "fields": {
+                        "type": "object",
+                        "additionalProperties": {"type": "string"},
+                    },
+                },
+                optional=("fields",),
+            )
+        }
+    ),
+    "Health": obj({"status": {"const": "ok"}}),
+    "NewUser": obj({"name": TEXT}),
+    "AddMoney": obj({"amount": AMOUNT_IN, "source": TEXT}),
+    "DrawMoney": obj({"amount": AMOUNT_IN, "destination": TEXT}),
+    "NewTransfer": obj(
+        {
+            "to_user_id": {"type": "integer", "minimum": 1},
+            "amount": AMOUNT_IN,
+            "description": TEXT,
+        },
+        optional=("description",),
+    ),
+    "Empty": obj({}),
+}
+
+ERRORS = {
+    "400": "The body is not JSON, or not a JSON object.",
+    "401": "No bearer token, or one that is not valid.",
+    "404": "No such user (or another user's), route or version.",
+    "405": "The method is not allowed here.",
+    "409": "A rule refused it, or a request with this key is still running.",
+    "413": "The body is over 1 MiB.",
+    "415": "The body is not sent as application/json.",
+    "422": "Missing, invalid or unknown fields or parameters.",
+    "503": "The database is unreachable; retry.",
+}
+
+USER_ID: Schema = {
+    "name": "user_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
+}
+IDEMPOTENCY_KEY: Schema = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Up to 255 characters, scoped to the caller. The same key with the same "
+        "body returns the first response and changes nothing; with a different "
+        "body, 422; while the first request runs, 409."
+    ),
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+LIMIT: Schema = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+}
+AFTER: Schema = {
+    "name": "after",
+    "in": "query",
+    "required": False,
+    "description": "The opaque cursor from the previous page's next.",
+    "schema": {"type": "string"},
+}
+
+
+def answer(description: str, schema: str) -> Schema:
+    """A JSON response."""
+    return {
+        "description": description,
+        "headers": {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}},
+        "content": {"application/json": {"schema": ref(schema)}},
+    }
+
+
+def operation(
+    summary: str,
+    success: tuple[str, str, str],
+    errors: tuple[str, ...],
+    *,
+    body: str | None = None,
+    parameters: tuple[Schema, ...] = (),
+    secured: bool = True,
+) -> Schema:
+    """One operation: its body, its answer, its errors."""
+    status, description, schema = success
+    responses = {status: answer(description, schema)}
+    for code in errors:
+        responses[code] = {"$ref": f"#/components/responses/E{code}"}
+    spec: Schema = {"summary": summary, "responses": responses}
+    if parameters:
+        spec["parameters"] = list(parameters)
+    if body is not None:
+        spec["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": ref(body)}},
+        }
+    if not secured:
+        spec["security"] = []
+    return spec
+
+
+MONEY_ERRORS = ("400", "401", "404", "409", "413", "415", "422", "503")
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The whole document."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Pocket",
+            "version": "1.0.0",
+            "description": (
+                "Event-sourced wallets: every balance audited, explained and "
+                "replayable. Money is exact to the cent and goes out as strings."
+            ),
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/health": {
+                "get": operation(
+                    "The server is up", ("200", "Up.", "Health"), (), secured=False
+                )
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The OpenAPI document.",
+                            "content": {
+                                "application/json": {"schema": {"type": "object"}}
+                            },
+                        }
+                    },
+                }
+            },
+            "/users": {
+                "post": {
+                    **operation(
+                        "Sign up a user (opens their wallet; returns their token)",
+                        ("201", "Created.", "NewAccount"),
+                        ("400", "401", "404", "413", "415", "422", "503"),
+                        body="NewUser",
+                    ),
+                    "security": [{}, {"bearer": []}],
+                },
+                "get": operation(
+                    "List users with their projected wallets (admin)",
+                    ("200", "A page of users.", "AccountPage"),
+                    ("401", "404", "422", "503"),
+                    parameters=(LIMIT, AFTER),
+                ),
+            },
+            "/users/{user_id}": {
+                "get": operation(
+                    "A user and their wallet",
+                    ("200", "The user and wallet.", "Account"),
+                    ("401", "404", "503"),
+                    parameters=(USER_ID,),
+                )
+            },
+            "/users/{user_id}/token": {
+                "post": operation(
+                    "Issue a new API token (the old one stops working)",
+                    ("200", "The new token.", "Token"),
+                    ("400", "401", "404", "413", "415", "422", "503"),
+                    parameters=(USER_ID,),
+                )
+            },
+            "/users/{user_id}/add_money": {
+                "post": operation(
+                    "Put money into the wallet",
+                    ("200", "The wallet after the command.", "Account"),
+                    MONEY_ERRORS,
+                    body="AddMoney",
+                    parameters=(USER_ID, IDEMPOTENCY_KEY),
+                )
+            },
+            "/users/{user_id}/draw_money": {
+                "post": operation(
+                    "Take money out of the wallet (never below zero)",
+                    ("200", "The wallet after the command.", "Account"),
+                    MONEY_ERRORS,
+                    body="DrawMoney",
+                    parameters=(USER_ID, IDEMPOTENCY_KEY),
+                )
+            },
+            "/users/{user_id}/transfers": {
+                "post": operation(
+                    "Move money to another user's wallet, atomically",
+                    ("201", "The transfer and the sender's wallet.", "TransferResult"),
+                    MONEY_ERRORS,
+                    body="NewTransfer",
+                    parameters=(USER_ID, IDEMPOTENCY_KEY),
+                )
+            },
+            "/users/{user_id}/close": {
+                "post": operation(
+                    "Close the wallet (it must be empty)",
+                    ("200", "The closed wallet.", "Account"),
+                    MONEY_ERRORS,
+                    parameters=(USER_ID, IDEMPOTENCY_KEY),
+                )
+            },
+            "/users/{user_id}/transactions": {
+                "get": operation(
+                    "The wallet's money movements, oldest first, paged",
+                    ("200", "A page of transactions.", "TransactionPage"),
+                    ("401", "404", "422", "503"),
+                    parameters=(USER_ID, LIMIT, AFTER),
+                )
+            },
+            "/users/{user_id}/wallet": {
+                "get": operation(
+                    "The wallet now, at a version, or at a moment",
+                    ("200", "The wallet as it was.", "AccountAsOf"),
+                    ("401", "404", "422", "503"),
+                    parameters=(
+                        USER_ID,
+                        {
+                            "name": "version",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1},
+                        },
+                        {
+                            "name": "at",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "format": "date-time"},
+                        },
+                    ),
+                )
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": (
+                        "The user's token (from sign-up) or the operator's "
+                        "POCKET_ADMIN_TOKEN."
+                    ),
+                }
+            },
+            "headers": {
+                "X-Request-Id": {
+                    "description": "The request's correlation id (yours or a new one).",
+                    "schema": {"type": "string"},
+                }
+            },
+            "schemas": SCHEMAS,
+            "responses": {
+                f"E{code}": answer(description, "Error")
+                for code, description in ERRORS.items()
+            },
+        },
+    }
