@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import random
 import threading
 import time
@@ -14,8 +15,18 @@ from decimal import Decimal
 from typing import Any, ClassVar, Literal
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, Recording
+from eventsourcing.application import (
+    AggregateNotFoundError,
+    Application,
+    ProcessingEvent,
+)
+from eventsourcing.persistence import (
+    InfrastructureFactory,
+    IntegrityError,
+    PersistenceError,
+    Recording,
+)
+from eventsourcing.utils import Environment
 
 from pocket.domainmodel import (
     Cause,
@@ -25,8 +36,11 @@ from pocket.domainmodel import (
     check_amount,
     transfer,
 )
+from pocket.postgres import POSTGRES_DEFAULTS
+from pocket.postgres import Factory as PostgresFactory
 
 HISTORY_PAGE_MAX = 500
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -107,6 +121,8 @@ class Pocket(Application[UUID]):
     """Creates wallets and moves money in and out of them and between them."""
 
     name = "Pocket"
+    # Defaults only: the environment and the env argument override them.
+    env: ClassVar[dict[str, str]] = dict(POSTGRES_DEFAULTS)
     # A snapshot every hundred events keeps loading a wallet as cheap on its
     # millionth event as on its first.
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Wallet: 100}
@@ -123,6 +139,12 @@ class Pocket(Application[UUID]):
         self._save_listeners: list[Callable[[], None]] = []
         self._in_flight: set[str] = set()
         self._in_flight_lock = threading.Lock()
+
+    def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
+        """The library's factory, with bounded retries on PostgreSQL."""
+        if env.get("PERSISTENCE_MODULE") == "eventsourcing.postgres":
+            return PostgresFactory(env)
+        return super().construct_factory(env)
 
     # Commands
 
@@ -286,6 +308,14 @@ class Pocket(Application[UUID]):
     def add_save_listener(self, listener: Callable[[], None]) -> None:
         """Calls listener after each save in this process (wakes local followers)."""
         self._save_listeners.append(listener)
+
+    def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
+        # A snapshot only speeds up later loads, and the command has committed by
+        # now: failing to take one must not turn a done command into an error.
+        try:
+            super()._take_snapshots(processing_event)
+        except PersistenceError as error:
+            log.warning("Snapshot skipped (%s); the next one will do", error)
 
     def _notify(self, recordings: list[Recording[UUID]]) -> None:
         super()._notify(recordings)

@@ -1,22 +1,37 @@
-"""The `pocket` command: serve the HTTP API, or follow the event log."""
+"""The `pocket` command: serve the API, follow the log, migrate, status, verify."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from types import FrameType
+from typing import TypeVar
 
+from eventsourcing.persistence import InterfaceError, OperationalError
 from waitress import create_server
 
 from pocket.config import ConfigurationError, Settings
-from pocket.service import PocketService, build_follower
+from pocket.operations import (
+    MigrationRefused,
+    Progress,
+    format_status,
+    migrate,
+    status,
+    verify,
+)
+from pocket.service import PocketService, build_follower, open_pocket
+from pocket.system import LATEST_VERSION, VERSIONS
 from pocket.web import create_app
 
 log = logging.getLogger("pocket")
+T = TypeVar("T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,12 +75,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=500, help="events per transaction (500)"
     )
     follow_parser.set_defaults(command=follow)
+
+    migrate_parser = commands.add_parser(
+        "migrate",
+        help="rebuild wallet_records at a version beside the live one, then switch",
+    )
+    migrate_parser.add_argument(
+        "--version",
+        type=int,
+        default=LATEST_VERSION,
+        choices=sorted(VERSIONS),
+        help=f"the version to build and make live (default: latest, {LATEST_VERSION})",
+    )
+    migrate_parser.add_argument(
+        "--keep-old", action="store_true", help="keep the old version's tables"
+    )
+    migrate_parser.add_argument(
+        "--batch-size", type=int, default=1000, help="events per transaction (1000)"
+    )
+    migrate_parser.set_defaults(command=run_migrate)
+
+    status_parser = commands.add_parser(
+        "status", help="each projection's version, position, lag and follower"
+    )
+    status_parser.add_argument("--json", action="store_true", help="print JSON")
+    status_parser.set_defaults(command=run_status)
+
+    verify_parser = commands.add_parser(
+        "verify", help="recompute every balance from the events and compare"
+    )
+    verify_parser.set_defaults(command=run_verify)
     return parser
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     """Serves the API with waitress until SIGTERM or SIGINT."""
-    service = PocketService(settings, follow=not args.no_follower)
+    service = when_database_answers(
+        lambda: PocketService(settings, follow=not args.no_follower)
+    )
     try:
         server = create_server(
             create_app(service), host=args.host, port=args.port, threads=args.threads
@@ -86,8 +133,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def follow(args: argparse.Namespace, settings: Settings) -> int:
     """Follows Pocket's log until SIGTERM or SIGINT, between two transactions."""
-    follower = build_follower(settings)
-    follower.batch_size = args.batch_size
+    follower = when_database_answers(lambda: build_follower(settings, args.batch_size))
 
     def stop(signum: int, _: FrameType | None) -> None:
         log.info(
@@ -104,6 +150,51 @@ def follow(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         follower.pocket.close()
     return 0
+
+
+def run_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """`pocket migrate`: exit 0 when the version asked for is live, 2 if refused."""
+    with closing(open_pocket(settings)) as pocket:
+        try:
+            migrate(
+                pocket,
+                target=args.version,
+                keep_old=args.keep_old,
+                batch_size=args.batch_size,
+                progress=Progress(f"Building wallet_records v{args.version}"),
+            )
+        except MigrationRefused as error:
+            print(f"pocket migrate: {error}", file=sys.stderr)
+            return 2
+    return 0
+
+
+def run_status(args: argparse.Namespace, settings: Settings) -> int:
+    """`pocket status`: the projections' state, for people or (--json) machines."""
+    with closing(open_pocket(settings)) as pocket:
+        report = status(pocket)
+    print(json.dumps(report, indent=2) if args.json else format_status(report))
+    return 0
+
+
+def run_verify(args: argparse.Namespace, settings: Settings) -> int:
+    """`pocket verify`: exit 1 when wallet_records disagrees with the events."""
+    with closing(open_pocket(settings)) as pocket:
+        return 1 if verify(pocket) else 0
+
+
+def when_database_answers(build: Callable[[], T]) -> T:
+    """Builds something that needs the database, waiting for it with backoff."""
+    delay = 0.5
+    while True:
+        try:
+            return build()
+        except (OperationalError, InterfaceError) as error:
+            log.warning(
+                "Database unreachable (%s); trying again in %.0fs", error, delay
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def raise_system_exit(signum: int, _: FrameType | None) -> None:

@@ -95,6 +95,24 @@ class Transaction:
             row["name"] == column for row in self.execute(f"PRAGMA table_info({table})")
         )
 
+    def has_table(self, name: str) -> bool:
+        """Whether a table exists (in the current schema)."""
+        return self._has("BASE TABLE", "table", name)
+
+    def has_view(self, name: str) -> bool:
+        """Whether a view exists (in the current schema)."""
+        return self._has("VIEW", "view", name)
+
+    def _has(self, pg_type: str, sqlite_type: str, name: str) -> bool:
+        if self.dialect == "postgres":
+            sql = (
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = "
+                "current_schema() AND table_type = %s AND table_name = %s"
+            )
+            return bool(self.execute(sql, [pg_type, name]))
+        sql = "SELECT 1 FROM sqlite_master WHERE type = %s AND name = %s"
+        return bool(self.execute(sql, [sqlite_type, name]))
+
     def lock_schema(self) -> None:
         """Serializes schema changes between processes starting at once."""
         if self.dialect == "postgres":

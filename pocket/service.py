@@ -8,13 +8,17 @@ import hashlib
 import hmac
 import logging
 import secrets
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from uuid import uuid4
 
-from eventsourcing.persistence import IntegrityError
+import psycopg
+from eventsourcing.persistence import IntegrityError, OperationalError
+from eventsourcing.postgres import PostgresDatastore
 
 from pocket.application import (
     HistoryPage,
@@ -26,12 +30,14 @@ from pocket.application import (
 from pocket.config import Settings
 from pocket.database import Database
 from pocket.domainmodel import Cause, check_text
+from pocket.locks import ProcessLock, process_lock
 from pocket.system import (
+    PROJECTION,
+    ProjectionCatalog,
     ProjectionFollower,
     ThreadedRunner,
-    WalletProjection,
     WalletRecord,
-    WalletRecordsView,
+    live_records,
 )
 from pocket.users import User, UserNotFound, UserStore
 
@@ -86,17 +92,30 @@ def open_pocket(settings: Settings) -> Pocket:
     raise AssertionError  # pragma: no cover
 
 
-def open_view(pocket: Pocket) -> WalletRecordsView:
-    """The wallet_records view on Pocket's database, its tables created."""
-    view = WalletRecordsView(Database.of(pocket))
-    view.create_table()
-    return view
+def open_catalog(pocket: Pocket) -> ProjectionCatalog:
+    """The projection catalogue on Pocket's database, the live version's tables made."""
+    catalog = ProjectionCatalog(Database.of(pocket))
+    catalog.ensure()
+    return catalog
 
 
-def build_follower(settings: Settings) -> ProjectionFollower:
-    """A follower of Pocket's log for the wallet_records projection."""
+def named_lock(pocket: Pocket, name: str) -> ProcessLock:
+    """A lock that one process at a time holds on this database."""
+    db = Database.of(pocket)
+    return process_lock(db.datastore, pocket.env.get("SQLITE_DBNAME"), name)
+
+
+def follower_lock(pocket: Pocket) -> ProcessLock:
+    """The lock the active wallet_records follower holds; standbys wait for it."""
+    return named_lock(pocket, f"follower-{PROJECTION}")
+
+
+def build_follower(settings: Settings, batch_size: int = 500) -> ProjectionFollower:
+    """The live projection's follower, with the lock that keeps it alone."""
     pocket = open_pocket(settings)
-    return ProjectionFollower(pocket, WalletProjection(open_view(pocket)))
+    return ProjectionFollower(
+        pocket, open_catalog(pocket), lock=follower_lock(pocket), batch_size=batch_size
+    )
 
 
 def hash_token(token: str) -> str:
@@ -109,6 +128,70 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+class DatabaseUnavailable(OperationalError):
+    """The database is known to be down; requests are answered without waiting."""
+
+
+class DatabaseGate:
+    """Lets requests through only while the database answers.
+
+    The first request to meet a dead database trips the gate; from then on the
+    API answers 503 at once, without waiting on connection timeouts, while a
+    background probe checks every half second and reopens the gate when the
+    database is back.
+    """
+
+    def __init__(self, probe: Callable[[], None] | None, interval: float = 0.5) -> None:
+        self.probe = probe
+        self.interval = interval
+        self.down = threading.Event()
+        self._lock = threading.Lock()
+
+    def check(self) -> None:
+        """Raises DatabaseUnavailable while the database is known to be down."""
+        if self.down.is_set():
+            raise DatabaseUnavailable("The database is unavailable")
+
+    def trip(self) -> None:
+        """Marks the database down and starts probing for its return."""
+        if self.probe is None:
+            return
+        with self._lock:
+            if self.down.is_set():
+                return
+            self.down.set()
+        log.warning("Database unreachable: answering 503 until it is back")
+        threading.Thread(target=self._wait_for_return, daemon=True).start()
+
+    def _wait_for_return(self) -> None:
+        assert self.probe is not None
+        while True:
+            try:
+                self.probe()
+            except Exception:  # Any failure means: still down.
+                time.sleep(self.interval)
+                continue
+            self.down.clear()
+            log.info("Database reachable again: serving")
+            return
+
+
+def database_probe(pocket: Pocket) -> Callable[[], None] | None:
+    """A cheap check that the database answers (None for an SQLite file)."""
+    datastore = Database.of(pocket).datastore
+    if not isinstance(datastore, PostgresDatastore):
+        return None
+    pool_kwargs = datastore.pool.kwargs
+    assert isinstance(pool_kwargs, dict)
+    kwargs = {k: v for k, v in pool_kwargs.items() if k != "row_factory"}
+
+    def probe() -> None:
+        with psycopg.connect(connect_timeout=2, **kwargs) as conn:
+            conn.execute("SELECT 1")
+
+    return probe
+
+
 class PocketService:
     """Pocket, the users table and (optionally) an in-process follower."""
 
@@ -117,11 +200,14 @@ class PocketService:
         self.pocket = open_pocket(settings)
         self.users = UserStore(Database.of(self.pocket))
         self.users.create_table()
-        self.view = open_view(self.pocket)
+        self.catalog = open_catalog(self.pocket)
+        self.gate = DatabaseGate(database_probe(self.pocket))
         self.runner: ThreadedRunner | None = None
         self.open_pending_wallets()
         if follow:
-            follower = ProjectionFollower(self.pocket, WalletProjection(self.view))
+            follower = ProjectionFollower(
+                self.pocket, self.catalog, lock=follower_lock(self.pocket)
+            )
             self.runner = ThreadedRunner(follower)
             self.runner.start()
 
@@ -176,7 +262,7 @@ class PocketService:
     ) -> list[tuple[User, WalletRecord | None]]:
         """A page of users with their wallets as the projection has them."""
         users = self.users.page(after, limit)
-        records = self.view.get_many([user.wallet_id for user in users])
+        records = live_records(self.users.db, [user.wallet_id for user in users])
         return [(user, records.get(user.wallet_id)) for user in users]
 
     def wallet_as_of(

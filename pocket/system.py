@@ -1,4 +1,5 @@
-"""The wallet_records projection, the follower that feeds it, and its runners.
+"""The wallet_records projection, its versions, the follower that feeds it, and its
+runners.
 
 The projection is built on the library's 9.5 projection classes (a `Projection`
 writing to a `TrackingRecorder` view) rather than a `ProcessApplication`: it
@@ -9,6 +10,12 @@ Exactly-once: each batch's row changes and its tracking position commit in one
 transaction, and the position only moves by compare-and-set from the position the
 batch was read after, so a second follower, a crash or a retry can never apply an
 event twice or skip one.
+
+Versions: each version of the projection has tables of its own
+(`wallet_records_v<n>`) and a tracking row of its own. Readers use the SQL view
+`wallet_records`, which points at the live version; `pocket migrate` builds a new
+version beside the live one and switches the view, the live version and the
+followers over in one transaction.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ import psycopg
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import (
     IntegrityError,
+    InterfaceError,
     Notification,
+    OperationalError,
     PersistenceError,
     Tracking,
     TrackingRecorder,
@@ -36,20 +45,32 @@ from eventsourcing.projection import Projection
 from eventsourcing.utils import get_topic
 
 from pocket.application import Pocket
-from pocket.database import Database, Transaction, as_decimal, as_uuid
+from pocket.database import Database, Row, Transaction, as_decimal, as_uuid
 from pocket.domainmodel import ZERO, Wallet
+from pocket.locks import ProcessLock
 
 log = logging.getLogger(__name__)
+
+PROJECTION = "wallet_records"
+# The versions of wallet_records this code can build and follow. Version 2 added
+# the closed column (wallets can close); bump this, describe the new version's
+# columns below, and run `pocket migrate` to rebuild live.
+LATEST_VERSION = 2
+VERSIONS: dict[int, str] = {
+    1: "aggregate_id, user_id, balance, version",
+    2: "aggregate_id, user_id, balance, version, closed",
+}
 
 
 @dataclass(frozen=True)
 class WalletRecord:
-    """One row of wallet_records."""
+    """One row of wallet_records (closed is None in versions without it)."""
 
     aggregate_id: UUID
     user_id: str
     balance: Decimal
     version: int
+    closed: bool | None = None
 
 
 @dataclass
@@ -58,6 +79,7 @@ class WalletChanges:
 
     opened: dict[UUID, tuple[str, int]] = field(default_factory=dict)
     deltas: dict[UUID, tuple[Decimal, int]] = field(default_factory=dict)
+    closed: set[UUID] = field(default_factory=set)
 
     def open(self, wallet_id: UUID, user_id: str, version: int) -> None:
         """A wallet was created."""
@@ -68,66 +90,93 @@ class WalletChanges:
         delta, _ = self.deltas.get(wallet_id, (ZERO, 0))
         self.deltas[wallet_id] = (delta + amount, version)
 
+    def close(self, wallet_id: UUID, version: int) -> None:
+        """A wallet was closed."""
+        self.move(wallet_id, ZERO, version)
+        self.closed.add(wallet_id)
+
 
 class ProjectionError(PersistenceError):
     """The projection's table disagrees with the events applied to it."""
 
 
-class WalletRecordsView(TrackingRecorder):
-    """The wallet_records table and the position in Pocket's log it reflects."""
+class ProjectionSwitched(IntegrityError):
+    """The live version changed: this follower must follow the new one."""
 
-    def __init__(self, db: Database, version: int = 1) -> None:
+
+class WalletRecordsView(TrackingRecorder):
+    """One version of wallet_records and the position in Pocket's log it reflects."""
+
+    def __init__(self, db: Database, version: int = LATEST_VERSION) -> None:
+        if version not in VERSIONS:
+            msg = f"wallet_records has no version {version} (known: {sorted(VERSIONS)})"
+            raise ValueError(msg)
         self.db = db
         self.version = version
-        self.table = f"wallet_records_v{version}"
+        self.table = f"{PROJECTION}_v{version}"
 
     def create_table(self) -> None:
-        """Creates the table, its tracking row's table and the wallet_records view."""
+        """Creates this version's table (and the shared tracking table)."""
         pg = self.db.dialect == "postgres"
-        statements = [
-            f"CREATE TABLE IF NOT EXISTS {self.table} ("
-            f"aggregate_id {'uuid' if pg else 'TEXT'} PRIMARY KEY, "
-            "user_id text NOT NULL, "
-            f"balance {'numeric(20, 2)' if pg else 'TEXT'} NOT NULL, "
-            "version bigint NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS projection_tracking ("
-            "projection text PRIMARY KEY, "
-            "application_name text NOT NULL, "
-            "notification_id bigint NOT NULL)",
+        columns = [
+            f"aggregate_id {'uuid' if pg else 'TEXT'} PRIMARY KEY",
+            "user_id text NOT NULL",
+            f"balance {'numeric(20, 2)' if pg else 'TEXT'} NOT NULL",
+            "version bigint NOT NULL",
         ]
-        # Readers use the wallet_records view, so a rebuilt version can replace
-        # the live table in one step.
-        select = f"SELECT aggregate_id, user_id, balance, version FROM {self.table}"
-        if pg:
-            statements.append(f"CREATE OR REPLACE VIEW wallet_records AS {select}")
-        else:
-            statements.append(f"CREATE VIEW IF NOT EXISTS wallet_records AS {select}")
+        if self.version >= 2:
+            columns.append("closed boolean NOT NULL DEFAULT false")
         with self.db.transaction() as tx:
             tx.lock_schema()
-            for statement in statements:
-                tx.execute(statement)
+            tx.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.table} ({', '.join(columns)})"
+            )
+            tx.execute(
+                "CREATE TABLE IF NOT EXISTS projection_tracking ("
+                "projection text PRIMARY KEY, "
+                "application_name text NOT NULL, "
+                "notification_id bigint NOT NULL)"
+            )
+
+    def drop_table(self) -> None:
+        """Drops this version's table and its position."""
+        with self.db.transaction() as tx:
+            tx.execute(f"DROP TABLE IF EXISTS {self.table}")
+            tx.execute(
+                "DELETE FROM projection_tracking WHERE projection = %s", [self.table]
+            )
 
     def max_tracking_id(self, application_name: str) -> int | None:
         """The last notification of the named application this view reflects."""
         with self.db.transaction(commit=False) as tx:
-            return self._position(tx, application_name)
+            return self.position(tx, application_name)
 
     def insert_tracking(self, tracking: Tracking) -> None:
         """Moves the position forward with no row changes (never backwards)."""
-        self.apply(
-            WalletChanges(), tracking, self.max_tracking_id(tracking.application_name)
-        )
+        after = self.max_tracking_id(tracking.application_name)
+        self.apply(WalletChanges(), tracking, after, live_only=False)
 
     def apply(
-        self, changes: WalletChanges, tracking: Tracking, after: int | None
+        self,
+        changes: WalletChanges,
+        tracking: Tracking,
+        after: int | None,
+        *,
+        live_only: bool,
     ) -> None:
         """Applies a batch's changes and moves the position from after to tracking.
 
         Raises IntegrityError, changing nothing, when the position is not where
-        the batch was read from (another follower got there first).
+        the batch was read from (another follower got there first), and
+        ProjectionSwitched when live_only and this version is no longer live.
         """
         with self.db.transaction() as tx:
             self._advance(tx, tracking, after)
+            if live_only:
+                live = live_version(tx, for_share=True)
+                if live != self.version:
+                    msg = f"wallet_records v{live} is live, not v{self.version}"
+                    raise ProjectionSwitched(msg)
             if changes.opened:
                 tx.executemany(
                     f"INSERT INTO {self.table} "
@@ -136,27 +185,30 @@ class WalletRecordsView(TrackingRecorder):
                 )
             if changes.deltas:
                 self._add_deltas(tx, changes.deltas)
+            if changes.closed and self.version >= 2:
+                tx.executemany(
+                    f"UPDATE {self.table} SET closed = true WHERE aggregate_id = %s",
+                    [(i,) for i in changes.closed],
+                )
 
     def get(self, aggregate_id: UUID) -> WalletRecord | None:
         """The row for one wallet, if the projection has reached it."""
-        rows = self.db.query(
-            f"SELECT * FROM {self.table} WHERE aggregate_id = %s", [aggregate_id]
-        )
-        return to_record(rows[0]) if rows else None
+        return self.get_many([aggregate_id]).get(aggregate_id)
 
     def get_many(self, ids: list[UUID]) -> dict[UUID, WalletRecord]:
         """The rows for some wallets, by id (missing ones left out)."""
         with self.db.transaction(commit=False) as tx:
             return {
                 record.aggregate_id: record
-                for record in map(to_record, self._select_in(tx, "*", ids))
+                for record in map(to_record, select_in(tx, self.table, "*", ids))
             }
 
     def all(self) -> list[WalletRecord]:
         """Every row, in no particular order."""
         return [to_record(row) for row in self.db.query(f"SELECT * FROM {self.table}")]
 
-    def _position(self, tx: Transaction, application_name: str) -> int | None:
+    def position(self, tx: Transaction, application_name: str = "Pocket") -> int | None:
+        """This version's position, read inside a transaction."""
         rows = tx.execute(
             "SELECT notification_id FROM projection_tracking "
             "WHERE projection = %s AND application_name = %s",
@@ -203,7 +255,12 @@ class WalletRecordsView(TrackingRecorder):
         else:
             # SQLite has no exact decimal arithmetic: add in Python, in the
             # same write transaction that holds the database lock.
-            balances = self._balances(tx, list(deltas))
+            balances = {
+                as_uuid(row["aggregate_id"]): as_decimal(row["balance"])
+                for row in select_in(
+                    tx, self.table, "aggregate_id, balance", list(deltas)
+                )
+            }
             tx.executemany(
                 f"UPDATE {self.table} SET balance = %s, version = %s "
                 "WHERE aggregate_id = %s",
@@ -218,39 +275,150 @@ class WalletRecordsView(TrackingRecorder):
             msg = f"{self.table} lacks rows for {len(deltas) - updated} wallet(s)"
             raise ProjectionError(msg)
 
-    def _balances(self, tx: Transaction, ids: list[UUID]) -> dict[UUID, Decimal]:
-        return {
-            as_uuid(row["aggregate_id"]): as_decimal(row["balance"])
-            for row in self._select_in(tx, "aggregate_id, balance", ids)
-        }
 
-    def _select_in(
-        self, tx: Transaction, columns: str, ids: list[UUID]
-    ) -> Iterator[dict[str, Any]]:
-        # In chunks: SQLite allows a limited number of parameters per statement.
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ", ".join(["%s"] * len(chunk))
-            yield from tx.execute(
-                f"SELECT {columns} FROM {self.table} WHERE aggregate_id IN ({marks})",
-                chunk,
-            )
+def select_in(
+    tx: Transaction, table: str, columns: str, ids: list[UUID]
+) -> Iterator[Row]:
+    """Rows of a table whose aggregate_id is one of ids."""
+    # In chunks: SQLite allows a limited number of parameters per statement.
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ", ".join(["%s"] * len(chunk))
+        yield from tx.execute(
+            f"SELECT {columns} FROM {table} WHERE aggregate_id IN ({marks})", chunk
+        )
 
 
-def to_record(row: dict[str, Any]) -> WalletRecord:
-    """A WalletRecord from a row of either database."""
+def to_record(row: Row) -> WalletRecord:
+    """A WalletRecord from a row of any version, on either database."""
+    closed = row.get("closed")
     return WalletRecord(
         aggregate_id=as_uuid(row["aggregate_id"]),
         user_id=str(row["user_id"]),
         balance=as_decimal(row["balance"]).quantize(Decimal("0.01")),
         version=int(row["version"]),
+        closed=None if closed is None else bool(closed),
+    )
+
+
+def live_records(db: Database, ids: list[UUID]) -> dict[UUID, WalletRecord]:
+    """Rows of whichever version is live, through the view readers use."""
+    with db.transaction(commit=False) as tx:
+        return {
+            record.aggregate_id: record
+            for record in map(to_record, select_in(tx, PROJECTION, "*", ids))
+        }
+
+
+def live_version(tx: Transaction, *, for_share: bool = False) -> int:
+    """The version readers and followers use, read inside a transaction."""
+    lock = " FOR SHARE" if for_share and tx.dialect == "postgres" else ""
+    rows = tx.execute(
+        f"SELECT live_version FROM pocket_projections WHERE name = %s{lock}",
+        [PROJECTION],
+    )
+    if not rows:
+        msg = "The projection catalogue is empty: start Pocket once to create it."
+        raise ProjectionError(msg)
+    return int(rows[0]["live_version"])
+
+
+class ProjectionCatalog:
+    """Which version of wallet_records is live, and the switch between versions."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def ensure(self) -> int:
+        """Creates the catalogue and the live version's tables; returns it."""
+        with self.db.transaction() as tx:
+            tx.lock_schema()
+            tx.execute(
+                "CREATE TABLE IF NOT EXISTS pocket_projections ("
+                "name text PRIMARY KEY, live_version integer NOT NULL)"
+            )
+            rows = tx.execute(
+                "SELECT live_version FROM pocket_projections WHERE name = %s",
+                [PROJECTION],
+            )
+            if rows:
+                version = int(rows[0]["live_version"])
+            else:
+                # Databases from before versions were catalogued have version 1.
+                version = 1 if tx.has_table(f"{PROJECTION}_v1") else LATEST_VERSION
+                tx.execute(
+                    "INSERT INTO pocket_projections (name, live_version) "
+                    "VALUES (%s, %s)",
+                    [PROJECTION, version],
+                )
+        view = self.view(version)
+        view.create_table()
+        with self.db.transaction() as tx:
+            tx.lock_schema()
+            if not tx.has_view(PROJECTION):
+                point_readers_at(tx, version)
+        return version
+
+    def live_version(self) -> int:
+        """The live version."""
+        with self.db.transaction(commit=False) as tx:
+            return live_version(tx)
+
+    def view(self, version: int) -> WalletRecordsView:
+        """One version's view (its tables may not exist yet)."""
+        return WalletRecordsView(self.db, version)
+
+    def positions(self) -> dict[int, int | None]:
+        """Every version that has tables here, with its position."""
+        with self.db.transaction(commit=False) as tx:
+            return {
+                version: WalletRecordsView(self.db, version).position(tx)
+                for version in VERSIONS
+                if tx.has_table(f"{PROJECTION}_v{version}")
+            }
+
+    def switch(self, target: int) -> bool:
+        """Makes target live if it has caught up with the live version.
+
+        In one transaction: the live version, the view readers use, and (through
+        the live check in every follower's batch) the followers. Returns False,
+        changing nothing, when the target is still behind the live version.
+        """
+        with self.db.transaction() as tx:
+            # Waits for any follower batch in progress, and holds off new ones.
+            tx.execute(
+                "UPDATE pocket_projections SET live_version = live_version "
+                "WHERE name = %s",
+                [PROJECTION],
+            )
+            current = live_version(tx)
+            if current == target:
+                return True
+            live_at = self.view(current).position(tx) or 0
+            target_at = self.view(target).position(tx) or 0
+            if target_at < live_at:
+                return False
+            tx.execute(
+                "UPDATE pocket_projections SET live_version = %s WHERE name = %s",
+                [target, PROJECTION],
+            )
+            point_readers_at(tx, target)
+        return True
+
+
+def point_readers_at(tx: Transaction, version: int) -> None:
+    """(Re)creates the wallet_records SQL view over one version's table."""
+    tx.execute(f"DROP VIEW IF EXISTS {PROJECTION}")
+    tx.execute(
+        f"CREATE VIEW {PROJECTION} AS SELECT {VERSIONS[version]} "
+        f"FROM {PROJECTION}_v{version}"
     )
 
 
 class WalletProjection(Projection[WalletRecordsView]):
     """Folds Pocket's wallet events into wallet_records."""
 
-    name = "wallet_records"
+    name = PROJECTION
     topics = tuple(
         get_topic(cls)
         for cls in (
@@ -266,19 +434,21 @@ class WalletProjection(Projection[WalletRecordsView]):
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         """Applies one event (the library's interface; followers use batches)."""
         after = self.view.max_tracking_id(tracking.application_name)
-        self.process_batch([domain_event], tracking, after)
+        self.process_batch([domain_event], tracking, after, live_only=False)
 
     def process_batch(
         self,
         events: Sequence[DomainEventProtocol[UUID]],
         tracking: Tracking,
         after: int | None,
+        *,
+        live_only: bool,
     ) -> None:
         """Applies consecutive events in one transaction, ending at tracking."""
         changes = WalletChanges()
         for event in events:
             fold(changes, event)
-        self.view.apply(changes, tracking, after)
+        self.view.apply(changes, tracking, after, live_only=live_only)
 
 
 def fold(changes: WalletChanges, event: object) -> None:
@@ -290,22 +460,31 @@ def fold(changes: WalletChanges, event: object) -> None:
     elif isinstance(event, Wallet.MoneyDrawn | Wallet.TransferSent):
         changes.move(event.originator_id, -event.amount, event.originator_version)
     elif isinstance(event, Wallet.Closed):
-        changes.move(event.originator_id, ZERO, event.originator_version)
+        changes.close(event.originator_id, event.originator_version)
 
 
 class ProjectionFollower:
-    """Feeds Pocket's log to the projection, a batch per transaction."""
+    """Feeds Pocket's log to the projection, a batch per transaction.
+
+    With no version given it follows the live version, and moves to the new one
+    when `pocket migrate` switches; with a version, it builds that version (the
+    rebuild half of a migration).
+    """
 
     def __init__(
         self,
         pocket: Pocket,
-        projection: WalletProjection,
+        catalog: ProjectionCatalog,
         *,
+        version: int | None = None,
+        lock: ProcessLock | None = None,
         batch_size: int = 500,
         poll_interval: float | None = None,
     ) -> None:
         self.pocket = pocket
-        self.projection = projection
+        self.catalog = catalog
+        self.fixed_version = version
+        self.lock = lock
         self.batch_size = batch_size
         # PostgreSQL wakes the follower with NOTIFY, so its poll is only a safety
         # net; SQLite cannot notify other processes, so it is polled.
@@ -313,12 +492,20 @@ class ProjectionFollower:
         self.poll_interval = poll_interval or (30.0 if listens else 0.5)
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
+        self.projection = WalletProjection(
+            catalog.view(version or catalog.live_version())
+        )
         pocket.add_save_listener(self.wakeup.set)
 
     @property
     def position(self) -> int | None:
         """The last notification the projection has applied."""
         return self.projection.view.max_tracking_id(self.pocket.name)
+
+    @property
+    def is_active(self) -> bool:
+        """Whether this follower holds the right to apply events (or needs none)."""
+        return self.lock is None or self.lock.held
 
     def pull(self) -> int:
         """Applies the next batch; returns how many notifications it covered."""
@@ -328,25 +515,35 @@ class ProjectionFollower:
         )
         if not notifications:
             return 0
-        self.projection.process_batch(
-            self._events(notifications),
-            Tracking(self.pocket.name, notifications[-1].id),
-            after,
-        )
+        try:
+            self.projection.process_batch(
+                self._events(notifications),
+                Tracking(self.pocket.name, notifications[-1].id),
+                after,
+                live_only=self.fixed_version is None,
+            )
+        except ProjectionSwitched:
+            version = self.catalog.live_version()
+            log.info("wallet_records v%d is live now; following it", version)
+            self.projection = WalletProjection(self.catalog.view(version))
+            return -1
         return len(notifications)
 
     def catch_up(self) -> int:
         """Applies batches until the log is exhausted; returns how many."""
         total = 0
         while not self.stopping.is_set() and (count := self.pull()):
-            total += count
+            total += max(count, 0)
         return total
 
     def run(self) -> None:
-        """Follows the log until stop(): catches up, then waits to be woken."""
+        """Follows the log until stop(): takes the lock, catches up, then waits."""
         failures = 0
         with self._listening():
             while not self.stopping.is_set():
+                if not self._hold_lock():
+                    self.stopping.wait(1.0)
+                    continue
                 self.wakeup.clear()
                 try:
                     applied = self.catch_up()
@@ -360,21 +557,39 @@ class ProjectionFollower:
                         type(error).__name__,
                         error,
                         delay,
-                        exc_info=not isinstance(error, IntegrityError),
+                        exc_info=not isinstance(error, IntegrityError | OSError)
+                        and not is_connection_error(error),
                     )
                     self.stopping.wait(delay)
                     continue
                 if applied:
-                    log.debug(
-                        "Applied %d notifications, now at %s", applied, self.position
-                    )
+                    log.debug("Applied %d notifications", applied)
+                if failures:
+                    log.info("Follower recovered after %d failed attempt(s)", failures)
                 failures = 0
-                self.wakeup.wait(self.poll_interval)
+                # A lock holder re-checks its lock at least every few seconds.
+                interval = self.poll_interval if self.lock is None else 2.0
+                self.wakeup.wait(min(self.poll_interval, interval))
+        if self.lock is not None:
+            self.lock.release()
 
     def stop(self) -> None:
         """Asks run() to return after the batch in hand commits."""
         self.stopping.set()
         self.wakeup.set()
+
+    def _hold_lock(self) -> bool:
+        """Takes or keeps the right to apply events; never both followers at once."""
+        if self.lock is None:
+            return True
+        if self.lock.held:
+            if self.lock.is_still_held():
+                return True
+            log.warning("Lost the follower lock (connection dropped); standing by")
+        if self.lock.try_acquire():
+            log.info("Active: this follower applies events now")
+            return True
+        return False
 
     def _events(self, notifications: Sequence[Notification]) -> list[Any]:
         topics = self.projection.topics
@@ -394,6 +609,13 @@ class ProjectionFollower:
         finally:
             self.stop()
             listener.join()
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """Whether an error says the database could not be reached."""
+    return isinstance(
+        error, OperationalError | InterfaceError | psycopg.OperationalError
+    )
 
 
 class PostgresListener(threading.Thread):

@@ -123,6 +123,7 @@ def authorize() -> None:
     if level is Access.PUBLIC:
         check_query(getattr(view, "query", frozenset()))
         return
+    service().gate.check()
     header = request.headers.get("Authorization")
     open_signup = level is Access.SIGNUP and service().settings.open_signup
     if open_signup and header is None:
@@ -706,14 +707,16 @@ def domain_error(error: PocketError) -> tuple[Response, int]:
 def persistence_error(error: PersistenceError) -> tuple[Response, int]:
     """The database could not be reached: 503, the client may retry."""
     if isinstance(error, OperationalError | InterfaceError):
-        log.warning("Database unavailable: %s", error)
-        return error_response(
+        service().gate.trip()
+        response, status = error_response(
             ApiError(
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 "service_unavailable",
                 "The database is unavailable; try again shortly.",
             )
         )
+        response.headers["Retry-After"] = "1"
+        return response, status
     return unexpected_error(error)
 
 

@@ -20,7 +20,7 @@ from uuid import UUID
 from pocket.application import Pocket
 from pocket.config import Settings
 from pocket.database import Database
-from pocket.system import WalletRecord, to_record
+from pocket.system import LATEST_VERSION, WalletRecord, to_record
 
 POCKET = Path(sys.executable).with_name("pocket")
 
@@ -101,11 +101,15 @@ class Api:
         return Api(self.base_url, token)
 
     def request(
-        self, method: str, path: str, body: Any = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, dict[str, Any]]:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(  # noqa: S310 - the URL is our own server
-            self.base_url + path, data=data, method=method
+            self.base_url + path, data=data, method=method, headers=dict(headers or {})
         )
         if data is not None:
             request.add_header("Content-Type", "application/json")
@@ -117,8 +121,10 @@ class Api:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read())
 
-    def post(self, path: str, body: Any) -> tuple[int, dict[str, Any]]:
-        return self.request("POST", path, body)
+    def post(
+        self, path: str, body: Any, headers: Mapping[str, str] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        return self.request("POST", path, body, headers)
 
     def get(self, path: str) -> tuple[int, dict[str, Any]]:
         return self.request("GET", path)
@@ -153,8 +159,10 @@ def follow(cwd: Path, env: Mapping[str, str], *extra: str) -> PocketProcess:
     return process
 
 
-def replay(settings: Settings) -> dict[UUID, WalletRecord]:
-    """Every wallet as the event store says it is."""
+def replay(
+    settings: Settings, version: int = LATEST_VERSION
+) -> dict[UUID, WalletRecord]:
+    """Every wallet as the event store says it is (as a row of that version)."""
     pocket = Pocket(env=dict(settings.env))
     try:
         wallets: dict[UUID, WalletRecord] = {}
@@ -162,13 +170,35 @@ def replay(settings: Settings) -> dict[UUID, WalletRecord]:
         for notification in pocket.recorder.select_notifications(start=1, limit=max_id):
             if notification.originator_id in wallets:
                 continue
-            wallet = pocket.get_wallet(UUID(str(notification.originator_id)))
+            try:
+                wallet = pocket.get_wallet(UUID(str(notification.originator_id)))
+            except LookupError:
+                continue  # a command record, not a wallet
             wallets[wallet.aggregate_id] = WalletRecord(
-                wallet.aggregate_id, wallet.user_id, wallet.balance, wallet.version
+                wallet.aggregate_id,
+                wallet.user_id,
+                wallet.balance,
+                wallet.version,
+                wallet.closed if version >= 2 else None,
             )
         return wallets
     finally:
         pocket.close()
+
+
+def run_pocket(
+    cwd: Path, env: Mapping[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Runs a `pocket` command to completion."""
+    return subprocess.run(
+        [str(POCKET), *args],
+        cwd=cwd,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def balance(value: Any) -> Decimal:

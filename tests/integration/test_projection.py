@@ -13,12 +13,11 @@ from eventsourcing.persistence import IntegrityError, Tracking
 from pocket.application import Pocket
 from pocket.config import Settings
 from pocket.database import Database
-from pocket.service import open_pocket, open_view
+from pocket.service import open_catalog, open_pocket
 from pocket.system import (
     ProjectionFollower,
     ThreadedRunner,
     WalletChanges,
-    WalletProjection,
     WalletRecord,
 )
 
@@ -31,9 +30,7 @@ def pocket(sql_settings: Settings) -> Iterator[Pocket]:
 
 
 def new_follower(pocket: Pocket, batch_size: int = 500) -> ProjectionFollower:
-    return ProjectionFollower(
-        pocket, WalletProjection(open_view(pocket)), batch_size=batch_size
-    )
+    return ProjectionFollower(pocket, open_catalog(pocket), batch_size=batch_size)
 
 
 def replay(pocket: Pocket) -> dict[UUID, WalletRecord]:
@@ -42,7 +39,11 @@ def replay(pocket: Pocket) -> dict[UUID, WalletRecord]:
     for notification in pocket.recorder.select_notifications(start=1, limit=10**9):
         wallet = pocket.get_wallet(UUID(str(notification.originator_id)))
         wallets[wallet.aggregate_id] = WalletRecord(
-            wallet.aggregate_id, wallet.user_id, wallet.balance, wallet.version
+            wallet.aggregate_id,
+            wallet.user_id,
+            wallet.balance,
+            wallet.version,
+            wallet.closed,
         )
     return wallets
 
@@ -102,9 +103,11 @@ def test_a_batch_read_from_a_stale_position_changes_nothing(pocket: Pocket) -> N
     position = follower.position
     assert position is not None
     with pytest.raises(IntegrityError):
-        view.apply(changes, Tracking("Pocket", position + 1), after=position - 1)
+        view.apply(
+            changes, Tracking("Pocket", position + 1), position - 1, live_only=True
+        )
     with pytest.raises(IntegrityError):
-        view.apply(changes, Tracking("Pocket", position), after=position)
+        view.apply(changes, Tracking("Pocket", position), position, live_only=True)
     assert table(follower) == before
     assert follower.position == position
 
@@ -154,7 +157,7 @@ def test_the_library_interface_applies_one_event(pocket: Pocket) -> None:
     event = pocket.mapper.to_domain_event(notification)
     follower.projection.process_event(event, Tracking("Pocket", notification.id))
     assert follower.projection.view.get(wallet_id) == WalletRecord(
-        wallet_id, "9", Decimal("0.00"), 1
+        wallet_id, "9", Decimal("0.00"), 1, closed=False
     )
     with pytest.raises(IntegrityError):
         follower.projection.process_event(event, Tracking("Pocket", notification.id))

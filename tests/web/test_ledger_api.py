@@ -13,7 +13,7 @@ from werkzeug.test import TestResponse
 
 from pocket.config import Settings
 from pocket.service import PocketService
-from pocket.system import ProjectionFollower, WalletProjection
+from pocket.system import ProjectionFollower
 from pocket.web import create_app
 
 ADMIN_TOKEN = "operator-secret-0123456789"
@@ -184,7 +184,7 @@ def test_the_user_list_shows_the_projections_balances(
     sign_up(client, money="5")
     unprojected = client.get("/users", headers=ADMIN).get_json()
     assert unprojected["users"][0]["wallet"] is None
-    ProjectionFollower(service.pocket, WalletProjection(service.view)).catch_up()
+    ProjectionFollower(service.pocket, service.catalog).catch_up()
     projected = client.get("/users", headers=ADMIN).get_json()
     assert projected["users"][0]["wallet"]["balance"] == "5.00"
 

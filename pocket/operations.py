@@ -1,0 +1,376 @@
+"""Operator commands: rebuild a projection live (migrate), report (status), check
+(verify)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, TextIO
+from uuid import UUID
+
+from pocket.application import Pocket
+from pocket.database import Database
+from pocket.domainmodel import ZERO, Wallet
+from pocket.service import follower_lock, named_lock, open_catalog
+from pocket.system import (
+    LATEST_VERSION,
+    PROJECTION,
+    VERSIONS,
+    ProjectionFollower,
+    WalletProjection,
+    WalletRecord,
+    live_version,
+    to_record,
+)
+
+Out = Callable[[str], None]
+
+
+class Progress:
+    """Reports long work: a bar on a terminal, a line every few seconds in a log."""
+
+    def __init__(
+        self,
+        label: str,
+        stream: TextIO = sys.stderr,
+        *,
+        interval: float = 5.0,
+        tty: bool | None = None,
+    ) -> None:
+        self.label = label
+        self.stream = stream
+        self.tty = stream.isatty() if tty is None else tty
+        self.interval = 0.2 if self.tty else interval
+        self.started = time.monotonic()
+        self.last = 0.0
+        self.done = 0
+        self.total = 0
+
+    def update(self, done: int, total: int, *, force: bool = False) -> None:
+        """Records progress; shows it when the interval has passed."""
+        self.done, self.total = done, max(total, done)
+        now = time.monotonic()
+        if force or now - self.last >= self.interval:
+            self.last = now
+            self._show(now)
+
+    def finish(self) -> None:
+        """Shows the final figures."""
+        self._show(time.monotonic())
+        if self.tty:
+            self.stream.write("\n")
+        self.stream.flush()
+
+    def _show(self, now: float) -> None:
+        elapsed = max(now - self.started, 1e-9)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate else 0.0
+        share = self.done / self.total if self.total else 1.0
+        figures = (
+            f"{self.done:,}/{self.total:,} events, {rate:,.0f}/s, "
+            f"{format_duration(left)} left"
+        )
+        if self.tty:
+            bar = "#" * int(share * 30)
+            self.stream.write(f"\r{self.label} [{bar:<30}] {share:4.0%} {figures}  ")
+        else:
+            self.stream.write(f"{self.label}: {share:.0%}, {figures}\n")
+        self.stream.flush()
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as h:mm:ss."""
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+class MigrationRefused(RuntimeError):
+    """Another migration is running, or the version asked for does not exist."""
+
+
+def migrate(
+    pocket: Pocket,
+    *,
+    target: int | None = None,
+    keep_old: bool = False,
+    batch_size: int = 1000,
+    progress: Progress | None = None,
+    out: Out = print,
+) -> int:
+    """Builds a version of wallet_records beside the live one, then switches to it.
+
+    The API keeps serving throughout: the new version replays the whole log into
+    its own tables, catches up with what was written meanwhile, and becomes live
+    in one transaction. A killed run resumes from the new version's own position.
+    Returns the version now live.
+    """
+    target = LATEST_VERSION if target is None else target
+    if target not in VERSIONS:
+        msg = f"wallet_records has no version {target}; known: {sorted(VERSIONS)}"
+        raise MigrationRefused(msg)
+    catalog = open_catalog(pocket)
+    lock = named_lock(pocket, f"migrate-{PROJECTION}")
+    if not lock.try_acquire():
+        holder = lock.holder() or {}
+        msg = f"Another pocket migrate is running (pid {holder.get('pid', '?')})"
+        raise MigrationRefused(msg)
+    try:
+        live = catalog.live_version()
+        if target != live:
+            rebuild(pocket, target, batch_size, progress, out)
+            switch(pocket, target, batch_size)
+            out(f"wallet_records v{target} is live (was v{live}).")
+        else:
+            out(f"wallet_records v{target} is already live.")
+        if not keep_old:
+            for version in catalog.positions():
+                if version != target:
+                    catalog.view(version).drop_table()
+                    out(f"Dropped wallet_records v{version}.")
+        return target
+    finally:
+        lock.release()
+
+
+def rebuild(
+    pocket: Pocket,
+    version: int,
+    batch_size: int,
+    progress: Progress | None,
+    out: Out,
+) -> None:
+    """Replays the log into a version's tables, from where it last stopped."""
+    catalog = open_catalog(pocket)
+    catalog.view(version).create_table()
+    builder = ProjectionFollower(
+        pocket, catalog, version=version, batch_size=batch_size
+    )
+    start = builder.position or 0
+    if start:
+        out(f"Resuming wallet_records v{version} from position {start:,}.")
+    while True:
+        applied = builder.pull()
+        if progress is not None:
+            head = pocket.recorder.max_notification_id() or 0
+            progress.update((builder.position or 0) - start, head - start)
+        if applied == 0:
+            break
+    if progress is not None:
+        progress.finish()
+
+
+def switch(pocket: Pocket, version: int, batch_size: int, attempts: int = 50) -> None:
+    """Catches the version up and makes it live, once it is level with the live one."""
+    catalog = open_catalog(pocket)
+    builder = ProjectionFollower(
+        pocket, catalog, version=version, batch_size=batch_size
+    )
+    for _ in range(attempts):
+        builder.catch_up()
+        if catalog.switch(version):
+            return
+        time.sleep(0.05)  # The live follower moved on meanwhile: catch up again.
+    msg = f"wallet_records v{version} could not catch up with the live version"
+    raise MigrationRefused(msg)
+
+
+# Status
+
+
+def status(pocket: Pocket) -> dict[str, Any]:
+    """Each projection's version, position, lag, and whether a follower runs."""
+    catalog = open_catalog(pocket)
+    db = Database.of(pocket)
+    live = catalog.live_version()
+    positions = catalog.positions()
+    head = pocket.recorder.max_notification_id() or 0
+    position = positions.get(live) or 0
+    lag_events = count_after(pocket, db, position)
+    follower = follower_lock(pocket).holder()
+    migration = named_lock(pocket, f"migrate-{PROJECTION}").holder()
+    return {
+        "projections": [
+            {
+                "name": PROJECTION,
+                "live_version": live,
+                "latest_version": LATEST_VERSION,
+                "position": position,
+                "head": head,
+                "lag_events": lag_events,
+                "lag_seconds": lag_seconds(pocket, position) if lag_events else 0.0,
+                "follower": {"running": follower is not None, **(follower or {})},
+                "migration": {"running": migration is not None, **(migration or {})},
+                "versions": [
+                    {"version": v, "position": p or 0, "live": v == live}
+                    for v, p in sorted(positions.items())
+                ],
+            }
+        ]
+    }
+
+
+def count_after(pocket: Pocket, db: Database, position: int) -> int:
+    """How many events of the log come after a position."""
+    table = pocket.recorder.events_table_name  # type: ignore[attr-defined]
+    column = "notification_id" if db.dialect == "postgres" else "rowid"
+    rows = db.query(
+        f"SELECT count(*) AS n FROM {table} WHERE {column} > %s", [position]
+    )
+    return int(rows[0]["n"])
+
+
+def lag_seconds(pocket: Pocket, position: int) -> float:
+    """How long the oldest event the projection has not applied has been waiting."""
+    (first,) = pocket.recorder.select_notifications(
+        start=position, limit=1, inclusive_of_start=False
+    )
+    event = pocket.mapper.to_domain_event(first)
+    written: datetime = event.timestamp  # type: ignore[attr-defined]
+    return max(0.0, (datetime.now(UTC) - written).total_seconds())
+
+
+def format_status(report: dict[str, Any]) -> str:
+    """The status report for a person."""
+    lines = []
+    for p in report["projections"]:
+        follower = p["follower"]
+        who = (
+            f"running (pid {follower.get('pid')} on {follower.get('host')})"
+            if follower["running"]
+            else "not running"
+        )
+        lines += [
+            f"{p['name']}",
+            f"  live version   v{p['live_version']} (this code's latest: "
+            f"v{p['latest_version']})",
+            f"  position       {p['position']:,} of {p['head']:,}",
+            f"  lag            {p['lag_events']:,} events, {p['lag_seconds']:.1f} s",
+            f"  follower       {who}",
+        ]
+        if p["migration"]["running"]:
+            lines.append(f"  migration      running (pid {p['migration'].get('pid')})")
+        others = [v for v in p["versions"] if not v["live"]]
+        for other in others:
+            version, position = other["version"], other["position"]
+            lines.append(f"  also built     v{version} at position {position:,}")
+    return "\n".join(lines)
+
+
+# Verify
+
+
+@dataclass
+class Expected:
+    """A wallet as its events say it is, up to the projection's position."""
+
+    user_id: str
+    balance: Decimal = ZERO
+    version: int = 0
+    closed: bool = False
+    problems: list[str] = field(default_factory=list)
+
+
+def verify(pocket: Pocket, out: Out = print) -> int:
+    """Recomputes every balance from the events and compares it with wallet_records.
+
+    Compares at one moment: the table and its position are read in one snapshot,
+    and only events up to that position are folded. Prints each mismatch and
+    returns how many there were.
+    """
+    catalog = open_catalog(pocket)
+    db = catalog.db
+    with db.transaction(commit=False) as tx:
+        if tx.dialect == "postgres":
+            tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        live = live_version(tx)
+        view = catalog.view(live)
+        position = view.position(tx) or 0
+        rows = {
+            record.aggregate_id: record
+            for record in map(to_record, tx.execute(f"SELECT * FROM {view.table}"))
+        }
+    expected = replay_balances(pocket, position)
+    mismatches = 0
+    for wallet_id in sorted(expected.keys() | rows.keys(), key=str):
+        for problem in compare(expected.get(wallet_id), rows.get(wallet_id), live):
+            out(f"wallet {wallet_id}: {problem}")
+            mismatches += 1
+    out(
+        f"Checked {len(expected):,} wallets against wallet_records v{live} "
+        f"at position {position:,}: {mismatches} mismatch(es)."
+    )
+    return mismatches
+
+
+def replay_balances(pocket: Pocket, position: int) -> dict[UUID, Expected]:
+    """Every wallet's balance from its amounts, up to a position in the log."""
+    wallets: dict[UUID, Expected] = {}
+    topics = WalletProjection.topics
+    after = 0
+    while after < position:
+        notifications = pocket.recorder.select_notifications(
+            start=after, stop=position, limit=1000, inclusive_of_start=False
+        )
+        if not notifications:
+            break
+        after = notifications[-1].id
+        for notification in notifications:
+            if notification.topic in topics:
+                fold_expected(wallets, pocket.mapper.to_domain_event(notification))
+    return wallets
+
+
+def fold_expected(wallets: dict[UUID, Expected], event: Any) -> None:
+    """One event's effect on the expected wallets, checking the balance it records."""
+    if isinstance(event, Wallet.Created):
+        wallets[event.originator_id] = Expected(event.user_id)
+    wallet = wallets.get(event.originator_id)
+    if wallet is None:
+        return
+    wallet.version = event.originator_version
+    if isinstance(event, Wallet.MoneyAdded | Wallet.TransferReceived):
+        wallet.balance += event.amount
+    elif isinstance(event, Wallet.MoneyDrawn | Wallet.TransferSent):
+        wallet.balance -= event.amount
+    elif isinstance(event, Wallet.Closed):
+        wallet.closed = True
+    recorded = getattr(event, "balance", None)
+    if recorded is not None and recorded != wallet.balance:
+        wallet.problems.append(
+            f"event {event.originator_version} records balance {recorded:.2f}, "
+            f"but its amounts add up to {wallet.balance:.2f}"
+        )
+
+
+def compare(
+    expected: Expected | None, row: WalletRecord | None, live: int
+) -> list[str]:
+    """What is wrong with one wallet's row, in words."""
+    if expected is None:
+        return ["has a row in wallet_records but no events"]
+    problems = list(expected.problems)
+    if row is None:
+        return [*problems, "is missing from wallet_records"]
+    if row.balance != expected.balance:
+        problems.append(
+            f"wallet_records has balance {row.balance:.2f}, "
+            f"the events say {expected.balance:.2f}"
+        )
+    if row.user_id != expected.user_id:
+        problems.append(
+            f"wallet_records has user {row.user_id}, the events say {expected.user_id}"
+        )
+    if row.version != expected.version:
+        problems.append(
+            f"wallet_records has version {row.version}, "
+            f"the events say {expected.version}"
+        )
+    if live >= 2 and row.closed != expected.closed:
+        problems.append(
+            f"wallet_records has closed={row.closed}, the events say {expected.closed}"
+        )
+    return problems

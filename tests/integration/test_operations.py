@@ -1,0 +1,294 @@
+"""Live projection rebuilds, follower locks, status and verify, on SQLite and
+PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from uuid import UUID
+
+import pytest
+
+from pocket.application import Pocket
+from pocket.config import Settings
+from pocket.database import Database
+from pocket.operations import MigrationRefused, Progress, migrate, status, verify
+from pocket.service import follower_lock, named_lock, open_catalog, open_pocket
+from pocket.system import (
+    LATEST_VERSION,
+    ProjectionFollower,
+    ThreadedRunner,
+    WalletRecord,
+    live_records,
+)
+
+
+@pytest.fixture
+def pocket(sql_settings: Settings) -> Iterator[Pocket]:
+    app = open_pocket(sql_settings)
+    yield app
+    app.close()
+
+
+def make_history(pocket: Pocket, wallets: int = 4, rounds: int = 5) -> list[UUID]:
+    ids = [pocket.create_wallet(str(n)) for n in range(wallets)]
+    for _ in range(rounds):
+        for wallet_id in ids:
+            pocket.add_money(wallet_id, Decimal("2.50"), "API")
+        pocket.draw_money(ids[0], Decimal("1.25"), "ATM")
+    if wallets >= 4:
+        pocket.transfer(ids[1], ids[2], Decimal("3"), "t")
+        pocket.draw_money(ids[3], pocket.get_wallet(ids[3]).balance, "out")
+        pocket.close_wallet(ids[3])
+    return ids
+
+
+def expected(pocket: Pocket, version: int) -> dict[UUID, WalletRecord]:
+    """What the live table must hold, by replaying each wallet."""
+    wallets: dict[UUID, WalletRecord] = {}
+    for notification in pocket.recorder.select_notifications(start=1, limit=10**9):
+        try:
+            wallet = pocket.get_wallet(UUID(str(notification.originator_id)))
+        except LookupError:
+            continue  # a command record, not a wallet
+        wallets[wallet.aggregate_id] = WalletRecord(
+            wallet.aggregate_id,
+            wallet.user_id,
+            wallet.balance,
+            wallet.version,
+            wallet.closed if version >= 2 else None,
+        )
+    return wallets
+
+
+def readers_see(pocket: Pocket) -> dict[UUID, WalletRecord]:
+    """What a reader of the wallet_records view sees."""
+    rows = Database.of(pocket).query("SELECT aggregate_id FROM wallet_records")
+    ids = [UUID(str(row["aggregate_id"])) for row in rows]
+    return live_records(Database.of(pocket), ids)
+
+
+def follow_all(pocket: Pocket) -> None:
+    ProjectionFollower(pocket, open_catalog(pocket)).catch_up()
+
+
+def quiet(_: str) -> None:
+    """Swallows migrate's messages."""
+
+
+def test_a_new_database_starts_at_the_latest_version(pocket: Pocket) -> None:
+    assert open_catalog(pocket).live_version() == LATEST_VERSION
+
+
+def test_migrating_builds_a_version_and_switches_readers_to_it(pocket: Pocket) -> None:
+    make_history(pocket)
+    follow_all(pocket)
+    assert migrate(pocket, target=1, out=quiet) == 1
+    assert readers_see(pocket) == expected(pocket, 1)
+    assert open_catalog(pocket).positions().keys() == {1}
+    make_history(pocket, wallets=2)
+    follow_all(pocket)
+    assert migrate(pocket, out=quiet) == 2
+    assert readers_see(pocket) == expected(pocket, 2)
+    assert open_catalog(pocket).positions().keys() == {2}
+
+
+def test_keep_old_keeps_the_previous_version(pocket: Pocket) -> None:
+    make_history(pocket)
+    migrate(pocket, target=1, keep_old=True, out=quiet)
+    assert open_catalog(pocket).positions().keys() == {1, 2}
+    migrate(pocket, out=quiet)
+    assert open_catalog(pocket).positions().keys() == {2}
+
+
+def test_a_rebuild_during_writes_and_a_live_follower_loses_nothing(
+    pocket: Pocket,
+) -> None:
+    ids = make_history(pocket)
+    runner = ThreadedRunner(ProjectionFollower(pocket, open_catalog(pocket)))
+    runner.start()
+    stop = threading.Event()
+
+    def write() -> None:
+        while not stop.is_set():
+            pocket.add_money(ids[0], Decimal("0.01"), "meanwhile")
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        migrate(pocket, target=1, batch_size=7, out=quiet)
+        migrate(pocket, target=2, batch_size=5, out=quiet)
+    finally:
+        stop.set()
+        writer.join()
+    head = pocket.recorder.max_notification_id()
+    runner.follower.projection.view.wait("Pocket", head, timeout=20)
+    runner.stop()
+    assert runner.follower.projection.view.version == 2
+    assert readers_see(pocket) == expected(pocket, 2)
+
+
+def test_readers_keep_the_live_version_until_the_new_one_is_complete(
+    pocket: Pocket,
+) -> None:
+    make_history(pocket)
+    follow_all(pocket)
+    before = readers_see(pocket)
+    catalog = open_catalog(pocket)
+    catalog.view(1).create_table()
+    builder = ProjectionFollower(pocket, catalog, version=1, batch_size=3)
+    builder.pull()  # a rebuild interrupted after one batch
+    assert catalog.live_version() == 2
+    assert readers_see(pocket) == before
+    assert len(catalog.view(1).all()) < len(before)
+
+
+def test_an_interrupted_rebuild_resumes_and_finishes_correctly(pocket: Pocket) -> None:
+    make_history(pocket)
+    catalog = open_catalog(pocket)
+    catalog.view(1).create_table()
+    builder = ProjectionFollower(pocket, catalog, version=1, batch_size=4)
+    builder.pull()
+    builder.pull()
+    interrupted_at = builder.position
+    messages: list[str] = []
+    migrate(pocket, target=1, out=messages.append)
+    assert f"Resuming wallet_records v1 from position {interrupted_at:,}." in messages
+    assert readers_see(pocket) == expected(pocket, 1)
+
+
+def test_a_second_migration_at_once_is_refused(pocket: Pocket) -> None:
+    held = named_lock(pocket, "migrate-wallet_records")
+    assert held.try_acquire()
+    try:
+        with pytest.raises(MigrationRefused, match="Another pocket migrate"):
+            migrate(pocket, target=1, out=quiet)
+        assert open_catalog(pocket).live_version() == 2
+    finally:
+        held.release()
+    assert migrate(pocket, target=1, out=quiet) == 1
+
+
+def test_an_unknown_version_is_refused(pocket: Pocket) -> None:
+    with pytest.raises(MigrationRefused, match="no version 9"):
+        migrate(pocket, target=9, out=quiet)
+
+
+def test_progress_on_a_terminal_is_a_bar_and_in_a_log_a_line() -> None:
+    bar, log = io.StringIO(), io.StringIO()
+    on_tty = Progress("Building", bar, tty=True)
+    in_log = Progress("Building", log, tty=False, interval=0)
+    for done in (10, 20):
+        on_tty.update(done, 40, force=True)
+        in_log.update(done, 40)
+    on_tty.finish()
+    assert "\r" in bar.getvalue()
+    assert "[###############               ]" in bar.getvalue()
+    lines = log.getvalue().splitlines()
+    assert lines[0].startswith("Building: 25%, 10/40 events")
+    assert "left" in lines[-1]
+
+
+# Followers: one active at a time
+
+
+def test_only_one_follower_holds_the_lock_and_the_other_takes_over(
+    pocket: Pocket,
+) -> None:
+    first, second = follower_lock(pocket), follower_lock(pocket)
+    assert first.try_acquire()
+    assert not second.try_acquire()
+    assert first.is_still_held()
+    first.release()  # as the death of its process would
+    assert second.try_acquire()
+    second.release()
+
+
+def test_a_standby_follower_applies_nothing_until_it_holds_the_lock(
+    pocket: Pocket,
+) -> None:
+    active_lock = follower_lock(pocket)
+    assert active_lock.try_acquire()
+    standby = ProjectionFollower(
+        pocket, open_catalog(pocket), lock=follower_lock(pocket), poll_interval=0.1
+    )
+    runner = ThreadedRunner(standby)
+    runner.start()
+    try:
+        make_history(pocket, wallets=1, rounds=1)
+        assert not standby.stopping.wait(1.5)
+        assert standby.position is None
+        active_lock.release()
+        standby.projection.view.wait(
+            "Pocket", pocket.recorder.max_notification_id(), timeout=10
+        )
+    finally:
+        runner.stop()
+    assert readers_see(pocket) == expected(pocket, 2)
+
+
+# Status and verify
+
+
+def test_status_reports_position_lag_and_the_follower(pocket: Pocket) -> None:
+    make_history(pocket, wallets=2, rounds=1)
+    report = status(pocket)["projections"][0]
+    assert report["live_version"] == report["latest_version"] == 2
+    assert report["position"] == 0
+    assert report["lag_events"] == report["head"] > 0
+    assert report["lag_seconds"] >= 0
+    assert report["follower"]["running"] is False
+    lock = follower_lock(pocket)
+    assert lock.try_acquire()
+    try:
+        follow_all(pocket)
+        report = status(pocket)["projections"][0]
+        assert report["follower"]["running"] is True
+        assert report["lag_events"] == 0
+        assert report["position"] == report["head"]
+    finally:
+        lock.release()
+
+
+def test_verify_agrees_with_a_faithful_projection(pocket: Pocket) -> None:
+    make_history(pocket)
+    follow_all(pocket)
+    lines: list[str] = []
+    assert verify(pocket, out=lines.append) == 0
+    assert "0 mismatch(es)" in lines[-1]
+
+
+def test_verify_catches_a_row_tampered_with_by_hand(pocket: Pocket) -> None:
+    ids = make_history(pocket)
+    follow_all(pocket)
+    Database.of(pocket).execute(
+        "UPDATE wallet_records_v2 SET balance = %s WHERE aggregate_id = %s",
+        [Decimal("999.99"), ids[1]],
+    )
+    lines: list[str] = []
+    assert verify(pocket, out=lines.append) == 1
+    assert any(str(ids[1]) in line and "999.99" in line for line in lines)
+
+
+def test_verify_compares_only_what_the_projection_has_reached(pocket: Pocket) -> None:
+    make_history(pocket)
+    follow_all(pocket)
+    make_history(pocket, wallets=2)  # not yet projected
+    assert verify(pocket, out=quiet) == 0
+
+
+def test_a_database_from_before_versions_keeps_version_one_live(
+    sql_settings: Settings,
+) -> None:
+    pocket = open_pocket(sql_settings)
+    db = Database.of(pocket)
+    db.execute(
+        "CREATE TABLE wallet_records_v1 (aggregate_id text PRIMARY KEY, "
+        "user_id text NOT NULL, balance numeric NOT NULL, version bigint NOT NULL)"
+    )
+    catalog = open_catalog(pocket)
+    assert catalog.live_version() == 1
+    assert db.query("SELECT * FROM wallet_records") == []
+    pocket.close()
