@@ -124,7 +124,7 @@ def test_a_rebuild_during_writes_and_a_live_follower_loses_nothing(
         stop.set()
         writer.join()
     head = pocket.recorder.max_notification_id()
-    runner.follower.projection.view.wait("Pocket", head, timeout=20)
+    open_catalog(pocket).view(2).wait("Pocket", head, timeout=20)
     runner.stop()
     assert runner.follower.projection.view.version == 2
     assert readers_see(pocket) == expected(pocket, 2)
