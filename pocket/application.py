@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import random
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +18,7 @@ from eventsourcing.application import (
     Application,
     ProcessingEvent,
 )
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import (
     InfrastructureFactory,
     IntegrityError,
@@ -36,6 +35,7 @@ from pocket.domainmodel import (
     check_amount,
     transfer,
 )
+from pocket.groupcommit import Command, GroupCommitter
 from pocket.postgres import POSTGRES_DEFAULTS
 from pocket.postgres import Factory as PostgresFactory
 
@@ -129,13 +129,14 @@ class Pocket(Application[UUID]):
     # Optimistic-concurrency conflicts (another process saved the same wallet
     # first) are retried this many times before the caller is told.
     max_attempts: ClassVar[int] = 12
-    _lock_stripes: ClassVar[int] = 64
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__(env)
-        # Commands on one wallet queue up inside a process instead of racing, so
-        # conflicts (and their retries) only happen between processes.
-        self._locks = [threading.Lock() for _ in range(self._lock_stripes)]
+        # Every command of this process is decided and saved by one committer
+        # thread, many callers' commands to a transaction (group commit).
+        self._committer = GroupCommitter(
+            self._get, self.save, self._has_newer_events, max_attempts=self.max_attempts
+        )
         self._save_listeners: list[Callable[[], None]] = []
         self._in_flight: set[str] = set()
         self._in_flight_lock = threading.Lock()
@@ -305,17 +306,41 @@ class Pocket(Application[UUID]):
 
     # Plumbing
 
+    def close(self) -> None:
+        """Stops the committer, then closes the connections."""
+        self._committer.stop()
+        super().close()
+
     def add_save_listener(self, listener: Callable[[], None]) -> None:
         """Calls listener after each save in this process (wakes local followers)."""
         self._save_listeners.append(listener)
 
     def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
-        # A snapshot only speeds up later loads, and the command has committed by
-        # now: failing to take one must not turn a done command into an error.
-        try:
-            super()._take_snapshots(processing_event)
-        except PersistenceError as error:
-            log.warning("Snapshot skipped (%s); the next one will do", error)
+        """Snapshots each wallet that passed a multiple of the interval.
+
+        Taken from the wallet in memory, as it stands right after the save (the
+        library would read it back from the database first). A snapshot only
+        speeds up later loads, and the command has committed by now: failing to
+        take one must not turn a done command into an error.
+        """
+        if self.snapshots is None:
+            return
+        interval = self.snapshotting_intervals[Wallet]
+        crossed = {
+            e.originator_id
+            for e in processing_event.events
+            if e.originator_version % interval == 0
+        }
+        snapshots = [
+            Wallet.Snapshot.take(aggregate)
+            for wallet_id, aggregate in processing_event.aggregates.items()
+            if wallet_id in crossed and isinstance(aggregate, Wallet)
+        ]
+        if snapshots:
+            try:
+                self.snapshots.put(snapshots)
+            except PersistenceError as error:
+                log.warning("Snapshot skipped (%s); the next one will do", error)
 
     def _notify(self, recordings: list[Recording[UUID]]) -> None:
         super()._notify(recordings)
@@ -357,38 +382,28 @@ class Pocket(Application[UUID]):
         key: Idempotency | None,
     ) -> Result:
         """Runs a command once, however often it is retried with the same key."""
+        command = Command(
+            wallet_ids,
+            decide,
+            replay=(lambda: self._replay(key)) if key else (lambda: None),
+            record=lambda result: self._record_of(key, result),
+        )
         if key is None:
-            return self._run(wallet_ids, decide, None)
+            return self._committer.run(command)
         with self._claim(key.command_id):
-            return self._run(wallet_ids, decide, key)
+            return self._committer.run(command)
 
-    def _run(
-        self,
-        wallet_ids: Sequence[UUID],
-        decide: Callable[[list[Wallet]], Result],
-        key: Idempotency | None,
-    ) -> Result:
-        """Loads, decides and saves, retrying when another writer got there first."""
-        record_id = CommandRecord.id_for(key.command_id) if key else None
-        for attempt in range(self.max_attempts):
-            if key is not None and (done := self._replay(key)) is not None:
-                return done
-            with self._locked(wallet_ids):
-                wallets = [self._get(wallet_id) for wallet_id in wallet_ids]
-                result = decide(wallets)
-                record = None
-                if key is not None and record_id is not None:
-                    record = CommandRecord(
-                        key.command_id, key.fingerprint, to_record(result), id=record_id
-                    )
-                try:
-                    self.save(*wallets, record)
-                except IntegrityError:
-                    pass
-                else:
-                    return result
-            backoff(attempt)
-        raise ConcurrencyConflict(wallet_ids[0])
+    def _record_of(self, key: Idempotency | None, result: Result) -> Aggregate | None:
+        """The record that makes a keyed command's retries change nothing."""
+        if key is None:
+            return None
+        record_id = CommandRecord.id_for(key.command_id)
+        return CommandRecord(
+            key.command_id, key.fingerprint, to_record(result), id=record_id
+        )
+
+    def _has_newer_events(self, wallet: Wallet) -> bool:
+        return any(True for _ in self.events.get(wallet.id, gt=wallet.version, limit=1))
 
     def _replay(self, key: Idempotency) -> Result | None:
         """The result of an earlier run of this command, if it ran."""
@@ -413,15 +428,6 @@ class Pocket(Application[UUID]):
             with self._in_flight_lock:
                 self._in_flight.discard(command_id)
 
-    @contextlib.contextmanager
-    def _locked(self, wallet_ids: Sequence[UUID]) -> Iterator[None]:
-        # Always in the same order, so two opposite transfers cannot deadlock.
-        stripes = sorted({hash(i) % self._lock_stripes for i in wallet_ids})
-        with contextlib.ExitStack() as stack:
-            for stripe in stripes:
-                stack.enter_context(self._locks[stripe])
-            yield
-
 
 def new_cause() -> Cause:
     """The cause of a change made with no request around it."""
@@ -434,11 +440,6 @@ def idempotency(command_id: str | None, *parts: object) -> Idempotency | None:
         return None
     text = "\x1f".join(str(part) for part in parts)
     return Idempotency(command_id, hashlib.sha256(text.encode()).hexdigest())
-
-
-def backoff(attempt: int) -> None:
-    """Sleeps a little longer after each failed attempt, with jitter."""
-    time.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
 
 
 def to_record(result: Result) -> dict[str, Any]:
@@ -531,10 +532,6 @@ class VersionNotFound(PocketError, LookupError):
 
 class WalletAlreadyExists(PocketError):
     """A wallet with this id was already created."""
-
-
-class ConcurrencyConflict(PocketError):
-    """Other writers kept changing the wallet; the command was not applied."""
 
 
 class IdempotencyKeyReused(PocketError, ValueError):

@@ -376,3 +376,7 @@ class SameWallet(PocketError, ValueError):
     def __init__(self, wallet_id: UUID) -> None:
         super().__init__("A transfer must go to another wallet.")
         self.wallet_id = wallet_id
+
+
+class ConcurrencyConflict(PocketError):
+    """Other writers kept changing the wallet; the command was not applied."""

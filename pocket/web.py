@@ -31,7 +31,6 @@ from werkzeug.exceptions import HTTPException
 from pocket.application import (
     HISTORY_PAGE_MAX,
     CommandInFlight,
-    ConcurrencyConflict,
     IdempotencyKeyReused,
     Transaction,
     TransferInfo,
@@ -42,6 +41,7 @@ from pocket.application import (
 from pocket.config import Settings
 from pocket.domainmodel import (
     Cause,
+    ConcurrencyConflict,
     InsufficientFunds,
     InvalidAmount,
     InvalidText,

@@ -1,0 +1,245 @@
+"""Group commit: commands that arrive together are decided in memory against their
+wallets and saved in one transaction, each caller still getting its own answer.
+
+PostgreSQL serializes writers to one event store (the library locks the table),
+so more threads do not make more commits: batching does. One committer thread per
+application takes every command waiting, decides each in arrival order against
+the wallets as the last commit left them, and saves all their events (and their
+idempotency records) at once. Wallets are decided from a cache; a save that meets
+another process's newer events fails as a whole, the stale wallets are reloaded
+and the batch is decided again, so a conflict costs a retry, never a wrong answer.
+A refusal (which saves nothing, so cannot conflict) is checked against the
+database before it is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError
+
+from pocket.domainmodel import ConcurrencyConflict, PocketError, Wallet
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+
+@dataclass(eq=False)
+class Command(Generic[R]):
+    """One caller's command, waiting for the committer's answer."""
+
+    wallet_ids: Sequence[UUID]
+    decide: Callable[[list[Wallet]], R]
+    # The result of an earlier run with the same idempotency key, if any.
+    replay: Callable[[], R | None]
+    # What to save beside the wallets' events (an idempotency record), if anything.
+    record: Callable[[R], Aggregate | None]
+    outcome: Any = None
+    failed: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def succeed(self, result: R) -> None:
+        """Answers the caller."""
+        self.outcome, self.failed = result, False
+        self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        """Answers the caller with an error."""
+        self.outcome, self.failed = error, True
+        self.done.set()
+
+
+class Retry(Exception):
+    """The batch met newer events written elsewhere: decide it again."""
+
+
+class GroupCommitter:
+    """The one thread that decides and saves this process's wallet commands."""
+
+    def __init__(
+        self,
+        load: Callable[[UUID], Wallet],
+        save: Callable[..., Any],
+        has_newer_events: Callable[[Wallet], bool],
+        *,
+        max_batch: int = 256,
+        max_attempts: int = 12,
+        cache_size: int = 10_000,
+    ) -> None:
+        self.load = load
+        self.save = save
+        self.has_newer_events = has_newer_events
+        self.max_batch = max_batch
+        self.max_attempts = max_attempts
+        self.cache_size = cache_size
+        # Wallets as this process last saved or loaded them; only the committer
+        # thread reads or writes it.
+        self.cache: OrderedDict[UUID, Wallet] = OrderedDict()
+        self.queue: queue.SimpleQueue[Command[Any] | None] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self.start_lock = threading.Lock()
+
+    def run(self, command: Command[R]) -> R:
+        """Hands a command to the committer and waits for its answer."""
+        self._ensure_started()
+        self.queue.put(command)
+        command.done.wait()
+        if command.failed:
+            raise command.outcome
+        result: R = command.outcome
+        return result
+
+    def stop(self) -> None:
+        """Ends the committer thread after the batch in hand."""
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join(10)
+            self.thread = None
+
+    def _ensure_started(self) -> None:
+        if self.thread is None:
+            with self.start_lock:
+                if self.thread is None:
+                    self.thread = threading.Thread(
+                        target=self._loop, name="pocket-commit", daemon=True
+                    )
+                    self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            first = self.queue.get()
+            if first is None:
+                return
+            batch = [first]
+            # Whatever arrived while the last commit was in flight joins this one.
+            while len(batch) < self.max_batch:
+                try:
+                    more = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._commit(batch)
+                    return
+                batch.append(more)
+            self._commit(batch)
+
+    def _commit(self, batch: list[Command[Any]]) -> None:
+        """Decides and saves a batch, retrying it whole; isolates a stubborn one."""
+        for attempt in range(self.max_attempts):
+            try:
+                self._attempt(batch)
+            except (IntegrityError, Retry):
+                if len(batch) > 1 and attempt >= 2:
+                    # Let each command meet its own conflict alone.
+                    for command in batch:
+                        self._commit([command])
+                    return
+                pause(attempt)
+                continue
+            except Exception as error:  # The database failed: every caller hears.
+                self.cache.clear()  # What was committed is not known.
+                for command in batch:
+                    if not command.done.is_set():
+                        command.fail(error)
+                return
+            return
+        for command in batch:
+            if not command.done.is_set():
+                command.fail(ConcurrencyConflict(command.wallet_ids[0]))
+
+    def _attempt(self, batch: list[Command[Any]]) -> None:
+        wallets: dict[UUID, Wallet] = {}
+        from_cache: set[UUID] = set()
+        extra: list[Aggregate] = []
+        answers: list[tuple[Command[Any], Any, bool]] = []
+        pending = [command for command in batch if not command.done.is_set()]
+        for command in pending:
+            try:
+                replayed = command.replay()
+                if replayed is not None:
+                    answers.append((command, replayed, False))
+                    continue
+                chosen = [
+                    self._wallet(i, wallets, from_cache) for i in command.wallet_ids
+                ]
+                result = command.decide(chosen)
+            except PocketError as error:
+                self._check_refusal(command, wallets, from_cache)
+                answers.append((command, error, True))
+                continue
+            except Exception:
+                # A rule broke after changing state: nothing of this batch is kept.
+                self._forget(wallets)
+                raise
+            record = command.record(result)
+            if record is not None:
+                extra.append(record)
+            answers.append((command, result, False))
+        changed = [w for w in wallets.values() if w.pending_events]
+        if changed or extra:
+            try:
+                self.save(*changed, *extra)
+            except BaseException:
+                self._forget(wallets)
+                raise
+        for wallet_id, wallet in wallets.items():
+            self._remember(wallet_id, wallet)
+        for command, outcome, failed in answers:
+            if failed:
+                command.fail(outcome)
+            else:
+                command.succeed(outcome)
+
+    def _wallet(
+        self, wallet_id: UUID, wallets: dict[UUID, Wallet], from_cache: set[UUID]
+    ) -> Wallet:
+        if wallet_id in wallets:
+            return wallets[wallet_id]
+        cached = self.cache.get(wallet_id)
+        if cached is not None:
+            from_cache.add(wallet_id)
+            wallet = cached
+        else:
+            wallet = self.load(wallet_id)
+        wallets[wallet_id] = wallet
+        return wallet
+
+    def _check_refusal(
+        self, command: Command[Any], wallets: dict[UUID, Wallet], from_cache: set[UUID]
+    ) -> None:
+        """A refusal decided on cached state stands only if that state is current."""
+        for wallet_id in command.wallet_ids:
+            wallet = wallets.get(wallet_id)
+            if (
+                wallet_id in from_cache
+                and wallet is not None
+                and not wallet.pending_events
+                and self.has_newer_events(wallet)
+            ):
+                self._forget(wallets)
+                raise Retry
+
+    def _remember(self, wallet_id: UUID, wallet: Wallet) -> None:
+        self.cache[wallet_id] = wallet
+        self.cache.move_to_end(wallet_id)
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+
+    def _forget(self, wallets: dict[UUID, Wallet]) -> None:
+        for wallet_id in wallets:
+            self.cache.pop(wallet_id, None)
+
+
+def pause(attempt: int) -> None:
+    """Sleeps a little longer after each failed attempt, with jitter."""
+    time.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
