@@ -18,7 +18,12 @@ from eventsourcing.application import (
     Application,
     ProcessingEvent,
 )
-from eventsourcing.domain import Aggregate
+from eventsourcing.domain import (
+    Aggregate,
+    BaseAggregate,
+    DomainEventProtocol,
+    MutableOrImmutableAggregate,
+)
 from eventsourcing.persistence import (
     InfrastructureFactory,
     IntegrityError,
@@ -314,6 +319,31 @@ class Pocket(Application[UUID]):
     def add_save_listener(self, listener: Callable[[], None]) -> None:
         """Calls listener after each save in this process (wakes local followers)."""
         self._save_listeners.append(listener)
+
+    def save(
+        self,
+        *objs: MutableOrImmutableAggregate[UUID] | DomainEventProtocol[UUID] | None,
+        **kwargs: Any,
+    ) -> list[Recording[UUID]]:
+        """Saves aggregates' pending events in one transaction (as the library does).
+
+        The library's save first asks of every object whether it is an event or
+        an aggregate through runtime-checkable protocols, which cost tens of
+        microseconds each on Python 3.11: a tenth of a batch's time. Pocket saves
+        only aggregates, so it collects their events directly.
+        """
+        processing_event = ProcessingEvent[UUID]()
+        for obj in objs:
+            if isinstance(obj, BaseAggregate):
+                processing_event.events.extend(obj.collect_events())
+                processing_event.aggregates[obj.id] = obj
+            elif obj is not None:
+                processing_event.collect_events(obj)
+        processing_event.saved_kwargs.update(kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        return recordings
 
     def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
         """Snapshots each wallet that passed a multiple of the interval.

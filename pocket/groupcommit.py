@@ -75,6 +75,7 @@ class GroupCommitter:
         max_batch: int = 256,
         max_attempts: int = 12,
         cache_size: int = 10_000,
+        linger: float = 0.001,
     ) -> None:
         self.load = load
         self.save = save
@@ -82,6 +83,7 @@ class GroupCommitter:
         self.max_batch = max_batch
         self.max_attempts = max_attempts
         self.cache_size = cache_size
+        self.linger = linger
         # Wallets as this process last saved or loaded them; only the committer
         # thread reads or writes it.
         self.cache: OrderedDict[UUID, Wallet] = OrderedDict()
@@ -116,7 +118,9 @@ class GroupCommitter:
                     self.thread.start()
 
     def _loop(self) -> None:
+        expected = 0
         while True:
+            self._linger(expected)
             first = self.queue.get()
             if first is None:
                 return
@@ -131,7 +135,17 @@ class GroupCommitter:
                     self._commit(batch)
                     return
                 batch.append(more)
+            waiting = self.queue.qsize()
             self._commit(batch)
+            # The callers just answered will likely be back at once with their
+            # next command: next time, wait a moment for them to join the batch.
+            expected = len(batch) + waiting if len(batch) > 1 else 0
+
+    def _linger(self, expected: int) -> None:
+        """Waits (briefly) until the callers of the last batch have come back."""
+        deadline = time.monotonic() + self.linger
+        while self.queue.qsize() < expected and time.monotonic() < deadline:
+            time.sleep(0.00005)
 
     def _commit(self, batch: list[Command[Any]]) -> None:
         """Decides and saves a batch, retrying it whole; isolates a stubborn one."""

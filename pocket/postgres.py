@@ -9,16 +9,20 @@ Pocket's default connection timeout is a few seconds, so a caller hears 503 soon
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from eventsourcing.persistence import InterfaceError, OperationalError
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import (
     PostgresAggregateRecorder,
     PostgresApplicationRecorder,
+    PostgresDatastore,
     PostgresFactory,
 )
 from eventsourcing.utils import retry
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Identifier
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,7 +53,40 @@ class AggregateRecorder(PostgresAggregateRecorder):
 
 
 class ApplicationRecorder(PostgresApplicationRecorder):
-    """Events: the library's recorder with bounded retries."""
+    """Events: the library's recorder with bounded retries and a faster insert."""
+
+    def __init__(
+        self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"
+    ) -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        self.insert_arrays_statement = SQL(
+            "INSERT INTO {schema}.{table} "
+            "(originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest(%s::{id_type}[], %s::bigint[], %s::text[], "
+            "%s::bytea[]) RETURNING notification_id"
+        ).format(
+            schema=Identifier(datastore.schema),
+            table=Identifier(events_table_name),
+            id_type=Identifier(datastore.originator_id_type),
+        )
+
+    def _insert_stored_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **_: Any
+    ) -> None:
+        # The library sends one array of a composite type, which psycopg encodes
+        # row by row in Python; four arrays of plain types encode in C, which is
+        # most of a batch's insert time saved. Same table lock, same NOTIFY.
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        curs.execute(
+            self.insert_arrays_statement,
+            (
+                [e.originator_id for e in stored_events],
+                [e.originator_version for e in stored_events],
+                [e.topic for e in stored_events],
+                [e.state for e in stored_events],
+            ),
+        )
 
     insert_events = once_more(PostgresApplicationRecorder.insert_events)
     select_events = once_more(PostgresAggregateRecorder.select_events)
