@@ -38,6 +38,7 @@ from pocket.domainmodel import (
     PocketError,
     Wallet,
     check_amount,
+    correlation_id,
     transfer,
 )
 from pocket.groupcommit import Command, GroupCommitter
@@ -461,7 +462,7 @@ class Pocket(Application[UUID]):
 
 def new_cause() -> Cause:
     """The cause of a change made with no request around it."""
-    return Cause(actor="system", correlation_id=uuid4().hex)
+    return Cause(actor="system", correlation_id=correlation_id())
 
 
 def idempotency(command_id: str | None, *parts: object) -> Idempotency | None:

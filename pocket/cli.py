@@ -72,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
         "follow", help="follow the event log into the wallet_records projection"
     )
     follow_parser.add_argument(
-        "--batch-size", type=int, default=500, help="events per transaction (500)"
+        "--batch-size",
+        type=int,
+        default=1000,
+        help="events per transaction, at most (1000)",
     )
     follow_parser.set_defaults(command=follow)
 
@@ -91,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-old", action="store_true", help="keep the old version's tables"
     )
     migrate_parser.add_argument(
-        "--batch-size", type=int, default=1000, help="events per transaction (1000)"
+        "--batch-size", type=int, default=2000, help="events per transaction (2000)"
     )
     migrate_parser.set_defaults(command=run_migrate)
 

@@ -29,6 +29,8 @@ class Settings:
     admin_token: str | None = None
     # Whether anyone may sign up (POST /users) without the admin token.
     open_signup: bool = True
+    # How long a checked token is trusted without asking the database again.
+    token_cache_seconds: float = 2.0
 
     @property
     def is_postgres(self) -> bool:
@@ -59,6 +61,10 @@ class Settings:
             store,
             admin_token=admin_token(environ.get("POCKET_ADMIN_TOKEN", "")),
             open_signup=signup(environ.get("POCKET_SIGNUP", "open")),
+            token_cache_seconds=seconds(
+                "POCKET_TOKEN_CACHE_SECONDS",
+                environ.get("POCKET_TOKEN_CACHE_SECONDS", "2"),
+            ),
         )
 
     @classmethod
@@ -129,3 +135,15 @@ def signup(value: str) -> bool:
         msg = f"POCKET_SIGNUP must be open or closed, not {value!r}"
         raise ConfigurationError(msg)
     return choice == "open"
+
+
+def seconds(name: str, value: str) -> float:
+    """A duration in seconds, zero or more."""
+    try:
+        duration = float(value)
+    except ValueError:
+        duration = -1.0
+    if not duration >= 0:
+        msg = f"{name} must be a number of seconds, 0 or more, not {value!r}"
+        raise ConfigurationError(msg)
+    return duration

@@ -16,8 +16,10 @@ from typing import Any, Literal
 from uuid import UUID
 
 from eventsourcing.application import Application
+from eventsourcing.persistence import InterfaceError, OperationalError
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
+from eventsourcing.utils import retry
 
 Row = dict[str, Any]
 Dialect = Literal["postgres", "sqlite"]
@@ -57,8 +59,18 @@ class Database:
         with self.transaction() as tx:
             return tx.execute(sql, params)
 
+    @retry((InterfaceError, OperationalError), max_attempts=2, wait=0.1)
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        """Runs one read-only statement and returns its rows."""
+        """Runs one read-only statement and returns its rows.
+
+        On PostgreSQL the pool's connections are in autocommit mode, so a single
+        read needs no BEGIN and ROLLBACK around it: one round trip, not three.
+        A read is safe to repeat, so a connection the server dropped (after a
+        restart, say) is replaced and the read tried once more.
+        """
+        if isinstance(self.datastore, PostgresDatastore):
+            with self.datastore.get_connection() as conn, conn.cursor() as cursor:
+                return Transaction(cursor, self.dialect).execute(sql, params)
         with self.transaction(commit=False) as tx:
             return tx.execute(sql, params)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal
@@ -22,6 +23,15 @@ class Cause:
 
     actor: str = "system"
     correlation_id: str = ""
+
+
+def correlation_id() -> str:
+    """A fresh id for a request or a change: 128 random bits as 32 hex digits.
+
+    Not a secret, so it comes from Python's own generator (seeded from the OS at
+    start) rather than from os.urandom, which costs a system call every time.
+    """
+    return f"{random.getrandbits(128):032x}"
 
 
 def add_cause(state: dict[str, Any]) -> None:

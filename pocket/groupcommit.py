@@ -15,7 +15,6 @@ database before it is given.
 from __future__ import annotations
 
 import logging
-import queue
 import random
 import threading
 import time
@@ -46,6 +45,8 @@ class Command(Generic[R]):
     record: Callable[[R], Aggregate | None]
     outcome: Any = None
     failed: bool = False
+    # Set (with done) when this command's caller must lead the next commit.
+    promoted: bool = False
     done: threading.Event = field(default_factory=threading.Event)
 
     def succeed(self, result: R) -> None:
@@ -64,7 +65,13 @@ class Retry(Exception):
 
 
 class GroupCommitter:
-    """The one thread that decides and saves this process's wallet commands."""
+    """Decides and saves this process's wallet commands, many to a transaction.
+
+    No thread of its own: the first caller to find nobody committing becomes
+    the leader, commits every command waiting (its own among them), and hands
+    the lead to a waiting caller if more arrived meanwhile. Callers who arrive
+    while a commit is in flight wait to be answered.
+    """
 
     def __init__(
         self,
@@ -83,69 +90,73 @@ class GroupCommitter:
         self.max_batch = max_batch
         self.max_attempts = max_attempts
         self.cache_size = cache_size
-        self.linger = linger
-        # Wallets as this process last saved or loaded them; only the committer
-        # thread reads or writes it.
+        # Wallets as this process last saved or loaded them; only the leader
+        # (one caller at a time) reads or writes it.
         self.cache: OrderedDict[UUID, Wallet] = OrderedDict()
-        self.queue: queue.SimpleQueue[Command[Any] | None] = queue.SimpleQueue()
-        self.thread: threading.Thread | None = None
-        self.start_lock = threading.Lock()
+        self.lock = threading.Lock()
+        self.pending: list[Command[Any]] = []
+        self.leading = False
+        self.linger = linger
+        self.expected = 0
+        # How many transactions carried how many commands (for benchmarks).
+        self.batches = 0
+        self.commands = 0
 
     def run(self, command: Command[R]) -> R:
-        """Hands a command to the committer and waits for its answer."""
-        self._ensure_started()
-        self.queue.put(command)
-        command.done.wait()
+        """Runs a command in the next group commit and returns its answer."""
+        with self.lock:
+            self.pending.append(command)
+            lead = not self.leading
+            self.leading = True
+        while True:
+            if lead:
+                self._lead()
+            command.done.wait()
+            if not command.promoted:
+                break
+            # The previous leader handed the lead over: commit for the others.
+            command.promoted = False
+            command.done.clear()
+            lead = True
         if command.failed:
             raise command.outcome
         result: R = command.outcome
         return result
 
     def stop(self) -> None:
-        """Ends the committer thread after the batch in hand."""
-        if self.thread is not None:
-            self.queue.put(None)
-            self.thread.join(10)
-            self.thread = None
+        """Reports how well commits were grouped (there is no thread to stop)."""
+        if self.batches:
+            log.info(
+                "Group commit: %d commands in %d transactions (%.1f each)",
+                self.commands,
+                self.batches,
+                self.commands / self.batches,
+            )
 
-    def _ensure_started(self) -> None:
-        if self.thread is None:
-            with self.start_lock:
-                if self.thread is None:
-                    self.thread = threading.Thread(
-                        target=self._loop, name="pocket-commit", daemon=True
-                    )
-                    self.thread.start()
-
-    def _loop(self) -> None:
-        expected = 0
-        while True:
-            self._linger(expected)
-            first = self.queue.get()
-            if first is None:
-                return
-            batch = [first]
-            # Whatever arrived while the last commit was in flight joins this one.
-            while len(batch) < self.max_batch:
-                try:
-                    more = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._commit(batch)
-                    return
-                batch.append(more)
-            waiting = self.queue.qsize()
-            self._commit(batch)
-            # The callers just answered will likely be back at once with their
-            # next command: next time, wait a moment for them to join the batch.
-            expected = len(batch) + waiting if len(batch) > 1 else 0
-
-    def _linger(self, expected: int) -> None:
-        """Waits (briefly) until the callers of the last batch have come back."""
+    def _lead(self) -> None:
+        """Commits one batch of waiting commands, then passes the lead on."""
+        # The callers of the last batch are likely on their way back with their
+        # next command: wait a moment for them, so they share this commit.
         deadline = time.monotonic() + self.linger
-        while self.queue.qsize() < expected and time.monotonic() < deadline:
+        while len(self.pending) < self.expected and time.monotonic() < deadline:
             time.sleep(0.00005)
+        with self.lock:
+            batch = self.pending[: self.max_batch]
+            del self.pending[: self.max_batch]
+            waiting = len(self.pending)
+        if batch:
+            self._commit(batch)
+            self.batches += 1
+            self.commands += len(batch)
+        self.expected = len(batch) + waiting if len(batch) > 1 else 0
+        with self.lock:
+            if self.pending:
+                # Commands arrived during the commit: their first caller leads.
+                successor = self.pending[0]
+                successor.promoted = True
+                successor.done.set()
+            else:
+                self.leading = False
 
     def _commit(self, batch: list[Command[Any]]) -> None:
         """Decides and saves a batch, retrying it whole; isolates a stubborn one."""

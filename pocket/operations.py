@@ -97,7 +97,7 @@ def migrate(
     *,
     target: int | None = None,
     keep_old: bool = False,
-    batch_size: int = 1000,
+    batch_size: int = 2000,
     progress: Progress | None = None,
     out: Out = print,
 ) -> int:

@@ -58,6 +58,8 @@ class Principal:
     """Who is making a request: one user, or the operator (admin)."""
 
     user_id: int | None
+    # The user's row, as read when their token was checked (None for the admin).
+    user: User | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -110,7 +112,7 @@ def follower_lock(pocket: Pocket) -> ProcessLock:
     return named_lock(pocket, f"follower-{PROJECTION}")
 
 
-def build_follower(settings: Settings, batch_size: int = 500) -> ProjectionFollower:
+def build_follower(settings: Settings, batch_size: int = 1000) -> ProjectionFollower:
     """The live projection's follower, with the lock that keeps it alone."""
     pocket = open_pocket(settings)
     return ProjectionFollower(
@@ -192,6 +194,39 @@ def database_probe(pocket: Pocket) -> Callable[[], None] | None:
     return probe
 
 
+class TokenCache:
+    """Tokens checked in the last few seconds, so a busy client's requests skip
+    the lookup. A token replaced through this process stops working at once;
+    one replaced through another process, within ttl seconds."""
+
+    def __init__(self, ttl: float, size: int = 10_000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self.entries: dict[str, tuple[float, User]] = {}
+        self.lock = threading.Lock()
+
+    def get(self, token_hash: str) -> User | None:
+        """The user of a recently checked token, if still fresh."""
+        entry = self.entries.get(token_hash)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, token_hash: str, user: User) -> None:
+        """Remembers a token that was just checked."""
+        if self.ttl <= 0:
+            return
+        with self.lock:
+            if len(self.entries) >= self.size:
+                self.entries.clear()
+            self.entries[token_hash] = (time.monotonic() + self.ttl, user)
+
+    def forget(self, user_id: int) -> None:
+        """Forgets a user's tokens (theirs was just replaced)."""
+        with self.lock:
+            self.entries = {h: e for h, e in self.entries.items() if e[1].id != user_id}
+
+
 class PocketService:
     """Pocket, the users table and (optionally) an in-process follower."""
 
@@ -202,6 +237,7 @@ class PocketService:
         self.users.create_table()
         self.catalog = open_catalog(self.pocket)
         self.gate = DatabaseGate(database_probe(self.pocket))
+        self.tokens = TokenCache(settings.token_cache_seconds)
         self.runner: ThreadedRunner | None = None
         self.open_pending_wallets()
         if follow:
@@ -226,14 +262,21 @@ class PocketService:
             hash_token(token), hash_token(admin)
         ):
             return ADMIN
-        user_id = self.users.find_by_token_hash(hash_token(token))
-        return None if user_id is None else Principal(user_id)
+        token_hash = hash_token(token)
+        user = self.tokens.get(token_hash)
+        if user is None:
+            user = self.users.find_by_token_hash(token_hash)
+            if user is None:
+                return None
+            self.tokens.put(token_hash, user)
+        return Principal(user.id, user)
 
     def issue_token(self, user_id: int) -> str:
         """Gives the user a new API token; the old one stops working."""
         self.users.get(user_id)
         token = new_token()
         self.users.set_token_hash(user_id, hash_token(token))
+        self.tokens.forget(user_id)
         return token
 
     # Users and wallets
@@ -250,12 +293,19 @@ class PocketService:
         wallet = self._open_wallet(user, Cause(actor, correlation_id))
         return Account(user, wallet), token
 
-    def get_account(self, user_id: int) -> Account:
+    def get_account(self, user: User | int) -> Account:
         """A user and their wallet as the event store has it now."""
-        user = self.users.get(user_id)
-        if not user.wallet_opened:
-            return Account(user, self._open_wallet(user))
+        user = self.user(user)
         return Account(user, self.pocket.get_wallet(user.wallet_id))
+
+    def user(self, user: User | int) -> User:
+        """A user (by id, or as already read), their wallet surely opened."""
+        if isinstance(user, int):
+            user = self.users.get(user)
+        if not user.wallet_opened:
+            self._open_wallet(user)
+            user = self.users.get(user.id)
+        return user
 
     def list_accounts(
         self, after: int, limit: int
@@ -266,23 +316,23 @@ class PocketService:
         return [(user, records.get(user.wallet_id)) for user in users]
 
     def wallet_as_of(
-        self, user_id: int, *, version: int | None, at: datetime | None
+        self, user: User | int, *, version: int | None, at: datetime | None
     ) -> Account:
         """A user's wallet as it was at a version or a moment."""
-        user = self.get_account(user_id).user
+        user = self.user(user)
         wallet = self.pocket.get_wallet(user.wallet_id, version=version, at=at)
         return Account(user, wallet)
 
-    def history(self, user_id: int, after: int, limit: int) -> HistoryPage:
+    def history(self, user: User | int, after: int, limit: int) -> HistoryPage:
         """A page of a user's transactions."""
-        user = self.get_account(user_id).user
+        user = self.user(user)
         return self.pocket.history(user.wallet_id, after=after, limit=limit)
 
     # Money
 
     def add_money(
         self,
-        user_id: int,
+        user: User | int,
         amount: Decimal,
         source: str,
         *,
@@ -290,7 +340,7 @@ class PocketService:
         command_id: str | None = None,
     ) -> Account:
         """Puts money into a user's wallet."""
-        user = self.get_account(user_id).user
+        user = self.user(user)
         wallet = self.pocket.add_money(
             user.wallet_id, amount, source, cause=cause, command_id=command_id
         )
@@ -298,7 +348,7 @@ class PocketService:
 
     def draw_money(
         self,
-        user_id: int,
+        user: User | int,
         amount: Decimal,
         destination: str,
         *,
@@ -306,7 +356,7 @@ class PocketService:
         command_id: str | None = None,
     ) -> Account:
         """Takes money out of a user's wallet, never below zero."""
-        user = self.get_account(user_id).user
+        user = self.user(user)
         wallet = self.pocket.draw_money(
             user.wallet_id, amount, destination, cause=cause, command_id=command_id
         )
@@ -314,7 +364,7 @@ class PocketService:
 
     def transfer(
         self,
-        user_id: int,
+        user: User | int,
         to_user_id: int,
         amount: Decimal,
         description: str = "",
@@ -323,9 +373,9 @@ class PocketService:
         command_id: str | None = None,
     ) -> tuple[Account, TransferInfo]:
         """Moves money from one user's wallet to another's, atomically."""
-        sender = self.get_account(user_id).user
+        sender = self.user(user)
         try:
-            receiver = self.get_account(to_user_id).user
+            receiver = self.user(to_user_id)
         except UserNotFound:
             raise RecipientNotFound(to_user_id) from None
         result = self.pocket.transfer(
@@ -340,13 +390,13 @@ class PocketService:
 
     def close_wallet(
         self,
-        user_id: int,
+        user: User | int,
         *,
         cause: Cause | None = None,
         command_id: str | None = None,
     ) -> Account:
         """Closes a user's empty wallet for good."""
-        user = self.get_account(user_id).user
+        user = self.user(user)
         wallet = self.pocket.close_wallet(
             user.wallet_id, cause=cause, command_id=command_id
         )

@@ -478,7 +478,7 @@ class ProjectionFollower:
         *,
         version: int | None = None,
         lock: ProcessLock | None = None,
-        batch_size: int = 500,
+        batch_size: int = 1000,
         poll_interval: float | None = None,
     ) -> None:
         self.pocket = pocket

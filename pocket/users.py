@@ -77,10 +77,10 @@ class UserStore:
             [token_hash, datetime.now(UTC), user_id],
         )
 
-    def find_by_token_hash(self, token_hash: str) -> int | None:
-        """The id of the user whose token has this hash, if any."""
-        rows = self.db.query("SELECT id FROM users WHERE token_hash = %s", [token_hash])
-        return int(rows[0]["id"]) if rows else None
+    def find_by_token_hash(self, token_hash: str) -> User | None:
+        """The user whose token has this hash, if any."""
+        rows = self.db.query("SELECT * FROM users WHERE token_hash = %s", [token_hash])
+        return to_user(rows[0]) if rows else None
 
     def page(self, after: int, limit: int) -> list[User]:
         """Users with ids above after, in id order."""

@@ -11,7 +11,6 @@ import binascii
 import json
 import logging
 import re
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,6 +50,7 @@ from pocket.domainmodel import (
     WalletNotEmpty,
     check_amount,
     check_text,
+    correlation_id,
 )
 from pocket.openapi import openapi_document
 from pocket.service import Account, PocketService, Principal, RecipientNotFound
@@ -166,13 +166,26 @@ def authenticate(header: str | None) -> Principal:
 def request_id() -> str:
     """The request's correlation id: the client's X-Request-Id, or a new one."""
     given = request.headers.get("X-Request-Id", "")
-    return given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    return given if REQUEST_ID.fullmatch(given) else correlation_id()
 
 
 def add_request_id(response: Response) -> Response:
     """Every answer names the request it answers."""
     response.headers["X-Request-Id"] = g.get("request_id") or request_id()
     return response
+
+
+def target(user_id: int) -> User | int:
+    """The user a request is about: the caller's own row (read with the token)
+    when it is theirs, so the request does not read it again."""
+    principal: Principal | None = g.principal
+    if (
+        principal is not None
+        and principal.user is not None
+        and (principal.user.id == user_id)
+    ):
+        return principal.user
+    return user_id
 
 
 def cause() -> Cause:
@@ -249,7 +262,7 @@ def list_users() -> Response:
 @access(Access.OWNER)
 def get_user(user_id: int) -> Response:
     """A user and their wallet."""
-    return jsonify(account_json(service().get_account(user_id)))
+    return jsonify(account_json(service().get_account(target(user_id))))
 
 
 @bp.post("/users/<int:user_id>/token")
@@ -266,7 +279,11 @@ def add_money(user_id: int) -> Response:
     """Puts money into the user's wallet."""
     body = read_body({"amount": amount_field, "source": text_field("source")})
     account = service().add_money(
-        user_id, body["amount"], body["source"], cause=cause(), command_id=command_id()
+        target(user_id),
+        body["amount"],
+        body["source"],
+        cause=cause(),
+        command_id=command_id(),
     )
     return jsonify(account_json(account))
 
@@ -277,7 +294,7 @@ def draw_money(user_id: int) -> Response:
     """Takes money out of the user's wallet, never below zero."""
     body = read_body({"amount": amount_field, "destination": text_field("destination")})
     account = service().draw_money(
-        user_id,
+        target(user_id),
         body["amount"],
         body["destination"],
         cause=cause(),
@@ -299,7 +316,7 @@ def create_transfer(user_id: int) -> tuple[Response, int]:
         optional={"description"},
     )
     account, result = service().transfer(
-        user_id,
+        target(user_id),
         body["to_user_id"],
         body["amount"],
         body.get("description", ""),
@@ -316,7 +333,9 @@ def create_transfer(user_id: int) -> tuple[Response, int]:
 def close_wallet(user_id: int) -> Response:
     """Closes the user's wallet, which must be empty; its history stays readable."""
     read_optional_body()
-    account = service().close_wallet(user_id, cause=cause(), command_id=command_id())
+    account = service().close_wallet(
+        target(user_id), cause=cause(), command_id=command_id()
+    )
     return jsonify(account_json(account))
 
 
@@ -325,7 +344,7 @@ def close_wallet(user_id: int) -> Response:
 def transactions(user_id: int) -> Response:
     """A page of the user's money movements, oldest first, with running balances."""
     limit = page_limit()
-    page = service().history(user_id, after=cursor_arg("t"), limit=limit)
+    page = service().history(target(user_id), after=cursor_arg("t"), limit=limit)
     last = page.transactions[-1].id if page.transactions else None
     return jsonify(
         balance=money(page.wallet.balance),
@@ -342,7 +361,7 @@ def wallet_as_of(user_id: int) -> Response:
         raise invalid("at", "Give at or version, not both.")
     version = int_arg("version", 1, 2**62) if "version" in request.args else None
     at = moment_arg("at") if "at" in request.args else None
-    account = service().wallet_as_of(user_id, version=version, at=at)
+    account = service().wallet_as_of(target(user_id), version=version, at=at)
     wallet = wallet_json(account.wallet)
     wallet["as_of"] = account.wallet.modified_on.isoformat()
     return jsonify(user=user_json(account.user), wallet=wallet)
