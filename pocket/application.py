@@ -317,6 +317,11 @@ class Pocket(Application[UUID]):
         self._committer.stop()
         super().close()
 
+    @property
+    def commit_counts(self) -> tuple[int, int]:
+        """Group commits so far in this process: (transactions, commands)."""
+        return self._committer.batches, self._committer.commands
+
     def add_save_listener(self, listener: Callable[[], None]) -> None:
         """Calls listener after each save in this process (wakes local followers)."""
         self._save_listeners.append(listener)

@@ -17,6 +17,7 @@ from typing import TypeVar
 from eventsourcing.persistence import InterfaceError, OperationalError
 from waitress import create_server
 
+from pocket import bench
 from pocket.config import ConfigurationError, Settings
 from pocket.operations import (
     MigrationRefused,
@@ -108,6 +109,39 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="recompute every balance from the events and compare"
     )
     verify_parser.set_defaults(command=run_verify)
+
+    bench_parser = commands.add_parser(
+        "bench", help="measure throughput and latency, each beside its baseline"
+    )
+    bench_parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="tiny sizes: checks it runs, figures mean nothing",
+    )
+    bench_parser.add_argument(
+        "--backend", choices=["sqlite", "postgres", "both"], default="both"
+    )
+    bench_parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("POCKET_BENCH_POSTGRES_URL", bench.DEFAULT_ADMIN_URL),
+        help="a server where the benchmark may create and drop databases",
+    )
+    defaults = bench.Sizes()
+    bench_parser.add_argument("--commands", type=int, default=defaults.commands)
+    bench_parser.add_argument(
+        "--http-seconds", type=float, default=defaults.http_seconds
+    )
+    bench_parser.add_argument(
+        "--events",
+        type=int,
+        default=defaults.events,
+        help="events to catch up and rebuild",
+    )
+    bench_parser.add_argument(
+        "--history-events", type=int, default=defaults.history_events
+    )
+    bench_parser.add_argument("--json", action="store_true", help="print JSON")
+    bench_parser.set_defaults(command=run_bench)
     return parser
 
 
@@ -198,6 +232,32 @@ def when_database_answers(build: Callable[[], T]) -> T:
             )
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+
+def run_bench(args: argparse.Namespace, _: Settings) -> int:
+    """`pocket bench`: prints the table (or JSON) of figures and baselines."""
+    sizes = (
+        bench.TINY
+        if args.tiny
+        else bench.Sizes(
+            commands=args.commands,
+            http_seconds=args.http_seconds,
+            events=args.events,
+            history_events=args.history_events,
+        )
+    )
+    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+    results = bench.run(
+        sizes,
+        backends,
+        args.postgres_url,
+        out=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    if args.json:
+        print(json.dumps({r.backend: r.figures for r in results}, indent=2))
+    else:
+        print(bench.report(results, sizes))
+    return 0
 
 
 def raise_system_exit(signum: int, _: FrameType | None) -> None:

@@ -126,7 +126,7 @@ class GroupCommitter:
     def stop(self) -> None:
         """Reports how well commits were grouped (there is no thread to stop)."""
         if self.batches:
-            log.info(
+            log.debug(
                 "Group commit: %d commands in %d transactions (%.1f each)",
                 self.commands,
                 self.batches,
