@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import logging
 import re
@@ -536,8 +537,9 @@ def money(amount: Decimal) -> str:
     return f"{amount:.2f}"
 
 
+@functools.lru_cache(maxsize=4096)
 def user_json(user: User) -> dict[str, Any]:
-    """A user as the API shows it."""
+    """A user as the API shows it (users seldom change: kept for the next answer)."""
     return {
         "id": user.id,
         "name": user.name,
