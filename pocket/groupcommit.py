@@ -64,6 +64,15 @@ class Retry(Exception):
     """The batch met newer events written elsewhere: decide it again."""
 
 
+class Poisoned(Exception):
+    """A command failed after changing its wallets in memory."""
+
+    def __init__(self, command: Command[Any], error: BaseException) -> None:
+        super().__init__(str(error))
+        self.command = command
+        self.error = error
+
+
 class GroupCommitter:
     """Decides and saves this process's wallet commands, many to a transaction.
 
@@ -160,10 +169,18 @@ class GroupCommitter:
 
     def _commit(self, batch: list[Command[Any]]) -> None:
         """Decides and saves a batch, retrying it whole; isolates a stubborn one."""
-        for attempt in range(self.max_attempts):
+        attempt = 0
+        while attempt < self.max_attempts:
             try:
                 self._attempt(batch)
+            except Poisoned as poisoned:
+                # One command broke its wallets' state: it alone fails, and the
+                # rest are decided again from fresh wallets.
+                poisoned.command.fail(poisoned.error)
+                batch = [c for c in batch if c is not poisoned.command]
+                continue
             except (IntegrityError, Retry):
+                attempt += 1
                 if len(batch) > 1 and attempt >= 2:
                     # Let each command meet its own conflict alone.
                     for command in batch:
@@ -187,29 +204,11 @@ class GroupCommitter:
         from_cache: set[UUID] = set()
         extra: list[Aggregate] = []
         answers: list[tuple[Command[Any], Any, bool]] = []
-        pending = [command for command in batch if not command.done.is_set()]
-        for command in pending:
-            try:
-                replayed = command.replay()
-                if replayed is not None:
-                    answers.append((command, replayed, False))
-                    continue
-                chosen = [
-                    self._wallet(i, wallets, from_cache) for i in command.wallet_ids
-                ]
-                result = command.decide(chosen)
-            except PocketError as error:
-                self._check_refusal(command, wallets, from_cache)
-                answers.append((command, error, True))
-                continue
-            except Exception:
-                # A rule broke after changing state: nothing of this batch is kept.
-                self._forget(wallets)
-                raise
-            record = command.record(result)
+        for command in [c for c in batch if not c.done.is_set()]:
+            outcome, failed, record = self._decide(command, wallets, from_cache)
             if record is not None:
                 extra.append(record)
-            answers.append((command, result, False))
+            answers.append((command, outcome, failed))
         changed = [w for w in wallets.values() if w.pending_events]
         if changed or extra:
             try:
@@ -224,6 +223,37 @@ class GroupCommitter:
                 command.fail(outcome)
             else:
                 command.succeed(outcome)
+
+    def _decide(
+        self,
+        command: Command[Any],
+        wallets: dict[UUID, Wallet],
+        from_cache: set[UUID],
+    ) -> tuple[Any, bool, Aggregate | None]:
+        """One command against the batch's wallets: its outcome, whether it was
+        refused, and what to save beside its events (its idempotency record)."""
+        chosen: list[Wallet] = []
+        before: list[int] | None = None
+        try:
+            replayed = command.replay()
+            if replayed is not None:
+                return replayed, False, None  # Done before: nothing new to save.
+            chosen = [self._wallet(i, wallets, from_cache) for i in command.wallet_ids]
+            before = [len(w.pending_events) for w in chosen]
+            result = command.decide(chosen)
+        except PocketError as error:
+            if before is not None and before != [len(w.pending_events) for w in chosen]:
+                # Refused after changing a wallet: those changes must go.
+                self._forget(wallets)
+                raise Poisoned(command, error) from error
+            self._check_refusal(command, wallets, from_cache)
+            return error, True, None
+        except Exception as error:
+            self._forget(wallets)
+            if before is None:
+                raise  # Loading failed (the database): the batch fails.
+            raise Poisoned(command, error) from error
+        return result, False, command.record(result)
 
     def _wallet(
         self, wallet_id: UUID, wallets: dict[UUID, Wallet], from_cache: set[UUID]

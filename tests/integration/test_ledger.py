@@ -394,3 +394,25 @@ def test_wallets_recorded_by_the_first_release_still_load(pocket: Pocket) -> Non
     )
     as_then = pocket.get_wallet(wallet_id, version=3)
     assert (as_then.balance, as_then.closed) == (Decimal("15.00"), False)
+
+
+def test_threads_retrying_the_same_keys_move_each_amount_once(pocket: Pocket) -> None:
+    wallet_id = funded(pocket, "100")
+    failures: list[Exception] = []
+
+    def retry_all_keys() -> None:
+        for n in range(25):
+            try:
+                pocket.draw_money(wallet_id, Decimal("1"), "shop", command_id=f"k{n}")
+            except CommandInFlight:
+                continue
+            except Exception as error:
+                failures.append(error)
+
+    threads = [threading.Thread(target=retry_all_keys) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert pocket.get_wallet(wallet_id).balance == Decimal("75.00")
