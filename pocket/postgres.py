@@ -9,10 +9,17 @@ Pocket's default connection timeout is a few seconds, so a caller hears 503 soon
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+    StoredEvent,
+)
 from eventsourcing.postgres import (
     PostgresAggregateRecorder,
     PostgresApplicationRecorder,
@@ -21,6 +28,7 @@ from eventsourcing.postgres import (
 )
 from eventsourcing.utils import retry
 from psycopg import Cursor
+from psycopg.errors import UndefinedFunction
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier, Literal
 
@@ -89,6 +97,14 @@ class ApplicationRecorder(PostgresApplicationRecorder):
         self.insert_call_statement = SQL(
             "SELECT * FROM {function}(%s, %s, %s, %s) AS notification_id"
         ).format(function=function)
+        self.find_written_statement = SQL(
+            "SELECT originator_id, originator_version, notification_id, state "
+            "FROM {table} WHERE (originator_id, originator_version) IN "
+            "(SELECT * FROM unnest(%s::{id_type}[], %s::bigint[]))"
+        ).format(
+            table=Identifier(datastore.schema, events_table_name),
+            id_type=Identifier(datastore.originator_id_type),
+        )
 
     def _create_table(self, curs: Cursor[DictRow]) -> None:
         # Serialized, so that processes starting together do not collide.
@@ -96,28 +112,82 @@ class ApplicationRecorder(PostgresApplicationRecorder):
         super()._create_table(curs)
         curs.execute(self.create_insert_function_statement)
 
-    @retry((InterfaceError, OperationalError), max_attempts=2, wait=0.1)
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        """Inserts events in one transaction; returns their notification ids."""
+        """Inserts events in one transaction; returns their notification ids.
+
+        A link lost during the insert leaves its outcome unknown: the server may
+        have committed before the reply was lost. So, unlike the library, this
+        does not simply insert again (which would fail on the rows it had
+        written, and be taken for another writer's conflict): it first looks.
+        """
         if kwargs.get("tracking") is not None:
             # Not Pocket's application recorder's job (it records no tracking).
             raise NotImplementedError
         if not stored_events:
             return []
+        try:
+            return self._insert(stored_events)
+        except (InterfaceError, OperationalError):
+            time.sleep(0.1)
+            written = self._already_written(stored_events)
+            if written is not None:
+                return written
+            return self._insert(stored_events)
+
+    def _insert(self, stored_events: Sequence[StoredEvent]) -> list[int]:
+        arrays = (
+            [e.originator_id for e in stored_events],
+            [e.originator_version for e in stored_events],
+            [e.topic for e in stored_events],
+            [e.state for e in stored_events],
+        )
+        try:
+            with self.datastore.get_connection() as conn, conn.cursor() as curs:
+                curs.execute(self.insert_call_statement, arrays, prepare=True)
+                return [row["notification_id"] for row in curs.fetchall()]
+        except ProgrammingError as error:
+            if not isinstance(error.__cause__, UndefinedFunction):
+                raise
+        # Tables made with the library's CREATE_TABLE=no lack the function.
+        with self.datastore.transaction(commit=True) as curs:
+            self._create_table(curs)
+        return self._insert(stored_events)
+
+    def _already_written(
+        self, stored_events: Sequence[StoredEvent]
+    ) -> list[int] | None:
+        """The batch's notification ids if it was committed; None if not.
+
+        Raises IntegrityError if another writer holds some of its versions.
+        """
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(
-                self.insert_call_statement,
+                self.find_written_statement,
                 (
                     [e.originator_id for e in stored_events],
                     [e.originator_version for e in stored_events],
-                    [e.topic for e in stored_events],
-                    [e.state for e in stored_events],
                 ),
-                prepare=True,
             )
-            return [row["notification_id"] for row in curs.fetchall()]
+            rows = {
+                (row["originator_id"], row["originator_version"]): row
+                for row in curs.fetchall()
+            }
+        if not rows:
+            return None
+        found = [
+            rows.get((e.originator_id, e.originator_version)) for e in stored_events
+        ]
+        ids = [
+            int(row["notification_id"])
+            for row, event in zip(found, stored_events, strict=True)
+            if row is not None and bytes(row["state"]) == event.state
+        ]
+        if len(ids) == len(stored_events):
+            return ids
+        msg = "Another writer recorded some of these versions"
+        raise IntegrityError(msg)
 
     select_events = once_more(PostgresAggregateRecorder.select_events)
     select_notifications = once_more(PostgresApplicationRecorder.select_notifications)

@@ -1,0 +1,169 @@
+"""Failures in awkward places: a reply lost after a commit, a rule that breaks
+after changing a wallet, a token replaced during its own lookup."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import psycopg_pool
+import pytest
+from eventsourcing.persistence import OperationalError, StoredEvent
+
+from pocket.application import Pocket
+from pocket.config import Settings
+from pocket.domainmodel import Cause, InsufficientFunds, Wallet
+from pocket.groupcommit import Command, GroupCommitter
+from pocket.postgres import ApplicationRecorder
+from pocket.service import PocketService, TokenCache, open_pocket
+from pocket.web import lost_connection
+
+
+@pytest.fixture
+def postgres_pocket(postgres_settings: Settings) -> Iterator[Pocket]:
+    app = open_pocket(postgres_settings)
+    yield app
+    app.close()
+
+
+def lose_the_first_reply(
+    monkeypatch: pytest.MonkeyPatch, recorder: ApplicationRecorder
+) -> list[int]:
+    """Makes the next insert commit, then report a dropped connection."""
+    calls: list[int] = []
+    real = recorder._insert
+
+    def commit_then_fail(stored_events: Any) -> list[int]:
+        ids = real(stored_events)
+        calls.append(len(ids))
+        if len(calls) == 1:
+            msg = "server closed the connection unexpectedly"
+            raise OperationalError(msg)
+        return ids
+
+    monkeypatch.setattr(recorder, "_insert", commit_then_fail)
+    return calls
+
+
+def test_a_reply_lost_after_the_commit_is_not_taken_for_a_conflict(
+    postgres_pocket: Pocket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wallet_id = postgres_pocket.create_wallet("u")
+    recorder = postgres_pocket.recorder
+    assert isinstance(recorder, ApplicationRecorder)
+    calls = lose_the_first_reply(monkeypatch, recorder)
+    wallet = postgres_pocket.add_money(wallet_id, Decimal("10"), "API")
+    assert wallet.balance == Decimal("10.00")
+    assert calls == [1]  # committed once, then found, not inserted again
+    assert postgres_pocket.get_wallet(wallet_id).balance == Decimal("10.00")
+    assert len(postgres_pocket.transactions(wallet_id)) == 1
+
+
+def test_a_reply_lost_before_the_commit_is_inserted_again(
+    postgres_pocket: Pocket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wallet_id = postgres_pocket.create_wallet("u")
+    recorder = postgres_pocket.recorder
+    assert isinstance(recorder, ApplicationRecorder)
+    real = recorder._insert
+    failures: list[int] = []
+
+    def fail_once(stored_events: Any) -> list[int]:
+        if not failures:
+            failures.append(1)
+            msg = "connection refused"
+            raise OperationalError(msg)
+        return real(stored_events)
+
+    monkeypatch.setattr(recorder, "_insert", fail_once)
+    assert postgres_pocket.add_money(wallet_id, Decimal("3"), "API").version == 2
+    assert postgres_pocket.get_wallet(wallet_id).balance == Decimal("3.00")
+
+
+def test_a_batch_of_another_writer_is_a_conflict_not_ours(
+    postgres_pocket: Pocket,
+) -> None:
+    wallet_id = postgres_pocket.create_wallet("u")
+    recorder = postgres_pocket.recorder
+    assert isinstance(recorder, ApplicationRecorder)
+    mine = StoredEvent(wallet_id, 2, "x", b'{"mine": 1}')
+    theirs = StoredEvent(wallet_id, 2, "x", b'{"theirs": 1}')
+    recorder.insert_events([theirs])
+    with pytest.raises(Exception, match="Another writer"):
+        recorder._already_written([mine])
+    assert recorder._already_written([theirs]) is not None
+    assert recorder._already_written([StoredEvent(wallet_id, 3, "x", b"{}")]) is None
+
+
+def test_a_command_that_breaks_after_changing_its_wallet_fails_alone(
+    sql_settings: Settings,
+) -> None:
+    pocket = open_pocket(sql_settings)
+    try:
+        good, bad = pocket.create_wallet("good"), pocket.create_wallet("bad")
+        committer = GroupCommitter(
+            pocket.repository.get,
+            pocket.save,
+            lambda _: False,
+        )
+
+        def half_done(wallets: list[Wallet]) -> None:
+            wallets[0].add_money(Decimal("5"), "half", Cause())
+            raise InsufficientFunds(Decimal(0), Decimal(1))
+
+        def fine(wallets: list[Wallet]) -> Decimal:
+            wallets[0].add_money(Decimal("1"), "whole", Cause())
+            return wallets[0].balance
+
+        broken = Command([bad], half_done, lambda: None, lambda _: None)
+        sound = Command([good], fine, lambda: None, lambda _: None)
+        committer._commit([broken, sound])
+        assert broken.failed
+        assert isinstance(broken.outcome, InsufficientFunds)
+        assert (sound.failed, sound.outcome) == (False, Decimal("1.00"))
+        assert pocket.get_wallet(bad).version == 1  # the half change was not saved
+        assert pocket.get_wallet(good).balance == Decimal("1.00")
+    finally:
+        pocket.close()
+
+
+def test_a_token_replaced_during_its_lookup_is_not_cached(
+    sql_settings: Settings,
+) -> None:
+    service = PocketService(sql_settings)
+    try:
+        account, old = service.create_user("a")
+        generation = service.tokens.generation  # a lookup of old begins...
+        service.issue_token(account.user.id)  # ...the token is replaced...
+        service.tokens.put("old-hash", account.user, generation)  # ...it ends
+        assert service.tokens.get("old-hash") is None
+        assert service.authenticate(old) is None
+    finally:
+        service.close()
+
+
+def test_the_cache_keeps_a_token_that_was_not_replaced() -> None:
+    cache = TokenCache(ttl=60)
+    user: Any = object()
+    cache.put("h", user, cache.generation)
+    assert cache.get("h") is user
+    assert TokenCache(ttl=0).get("h") is None
+
+
+@pytest.mark.parametrize(
+    ("cause", "lost"),
+    [
+        (psycopg.OperationalError("connection refused"), True),
+        (psycopg_pool.PoolTimeout("no connection"), True),
+        (psycopg.errors.LockNotAvailable("lock timeout"), False),
+        (psycopg.errors.QueryCanceled("statement timeout"), False),
+    ],
+)
+def test_only_an_unreachable_database_closes_the_gate(
+    cause: Exception, lost: bool
+) -> None:
+    error = OperationalError(str(cause))
+    error.__cause__ = cause
+    assert lost_connection(error) is lost
