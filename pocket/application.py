@@ -378,6 +378,10 @@ class Pocket(Application[UUID]):
             except PersistenceError as error:
                 log.warning("Snapshot skipped (%s); the next one will do", error)
 
+    def remove_save_listener(self, listener: Callable[[], None]) -> None:
+        """Stops calling a listener added before."""
+        self._save_listeners.remove(listener)
+
     def _notify(self, recordings: list[Recording[UUID]]) -> None:
         super()._notify(recordings)
         for listener in self._save_listeners:

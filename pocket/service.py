@@ -204,6 +204,9 @@ class TokenCache:
         self.size = size
         self.entries: dict[str, tuple[float, User]] = {}
         self.lock = threading.Lock()
+        # Bumped whenever a token is replaced: a lookup that began before the
+        # replacement must not put the old token back.
+        self.generation = 0
 
     def get(self, token_hash: str) -> User | None:
         """The user of a recently checked token, if still fresh."""
@@ -212,11 +215,13 @@ class TokenCache:
             return None
         return entry[1]
 
-    def put(self, token_hash: str, user: User) -> None:
-        """Remembers a token that was just checked."""
+    def put(self, token_hash: str, user: User, generation: int) -> None:
+        """Remembers a token checked since generation (if nothing was replaced)."""
         if self.ttl <= 0:
             return
         with self.lock:
+            if generation != self.generation:
+                return
             if len(self.entries) >= self.size:
                 self.entries.clear()
             self.entries[token_hash] = (time.monotonic() + self.ttl, user)
@@ -224,6 +229,7 @@ class TokenCache:
     def forget(self, user_id: int) -> None:
         """Forgets a user's tokens (theirs was just replaced)."""
         with self.lock:
+            self.generation += 1
             self.entries = {h: e for h, e in self.entries.items() if e[1].id != user_id}
 
 
@@ -265,10 +271,11 @@ class PocketService:
         token_hash = hash_token(token)
         user = self.tokens.get(token_hash)
         if user is None:
+            generation = self.tokens.generation
             user = self.users.find_by_token_hash(token_hash)
             if user is None:
                 return None
-            self.tokens.put(token_hash, user)
+            self.tokens.put(token_hash, user, generation)
         return Principal(user.id, user)
 
     def issue_token(self, user_id: int) -> str:

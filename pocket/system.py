@@ -495,7 +495,6 @@ class ProjectionFollower:
         self.projection = WalletProjection(
             catalog.view(version or catalog.live_version())
         )
-        pocket.add_save_listener(self.wakeup.set)
 
     @property
     def position(self) -> int | None:
@@ -539,6 +538,7 @@ class ProjectionFollower:
     def run(self) -> None:
         """Follows the log until stop(): takes the lock, catches up, then waits."""
         failures = 0
+        self.pocket.add_save_listener(self.wakeup.set)
         with self._listening():
             while not self.stopping.is_set():
                 if not self._hold_lock():
@@ -570,6 +570,7 @@ class ProjectionFollower:
                 # A lock holder re-checks its lock at least every few seconds.
                 interval = self.poll_interval if self.lock is None else 2.0
                 self.wakeup.wait(min(self.poll_interval, interval))
+        self.pocket.remove_save_listener(self.wakeup.set)
         if self.lock is not None:
             self.lock.release()
 

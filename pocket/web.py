@@ -20,6 +20,7 @@ from enum import Enum
 from http import HTTPStatus
 from typing import Any, TypeVar
 
+import psycopg
 from eventsourcing.persistence import (
     InterfaceError,
     OperationalError,
@@ -60,6 +61,7 @@ from pocket.users import MAX_USER_ID, User, UserNotFound
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_KEY_LENGTH = 255
+MAX_POSITION = 2**63 - 1  # The databases' bigint
 DEFAULT_PAGE = 50
 REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
@@ -514,7 +516,11 @@ def cursor_arg(kind: str) -> int:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raw = ""
     prefix, _, position = raw.partition(".")
-    if prefix != f"{kind}1" or not DIGITS.fullmatch(position):
+    if (
+        prefix != f"{kind}1"
+        or not DIGITS.fullmatch(position)
+        or int(position) > MAX_POSITION
+    ):
         raise invalid("after", "Not a cursor this list gave out.")
     return int(position)
 
@@ -728,17 +734,31 @@ def domain_error(error: PocketError) -> tuple[Response, int]:
 def persistence_error(error: PersistenceError) -> tuple[Response, int]:
     """The database could not be reached: 503, the client may retry."""
     if isinstance(error, OperationalError | InterfaceError):
-        service().gate.trip()
-        response, status = error_response(
-            ApiError(
-                HTTPStatus.SERVICE_UNAVAILABLE,
-                "service_unavailable",
-                "The database is unavailable; try again shortly.",
+        if lost_connection(error):
+            service().gate.trip()
+        message = "The database is unavailable; try again shortly."
+        if request.method == "POST":
+            message += (
+                " The change may or may not have been made: send it again with"
+                " the same Idempotency-Key to be sure it is made once."
             )
+        response, status = error_response(
+            ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "service_unavailable", message)
         )
         response.headers["Retry-After"] = "1"
         return response, status
     return unexpected_error(error)
+
+
+def lost_connection(error: BaseException) -> bool:
+    """Whether an error means the database could not be reached at all.
+
+    Errors the server itself reported (a lock timeout, a cancelled query) carry
+    an SQLSTATE; a refused or dropped connection, or a pool with none to give,
+    does not.
+    """
+    cause = error.__cause__
+    return not (isinstance(cause, psycopg.Error) and cause.sqlstate is not None)
 
 
 def unexpected_error(error: Exception) -> tuple[Response, int]:

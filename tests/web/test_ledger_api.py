@@ -507,6 +507,7 @@ def test_history_pages_follow_the_cursor(client: FlaskClient) -> None:
         "limit=",
         "after=nonsense",
         "after=dTEuMQ",  # a user-list cursor, not a transactions one
+        "after=dDEuOTk5OTk5OTk5OTk5OTk5OTk5OQ",  # past the largest bigint
         "after=",
     ],
 )
