@@ -176,15 +176,12 @@ class Pocket(Application[UUID]):
         command_id: str | None = None,
     ) -> WalletInfo:
         """Puts money into a wallet; returns the wallet as it now is."""
-        why = cause or new_cause()
-
-        def decide(wallets: list[Wallet]) -> Result:
-            (wallet,) = wallets
-            wallet.add_money(amount, source, why)
-            return WalletInfo.of(wallet)
-
-        key = idempotency(command_id, "add_money", wallet_id, amount, source)
-        return self._wallet_result(self._execute([wallet_id], decide, key))
+        return self._on_wallet(
+            wallet_id,
+            lambda wallet, why: wallet.add_money(amount, source, why),
+            idempotency(command_id, "add_money", wallet_id, amount, source),
+            cause,
+        )
 
     def draw_money(
         self,
@@ -196,15 +193,12 @@ class Pocket(Application[UUID]):
         command_id: str | None = None,
     ) -> WalletInfo:
         """Takes money out of a wallet; refuses to go below zero."""
-        why = cause or new_cause()
-
-        def decide(wallets: list[Wallet]) -> Result:
-            (wallet,) = wallets
-            wallet.draw_money(amount, destination, why)
-            return WalletInfo.of(wallet)
-
-        key = idempotency(command_id, "draw_money", wallet_id, amount, destination)
-        return self._wallet_result(self._execute([wallet_id], decide, key))
+        return self._on_wallet(
+            wallet_id,
+            lambda wallet, why: wallet.draw_money(amount, destination, why),
+            idempotency(command_id, "draw_money", wallet_id, amount, destination),
+            cause,
+        )
 
     def transfer(
         self,
@@ -253,15 +247,12 @@ class Pocket(Application[UUID]):
         command_id: str | None = None,
     ) -> WalletInfo:
         """Closes an empty wallet for good."""
-        why = cause or new_cause()
-
-        def decide(wallets: list[Wallet]) -> Result:
-            (wallet,) = wallets
-            wallet.close(why)
-            return WalletInfo.of(wallet)
-
-        key = idempotency(command_id, "close", wallet_id)
-        return self._wallet_result(self._execute([wallet_id], decide, key))
+        return self._on_wallet(
+            wallet_id,
+            lambda wallet, why: wallet.close(why),
+            idempotency(command_id, "close", wallet_id),
+            cause,
+        )
 
     # Queries
 
@@ -411,7 +402,22 @@ class Pocket(Application[UUID]):
             raise VersionNotFound(wallet_id, 0)
         return low
 
-    def _wallet_result(self, result: Result) -> WalletInfo:
+    def _on_wallet(
+        self,
+        wallet_id: UUID,
+        act: Callable[[Wallet, Cause], None],
+        key: Idempotency | None,
+        cause: Cause | None,
+    ) -> WalletInfo:
+        """Runs a command on one wallet; returns the wallet as it left it."""
+        why = cause or new_cause()
+
+        def decide(wallets: list[Wallet]) -> Result:
+            (wallet,) = wallets
+            act(wallet, why)
+            return WalletInfo.of(wallet)
+
+        result = self._execute([wallet_id], decide, key)
         assert isinstance(result, WalletInfo)
         return result
 

@@ -152,14 +152,14 @@ def rebuild(
     start = builder.position or 0
     if start:
         out(f"Resuming wallet_records v{version} from position {start:,}.")
-    while True:
-        applied = builder.pull()
+    # Up to the head as it was at the start; what is written meanwhile is the
+    # switch's to catch up with, so a busy log cannot keep this going forever.
+    head = pocket.recorder.max_notification_id() or 0
+    while (builder.position or 0) < head and builder.pull():
         if progress is not None:
-            head = pocket.recorder.max_notification_id() or 0
             progress.update((builder.position or 0) - start, head - start)
-        if applied == 0:
-            break
     if progress is not None:
+        progress.update((builder.position or 0) - start, head - start, force=True)
         progress.finish()
 
 
@@ -170,11 +170,15 @@ def switch(pocket: Pocket, version: int, batch_size: int, attempts: int = 50) ->
         pocket, catalog, version=version, batch_size=batch_size
     )
     for _ in range(attempts):
-        builder.catch_up()
+        builder.catch_up(until=pocket.recorder.max_notification_id() or 0)
         if catalog.switch(version):
             return
         time.sleep(0.05)  # The live follower moved on meanwhile: catch up again.
-    msg = f"wallet_records v{version} could not catch up with the live version"
+    msg = (
+        f"wallet_records v{version} could not catch up with the live version: "
+        "events arrive faster than this rebuild applies them (try a larger "
+        "--batch-size); run pocket migrate again to resume"
+    )
     raise MigrationRefused(msg)
 
 

@@ -528,10 +528,16 @@ class ProjectionFollower:
             return -1
         return len(notifications)
 
-    def catch_up(self) -> int:
-        """Applies batches until the log is exhausted; returns how many."""
+    def catch_up(self, until: int | None = None) -> int:
+        """Applies batches until the log is exhausted (or the position reaches
+        until); returns how many notifications that covered."""
         total = 0
-        while not self.stopping.is_set() and (count := self.pull()):
+        while not self.stopping.is_set():
+            if until is not None and (self.position or 0) >= until:
+                break
+            count = self.pull()
+            if not count:
+                break
             total += max(count, 0)
         return total
 

@@ -21,6 +21,7 @@ from pocket.application import Pocket
 from pocket.config import Settings
 from pocket.database import Database
 from pocket.system import LATEST_VERSION, WalletRecord, to_record
+from tests.replay import replayed_records
 
 POCKET = Path(sys.executable).with_name("pocket")
 
@@ -165,23 +166,7 @@ def replay(
     """Every wallet as the event store says it is (as a row of that version)."""
     pocket = Pocket(env=dict(settings.env))
     try:
-        wallets: dict[UUID, WalletRecord] = {}
-        max_id = pocket.recorder.max_notification_id() or 0
-        for notification in pocket.recorder.select_notifications(start=1, limit=max_id):
-            if notification.originator_id in wallets:
-                continue
-            try:
-                wallet = pocket.get_wallet(UUID(str(notification.originator_id)))
-            except LookupError:
-                continue  # a command record, not a wallet
-            wallets[wallet.aggregate_id] = WalletRecord(
-                wallet.aggregate_id,
-                wallet.user_id,
-                wallet.balance,
-                wallet.version,
-                wallet.closed if version >= 2 else None,
-            )
-        return wallets
+        return replayed_records(pocket, version)
     finally:
         pocket.close()
 

@@ -23,6 +23,7 @@ from pocket.system import (
     WalletRecord,
     live_records,
 )
+from tests.replay import replayed_records
 
 
 @pytest.fixture
@@ -43,24 +44,6 @@ def make_history(pocket: Pocket, wallets: int = 4, rounds: int = 5) -> list[UUID
         pocket.draw_money(ids[3], pocket.get_wallet(ids[3]).balance, "out")
         pocket.close_wallet(ids[3])
     return ids
-
-
-def expected(pocket: Pocket, version: int) -> dict[UUID, WalletRecord]:
-    """What the live table must hold, by replaying each wallet."""
-    wallets: dict[UUID, WalletRecord] = {}
-    for notification in pocket.recorder.select_notifications(start=1, limit=10**9):
-        try:
-            wallet = pocket.get_wallet(UUID(str(notification.originator_id)))
-        except LookupError:
-            continue  # a command record, not a wallet
-        wallets[wallet.aggregate_id] = WalletRecord(
-            wallet.aggregate_id,
-            wallet.user_id,
-            wallet.balance,
-            wallet.version,
-            wallet.closed if version >= 2 else None,
-        )
-    return wallets
 
 
 def readers_see(pocket: Pocket) -> dict[UUID, WalletRecord]:
@@ -86,12 +69,12 @@ def test_migrating_builds_a_version_and_switches_readers_to_it(pocket: Pocket) -
     make_history(pocket)
     follow_all(pocket)
     assert migrate(pocket, target=1, out=quiet) == 1
-    assert readers_see(pocket) == expected(pocket, 1)
+    assert readers_see(pocket) == replayed_records(pocket, 1)
     assert open_catalog(pocket).positions().keys() == {1}
     make_history(pocket, wallets=2)
     follow_all(pocket)
     assert migrate(pocket, out=quiet) == 2
-    assert readers_see(pocket) == expected(pocket, 2)
+    assert readers_see(pocket) == replayed_records(pocket, 2)
     assert open_catalog(pocket).positions().keys() == {2}
 
 
@@ -118,8 +101,8 @@ def test_a_rebuild_during_writes_and_a_live_follower_loses_nothing(
     writer = threading.Thread(target=write)
     writer.start()
     try:
-        migrate(pocket, target=1, batch_size=7, out=quiet)
-        migrate(pocket, target=2, batch_size=5, out=quiet)
+        migrate(pocket, target=1, batch_size=70, out=quiet)
+        migrate(pocket, target=2, batch_size=50, out=quiet)
     finally:
         stop.set()
         writer.join()
@@ -127,7 +110,7 @@ def test_a_rebuild_during_writes_and_a_live_follower_loses_nothing(
     open_catalog(pocket).view(2).wait("Pocket", head, timeout=20)
     runner.stop()
     assert runner.follower.projection.view.version == 2
-    assert readers_see(pocket) == expected(pocket, 2)
+    assert readers_see(pocket) == replayed_records(pocket, 2)
 
 
 def test_readers_keep_the_live_version_until_the_new_one_is_complete(
@@ -156,7 +139,7 @@ def test_an_interrupted_rebuild_resumes_and_finishes_correctly(pocket: Pocket) -
     messages: list[str] = []
     migrate(pocket, target=1, out=messages.append)
     assert f"Resuming wallet_records v1 from position {interrupted_at:,}." in messages
-    assert readers_see(pocket) == expected(pocket, 1)
+    assert readers_see(pocket) == replayed_records(pocket, 1)
 
 
 def test_a_second_migration_at_once_is_refused(pocket: Pocket) -> None:
@@ -226,7 +209,7 @@ def test_a_standby_follower_applies_nothing_until_it_holds_the_lock(
         )
     finally:
         runner.stop()
-    assert readers_see(pocket) == expected(pocket, 2)
+    assert readers_see(pocket) == replayed_records(pocket, 2)
 
 
 # Status and verify

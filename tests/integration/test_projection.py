@@ -20,6 +20,7 @@ from pocket.system import (
     WalletChanges,
     WalletRecord,
 )
+from tests.replay import replayed_records
 
 
 @pytest.fixture
@@ -31,21 +32,6 @@ def pocket(sql_settings: Settings) -> Iterator[Pocket]:
 
 def new_follower(pocket: Pocket, batch_size: int = 500) -> ProjectionFollower:
     return ProjectionFollower(pocket, open_catalog(pocket), batch_size=batch_size)
-
-
-def replay(pocket: Pocket) -> dict[UUID, WalletRecord]:
-    """What wallet_records must hold: every wallet as its events say."""
-    wallets: dict[UUID, WalletRecord] = {}
-    for notification in pocket.recorder.select_notifications(start=1, limit=10**9):
-        wallet = pocket.get_wallet(UUID(str(notification.originator_id)))
-        wallets[wallet.aggregate_id] = WalletRecord(
-            wallet.aggregate_id,
-            wallet.user_id,
-            wallet.balance,
-            wallet.version,
-            wallet.closed,
-        )
-    return wallets
 
 
 def table(follower: ProjectionFollower) -> dict[UUID, WalletRecord]:
@@ -66,7 +52,7 @@ def test_catching_up_makes_the_table_equal_to_a_replay(pocket: Pocket) -> None:
     make_history(pocket)
     follower = new_follower(pocket, batch_size=7)
     assert follower.catch_up() == pocket.recorder.max_notification_id()
-    assert table(follower) == replay(pocket)
+    assert table(follower) == replayed_records(pocket)
     assert follower.position == pocket.recorder.max_notification_id()
 
 
@@ -89,7 +75,7 @@ def test_events_written_while_the_follower_was_away_are_caught_up(
     make_history(pocket, wallets=2, moves=3)
     follower = new_follower(pocket)
     assert follower.catch_up() > 0
-    assert table(follower) == replay(pocket)
+    assert table(follower) == replayed_records(pocket)
 
 
 def test_a_batch_read_from_a_stale_position_changes_nothing(pocket: Pocket) -> None:
@@ -131,7 +117,7 @@ def test_two_followers_at_once_apply_each_event_once(pocket: Pocket) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert table(followers[0]) == replay(pocket)
+    assert table(followers[0]) == replayed_records(pocket)
 
 
 def test_a_running_follower_applies_new_events_by_itself(pocket: Pocket) -> None:
