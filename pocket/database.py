@@ -138,6 +138,14 @@ class Transaction:
         self.cursor.executemany(sql, list(rows))
 
 
+def connect_kwargs(datastore: PostgresDatastore) -> dict[str, Any]:
+    """The library pool's connection settings, for a connection of one's own
+    (LISTEN, an advisory lock, a probe), with psycopg's default rows."""
+    pool_kwargs = datastore.pool.kwargs
+    assert isinstance(pool_kwargs, dict)
+    return {k: v for k, v in pool_kwargs.items() if k != "row_factory"}
+
+
 def _sqlite_param(value: Any) -> Any:
     if isinstance(value, UUID | Decimal):
         return str(value)

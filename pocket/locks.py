@@ -20,6 +20,8 @@ import psycopg
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
+from pocket.database import connect_kwargs
+
 
 class ProcessLock(ABC):
     """A named lock that at most one process holds, released when it dies."""
@@ -62,11 +64,7 @@ class AdvisoryLock(ProcessLock):
 
     def __init__(self, datastore: PostgresDatastore, name: str) -> None:
         super().__init__(name)
-        pool_kwargs = datastore.pool.kwargs
-        assert isinstance(pool_kwargs, dict)
-        self.connect_kwargs = {
-            k: v for k, v in pool_kwargs.items() if k != "row_factory"
-        }
+        self.connect_kwargs = connect_kwargs(datastore)
         self.key = lock_key(name)
         self.conn: psycopg.Connection[Any] | None = None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from eventsourcing.persistence import (
     IntegrityError,
@@ -31,8 +31,6 @@ from psycopg import Cursor
 from psycopg.errors import UndefinedFunction
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier, Literal
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 # Connection settings Pocket chooses unless the environment says otherwise.
 POSTGRES_DEFAULTS = {

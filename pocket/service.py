@@ -28,7 +28,7 @@ from pocket.application import (
     WalletInfo,
 )
 from pocket.config import Settings
-from pocket.database import Database
+from pocket.database import Database, connect_kwargs
 from pocket.domainmodel import Cause, check_text
 from pocket.locks import ProcessLock, process_lock
 from pocket.system import (
@@ -183,9 +183,7 @@ def database_probe(pocket: Pocket) -> Callable[[], None] | None:
     datastore = Database.of(pocket).datastore
     if not isinstance(datastore, PostgresDatastore):
         return None
-    pool_kwargs = datastore.pool.kwargs
-    assert isinstance(pool_kwargs, dict)
-    kwargs = {k: v for k, v in pool_kwargs.items() if k != "row_factory"}
+    kwargs = connect_kwargs(datastore)
 
     def probe() -> None:
         with psycopg.connect(connect_timeout=2, **kwargs) as conn:

@@ -45,7 +45,14 @@ from eventsourcing.projection import Projection
 from eventsourcing.utils import get_topic
 
 from pocket.application import Pocket
-from pocket.database import Database, Row, Transaction, as_decimal, as_uuid
+from pocket.database import (
+    Database,
+    Row,
+    Transaction,
+    as_decimal,
+    as_uuid,
+    connect_kwargs,
+)
 from pocket.domainmodel import ZERO, Wallet
 from pocket.locks import ProcessLock
 
@@ -501,11 +508,6 @@ class ProjectionFollower:
         """The last notification the projection has applied."""
         return self.projection.view.max_tracking_id(self.pocket.name)
 
-    @property
-    def is_active(self) -> bool:
-        """Whether this follower holds the right to apply events (or needs none)."""
-        return self.lock is None or self.lock.held
-
     def pull(self) -> int:
         """Applies the next batch; returns how many notifications it covered."""
         after = self.position
@@ -656,10 +658,7 @@ class PostgresListener(threading.Thread):
                 self.stopping.wait(delay)
 
     def _listen(self) -> None:
-        # The same connection settings as the library's pool, minus its rows.
-        pool_kwargs = self.datastore.pool.kwargs
-        assert isinstance(pool_kwargs, dict)
-        kwargs = {k: v for k, v in pool_kwargs.items() if k != "row_factory"}
+        kwargs = connect_kwargs(self.datastore)
         with psycopg.connect(autocommit=True, connect_timeout=5, **kwargs) as conn:
             conn.execute(
                 psycopg.sql.SQL("LISTEN {}").format(
