@@ -132,7 +132,14 @@ def database(backend: str, admin_url: str) -> Iterator[str]:
         with tempfile.TemporaryDirectory(prefix="pocket-bench-") as directory:
             yield f"sqlite:///{Path(directory) / 'bench.db'}"
         return
-    name = f"pocket_bench_{uuid.uuid4().hex[:10]}"
+    with scratch_postgres(admin_url, "pocket_bench") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def scratch_postgres(admin_url: str, prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database on the admin URL's server, dropped after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
