@@ -117,23 +117,26 @@ def access(level: Access, query: tuple[str, ...] = ()) -> Callable[[View], View]
 
 @bp.before_request
 def authorize() -> None:
-    """Authenticates the caller and checks the view's access level, for every view."""
+    """Authenticates the caller and checks the view's access level, for every view;
+    then refuses query parameters the view does not read."""
     g.request_id = request_id()
     g.principal = None
     view = current_app.view_functions.get(request.endpoint or "")
     # A view that declares nothing is the admin's alone.
     level = getattr(view, "access", Access.ADMIN)
-    if level is Access.PUBLIC:
-        check_query(getattr(view, "query", frozenset()))
-        return
-    service().gate.check()
+    if level is not Access.PUBLIC:
+        service().gate.check()
+        g.principal = check_access(level)
+    check_query(getattr(view, "query", frozenset()))
+
+
+def check_access(level: Access) -> Principal | None:
+    """The caller, if they may use a view of this level (None: anonymous sign-up)."""
     header = request.headers.get("Authorization")
     open_signup = level is Access.SIGNUP and service().settings.open_signup
     if open_signup and header is None:
-        check_query(getattr(view, "query", frozenset()))
-        return
+        return None
     principal = authenticate(header)
-    g.principal = principal
     if level is Access.OWNER:
         user_id = (request.view_args or {}).get("user_id")
         if not (isinstance(user_id, int) and principal.may_act_for(user_id)):
@@ -142,7 +145,7 @@ def authorize() -> None:
     elif not (principal.is_admin or open_signup):
         # An endpoint this caller may not use is, to them, not there.
         raise ApiError(HTTPStatus.NOT_FOUND, "not_found", NOT_FOUND_MESSAGE)
-    check_query(getattr(view, "query", frozenset()))
+    return principal
 
 
 def check_query(known: frozenset[str]) -> None:
