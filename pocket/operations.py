@@ -121,8 +121,12 @@ def migrate(
     try:
         live = catalog.live_version()
         if target != live:
-            rebuild(pocket, target, batch_size, progress, out)
-            switch(pocket, target, batch_size)
+            catalog.view(target).create_table()
+            builder = ProjectionFollower(
+                pocket, catalog, version=target, batch_size=batch_size
+            )
+            rebuild(builder, progress, out)
+            switch(builder)
             out(f"wallet_records v{target} is live (was v{live}).")
         else:
             out(f"wallet_records v{target} is already live.")
@@ -136,25 +140,15 @@ def migrate(
         lock.release()
 
 
-def rebuild(
-    pocket: Pocket,
-    version: int,
-    batch_size: int,
-    progress: Progress | None,
-    out: Out,
-) -> None:
-    """Replays the log into a version's tables, from where it last stopped."""
-    catalog = open_catalog(pocket)
-    catalog.view(version).create_table()
-    builder = ProjectionFollower(
-        pocket, catalog, version=version, batch_size=batch_size
-    )
+def rebuild(builder: ProjectionFollower, progress: Progress | None, out: Out) -> None:
+    """Replays the log into the builder's version, from where it last stopped."""
     start = builder.position or 0
     if start:
+        version = builder.projection.view.version
         out(f"Resuming wallet_records v{version} from position {start:,}.")
     # Up to the head as it was at the start; what is written meanwhile is the
     # switch's to catch up with, so a busy log cannot keep this going forever.
-    head = pocket.recorder.max_notification_id() or 0
+    head = builder.pocket.recorder.max_notification_id() or 0
     while (builder.position or 0) < head and builder.pull():
         if progress is not None:
             progress.update((builder.position or 0) - start, head - start)
@@ -163,15 +157,13 @@ def rebuild(
         progress.finish()
 
 
-def switch(pocket: Pocket, version: int, batch_size: int, attempts: int = 50) -> None:
-    """Catches the version up and makes it live, once it is level with the live one."""
-    catalog = open_catalog(pocket)
-    builder = ProjectionFollower(
-        pocket, catalog, version=version, batch_size=batch_size
-    )
+def switch(builder: ProjectionFollower, attempts: int = 50) -> None:
+    """Catches the builder's version up and makes it live, once it is level with
+    the live one."""
+    version = builder.projection.view.version
     for _ in range(attempts):
-        builder.catch_up(until=pocket.recorder.max_notification_id() or 0)
-        if catalog.switch(version):
+        builder.catch_up(until=builder.pocket.recorder.max_notification_id() or 0)
+        if builder.catalog.switch(version):
             return
         time.sleep(0.05)  # The live follower moved on meanwhile: catch up again.
     msg = (
