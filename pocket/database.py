@@ -19,7 +19,8 @@ from eventsourcing.application import Application
 from eventsourcing.persistence import InterfaceError, OperationalError
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
-from eventsourcing.utils import retry
+
+from pocket.postgres import replace_broken_connections
 
 Row = dict[str, Any]
 Dialect = Literal["postgres", "sqlite"]
@@ -59,7 +60,6 @@ class Database:
         with self.transaction() as tx:
             return tx.execute(sql, params)
 
-    @retry((InterfaceError, OperationalError), max_attempts=2, wait=0.1)
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Runs one read-only statement and returns its rows.
 
@@ -68,6 +68,15 @@ class Database:
         A read is safe to repeat, so a connection the server dropped (after a
         restart, say) is replaced and the read tried once more.
         """
+        try:
+            return self._query(sql, params)
+        except (InterfaceError, OperationalError):
+            if not isinstance(self.datastore, PostgresDatastore):
+                raise
+            replace_broken_connections(self.datastore)
+            return self._query(sql, params)
+
+    def _query(self, sql: str, params: Sequence[Any]) -> list[Row]:
         if isinstance(self.datastore, PostgresDatastore):
             with self.datastore.get_connection() as conn, conn.cursor() as cursor:
                 return Transaction(cursor, self.dialect).execute(sql, params)

@@ -9,14 +9,21 @@ Pocket's default connection timeout is a few seconds, so a caller hears 503 soon
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
+import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+import psycopg
 from eventsourcing.persistence import (
     IntegrityError,
     InterfaceError,
     OperationalError,
+    PersistenceError,
     ProgrammingError,
     StoredEvent,
 )
@@ -26,11 +33,15 @@ from eventsourcing.postgres import (
     PostgresDatastore,
     PostgresFactory,
 )
-from eventsourcing.utils import retry
-from psycopg import Cursor
+from psycopg import Connection, Cursor
 from psycopg.errors import UndefinedFunction
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier, Literal
+
+# An insert is tried at most this often; a lost link in between is settled first.
+INSERT_ATTEMPTS = 2
+# How long to wait for the backend of a lost insert to end.
+SETTLE_SECONDS = 5.0
 
 # Connection settings Pocket chooses unless the environment says otherwise.
 POSTGRES_DEFAULTS = {
@@ -40,12 +51,48 @@ POSTGRES_DEFAULTS = {
 
 
 def once_more(method: Any) -> Any:
-    """The library's method without its own retries, retried once on a lost link."""
+    """The library's method without its own retries, retried once on a lost link
+    (after the pool has replaced every connection that link's loss broke)."""
     unwrapped: Callable[..., Any] = method.__wrapped__
-    retried: Callable[..., Any] = retry(
-        (InterfaceError, OperationalError), max_attempts=2, wait=0.1
-    )(unwrapped)
+
+    @functools.wraps(unwrapped)
+    def retried(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return unwrapped(self, *args, **kwargs)
+        except (InterfaceError, OperationalError):
+            replace_broken_connections(self.datastore)
+            return unwrapped(self, *args, **kwargs)
+
     return retried
+
+
+def replace_broken_connections(datastore: PostgresDatastore) -> None:
+    """Replaces the pool's idle connections that no longer work.
+
+    A server restart or a network failure breaks every pooled connection at
+    once; without this, each would be found broken by a request of its own.
+    """
+    with contextlib.suppress(Exception):
+        datastore.pool.check()
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One server process, told apart from a later one that reuses its pid."""
+
+    pid: int
+    started: datetime | None
+
+
+class OutcomeUnknown(OperationalError):
+    """A write's link was lost and whether it committed cannot be found out now."""
+
+    def __init__(self, backend: Backend, cause: Exception | None) -> None:
+        super().__init__(
+            f"Lost the link to the database during a write, and could not make "
+            f"sure its server process {backend.pid} had ended ({cause})"
+        )
+        self.backend = backend
 
 
 class AggregateRecorder(PostgresAggregateRecorder):
@@ -95,6 +142,19 @@ class ApplicationRecorder(PostgresApplicationRecorder):
         self.insert_call_statement = SQL(
             "SELECT * FROM {function}(%s, %s, %s, %s) AS notification_id"
         ).format(function=function)
+        # Ends a backend (if it is still that backend) and says whether it was
+        # still there; pg_stat_activity forgets a backend only after its
+        # transaction has ended and its locks are released.
+        self.terminate_statement = SQL(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE pid = %s AND backend_start IS NOT DISTINCT FROM %s"
+        )
+        self._backends: weakref.WeakKeyDictionary[Connection[Any], Backend] = (
+            weakref.WeakKeyDictionary()
+        )
+        # Whether Pocket may create its insert function (the library's
+        # CREATE_TABLE setting, which the factory passes on).
+        self.may_create_function = True
         self.find_written_statement = SQL(
             "SELECT originator_id, originator_version, notification_id, state "
             "FROM {table} WHERE (originator_id, originator_version) IN "
@@ -110,48 +170,128 @@ class ApplicationRecorder(PostgresApplicationRecorder):
         super()._create_table(curs)
         curs.execute(self.create_insert_function_statement)
 
+    def _create_insert_function(self) -> None:
+        """Creates the insert function alone, where tables were made without it."""
+        if not self.may_create_function:
+            msg = (
+                f"The function {self.events_table_name}_insert does not exist and "
+                "CREATE_TABLE is off: start Pocket once with CREATE_TABLE on, "
+                "which creates Pocket's tables and functions"
+            )
+            raise ProgrammingError(msg)
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute("SELECT pg_advisory_xact_lock(hashtext('pocket-schema'))")
+            curs.execute(self.create_insert_function_statement)
+
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         """Inserts events in one transaction; returns their notification ids.
 
-        A link lost during the insert leaves its outcome unknown: the server may
-        have committed before the reply was lost. So, unlike the library, this
-        does not simply insert again (which would fail on the rows it had
-        written, and be taken for another writer's conflict): it first looks.
+        A link lost after the statement was sent leaves its outcome unknown: the
+        server may have committed before the reply was lost, or may still be
+        waiting for the table lock and commit later. So before anything is
+        looked at or retried, the statement's backend is terminated and waited
+        for: once it has gone, its transaction has ended one way or the other,
+        for good. Only then does a look at the table say whether the events are
+        in, and only when they are not is the insert tried once more.
         """
         if kwargs.get("tracking") is not None:
             # Not Pocket's application recorder's job (it records no tracking).
             raise NotImplementedError
         if not stored_events:
             return []
-        try:
-            return self._insert(stored_events)
-        except (InterfaceError, OperationalError):
-            time.sleep(0.1)
-            written = self._already_written(stored_events)
-            if written is not None:
-                return written
-            return self._insert(stored_events)
+        for attempt in range(1, INSERT_ATTEMPTS + 1):
+            in_doubt: list[Backend] = []
+            try:
+                return self._insert(stored_events, in_doubt)
+            except (InterfaceError, OperationalError):
+                if attempt == INSERT_ATTEMPTS:
+                    raise
+                replace_broken_connections(self.datastore)
+                if in_doubt:
+                    self._settle(in_doubt[0])
+                    written = self._already_written(stored_events)
+                    if written is not None:
+                        return written
+                else:
+                    # Refused before it ran (no connection, a lock timeout):
+                    # nothing was inserted.
+                    time.sleep(0.1)
+        raise AssertionError  # pragma: no cover
 
-    def _insert(self, stored_events: Sequence[StoredEvent]) -> list[int]:
+    def _insert(
+        self, stored_events: Sequence[StoredEvent], in_doubt: list[Backend]
+    ) -> list[int]:
+        """One call of the insert function.
+
+        On failure, in_doubt names the backend whose transaction may yet commit:
+        the one the call was sent to, unless that backend answered with an error
+        (an implicit transaction that fails is rolled back).
+        """
         arrays = (
             [e.originator_id for e in stored_events],
             [e.originator_version for e in stored_events],
             [e.topic for e in stored_events],
             [e.state for e in stored_events],
         )
-        try:
-            with self.datastore.get_connection() as conn, conn.cursor() as curs:
-                curs.execute(self.insert_call_statement, arrays, prepare=True)
-                return [row["notification_id"] for row in curs.fetchall()]
-        except ProgrammingError as error:
-            if not isinstance(error.__cause__, UndefinedFunction):
-                raise
-        # Tables made with the library's CREATE_TABLE=no lack the function.
-        with self.datastore.transaction(commit=True) as curs:
-            self._create_table(curs)
-        return self._insert(stored_events)
+        for attempt in range(2):
+            try:
+                with self.datastore.get_connection() as conn:
+                    backend = self._backend_of(conn)
+                    try:
+                        with conn.cursor() as curs:
+                            curs.execute(
+                                self.insert_call_statement, arrays, prepare=True
+                            )
+                            return [row["notification_id"] for row in curs.fetchall()]
+                    except psycopg.Error:
+                        if conn.broken or conn.closed:
+                            in_doubt.append(backend)
+                        raise
+            except ProgrammingError as error:
+                # The server refused the call before running it: nothing was
+                # inserted. Tables made without Pocket lack the function.
+                if attempt or not isinstance(error.__cause__, UndefinedFunction):
+                    raise
+            self._create_insert_function()
+        raise AssertionError  # pragma: no cover
+
+    def _backend_of(self, conn: Connection[Any]) -> Backend:
+        """Which server process a pooled connection talks to (asked once)."""
+        backend = self._backends.get(conn)
+        if backend is None:
+            row = conn.execute(
+                "SELECT pg_backend_pid() AS pid, (SELECT backend_start FROM "
+                "pg_stat_activity WHERE pid = pg_backend_pid()) AS started"
+            ).fetchone()
+            assert row is not None
+            backend = Backend(int(row["pid"]), row["started"])
+            self._backends[conn] = backend
+        return backend
+
+    def _settle(self, backend: Backend) -> None:
+        """Ends the backend a lost statement went to, and waits until it is gone.
+
+        Raises OutcomeUnknown when that cannot be done (the server cannot be
+        reached, or the backend does not go).
+        """
+        deadline = time.monotonic() + SETTLE_SECONDS
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                with self.datastore.get_connection() as conn:
+                    while time.monotonic() < deadline:
+                        row = conn.execute(
+                            self.terminate_statement, [backend.pid, backend.started]
+                        ).fetchone()
+                        if row is None:
+                            return
+                        time.sleep(0.02)
+            except PersistenceError as error:
+                last = error
+                time.sleep(0.1)
+        raise OutcomeUnknown(backend, last)
 
     def _already_written(
         self, stored_events: Sequence[StoredEvent]
@@ -197,3 +337,10 @@ class Factory(PostgresFactory):
 
     aggregate_recorder_class = AggregateRecorder
     application_recorder_class = ApplicationRecorder
+
+    def application_recorder(self) -> ApplicationRecorder:
+        """The events recorder, told whether it may create its insert function."""
+        recorder = super().application_recorder()
+        assert isinstance(recorder, ApplicationRecorder)
+        recorder.may_create_function = self.env_create_table()
+        return recorder

@@ -742,8 +742,8 @@ def persistence_error(error: PersistenceError) -> tuple[Response, int]:
         message = "The database is unavailable; try again shortly."
         if request.method == "POST":
             message += (
-                " The change may or may not have been made: send it again with"
-                " the same Idempotency-Key to be sure it is made once."
+                " Whether the change was made is not known: send it again with"
+                " the same Idempotency-Key, and it is made exactly once."
             )
         response, status = error_response(
             ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "service_unavailable", message)

@@ -3,6 +3,7 @@ after changing a wallet, a token replaced during its own lookup."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -11,6 +12,7 @@ import psycopg
 import psycopg_pool
 import pytest
 from eventsourcing.persistence import OperationalError, StoredEvent
+from psycopg.conninfo import conninfo_to_dict
 
 from pocket.application import Pocket
 from pocket.config import Settings
@@ -19,6 +21,8 @@ from pocket.groupcommit import Command, GroupCommitter
 from pocket.postgres import ApplicationRecorder
 from pocket.service import PocketService, TokenCache, open_pocket
 from pocket.web import lost_connection
+from tests.conftest import ADMIN_URL
+from tests.proxy import Proxy
 
 
 @pytest.fixture
@@ -28,58 +32,47 @@ def postgres_pocket(postgres_settings: Settings) -> Iterator[Pocket]:
     app.close()
 
 
-def lose_the_first_reply(
-    monkeypatch: pytest.MonkeyPatch, recorder: ApplicationRecorder
-) -> list[int]:
-    """Makes the next insert commit, then report a dropped connection."""
-    calls: list[int] = []
-    real = recorder._insert
-
-    def commit_then_fail(stored_events: Any) -> list[int]:
-        ids = real(stored_events)
-        calls.append(len(ids))
-        if len(calls) == 1:
-            msg = "server closed the connection unexpectedly"
-            raise OperationalError(msg)
-        return ids
-
-    monkeypatch.setattr(recorder, "_insert", commit_then_fail)
-    return calls
+@pytest.fixture
+def proxy() -> Iterator[Proxy]:
+    proxy = Proxy("127.0.0.1", int(conninfo_to_dict(ADMIN_URL).get("port") or 5432))
+    yield proxy
+    proxy.close()
 
 
-def test_a_reply_lost_after_the_commit_is_not_taken_for_a_conflict(
-    postgres_pocket: Pocket, monkeypatch: pytest.MonkeyPatch
+@pytest.fixture
+def proxied_pocket(postgres_url: str, proxy: Proxy) -> Iterator[Pocket]:
+    """Pocket talking to its database through a proxy that loses replies."""
+    app = open_pocket(Settings.from_url(proxy.url(postgres_url.rsplit("/", 1)[1])))
+    yield app
+    app.close()
+
+
+def test_a_reply_lost_after_the_commit_is_found_not_inserted_again(
+    proxied_pocket: Pocket, proxy: Proxy
 ) -> None:
-    wallet_id = postgres_pocket.create_wallet("u")
-    recorder = postgres_pocket.recorder
-    assert isinstance(recorder, ApplicationRecorder)
-    calls = lose_the_first_reply(monkeypatch, recorder)
-    wallet = postgres_pocket.add_money(wallet_id, Decimal("10"), "API")
+    wallet_id = proxied_pocket.create_wallet("u")
+    trap = proxy.arm("lost-after-commit")
+    wallet = proxied_pocket.add_money(wallet_id, Decimal("10"), "lost-after-commit")
+    assert trap.sprung.is_set()
     assert wallet.balance == Decimal("10.00")
-    assert calls == [1]  # committed once, then found, not inserted again
-    assert postgres_pocket.get_wallet(wallet_id).balance == Decimal("10.00")
-    assert len(postgres_pocket.transactions(wallet_id)) == 1
+    assert proxied_pocket.get_wallet(wallet_id).balance == Decimal("10.00")
+    assert len(proxied_pocket.transactions(wallet_id)) == 1
 
 
-def test_a_reply_lost_before_the_commit_is_inserted_again(
-    postgres_pocket: Pocket, monkeypatch: pytest.MonkeyPatch
+def test_a_statement_cut_off_while_waiting_is_ended_then_inserted_again(
+    proxied_pocket: Pocket, proxy: Proxy, postgres_url: str
 ) -> None:
-    wallet_id = postgres_pocket.create_wallet("u")
-    recorder = postgres_pocket.recorder
-    assert isinstance(recorder, ApplicationRecorder)
-    real = recorder._insert
-    failures: list[int] = []
-
-    def fail_once(stored_events: Any) -> list[int]:
-        if not failures:
-            failures.append(1)
-            msg = "connection refused"
-            raise OperationalError(msg)
-        return real(stored_events)
-
-    monkeypatch.setattr(recorder, "_insert", fail_once)
-    assert postgres_pocket.add_money(wallet_id, Decimal("3"), "API").version == 2
-    assert postgres_pocket.get_wallet(wallet_id).balance == Decimal("3.00")
+    wallet_id = proxied_pocket.create_wallet("u")
+    with psycopg.connect(postgres_url) as conn:
+        # A writer ahead in the queue: the cut-off statement waits behind it.
+        conn.execute("LOCK TABLE pocket_events IN EXCLUSIVE MODE")
+        trap = proxy.arm("waiting")
+        threading.Timer(0.5, conn.commit).start()
+        wallet = proxied_pocket.add_money(wallet_id, Decimal("3"), "waiting")
+    assert trap.sprung.is_set()
+    assert wallet.version == 2
+    assert proxied_pocket.get_wallet(wallet_id).balance == Decimal("3.00")
+    assert len(proxied_pocket.transactions(wallet_id)) == 1
 
 
 def test_a_batch_of_another_writer_is_a_conflict_not_ours(
