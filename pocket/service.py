@@ -39,7 +39,7 @@ from pocket.system import (
     WalletRecord,
     live_records,
 )
-from pocket.users import User, UserNotFound, UserStore
+from pocket.users import TokenRevoked, User, UserNotFound, UserStore
 
 log = logging.getLogger(__name__)
 TOKEN_PREFIX = "pkt_"  # noqa: S105 - a marker that makes leaked tokens findable
@@ -60,6 +60,8 @@ class Principal:
     user_id: int | None
     # The user's row, as read when their token was checked (None for the admin).
     user: User | None = None
+    # The hash of the token the user presented (None for the admin).
+    token_hash: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -242,6 +244,8 @@ class PocketService:
         self.catalog = open_catalog(self.pocket)
         self.gate = DatabaseGate(database_probe(self.pocket))
         self.tokens = TokenCache(settings.token_cache_seconds)
+        admin = settings.admin_token
+        self.admin_token_hash = None if admin is None else hash_token(admin)
         self.runner: ThreadedRunner | None = None
         self.open_pending_wallets()
         if follow:
@@ -259,29 +263,43 @@ class PocketService:
 
     # Who is asking
 
-    def authenticate(self, token: str) -> Principal | None:
-        """The principal a bearer token stands for, or None if it stands for nobody."""
-        admin = self.settings.admin_token
-        if admin is not None and hmac.compare_digest(
-            hash_token(token), hash_token(admin)
+    def authenticate(self, token: str, *, fresh: bool = False) -> Principal | None:
+        """The principal a bearer token stands for, or None if it stands for nobody.
+
+        A user's token is looked up in the database when fresh (for anything
+        that changes something: a token revoked through another process must
+        not move money there), else it may come from the short-lived cache.
+        """
+        token_hash = hash_token(token)
+        # Hashes of equal length, compared in constant time.
+        if self.admin_token_hash is not None and hmac.compare_digest(
+            token_hash, self.admin_token_hash
         ):
             return ADMIN
-        token_hash = hash_token(token)
-        user = self.tokens.get(token_hash)
+        user = None if fresh else self.tokens.get(token_hash)
         if user is None:
             generation = self.tokens.generation
             user = self.users.find_by_token_hash(token_hash)
             if user is None:
                 return None
             self.tokens.put(token_hash, user, generation)
-        return Principal(user.id, user)
+        return Principal(user.id, user, token_hash)
 
-    def issue_token(self, user_id: int) -> str:
-        """Gives the user a new API token; the old one stops working."""
+    def issue_token(self, user_id: int, *, replacing: str | None = None) -> str:
+        """Gives the user a new API token; the old one stops working.
+
+        replacing is the hash of the token the user presented: the new token is
+        issued only if that is still their token, so a stolen token that was
+        revoked cannot take the wallet back. The admin replaces any token.
+        """
         self.users.get(user_id)
         token = new_token()
-        self.users.set_token_hash(user_id, hash_token(token))
+        replaced = self.users.replace_token_hash(
+            user_id, hash_token(token), replacing=replacing
+        )
         self.tokens.forget(user_id)
+        if not replaced:
+            raise TokenRevoked(user_id)
         return token
 
     # Users and wallets

@@ -70,12 +70,23 @@ class UserStore:
         )
         return to_user(rows[0])
 
-    def set_token_hash(self, user_id: int, token_hash: str) -> None:
-        """Replaces the user's API token (the old one stops working)."""
-        self.db.execute(
-            "UPDATE users SET token_hash = %s, updated_at = %s WHERE id = %s",
-            [token_hash, datetime.now(UTC), user_id],
-        )
+    def replace_token_hash(
+        self, user_id: int, token_hash: str, *, replacing: str | None
+    ) -> bool:
+        """Replaces the user's API token (the old one stops working).
+
+        With replacing, only if that is still the user's token hash (a
+        compare-and-set: a token revoked meanwhile cannot replace its
+        replacement); without, whatever the token was. Returns whether it did.
+        """
+        sql = "UPDATE users SET token_hash = %s, updated_at = %s WHERE id = %s"
+        params: list[object] = [token_hash, datetime.now(UTC), user_id]
+        if replacing is not None:
+            sql += " AND token_hash = %s"
+            params.append(replacing)
+        with self.db.transaction() as tx:
+            tx.execute(sql, params)
+            return tx.rowcount == 1
 
     def find_by_token_hash(self, token_hash: str) -> User | None:
         """The user whose token has this hash, if any."""
@@ -127,3 +138,7 @@ def to_user(row: dict[str, Any]) -> User:
 
 class UserNotFound(PocketError, LookupError):
     """No user has this id."""
+
+
+class TokenRevoked(PocketError):
+    """The token presented was replaced before it could be used to replace itself."""

@@ -57,7 +57,7 @@ from pocket.domainmodel import (
 from pocket.openapi import openapi_document
 from pocket.service import Account, PocketService, Principal, RecipientNotFound
 from pocket.system import WalletRecord
-from pocket.users import MAX_USER_ID, User, UserNotFound
+from pocket.users import MAX_USER_ID, TokenRevoked, User, UserNotFound
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_KEY_LENGTH = 255
@@ -160,7 +160,10 @@ def authenticate(header: str | None) -> Principal:
     scheme, _, token = (header or "").partition(" ")
     token = token.strip()
     if scheme.lower() == "bearer" and token:
-        principal = service().authenticate(token)
+        # Reads may trust a token checked a moment ago; a change (money, closing,
+        # a new token) asks the database, so a revoked token changes nothing.
+        fresh = request.method not in ("GET", "HEAD")
+        principal = service().authenticate(token, fresh=fresh)
         if principal is not None:
             return principal
         message = "The bearer token is not valid."
@@ -276,7 +279,9 @@ def get_user(user_id: int) -> Response:
 def rotate_token(user_id: int) -> Response:
     """Issues the user a new API token; the old one stops working."""
     read_optional_body()
-    return jsonify(token=service().issue_token(user_id))
+    principal: Principal = g.principal
+    token = service().issue_token(user_id, replacing=principal.token_hash)
+    return jsonify(token=token)
 
 
 @bp.post("/users/<int:user_id>/add_money")
@@ -693,6 +698,7 @@ DOMAIN_ERRORS: dict[type[PocketError], tuple[HTTPStatus, str, str | None]] = {
     ),
     SameWallet: (HTTPStatus.UNPROCESSABLE_ENTITY, "validation_failed", "to_user_id"),
     UserNotFound: (HTTPStatus.NOT_FOUND, "user_not_found", None),
+    TokenRevoked: (HTTPStatus.UNAUTHORIZED, "unauthorized", None),
     WalletNotFound: (HTTPStatus.NOT_FOUND, "wallet_not_found", None),
     VersionNotFound: (HTTPStatus.NOT_FOUND, "version_not_found", None),
     InsufficientFunds: (HTTPStatus.CONFLICT, "insufficient_funds", None),
@@ -713,6 +719,7 @@ DOMAIN_MESSAGES: dict[type[PocketError], str] = {
     RecipientNotFound: "There is no such user.",
     SameWallet: "A transfer must go to another user.",
     UserNotFound: "There is no such user.",
+    TokenRevoked: "The bearer token is not valid.",
     WalletNotFound: "There is no such wallet.",
     VersionNotFound: "The wallet had no such version, or did not exist yet then.",
     CommandInFlight: "A request with this Idempotency-Key is still running.",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from decimal import Decimal
 from uuid import uuid4
@@ -12,8 +14,8 @@ import pytest
 from pocket.application import WalletNotFound
 from pocket.config import Settings
 from pocket.domainmodel import InvalidText
-from pocket.service import PocketService, RecipientNotFound
-from pocket.users import UserNotFound
+from pocket.service import PocketService, RecipientNotFound, hash_token
+from pocket.users import TokenRevoked, UserNotFound
 
 
 @pytest.fixture
@@ -121,6 +123,56 @@ def test_a_new_token_replaces_the_old(service: PocketService) -> None:
     principal = service.authenticate(new)
     assert principal is not None
     assert principal.user_id == account.user.id
+
+
+def test_a_revoked_token_cannot_replace_its_replacement(
+    service: PocketService,
+) -> None:
+    account, stolen = service.create_user("a")
+    user_id = account.user.id
+    owners = service.issue_token(user_id, replacing=hash_token(stolen))
+    with pytest.raises(TokenRevoked):
+        service.issue_token(user_id, replacing=hash_token(stolen))
+    assert service.authenticate(stolen, fresh=True) is None
+    assert service.authenticate(owners, fresh=True) is not None
+
+
+def test_of_two_rotations_with_one_token_at_once_exactly_one_wins(
+    sql_settings: Settings,
+) -> None:
+    services = [PocketService(sql_settings) for _ in range(2)]
+    try:
+        account, token = services[0].create_user("a")
+        start = threading.Barrier(8)
+
+        def rotate(service: PocketService) -> str | None:
+            start.wait()
+            try:
+                return service.issue_token(account.user.id, replacing=hash_token(token))
+            except TokenRevoked:
+                return None
+
+        with ThreadPoolExecutor(8) as pool:
+            issued = list(pool.map(rotate, services * 4))
+        (winner,) = [t for t in issued if t is not None]
+        assert services[1].authenticate(winner, fresh=True) is not None
+    finally:
+        for service in services:
+            service.close()
+
+
+def test_a_fresh_check_does_not_trust_the_cache(sql_settings: Settings) -> None:
+    settings = replace(sql_settings, token_cache_seconds=60)
+    here, elsewhere = PocketService(settings), PocketService(settings)
+    try:
+        account, token = here.create_user("a")
+        assert here.authenticate(token) is not None  # now in this cache
+        elsewhere.issue_token(account.user.id, replacing=hash_token(token))
+        assert here.authenticate(token) is not None  # a read may trust it...
+        assert here.authenticate(token, fresh=True) is None  # ...a change may not
+    finally:
+        here.close()
+        elsewhere.close()
 
 
 def test_the_admin_token_opens_every_account(sql_settings: Settings) -> None:
