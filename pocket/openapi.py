@@ -236,11 +236,24 @@ IDEMPOTENCY_KEY: Schema = {
     "in": "header",
     "required": False,
     "description": (
-        "Up to 255 characters, scoped to the caller. The same key with the same "
-        "body returns the first response and changes nothing; with a different "
-        "body, 422; while the first request runs, 409."
+        "1 to 255 visible ASCII characters (letters, digits, punctuation; no "
+        "spaces), scoped to the caller; anything else is refused with 422. The "
+        "same key with the same body returns the first response and changes "
+        "nothing; with a different body, 422; while the first request runs, 409."
     ),
-    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+}
+REQUEST_ID: Schema = {
+    "name": "X-Request-Id",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Your correlation id for the request, recorded with every event it "
+        "causes and returned in the answer: 1 to 128 visible ASCII characters "
+        "(no spaces); anything else is refused with 422. Without it, Pocket "
+        "makes one up."
+    ),
+    "schema": {"type": "string", "pattern": "^[!-~]{1,128}$"},
 }
 LIMIT: Schema = {
     "name": "limit",
@@ -280,9 +293,9 @@ def operation(
     responses = {status: answer(description, schema)}
     for code in errors:
         responses[code] = {"$ref": f"#/components/responses/E{code}"}
+    responses.setdefault("422", {"$ref": "#/components/responses/E422"})
     spec: Schema = {"summary": summary, "responses": responses}
-    if parameters:
-        spec["parameters"] = list(parameters)
+    spec["parameters"] = [*parameters, REQUEST_ID]
     if body is not None:
         spec["requestBody"] = {
             "required": True,

@@ -61,9 +61,15 @@ from pocket.users import MAX_USER_ID, TokenRevoked, User, UserNotFound
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_KEY_LENGTH = 255
+MAX_REQUEST_ID_LENGTH = 128
 MAX_POSITION = 2**63 - 1  # The databases' bigint
 DEFAULT_PAGE = 50
-REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+# Header values a client chooses are visible ASCII: letters, digits and
+# punctuation, no spaces (a repeated header arrives joined by ", ", so it is
+# refused rather than half read). One character is one byte, whatever decodes it.
+IDEMPOTENCY_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
+REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID_LENGTH}}}")
+VISIBLE_ASCII = "visible ASCII characters (letters, digits, punctuation; no spaces)"
 
 log = logging.getLogger(__name__)
 bp = Blueprint("pocket", __name__)
@@ -119,6 +125,7 @@ def access(level: Access, query: tuple[str, ...] = ()) -> Callable[[View], View]
 def authorize() -> None:
     """Authenticates the caller and checks the view's access level, for every view;
     then refuses query parameters the view does not read."""
+    g.request_id = correlation_id()
     g.request_id = request_id()
     g.principal = None
     view = current_app.view_functions.get(request.endpoint or "")
@@ -149,10 +156,13 @@ def check_access(level: Access) -> Principal | None:
 
 
 def check_query(known: frozenset[str]) -> None:
-    """Refuses query parameters the view does not read."""
+    """Refuses query parameters the view does not read, or given twice."""
     unknown = sorted(set(request.args) - known)
     if unknown:
         raise invalid(unknown[0], "Unknown query parameter.")
+    for name in request.args:
+        if len(request.args.getlist(name)) > 1:
+            raise invalid(name, GIVEN_TWICE)
 
 
 def authenticate(header: str | None) -> Principal:
@@ -174,13 +184,18 @@ def authenticate(header: str | None) -> Principal:
 
 def request_id() -> str:
     """The request's correlation id: the client's X-Request-Id, or a new one."""
-    given = request.headers.get("X-Request-Id", "")
-    return given if REQUEST_ID.fullmatch(given) else correlation_id()
+    given = request.headers.get("X-Request-Id")
+    if given is None:
+        return correlation_id()
+    if not REQUEST_ID.fullmatch(given):
+        problem = f"Must be 1 to {MAX_REQUEST_ID_LENGTH} {VISIBLE_ASCII}."
+        raise invalid("X-Request-Id", problem)
+    return given
 
 
 def add_request_id(response: Response) -> Response:
     """Every answer names the request it answers."""
-    response.headers["X-Request-Id"] = g.get("request_id") or request_id()
+    response.headers["X-Request-Id"] = g.get("request_id") or correlation_id()
     return response
 
 
@@ -209,10 +224,9 @@ def command_id() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not 0 < len(key) <= MAX_KEY_LENGTH or not key.isprintable():
+    if not IDEMPOTENCY_KEY.fullmatch(key):
         raise invalid(
-            "Idempotency-Key",
-            f"Must be 1 to {MAX_KEY_LENGTH} printable characters.",
+            "Idempotency-Key", f"Must be 1 to {MAX_KEY_LENGTH} {VISIBLE_ASCII}."
         )
     principal: Principal = g.principal
     return f"{principal.actor}:{key}"
@@ -438,8 +452,14 @@ def read_json_object() -> dict[str, Any]:
     raw = request.get_data(cache=False)
     try:
         body = json.loads(
-            raw, parse_float=JSONNumber, parse_int=JSONNumber, parse_constant=JSONNumber
+            raw,
+            parse_float=JSONNumber,
+            parse_int=JSONNumber,
+            parse_constant=JSONNumber,
+            object_pairs_hook=unique_keys,
         )
+    except RepeatedKey as repeated:
+        raise invalid(repeated.key, GIVEN_TWICE) from None
     except (ValueError, RecursionError):
         msg = "The body is not valid JSON."
         raise ApiError(HTTPStatus.BAD_REQUEST, "malformed_json", msg) from None
@@ -447,6 +467,27 @@ def read_json_object() -> dict[str, Any]:
         msg = "The body must be a JSON object."
         raise ApiError(HTTPStatus.BAD_REQUEST, "not_an_object", msg)
     return body
+
+
+GIVEN_TWICE = "Given more than once: say it once, so that it means one thing."
+
+
+class RepeatedKey(Exception):
+    """A JSON object names a key twice (which one counts depends on the reader)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing keys given twice."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise RepeatedKey(key)
+        obj[key] = value
+    return obj
 
 
 def amount_field(value: Any) -> Decimal:

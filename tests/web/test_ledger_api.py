@@ -312,16 +312,107 @@ def test_a_key_still_in_flight_is_409(
     assert head(service) == before
 
 
-@pytest.mark.parametrize("key", ["", "x" * 256, "tab\there"])
-def test_unusable_keys_are_422(client: FlaskClient, key: str) -> None:
+def as_wsgi(text: str) -> str:
+    """A header value as a WSGI server hands it on: its UTF-8 bytes, each read
+    as one Latin-1 character."""
+    return text.encode().decode("latin-1")
+
+
+UNUSABLE = [
+    "",
+    "x" * 256,
+    "tab\there",
+    "with space",
+    "one, two",  # the header sent twice
+    as_wsgi("é" * 10),
+    as_wsgi("€" * 10),
+    as_wsgi("é" * 200),
+]
+
+
+@pytest.mark.parametrize("key", UNUSABLE)
+def test_unusable_keys_are_422_and_change_nothing(
+    client: FlaskClient, service: PocketService, key: str
+) -> None:
     ann = sign_up(client, money="5")
+    before = head(service)
     answer = client.post(
         f"/users/{ann.id}/add_money",
         json={"amount": "1", "source": "x"},
         headers={**ann.auth, "Idempotency-Key": key},
     )
     assert answer.status_code == 422
-    assert "Idempotency-Key" in answer.get_json()["error"]["fields"]
+    problem = answer.get_json()["error"]["fields"]["Idempotency-Key"]
+    assert problem == (
+        "Must be 1 to 255 visible ASCII characters (letters, digits, punctuation; "
+        "no spaces)."
+    )
+    assert head(service) == before
+
+
+@pytest.mark.parametrize("key", ["k", "~" * 255, "order-17/retry:2", "Zz9!#$%&*+.^_`|"])
+def test_keys_of_visible_ascii_up_to_255_are_taken(
+    client: FlaskClient, key: str
+) -> None:
+    ann = sign_up(client, money="5")
+    answer = client.post(
+        f"/users/{ann.id}/add_money",
+        json={"amount": "1", "source": "x"},
+        headers={**ann.auth, "Idempotency-Key": key},
+    )
+    assert answer.status_code == 200, answer.get_json()
+
+
+@pytest.mark.parametrize("request_id", [*UNUSABLE[:-1], "x" * 129])
+def test_unusable_request_ids_are_422_and_change_nothing(
+    client: FlaskClient, service: PocketService, request_id: str
+) -> None:
+    ann = sign_up(client, money="5")
+    before = head(service)
+    answer = client.post(
+        f"/users/{ann.id}/add_money",
+        json={"amount": "1", "source": "x"},
+        headers={**ann.auth, "X-Request-Id": request_id},
+    )
+    assert answer.status_code == 422
+    assert "X-Request-Id" in answer.get_json()["error"]["fields"]
+    assert len(answer.headers["X-Request-Id"]) == 32  # a new one, not theirs
+    assert head(service) == before
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"amount": 1, "source": "x", "amount": 1000}', "amount"),
+        (b'{"amount": 1000, "amount": 1, "source": "x"}', "amount"),
+        (b'{"amount": 1, "source": "x", "source": "y"}', "source"),
+        (b'{"amount": 1, "source": "x", "note": {"a": 1, "a": 2}}', "a"),
+    ],
+)
+def test_a_body_that_names_a_key_twice_is_422_and_changes_nothing(
+    client: FlaskClient, service: PocketService, body: bytes, field: str
+) -> None:
+    ann = sign_up(client, money="5")
+    before = head(service)
+    answer = client.post(
+        f"/users/{ann.id}/add_money",
+        data=body,
+        headers={**ann.auth, "Content-Type": "application/json"},
+    )
+    assert answer.status_code == 422
+    assert answer.get_json()["error"]["fields"] == {
+        field: "Given more than once: say it once, so that it means one thing."
+    }
+    assert head(service) == before
+
+
+def test_a_query_parameter_given_twice_is_422(client: FlaskClient) -> None:
+    ann = sign_up(client, money="5")
+    answer = client.get(
+        f"/users/{ann.id}/transactions?limit=1&limit=500", headers=ann.auth
+    )
+    assert answer.status_code == 422
+    assert "limit" in answer.get_json()["error"]["fields"]
 
 
 # Transfers
