@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
 import psycopg
 import psycopg_pool
 import pytest
-from eventsourcing.persistence import OperationalError, StoredEvent
+from eventsourcing.persistence import OperationalError, ProgrammingError, StoredEvent
 from psycopg.conninfo import conninfo_to_dict
 
 from pocket.application import Pocket
@@ -160,3 +161,64 @@ def test_only_an_unreachable_database_closes_the_gate(
     error = OperationalError(str(cause))
     error.__cause__ = cause
     assert lost_connection(error) is lost
+
+
+def table_exists(url: str, name: str) -> bool:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone()
+    return bool(row and row[0])
+
+
+def test_pocket_runs_on_text_originator_ids(postgres_settings: Settings) -> None:
+    settings = replace(
+        postgres_settings,
+        env={**postgres_settings.env, "POSTGRES_ORIGINATOR_ID_TYPE": "text"},
+    )
+    app = open_pocket(settings)
+    try:
+        wallet_id = app.create_wallet("u")
+        assert app.add_money(wallet_id, Decimal("2"), "x").balance == Decimal("2.00")
+    finally:
+        app.close()
+
+
+def test_without_create_table_a_missing_function_is_a_clear_error_and_no_ddl(
+    postgres_settings: Settings, postgres_url: str
+) -> None:
+    settings = replace(
+        postgres_settings, env={**postgres_settings.env, "CREATE_TABLE": "no"}
+    )
+    app = Pocket(env=dict(settings.env))
+    try:
+        with pytest.raises(ProgrammingError, match="CREATE_TABLE is off"):
+            app.create_wallet("u")
+    finally:
+        app.close()
+    assert not table_exists(postgres_url, "pocket_events")
+
+
+def test_tables_made_without_the_insert_function_get_it_on_first_insert(
+    postgres_pocket: Pocket, postgres_url: str
+) -> None:
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("DROP FUNCTION pocket_events_insert")
+    wallet_id = postgres_pocket.create_wallet("u")
+    assert postgres_pocket.get_wallet(wallet_id).version == 1
+
+
+def test_an_undefined_function_that_creating_ours_does_not_cure_is_raised_once(
+    postgres_pocket: Pocket, postgres_url: str
+) -> None:
+    # Any undefined function met while inserting (here a trigger's) looks like
+    # our insert function missing; making ours once more must be the end of it.
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute(
+            "CREATE FUNCTION broken() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM no_such_function(); RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER broken BEFORE INSERT ON pocket_events "
+            "FOR EACH ROW EXECUTE FUNCTION broken()"
+        )
+    with pytest.raises(ProgrammingError, match="no_such_function"):
+        postgres_pocket.create_wallet("u")
