@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
+from dataclasses import replace
 from types import FrameType
 from typing import TypeVar
 
@@ -18,6 +19,7 @@ from eventsourcing.persistence import InterfaceError, OperationalError
 from waitress import create_server
 
 from pocket import bench
+from pocket.application import Pocket
 from pocket.config import ConfigurationError, Settings
 from pocket.operations import (
     MigrationRefused,
@@ -27,6 +29,7 @@ from pocket.operations import (
     status,
     verify,
 )
+from pocket.preflight import DatabaseDown, DatabaseProblem, check_database, one_line
 from pocket.service import PocketService, build_follower, open_pocket
 from pocket.system import LATEST_VERSION, VERSIONS
 from pocket.web import create_app
@@ -48,7 +51,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as error:
         parser.error(str(error))
     command: Callable[[argparse.Namespace, Settings], int] = args.command
-    return command(args, settings)
+    name = command.__name__.removeprefix("run_")
+    try:
+        return command(args, settings)
+    except DatabaseProblem as problem:
+        print(f"pocket {name}: {problem}", file=sys.stderr)
+    except (OperationalError, InterfaceError) as error:
+        print(f"pocket {name}: the database failed: {one_line(error)}", file=sys.stderr)
+    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     """Serves the API with waitress until SIGTERM or SIGINT."""
     service = when_database_answers(
-        lambda: PocketService(settings, follow=not args.no_follower)
+        settings, lambda: PocketService(settings, follow=not args.no_follower)
     )
     try:
         server = create_server(
@@ -170,7 +180,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def follow(args: argparse.Namespace, settings: Settings) -> int:
     """Follows Pocket's log until SIGTERM or SIGINT, between two transactions."""
-    follower = when_database_answers(lambda: build_follower(settings, args.batch_size))
+    follower = when_database_answers(
+        settings, lambda: build_follower(settings, args.batch_size)
+    )
 
     def stop(signum: int, _: FrameType | None) -> None:
         log.info(
@@ -191,7 +203,7 @@ def follow(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_migrate(args: argparse.Namespace, settings: Settings) -> int:
     """`pocket migrate`: exit 0 when the version asked for is live, 2 if refused."""
-    with closing(open_pocket(settings)) as pocket:
+    with closing(open_existing(settings)) as pocket:
         try:
             migrate(
                 pocket,
@@ -208,30 +220,44 @@ def run_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_status(args: argparse.Namespace, settings: Settings) -> int:
     """`pocket status`: the projections' state, for people or (--json) machines."""
-    with closing(open_pocket(settings)) as pocket:
-        report = status(pocket)
+    with closing(open_existing(settings)) as pocket:
+        report = {"database": settings.description, **status(pocket)}
     print(json.dumps(report, indent=2) if args.json else format_status(report))
     return 0
 
 
 def run_verify(args: argparse.Namespace, settings: Settings) -> int:
     """`pocket verify`: exit 1 when wallet_records disagrees with the events."""
-    with closing(open_pocket(settings)) as pocket:
+    with closing(open_existing(settings)) as pocket:
+        print(f"Database: {settings.description}")
         return 1 if verify(pocket) else 0
 
 
-def when_database_answers(build: Callable[[], T]) -> T:
-    """Builds something that needs the database, waiting for it with backoff."""
+def open_existing(settings: Settings) -> Pocket:
+    """Pocket on a database that must already hold it: an operator command run
+    on the wrong database must not leave Pocket's tables there."""
+    check_database(settings, must_hold_pocket=True)
+    return open_pocket(replace(settings, env={**settings.env, "CREATE_TABLE": "no"}))
+
+
+def when_database_answers(settings: Settings, build: Callable[[], T]) -> T:
+    """Builds something that needs the database, waiting while it is down.
+
+    A database that refuses for good (no such database or role, a wrong
+    password) is not waited for: the DatabaseRefused goes up, in one line.
+    """
     delay = 0.5
     while True:
         try:
+            check_database(settings)
             return build()
+        except DatabaseDown as down:
+            reason = str(down)
         except (OperationalError, InterfaceError) as error:
-            log.warning(
-                "Database unreachable (%s); trying again in %.0fs", error, delay
-            )
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            reason = one_line(error)
+        log.warning("Database unreachable (%s); trying again in %.1fs", reason, delay)
+        time.sleep(delay)
+        delay = min(delay * 2, 10.0)
 
 
 def run_bench(args: argparse.Namespace, _: Settings) -> int:

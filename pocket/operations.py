@@ -20,6 +20,7 @@ from pocket.system import (
     LATEST_VERSION,
     PROJECTION,
     VERSIONS,
+    ProjectionCatalog,
     ProjectionFollower,
     WalletProjection,
     WalletRecord,
@@ -178,9 +179,13 @@ def switch(builder: ProjectionFollower, attempts: int = 50) -> None:
 
 
 def status(pocket: Pocket) -> dict[str, Any]:
-    """Each projection's version, position, lag, and whether a follower runs."""
-    catalog = open_catalog(pocket)
+    """Each projection's version, position, lag, and whether a follower runs.
+
+    Reads only: it creates no table (run on the wrong database, it must not
+    leave Pocket's tables there).
+    """
     db = Database.of(pocket)
+    catalog = ProjectionCatalog(db)
     live = catalog.live_version()
     positions = catalog.positions()
     head = pocket.recorder.max_notification_id() or 0
@@ -231,7 +236,7 @@ def lag_seconds(pocket: Pocket, position: int) -> float:
 
 def format_status(report: dict[str, Any]) -> str:
     """The status report for a person."""
-    lines = []
+    lines = [f"Database: {report['database']}"] if "database" in report else []
     for p in report["projections"]:
         follower = p["follower"]
         who = (
@@ -275,9 +280,9 @@ def verify(pocket: Pocket, out: Out = print) -> int:
 
     Compares at one moment: the table and its position are read in one snapshot,
     and only events up to that position are folded. Prints each mismatch and
-    returns how many there were.
+    returns how many there were. Reads only, as status does.
     """
-    catalog = open_catalog(pocket)
+    catalog = ProjectionCatalog(Database.of(pocket))
     db = catalog.db
     with db.transaction(commit=False) as tx:
         if tx.dialect == "postgres":
