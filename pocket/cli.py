@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -15,7 +16,6 @@ from types import FrameType
 from typing import TypeVar
 
 from eventsourcing.persistence import InterfaceError, OperationalError
-from waitress import create_server
 
 from pocket import bench
 from pocket.config import ConfigurationError, Settings
@@ -27,6 +27,7 @@ from pocket.operations import (
     status,
     verify,
 )
+from pocket.server import Limits, build_server
 from pocket.service import PocketService, build_follower, open_pocket
 from pocket.system import LATEST_VERSION, VERSIONS
 from pocket.web import create_app
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not run the projection follower in this process",
     )
+    add_limits(serve_parser)
     serve_parser.set_defaults(command=serve)
 
     follow_parser = commands.add_parser(
@@ -145,18 +147,84 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_limits(parser: argparse.ArgumentParser) -> None:
+    """`pocket serve`'s bounds on what one client connection may hold."""
+    default = Limits()
+    parser.add_argument(
+        "--connection-limit",
+        metavar="N",
+        type=positive_int,
+        default=default.connections,
+        help=f"client connections held at once ({default.connections})",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        metavar="S",
+        type=positive_seconds,
+        default=default.header_timeout,
+        help="seconds a client has to send a request's line and headers "
+        f"({default.header_timeout:g})",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        metavar="S",
+        type=positive_seconds,
+        default=default.body_timeout,
+        help="seconds a client has to send a request's body once its headers "
+        f"are in ({default.body_timeout:g})",
+    )
+    parser.add_argument(
+        "--keepalive-timeout",
+        metavar="S",
+        type=positive_seconds,
+        default=default.keepalive_timeout,
+        help="seconds a connection may stay idle between requests "
+        f"({default.keepalive_timeout:g})",
+    )
+
+
+def positive_int(value: str) -> int:
+    """An argparse type: a whole number above zero."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        msg = f"must be a whole number above 0, not {value!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return number
+
+
+def positive_seconds(value: str) -> float:
+    """An argparse type: a finite number of seconds above zero."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not (math.isfinite(seconds) and seconds > 0):
+        msg = f"must be a number of seconds above 0, not {value!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return seconds
+
+
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     """Serves the API with waitress until SIGTERM or SIGINT."""
     service = when_database_answers(
         lambda: PocketService(settings, follow=not args.no_follower)
     )
+    limits = Limits(
+        connections=args.connection_limit,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keepalive_timeout=args.keepalive_timeout,
+    )
     try:
-        server = create_server(
-            create_app(service), host=args.host, port=args.port, threads=args.threads
+        server = build_server(
+            create_app(service), args.host, args.port, args.threads, limits
         )
         follower = "no follower" if args.no_follower else "follower in this process"
         print(
-            f"Pocket serving on http://{args.host}:{server.effective_port} "
+            f"Pocket serving on http://{args.host}:{server.port} "
             f"({follower})\nData: {settings.description}",
             flush=True,
         )
