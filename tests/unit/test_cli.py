@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pocket.cli import build_parser
@@ -58,3 +60,15 @@ def test_serve_refuses_limits_that_are_not_positive_numbers(
         build_parser().parse_args(["serve", option, value])
     assert exit_.value.code == 2
     assert option in capsys.readouterr().err
+
+
+def test_the_readme_documents_each_limit_with_its_default() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    default = Limits()
+    for option, value in [
+        ("--connection-limit N", default.connections),
+        ("--header-timeout S", default.header_timeout),
+        ("--body-timeout S", default.body_timeout),
+        ("--keepalive-timeout S", default.keepalive_timeout),
+    ]:
+        assert f"| `{option}` | `{value:g}` |" in readme, option
