@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -16,7 +18,6 @@ from types import FrameType
 from typing import TypeVar
 
 from eventsourcing.persistence import InterfaceError, OperationalError
-from waitress import create_server
 
 from pocket import bench
 from pocket.application import Pocket
@@ -30,6 +31,7 @@ from pocket.operations import (
     verify,
 )
 from pocket.preflight import DatabaseDown, DatabaseProblem, check_database, one_line
+from pocket.server import Limits, build_server
 from pocket.service import PocketService, build_follower, open_pocket
 from pocket.system import LATEST_VERSION, VERSIONS
 from pocket.web import create_app
@@ -54,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = command.__name__.removeprefix("run_")
     try:
         return command(args, settings)
-    except DatabaseProblem as problem:
+    except (DatabaseProblem, CannotListen) as problem:
         print(f"pocket {name}: {problem}", file=sys.stderr)
     except (OperationalError, InterfaceError) as error:
         print(f"pocket {name}: the database failed: {one_line(error)}", file=sys.stderr)
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not run the projection follower in this process",
     )
+    add_limits(serve_parser)
     serve_parser.set_defaults(command=serve)
 
     follow_parser = commands.add_parser(
@@ -155,18 +158,88 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_limits(parser: argparse.ArgumentParser) -> None:
+    """`pocket serve`'s bounds on what one client connection may hold."""
+    default = Limits()
+    parser.add_argument(
+        "--connection-limit",
+        metavar="N",
+        type=positive_int,
+        default=default.connections,
+        help=f"client connections held at once ({default.connections})",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        metavar="S",
+        type=positive_seconds,
+        default=default.header_timeout,
+        help="seconds a client has to send a request's line and headers "
+        f"({default.header_timeout:g})",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        metavar="S",
+        type=positive_seconds,
+        default=default.body_timeout,
+        help="seconds a client has to send a request's body once its headers "
+        f"are in ({default.body_timeout:g})",
+    )
+    parser.add_argument(
+        "--keepalive-timeout",
+        metavar="S",
+        type=positive_seconds,
+        default=default.keepalive_timeout,
+        help="seconds a connection may stay idle between requests "
+        f"({default.keepalive_timeout:g})",
+    )
+
+
+def positive_int(value: str) -> int:
+    """An argparse type: a whole number above zero."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        msg = f"must be a whole number above 0, not {value!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return number
+
+
+def positive_seconds(value: str) -> float:
+    """An argparse type: a finite number of seconds above zero."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not (math.isfinite(seconds) and seconds > 0):
+        msg = f"must be a number of seconds above 0, not {value!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return seconds
+
+
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     """Serves the API with waitress until SIGTERM or SIGINT."""
+    check_port(args.host, args.port)  # Before waiting for the database.
     service = when_database_answers(
         settings, lambda: PocketService(settings, follow=not args.no_follower)
     )
+    limits = Limits(
+        connections=args.connection_limit,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keepalive_timeout=args.keepalive_timeout,
+    )
     try:
-        server = create_server(
-            create_app(service), host=args.host, port=args.port, threads=args.threads
-        )
+        try:
+            server = build_server(
+                create_app(service), args.host, args.port, args.threads, limits
+            )
+        except OSError as error:
+            raise CannotListen(args.host, args.port, error) from None
         follower = "no follower" if args.no_follower else "follower in this process"
         print(
-            f"Pocket serving on http://{args.host}:{server.effective_port} "
+            f"Pocket serving on http://{args.host}:{server.port} "
             f"({follower})\nData: {settings.description}",
             flush=True,
         )
@@ -176,6 +249,24 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         service.close()
     return 0
+
+
+class CannotListen(Exception):
+    """The address to serve on is taken, or not this machine's."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        # socket.create_server adds the address to the reason: it is said already.
+        reason = (error.strerror or str(error)).split(" (while attempting")[0]
+        super().__init__(f"cannot listen on {host}:{port}: {reason}")
+
+
+def check_port(host: str, port: int) -> None:
+    """Raises CannotListen now if the address cannot be served on."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as error:
+        raise CannotListen(host, port, error) from None
 
 
 def follow(args: argparse.Namespace, settings: Settings) -> int:

@@ -712,17 +712,25 @@ HTTP_CODES = {
     405: "method_not_allowed",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    500: "internal_error",
 }
+TOO_LARGE_MESSAGE = f"The body must be at most {MAX_BODY_BYTES} bytes."
+INTERNAL_ERROR_MESSAGE = "Something went wrong on our side; it has been logged."
+
+
+def http_code(status: HTTPStatus) -> str:
+    """The error code of an HTTP status that has no more specific one."""
+    return HTTP_CODES.get(status, status.phrase.lower().replace(" ", "_"))
 
 
 def http_error(error: HTTPException) -> tuple[Response, int]:
     """The framework's own errors (404, 405, 413, ...), as JSON."""
     status = HTTPStatus(error.code or 500)
-    code = HTTP_CODES.get(status, status.phrase.lower().replace(" ", "_"))
+    code = http_code(status)
     message = {
         404: NOT_FOUND_MESSAGE,
         405: f"{request.method} is not allowed here.",
-        413: f"The body must be at most {MAX_BODY_BYTES} bytes.",
+        413: TOO_LARGE_MESSAGE,
     }.get(status, error.description or status.phrase)
     response, status_code = error_response(ApiError(status, code, message))
     if status == HTTPStatus.METHOD_NOT_ALLOWED and error.valid_methods:  # type: ignore[attr-defined]
@@ -820,7 +828,7 @@ def unexpected_error(error: Exception) -> tuple[Response, int]:
     return error_response(
         ApiError(
             HTTPStatus.INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "Something went wrong on our side; it has been logged.",
+            http_code(HTTPStatus.INTERNAL_SERVER_ERROR),
+            INTERNAL_ERROR_MESSAGE,
         )
     )

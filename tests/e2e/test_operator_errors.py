@@ -3,6 +3,7 @@ commands that only read never create a database or tables."""
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -120,3 +121,16 @@ def test_status_and_verify_say_which_database_they_read(
         result = run_pocket(tmp_path, env, command)
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith(f"Database: PostgreSQL database {where}")
+
+
+def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = run_pocket(tmp_path, {}, "serve", "--port", str(port))
+    assert result.returncode == 2
+    line = one_line_error(result.stderr)
+    assert (
+        line
+        == f"pocket serve: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    assert list(tmp_path.iterdir()) == []  # checked before opening the database

@@ -1,0 +1,74 @@
+"""The command line's grammar: `pocket serve`'s limits and their defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pocket.cli import build_parser
+from pocket.server import Limits
+
+
+def test_serve_s_limits_default_to_the_server_s_defaults() -> None:
+    args = build_parser().parse_args(["serve"])
+    assert (
+        args.connection_limit,
+        args.header_timeout,
+        args.body_timeout,
+        args.keepalive_timeout,
+    ) == (1000, 10.0, 30.0, 60.0)
+    assert Limits() == Limits(1000, 10.0, 30.0, 60.0)
+
+
+def test_serve_s_limits_can_be_set() -> None:
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--connection-limit=50",
+            "--header-timeout=2.5",
+            "--body-timeout=5",
+            "--keepalive-timeout=7",
+        ]
+    )
+    assert (
+        args.connection_limit,
+        args.header_timeout,
+        args.body_timeout,
+        args.keepalive_timeout,
+    ) == (50, 2.5, 5.0, 7.0)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--connection-limit", "0"),
+        ("--connection-limit", "-5"),
+        ("--connection-limit", "2.5"),
+        ("--connection-limit", "lots"),
+        ("--header-timeout", "0"),
+        ("--body-timeout", "-1"),
+        ("--keepalive-timeout", "nan"),
+        ("--keepalive-timeout", "inf"),
+        ("--header-timeout", "soon"),
+    ],
+)
+def test_serve_refuses_limits_that_are_not_positive_numbers(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["serve", option, value])
+    assert exit_.value.code == 2
+    assert option in capsys.readouterr().err
+
+
+def test_the_readme_documents_each_limit_with_its_default() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    default = Limits()
+    for option, value in [
+        ("--connection-limit N", default.connections),
+        ("--header-timeout S", default.header_timeout),
+        ("--body-timeout S", default.body_timeout),
+        ("--keepalive-timeout S", default.keepalive_timeout),
+    ]:
+        assert f"| `{option}` | `{value:g}` |" in readme, option
