@@ -294,7 +294,7 @@ def follow(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_migrate(args: argparse.Namespace, settings: Settings) -> int:
     """`pocket migrate`: exit 0 when the version asked for is live, 2 if refused."""
-    with closing(open_existing(settings)) as pocket:
+    with closing(open_existing(settings, may_be_old=True)) as pocket:
         try:
             migrate(
                 pocket,
@@ -324,10 +324,10 @@ def run_verify(args: argparse.Namespace, settings: Settings) -> int:
         return 1 if verify(pocket) else 0
 
 
-def open_existing(settings: Settings) -> Pocket:
+def open_existing(settings: Settings, *, may_be_old: bool = False) -> Pocket:
     """Pocket on a database that must already hold it: an operator command run
     on the wrong database must not leave Pocket's tables there."""
-    check_database(settings, must_hold_pocket=True)
+    check_database(settings, must_hold_pocket=True, may_be_old=may_be_old)
     return open_pocket(replace(settings, env={**settings.env, "CREATE_TABLE": "no"}))
 
 

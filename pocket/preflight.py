@@ -47,20 +47,26 @@ class NoPocketHere(DatabaseProblem):
     """The database exists but holds no Pocket tables."""
 
 
-def check_database(settings: Settings, *, must_hold_pocket: bool = False) -> None:
+def check_database(
+    settings: Settings, *, must_hold_pocket: bool = False, may_be_old: bool = False
+) -> None:
     """Raises a DatabaseProblem saying why the database cannot be used.
 
-    With must_hold_pocket (for commands that only read, like status and
-    verify), a database without Pocket's tables is a problem too, and nothing
-    is created to find that out.
+    With must_hold_pocket (for operator commands: status, verify, migrate), a
+    database without Pocket's events is a problem too, and nothing is created
+    to find that out; and one without the projection catalogue (made by
+    Pocket versions before it existed) unless may_be_old.
     """
     if settings.is_postgres:
-        check_postgres(settings, must_hold_pocket=must_hold_pocket)
+        check_postgres(settings, must_hold_pocket, may_be_old)
     elif settings.is_sqlite:
-        check_sqlite(Path(settings.env["SQLITE_DBNAME"]), must_hold_pocket)
+        path = Path(settings.env["SQLITE_DBNAME"])
+        check_sqlite(settings, path, must_hold_pocket, may_be_old)
 
 
-def check_postgres(settings: Settings, *, must_hold_pocket: bool) -> None:
+def check_postgres(
+    settings: Settings, must_hold_pocket: bool, may_be_old: bool
+) -> None:
     """Connects once, as the library would, and reports PostgreSQL's reason."""
     env = {**POSTGRES_DEFAULTS, **os.environ, **settings.env}
     try:
@@ -90,6 +96,11 @@ def check_postgres(settings: Settings, *, must_hold_pocket: bool) -> None:
         raise DatabaseDown(reason) from None
     assert row is not None
     has_events, has_catalog = row
+    check_tables(settings, has_events, has_catalog or may_be_old)
+
+
+def check_tables(settings: Settings, has_events: bool, has_catalog: bool) -> None:
+    """Raises NoPocketHere unless a database has Pocket's tables."""
     if not has_events:
         msg = f"{settings.description} holds no Pocket tables"
         raise NoPocketHere(msg)
@@ -101,7 +112,9 @@ def check_postgres(settings: Settings, *, must_hold_pocket: bool) -> None:
         raise NoPocketHere(msg)
 
 
-def check_sqlite(path: Path, must_hold_pocket: bool) -> None:
+def check_sqlite(
+    settings: Settings, path: Path, must_hold_pocket: bool, may_be_old: bool
+) -> None:
     """The file (or, for a new one, its folder) is there; without creating it."""
     if not must_hold_pocket:
         if not path.parent.is_dir():
@@ -120,9 +133,9 @@ def check_sqlite(path: Path, must_hold_pocket: bool) -> None:
     except sqlite3.Error as error:
         msg = f"Cannot read {path}: {error}"
         raise DatabaseRefused(msg) from None
-    if {name for (name,) in rows} != {"stored_events", "pocket_projections"}:
-        msg = f"SQLite database {path} holds no Pocket tables"
-        raise NoPocketHere(msg)
+    names = {name for (name,) in rows}
+    has_catalog = "pocket_projections" in names or may_be_old
+    check_tables(settings, "stored_events" in names, has_catalog)
 
 
 def one_line(text: object) -> str:

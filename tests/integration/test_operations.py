@@ -216,6 +216,7 @@ def test_a_standby_follower_applies_nothing_until_it_holds_the_lock(
 
 
 def test_status_reports_position_lag_and_the_follower(pocket: Pocket) -> None:
+    open_catalog(pocket)  # as any server or follower would have, first
     make_history(pocket, wallets=2, rounds=1)
     report = status(pocket)["projections"][0]
     assert report["live_version"] == report["latest_version"] == 2
