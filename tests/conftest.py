@@ -1,4 +1,5 @@
-"""Fixtures shared by every layer: backends as parametrized settings."""
+"""Fixtures shared by every layer: backends as parametrized settings, and a
+throwaway PostgreSQL server for fault tests."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from pocket.bench import scratch_postgres
 from pocket.config import Settings
+from tests.pgserver import PostgresServer, server_problem, throwaway_server
 
 ADMIN_URL = os.environ.get(
     "POCKET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -34,7 +36,12 @@ def require_postgres() -> None:
     """Skips (or, with POCKET_REQUIRE_POSTGRES=1, fails) when there is no server."""
     if not _problem:
         _problem.append(postgres_problem())
-    problem = _problem[0]
+    skip_or_fail(_problem[0])
+
+
+def skip_or_fail(problem: str | None) -> None:
+    """Nothing without a problem; else a skip, or with POCKET_REQUIRE_POSTGRES=1 a
+    failure."""
     if problem is None:
         return
     if REQUIRE_POSTGRES:
@@ -48,6 +55,15 @@ def postgres_url() -> Iterator[str]:
     require_postgres()
     with scratch_postgres(ADMIN_URL, "pocket_test") as url:
         yield url
+
+
+@pytest.fixture
+def throwaway_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the test's own, to stop, kill and restart at will;
+    stopped and removed afterwards. Fault tests use it, never the shared server."""
+    skip_or_fail(server_problem())
+    with throwaway_server() as server:
+        yield server
 
 
 @pytest.fixture
