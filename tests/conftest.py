@@ -1,9 +1,12 @@
-"""Fixtures shared by every layer: backends as parametrized settings."""
+"""Fixtures shared by every layer: backends as parametrized settings, a throwaway
+PostgreSQL server for fault tests, and the guard that the shared one is never
+restarted."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -11,6 +14,7 @@ import pytest
 
 from pocket.bench import scratch_postgres
 from pocket.config import Settings
+from tests.pgserver import PostgresServer, server_problem, throwaway_server
 
 ADMIN_URL = os.environ.get(
     "POCKET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -34,7 +38,12 @@ def require_postgres() -> None:
     """Skips (or, with POCKET_REQUIRE_POSTGRES=1, fails) when there is no server."""
     if not _problem:
         _problem.append(postgres_problem())
-    problem = _problem[0]
+    skip_or_fail(_problem[0])
+
+
+def skip_or_fail(problem: str | None) -> None:
+    """Nothing without a problem; else a skip, or with POCKET_REQUIRE_POSTGRES=1 a
+    failure."""
     if problem is None:
         return
     if REQUIRE_POSTGRES:
@@ -48,6 +57,15 @@ def postgres_url() -> Iterator[str]:
     require_postgres()
     with scratch_postgres(ADMIN_URL, "pocket_test") as url:
         yield url
+
+
+@pytest.fixture
+def throwaway_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the test's own, to stop, kill and restart at will;
+    stopped and removed afterwards. Fault tests use it, never the shared server."""
+    skip_or_fail(server_problem())
+    with throwaway_server() as server:
+        yield server
 
 
 @pytest.fixture
@@ -85,3 +103,48 @@ def settings_for(request: pytest.FixtureRequest) -> Settings:
     url = request.getfixturevalue(f"{backend}_url")
     assert isinstance(url, str)
     return Settings.from_url(url)
+
+
+# The shared server belongs to whoever runs the tests: the suite must never stop
+# or restart it. Its start time, before and after, is what says it did not.
+_started_at: list[datetime] = []
+_restarted: list[str] = []
+
+
+def shared_server_started_at() -> datetime | None:
+    """pg_postmaster_start_time() of the shared server, or None if unreachable."""
+    try:
+        with psycopg.connect(ADMIN_URL, connect_timeout=3) as conn:
+            row = conn.execute("SELECT pg_postmaster_start_time()").fetchone()
+    except psycopg.Error:
+        return None
+    assert row is not None
+    started: datetime = row[0]
+    return started
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    started = shared_server_started_at()
+    if started is not None:
+        _started_at.append(started)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not _started_at:
+        return
+    now = shared_server_started_at()
+    if now == _started_at[0]:
+        return
+    after = "it is unreachable now" if now is None else f"now it started at {now}"
+    _restarted.append(
+        f"The shared PostgreSQL at {ADMIN_URL} was stopped or restarted during "
+        f"the tests: it had started at {_started_at[0]}, {after}. The suite must "
+        "leave it alone; fault tests use the throwaway_postgres fixture."
+    )
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for message in _restarted:
+        terminalreporter.section("shared PostgreSQL", sep="=", red=True, bold=True)
+        terminalreporter.line(message, red=True)

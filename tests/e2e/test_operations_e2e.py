@@ -1,16 +1,12 @@
-"""End to end on PostgreSQL: live rebuilds, standby followers, a database restart,
-status and verify, all with real processes."""
+"""End to end on PostgreSQL: live rebuilds, standby followers, a database restart
+(of a throwaway server), status and verify, all with real processes."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from uuid import uuid4
@@ -21,7 +17,6 @@ import pytest
 from pocket.config import Settings
 from pocket.domainmodel import Cause, Wallet
 from pocket.service import open_pocket
-from tests.conftest import REQUIRE_POSTGRES
 from tests.e2e.processes import (
     Api,
     PocketProcess,
@@ -32,6 +27,7 @@ from tests.e2e.processes import (
     serve,
     wait_for,
 )
+from tests.pgserver import PostgresServer
 
 pytestmark = pytest.mark.e2e
 
@@ -193,42 +189,26 @@ def test_a_standby_follower_takes_over_when_the_active_one_is_killed(
         server.close()
 
 
-def postgres_cluster() -> list[str]:
-    """The pg_ctlcluster words for the local server, or a skip (a failure in CI)."""
-    versions = os.listdir("/etc/postgresql") if os.path.isdir("/etc/postgresql") else []
-    if shutil.which("pg_ctlcluster") is None or not versions:
-        reason = "cannot restart the local PostgreSQL (no pg_ctlcluster)"
-        if REQUIRE_POSTGRES:
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return ["pg_ctlcluster", "--skip-systemctl-redirect", versions[0], "main"]
-
-
-@pytest.fixture
-def cluster() -> Iterator[list[str]]:
-    words = postgres_cluster()
-    yield words
-    # Whatever happened, leave the server running for the next test.
-    subprocess.run([*words, "start"], check=False, capture_output=True)
-
-
 def test_the_service_and_the_follower_ride_out_a_postgres_restart(
-    tmp_path: Path, env: dict[str, str], postgres_url: str, cluster: list[str]
+    tmp_path: Path, throwaway_postgres: PostgresServer
 ) -> None:
-    settings = Settings.from_url(postgres_url)
+    # A server of the test's own: the shared one is never stopped.
+    url = throwaway_postgres.create_database("pocket_restart")
+    env = {"POCKET_DATABASE_URL": url}
+    settings = Settings.from_url(url)
     server, api = serve(tmp_path, env, "--no-follower")
     follower = follow(tmp_path, env)
     try:
         user, user_id = signed_up(api)
         with Writer(user, user_id) as writer:
             wait_for(lambda: writer.answers["200"] > 20, what="writes before")
-            subprocess.run([*cluster, "stop", "-m", "fast"], check=True)
+            throwaway_postgres.stop(mode="fast")
             wait_for(
                 lambda: writer.answers["503 service_unavailable"] > 5,
                 what="503s while the database is down",
             )
             time.sleep(2)
-            subprocess.run([*cluster, "start"], check=True)
+            throwaway_postgres.start()
             before = writer.answers["200"]
             wait_for(
                 lambda: writer.answers["200"] > before + 20,
