@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from tests.e2e.processes import PocketProcess, free_port, run_pocket, serve, wait_for
+from tests.pgserver import PostgresServer
 
 pytestmark = pytest.mark.e2e
 COMMANDS = ["serve", "follow", "migrate", "status", "verify"]
@@ -134,3 +135,21 @@ def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
         == f"pocket serve: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
     assert list(tmp_path.iterdir()) == []  # checked before opening the database
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_wrong_password_is_one_line_and_no_waiting(
+    tmp_path: Path, throwaway_postgres: PostgresServer, command: str
+) -> None:
+    # The test's own server: a role that must give its password.
+    server = throwaway_postgres
+    hba = server.data / "pg_hba.conf"
+    hba.write_text("host all keeper 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute("CREATE ROLE keeper LOGIN PASSWORD 'right'")
+        conn.execute("SELECT pg_reload_conf()")
+    url = f"postgresql://keeper:wrong@127.0.0.1:{server.port}/postgres"
+    result = run_pocket(tmp_path, {"POCKET_DATABASE_URL": url}, command, timeout=30)
+    assert result.returncode == 2
+    line = one_line_error(result.stderr)
+    assert 'password authentication failed for user "keeper"' in line
