@@ -48,6 +48,11 @@ class Database:
             raise UnsupportedStore(msg)
         return cls(datastore)
 
+    def replace_broken_connections(self) -> None:
+        """Replaces pooled connections a lost link broke (PostgreSQL's only)."""
+        if isinstance(self.datastore, PostgresDatastore):
+            replace_broken_connections(self.datastore)
+
     @contextmanager
     def transaction(self, *, commit: bool = True) -> Iterator[Transaction]:
         """One transaction: committed at the end, rolled back on error."""
@@ -73,7 +78,7 @@ class Database:
         except (InterfaceError, OperationalError):
             if not isinstance(self.datastore, PostgresDatastore):
                 raise
-            replace_broken_connections(self.datastore)
+            self.replace_broken_connections()
             return self._query(sql, params)
 
     def _query(self, sql: str, params: Sequence[Any]) -> list[Row]:

@@ -31,6 +31,7 @@ from pocket.config import Settings
 from pocket.database import Database, connect_kwargs
 from pocket.domainmodel import Cause, check_text
 from pocket.locks import ProcessLock, process_lock
+from pocket.postgres import replace_broken_connections
 from pocket.system import (
     PROJECTION,
     ProjectionCatalog,
@@ -190,6 +191,9 @@ def database_probe(pocket: Pocket) -> Callable[[], None] | None:
     def probe() -> None:
         with psycopg.connect(connect_timeout=2, **kwargs) as conn:
             conn.execute("SELECT 1")
+        # Back: the pool's connections from before are dead; the next requests
+        # must not each find one of them.
+        replace_broken_connections(datastore)
 
     return probe
 

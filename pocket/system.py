@@ -559,6 +559,10 @@ class ProjectionFollower:
                     # Nothing was applied: the failed batch rolled back whole. An
                     # IntegrityError means another follower moved the position.
                     failures += 1
+                    if is_connection_error(error):
+                        # Every pooled connection the failure broke is replaced
+                        # now, not found by one slow retry after another.
+                        self.catalog.db.replace_broken_connections()
                     delay = min(30.0, 0.05 * 2 ** min(failures, 10))
                     log.warning(
                         "Follower batch failed (%s: %s); again in %.2fs",
