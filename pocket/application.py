@@ -13,11 +13,7 @@ from decimal import Decimal
 from typing import Any, ClassVar, Literal
 from uuid import UUID, uuid4
 
-from eventsourcing.application import (
-    AggregateNotFoundError,
-    Application,
-    ProcessingEvent,
-)
+from eventsourcing.application import AggregateNotFoundError, ProcessingEvent
 from eventsourcing.domain import (
     Aggregate,
     BaseAggregate,
@@ -30,6 +26,7 @@ from eventsourcing.persistence import (
     PersistenceError,
     Recording,
 )
+from eventsourcing.system import Leader
 from eventsourcing.utils import Environment
 
 from pocket.domainmodel import (
@@ -123,10 +120,15 @@ class Idempotency:
     fingerprint: str
 
 
-class Pocket(Application[UUID]):
-    """Creates wallets and moves money in and out of them and between them."""
+class Pocket(Leader[UUID]):
+    """Creates wallets and moves money in and out of them and between them.
+
+    A leader: in a system, its saves prompt the applications that follow it.
+    """
 
     name = "Pocket"
+    # Followers read the log in sections of up to this many notifications.
+    log_section_size = 10_000
     # Defaults only: the environment and the env argument override them.
     env: ClassVar[dict[str, str]] = dict(POSTGRES_DEFAULTS)
     # A snapshot every hundred events keeps loading a wallet as cheap on its
@@ -143,7 +145,6 @@ class Pocket(Application[UUID]):
         self._committer = GroupCommitter(
             self._get, self.save, self._has_newer_events, max_attempts=self.max_attempts
         )
-        self._save_listeners: list[Callable[[], None]] = []
         self._in_flight: set[str] = set()
         self._in_flight_lock = threading.Lock()
 
@@ -313,10 +314,6 @@ class Pocket(Application[UUID]):
         """Group commits so far in this process: (transactions, commands)."""
         return self._committer.batches, self._committer.commands
 
-    def add_save_listener(self, listener: Callable[[], None]) -> None:
-        """Calls listener after each save in this process (wakes local followers)."""
-        self._save_listeners.append(listener)
-
     def save(
         self,
         *objs: MutableOrImmutableAggregate[UUID] | DomainEventProtocol[UUID] | None,
@@ -368,15 +365,6 @@ class Pocket(Application[UUID]):
                 self.snapshots.put(snapshots)
             except PersistenceError as error:
                 log.warning("Snapshot skipped (%s); the next one will do", error)
-
-    def remove_save_listener(self, listener: Callable[[], None]) -> None:
-        """Stops calling a listener added before."""
-        self._save_listeners.remove(listener)
-
-    def _notify(self, recordings: list[Recording[UUID]]) -> None:
-        super()._notify(recordings)
-        for listener in self._save_listeners:
-            listener()
 
     def _get(self, wallet_id: UUID, version: int | None = None) -> Wallet:
         try:

@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -36,8 +37,8 @@ from psycopg import sql
 from pocket.application import Pocket
 from pocket.config import Settings
 from pocket.domainmodel import Cause, Wallet
+from pocket.operations import open_builder
 from pocket.service import open_catalog, open_pocket
-from pocket.system import ProjectionFollower
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 CALLERS = 16
@@ -441,21 +442,20 @@ def projection(pocket: Pocket, sizes: Sizes, results: Results) -> None:
     """Catch-up rate, batched and one transaction per event, into a spare version."""
     catalog = open_catalog(pocket)
     spare = 1 if catalog.live_version() != 1 else 2
-    view = catalog.view(spare)
-    view.drop_table()
-    view.create_table()
-    single = ProjectionFollower(pocket, catalog, version=spare, batch_size=1)
-    started = time.perf_counter()
-    for _ in range(sizes.per_event_events):
-        single.pull()
-    results.add("catchup_per_event", rate(single.position or 0, started))
-    view.drop_table()
-    view.create_table()
-    batched = ProjectionFollower(pocket, catalog, version=spare, batch_size=2000)
-    started = time.perf_counter()
-    applied = batched.catch_up()
-    results.add("catchup", rate(applied, started))
-    view.drop_table()
+    catalog.drop(spare)
+    catalog.create_rows(spare)
+    with closing(open_builder(pocket, spare, batch_size=1)) as single:
+        started = time.perf_counter()
+        for _ in range(sizes.per_event_events):
+            single.process_section(pocket.name)
+        results.add("catchup_per_event", rate(single.position or 0, started))
+    catalog.drop(spare)
+    catalog.create_rows(spare)
+    with closing(open_builder(pocket, spare, batch_size=2000)) as batched:
+        started = time.perf_counter()
+        batched.pull_and_process(pocket.name)
+        results.add("catchup", rate(batched.position or 0, started))
+    catalog.drop(spare)
 
 
 def rebuild(url: str, results: Results) -> None:
@@ -468,17 +468,20 @@ def rebuild(url: str, results: Results) -> None:
     pocket.close()
     env = {**os.environ, "POCKET_DATABASE_URL": url, "POCKET_LOG_LEVEL": "WARNING"}
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pocket.cli", "migrate", "--version", str(spare)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        msg = f"pocket migrate failed ({process.returncode})"
-        raise RuntimeError(msg)
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pocket.cli", "migrate", "--version", str(spare)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            errors.seek(0)
+            said = errors.read().decode(errors="replace").strip()
+            msg = f"pocket migrate failed ({process.returncode}): {said}"
+            raise RuntimeError(msg)
     results.add("rebuild", rate(head, started))
     results.add("rebuild_peak_mb", usage.ru_maxrss / 1024)  # kilobytes on Linux
 

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
@@ -31,9 +32,11 @@ from pocket.operations import (
     verify,
 )
 from pocket.preflight import DatabaseDown, DatabaseProblem, check_database, one_line
+from pocket.runner import PocketRunner, open_runner
 from pocket.server import Limits, build_server
-from pocket.service import PocketService, build_follower, open_pocket
-from pocket.system import LATEST_VERSION, VERSIONS
+from pocket.service import PocketService, open_pocket
+from pocket.system import VERSIONS, system
+from pocket.walletrecords import LATEST_VERSION
 from pocket.web import create_app
 
 log = logging.getLogger("pocket")
@@ -271,25 +274,42 @@ def check_port(host: str, port: int) -> None:
 
 def follow(args: argparse.Namespace, settings: Settings) -> int:
     """Follows Pocket's log until SIGTERM or SIGINT, between two transactions."""
-    follower = when_database_answers(
-        settings, lambda: build_follower(settings, args.batch_size)
+    runner = when_database_answers(
+        settings,
+        lambda: started(
+            open_runner(system, dict(settings.env), batch_size=args.batch_size)
+        ),
     )
+    stopping = threading.Event()
 
     def stop(signum: int, _: FrameType | None) -> None:
         log.info(
             "Received %s; stopping after the batch in hand", signal.strsignal(signum)
         )
-        follower.stop()
+        stopping.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("Following %s from position %s", settings.description, follower.position)
+    log.info(
+        "Following %s from position %s", settings.description, runner.live_position()
+    )
     try:
-        follower.run()
-        log.info("Stopped at position %s", follower.position)
+        stopping.wait()
+        runner.stop_threads()
+        log.info("Stopped at position %s", runner.live_position())
     finally:
-        follower.pocket.close()
+        runner.stop()
     return 0
+
+
+def started(runner: PocketRunner) -> PocketRunner:
+    """The runner, started; closed again if it cannot start."""
+    try:
+        runner.start()
+    except BaseException:
+        runner.stop()
+        raise
+    return runner
 
 
 def run_migrate(args: argparse.Namespace, settings: Settings) -> int:

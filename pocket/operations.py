@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -13,19 +14,17 @@ from typing import Any, TextIO
 from uuid import UUID
 
 from pocket.application import Pocket
+from pocket.catalog import ProjectionCatalog, read_live_version
 from pocket.database import Database
 from pocket.domainmodel import ZERO, Wallet
 from pocket.service import follower_lock, named_lock, open_catalog
-from pocket.system import (
+from pocket.system import VERSIONS, WalletRecords, projector_of
+from pocket.walletrecords import (
     LATEST_VERSION,
     PROJECTION,
-    VERSIONS,
-    ProjectionCatalog,
-    ProjectionFollower,
-    WalletProjection,
     WalletRecord,
-    live_version,
-    to_record,
+    record_from_row,
+    table_of,
 )
 
 Out = Callable[[str], None]
@@ -122,35 +121,39 @@ def migrate(
     try:
         live = catalog.live_version()
         if target != live:
-            catalog.view(target).create_table()
-            builder = ProjectionFollower(
-                pocket, catalog, version=target, batch_size=batch_size
-            )
-            rebuild(builder, progress, out)
-            switch(builder)
+            catalog.create_rows(target)
+            with closing(open_builder(pocket, target, batch_size)) as builder:
+                build(builder, pocket, progress, out)
+                switch(builder, pocket, catalog)
             out(f"wallet_records v{target} is live (was v{live}).")
         else:
             out(f"wallet_records v{target} is already live.")
         if not keep_old:
             for version in catalog.positions():
                 if version != target:
-                    catalog.view(version).drop_table()
+                    catalog.drop(version)
                     out(f"Dropped wallet_records v{version}.")
         return target
     finally:
         lock.release()
 
 
-def rebuild(builder: ProjectionFollower, progress: Progress | None, out: Out) -> None:
+def open_builder(pocket: Pocket, version: int, batch_size: int) -> WalletRecords:
+    """The version's projector, reading Pocket's log, applying while not live."""
+    return projector_of(pocket, version, batch_size=batch_size, live_only=False)
+
+
+def build(
+    builder: WalletRecords, pocket: Pocket, progress: Progress | None, out: Out
+) -> None:
     """Replays the log into the builder's version, from where it last stopped."""
     start = builder.position or 0
     if start:
-        version = builder.projection.view.version
-        out(f"Resuming wallet_records v{version} from position {start:,}.")
+        out(f"Resuming wallet_records v{builder.version} from position {start:,}.")
     # Up to the head as it was at the start; what is written meanwhile is the
     # switch's to catch up with, so a busy log cannot keep this going forever.
-    head = builder.pocket.recorder.max_notification_id() or 0
-    while (builder.position or 0) < head and builder.pull():
+    head = pocket.recorder.max_notification_id() or 0
+    while (builder.position or 0) < head and builder.process_section(pocket.name):
         if progress is not None:
             progress.update((builder.position or 0) - start, head - start)
     if progress is not None:
@@ -158,19 +161,23 @@ def rebuild(builder: ProjectionFollower, progress: Progress | None, out: Out) ->
         progress.finish()
 
 
-def switch(builder: ProjectionFollower, attempts: int = 50) -> None:
+def switch(
+    builder: WalletRecords,
+    pocket: Pocket,
+    catalog: ProjectionCatalog,
+    attempts: int = 50,
+) -> None:
     """Catches the builder's version up and makes it live, once it is level with
     the live one."""
-    version = builder.projection.view.version
     for _ in range(attempts):
-        builder.catch_up(until=builder.pocket.recorder.max_notification_id() or 0)
-        if builder.catalog.switch(version):
+        builder.catch_up(pocket.name, until=pocket.recorder.max_notification_id())
+        if catalog.switch(builder.version):
             return
         time.sleep(0.05)  # The live follower moved on meanwhile: catch up again.
     msg = (
-        f"wallet_records v{version} could not catch up with the live version: "
-        "events arrive faster than this rebuild applies them (try a larger "
-        "--batch-size); run pocket migrate again to resume"
+        f"wallet_records v{builder.version} could not catch up with the live "
+        "version: events arrive faster than this rebuild applies them (try a "
+        "larger --batch-size); run pocket migrate again to resume"
     )
     raise MigrationRefused(msg)
 
@@ -191,7 +198,7 @@ def status(pocket: Pocket) -> dict[str, Any]:
     head = pocket.recorder.max_notification_id() or 0
     position = positions.get(live) or 0
     lag_events = count_after(pocket, db, position)
-    follower = follower_lock(pocket).holder()
+    follower = follower_lock(pocket, live).holder()
     migration = named_lock(pocket, f"migrate-{PROJECTION}").holder()
     return {
         "projections": [
@@ -287,12 +294,13 @@ def verify(pocket: Pocket, out: Out = print) -> int:
     with db.transaction(commit=False) as tx:
         if tx.dialect == "postgres":
             tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        live = live_version(tx)
-        view = catalog.view(live)
-        position = view.position(tx) or 0
+        live = read_live_version(tx)
+        position = catalog.position(live, tx) or 0
         rows = {
             record.aggregate_id: record
-            for record in map(to_record, tx.execute(f"SELECT * FROM {view.table}"))
+            for record in map(
+                record_from_row, tx.execute(f"SELECT * FROM {table_of(live)}")
+            )
         }
     expected = replay_balances(pocket, position)
     mismatches = 0
@@ -310,7 +318,7 @@ def verify(pocket: Pocket, out: Out = print) -> int:
 def replay_balances(pocket: Pocket, position: int) -> dict[UUID, Expected]:
     """Every wallet's balance from its amounts, up to a position in the log."""
     wallets: dict[UUID, Expected] = {}
-    topics = WalletProjection.topics
+    topics = WalletRecords.topics
     after = 0
     while after < position:
         notifications = pocket.recorder.select_notifications(

@@ -27,20 +27,16 @@ from pocket.application import (
     WalletAlreadyExists,
     WalletInfo,
 )
+from pocket.catalog import ProjectionCatalog, live_records
 from pocket.config import Settings
 from pocket.database import Database, connect_kwargs
 from pocket.domainmodel import Cause, check_text
 from pocket.locks import ProcessLock, process_lock
 from pocket.postgres import replace_broken_connections
-from pocket.system import (
-    PROJECTION,
-    ProjectionCatalog,
-    ProjectionFollower,
-    ThreadedRunner,
-    WalletRecord,
-    live_records,
-)
+from pocket.runner import follower_lock_name, open_runner
+from pocket.system import system, writer
 from pocket.users import TokenRevoked, User, UserNotFound, UserStore
+from pocket.walletrecords import WalletRecord, table_of
 
 log = logging.getLogger(__name__)
 TOKEN_PREFIX = "pkt_"  # noqa: S105 - a marker that makes leaked tokens findable
@@ -110,17 +106,9 @@ def named_lock(pocket: Pocket, name: str) -> ProcessLock:
     return process_lock(db.datastore, pocket.env.get("SQLITE_DBNAME"), name)
 
 
-def follower_lock(pocket: Pocket) -> ProcessLock:
-    """The lock the active wallet_records follower holds; standbys wait for it."""
-    return named_lock(pocket, f"follower-{PROJECTION}")
-
-
-def build_follower(settings: Settings, batch_size: int = 1000) -> ProjectionFollower:
-    """The live projection's follower, with the lock that keeps it alone."""
-    pocket = open_pocket(settings)
-    return ProjectionFollower(
-        pocket, open_catalog(pocket), lock=follower_lock(pocket), batch_size=batch_size
-    )
+def follower_lock(pocket: Pocket, version: int) -> ProcessLock:
+    """The lock the active follower of a version holds; standbys wait for it."""
+    return named_lock(pocket, follower_lock_name(table_of(version)))
 
 
 def hash_token(token: str) -> str:
@@ -242,7 +230,9 @@ class PocketService:
 
     def __init__(self, settings: Settings, *, follow: bool = False) -> None:
         self.settings = settings
-        self.pocket = open_pocket(settings)
+        # The system, with the projector's followers, or Pocket alone.
+        self.runner = open_runner(system if follow else writer, dict(settings.env))
+        self.pocket = self.runner.pocket
         self.users = UserStore(Database.of(self.pocket))
         self.users.create_table()
         self.catalog = open_catalog(self.pocket)
@@ -250,20 +240,12 @@ class PocketService:
         self.tokens = TokenCache(settings.token_cache_seconds)
         admin = settings.admin_token
         self.admin_token_hash = None if admin is None else hash_token(admin)
-        self.runner: ThreadedRunner | None = None
         self.open_pending_wallets()
-        if follow:
-            follower = ProjectionFollower(
-                self.pocket, self.catalog, lock=follower_lock(self.pocket)
-            )
-            self.runner = ThreadedRunner(follower)
-            self.runner.start()
+        self.runner.start()
 
     def close(self) -> None:
-        """Stops the follower (after its batch in hand) and closes the pool."""
-        if self.runner is not None:
-            self.runner.stop()
-        self.pocket.close()
+        """Stops the followers (after the batch in hand) and closes the pools."""
+        self.runner.stop()
 
     # Who is asking
 

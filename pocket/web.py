@@ -56,8 +56,8 @@ from pocket.domainmodel import (
 )
 from pocket.openapi import openapi_document
 from pocket.service import Account, PocketService, Principal, RecipientNotFound
-from pocket.system import WalletRecord
 from pocket.users import MAX_USER_ID, TokenRevoked, User, UserNotFound
+from pocket.walletrecords import WalletRecord
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_KEY_LENGTH = 255

@@ -60,7 +60,8 @@ class Proxy:
 
     def refuse(self, refusing: bool = True) -> None:
         """While refusing, every new connection is closed as soon as it opens."""
-        self.refusing = refusing
+        with self.lock:
+            self.refusing = refusing
 
     def cut_all(self) -> None:
         """Drops every open link, as a network failure would."""
@@ -102,7 +103,13 @@ class Proxy:
             server.settimeout(None)
             link = Link(self, client, server)
             with self.lock:
-                self.links.add(link)
+                # Refused meanwhile (while this one was connecting): so is it.
+                refused = self.refusing
+                if not refused:
+                    self.links.add(link)
+            if refused:
+                link.cut()
+                continue
             link.start()
 
     def forget(self, link: Link) -> None:

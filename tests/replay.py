@@ -5,7 +5,7 @@ from __future__ import annotations
 from uuid import UUID
 
 from pocket.application import Pocket
-from pocket.system import LATEST_VERSION, WalletRecord
+from pocket.walletrecords import LATEST_VERSION, WalletRecord
 
 
 def replayed_records(

@@ -20,7 +20,7 @@ from uuid import UUID
 from pocket.application import Pocket
 from pocket.config import Settings
 from pocket.database import Database
-from pocket.system import LATEST_VERSION, WalletRecord, to_record
+from pocket.walletrecords import LATEST_VERSION, WalletRecord, record_from_row
 from tests.replay import replayed_records
 
 POCKET = Path(sys.executable).with_name("pocket")
@@ -195,6 +195,6 @@ def records(settings: Settings) -> dict[UUID, WalletRecord]:
     pocket = Pocket(env=dict(settings.env))
     try:
         rows = Database.of(pocket).query("SELECT * FROM wallet_records")
-        return {record.aggregate_id: record for record in map(to_record, rows)}
+        return {record.aggregate_id: record for record in map(record_from_row, rows)}
     finally:
         pocket.close()

@@ -6,23 +6,21 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from decimal import Decimal
 from uuid import UUID
 
 import pytest
 
 from pocket.application import Pocket
+from pocket.catalog import live_records
 from pocket.config import Settings
 from pocket.database import Database
 from pocket.operations import MigrationRefused, Progress, migrate, status, verify
+from pocket.runner import PocketRunner
 from pocket.service import follower_lock, named_lock, open_catalog, open_pocket
-from pocket.system import (
-    LATEST_VERSION,
-    ProjectionFollower,
-    ThreadedRunner,
-    WalletRecord,
-    live_records,
-)
+from pocket.system import WalletRecordsV2, projector_of, system
+from pocket.walletrecords import LATEST_VERSION, WalletRecord
 from tests.replay import replayed_records
 
 
@@ -54,7 +52,8 @@ def readers_see(pocket: Pocket) -> dict[UUID, WalletRecord]:
 
 
 def follow_all(pocket: Pocket) -> None:
-    ProjectionFollower(pocket, open_catalog(pocket)).catch_up()
+    with closing(projector_of(pocket, open_catalog(pocket).live_version())) as p:
+        p.catch_up("Pocket")
 
 
 def quiet(_: str) -> None:
@@ -87,30 +86,35 @@ def test_keep_old_keeps_the_previous_version(pocket: Pocket) -> None:
 
 
 def test_a_rebuild_during_writes_and_a_live_follower_loses_nothing(
-    pocket: Pocket,
+    sql_settings: Settings,
 ) -> None:
-    ids = make_history(pocket)
-    runner = ThreadedRunner(ProjectionFollower(pocket, open_catalog(pocket)))
+    runner = PocketRunner(system, dict(sql_settings.env))
     runner.start()
+    pocket = runner.pocket
     stop = threading.Event()
-
-    def write() -> None:
-        while not stop.is_set():
-            pocket.add_money(ids[0], Decimal("0.01"), "meanwhile")
-
-    writer = threading.Thread(target=write)
-    writer.start()
     try:
-        migrate(pocket, target=1, batch_size=70, out=quiet)
-        migrate(pocket, target=2, batch_size=50, out=quiet)
+        ids = make_history(pocket)
+
+        def write() -> None:
+            while not stop.is_set():
+                pocket.add_money(ids[0], Decimal("0.01"), "meanwhile")
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            migrate(pocket, target=1, batch_size=70, out=quiet)
+            migrate(pocket, target=2, batch_size=50, out=quiet)
+        finally:
+            stop.set()
+            writer.join()
+        head = pocket.recorder.max_notification_id()
+        live = runner.get(WalletRecordsV2)
+        live.recorder.wait("Pocket", head, timeout=20)
+        assert open_catalog(pocket).live_version() == 2
+        assert live.position == head
+        assert readers_see(pocket) == replayed_records(pocket, 2)
     finally:
-        stop.set()
-        writer.join()
-    head = pocket.recorder.max_notification_id()
-    open_catalog(pocket).view(2).wait("Pocket", head, timeout=20)
-    runner.stop()
-    assert runner.follower.projection.view.version == 2
-    assert readers_see(pocket) == replayed_records(pocket, 2)
+        runner.stop()
 
 
 def test_readers_keep_the_live_version_until_the_new_one_is_complete(
@@ -120,22 +124,22 @@ def test_readers_keep_the_live_version_until_the_new_one_is_complete(
     follow_all(pocket)
     before = readers_see(pocket)
     catalog = open_catalog(pocket)
-    catalog.view(1).create_table()
-    builder = ProjectionFollower(pocket, catalog, version=1, batch_size=3)
-    builder.pull()  # a rebuild interrupted after one batch
+    catalog.create_rows(1)
+    with closing(projector_of(pocket, 1, batch_size=3, live_only=False)) as builder:
+        builder.process_section("Pocket")  # a rebuild interrupted after one batch
     assert catalog.live_version() == 2
     assert readers_see(pocket) == before
-    assert len(catalog.view(1).all()) < len(before)
+    assert len(catalog.records(1)) < len(before)
 
 
 def test_an_interrupted_rebuild_resumes_and_finishes_correctly(pocket: Pocket) -> None:
     make_history(pocket)
     catalog = open_catalog(pocket)
-    catalog.view(1).create_table()
-    builder = ProjectionFollower(pocket, catalog, version=1, batch_size=4)
-    builder.pull()
-    builder.pull()
-    interrupted_at = builder.position
+    catalog.create_rows(1)
+    with closing(projector_of(pocket, 1, batch_size=4, live_only=False)) as builder:
+        builder.process_section("Pocket")
+        builder.process_section("Pocket")
+        interrupted_at = builder.position
     messages: list[str] = []
     migrate(pocket, target=1, out=messages.append)
     assert f"Resuming wallet_records v1 from position {interrupted_at:,}." in messages
@@ -180,7 +184,7 @@ def test_progress_on_a_terminal_is_a_bar_and_in_a_log_a_line() -> None:
 def test_only_one_follower_holds_the_lock_and_the_other_takes_over(
     pocket: Pocket,
 ) -> None:
-    first, second = follower_lock(pocket), follower_lock(pocket)
+    first, second = follower_lock(pocket, 2), follower_lock(pocket, 2)
     assert first.try_acquire()
     assert not second.try_acquire()
     assert first.is_still_held()
@@ -190,26 +194,25 @@ def test_only_one_follower_holds_the_lock_and_the_other_takes_over(
 
 
 def test_a_standby_follower_applies_nothing_until_it_holds_the_lock(
-    pocket: Pocket,
+    sql_settings: Settings,
 ) -> None:
-    active_lock = follower_lock(pocket)
+    runner = PocketRunner(system, dict(sql_settings.env), poll_interval=0.1)
+    active_lock = follower_lock(runner.pocket, 2)
     assert active_lock.try_acquire()
-    standby = ProjectionFollower(
-        pocket, open_catalog(pocket), lock=follower_lock(pocket), poll_interval=0.1
-    )
-    runner = ThreadedRunner(standby)
     runner.start()
     try:
+        pocket = runner.pocket
+        standby = runner.get(WalletRecordsV2)
         make_history(pocket, wallets=1, rounds=1)
         assert not standby.stopping.wait(1.5)
         assert standby.position is None
         active_lock.release()
-        standby.projection.view.wait(
+        standby.recorder.wait(
             "Pocket", pocket.recorder.max_notification_id(), timeout=10
         )
+        assert readers_see(pocket) == replayed_records(pocket, 2)
     finally:
         runner.stop()
-    assert readers_see(pocket) == replayed_records(pocket, 2)
 
 
 # Status and verify
@@ -224,7 +227,7 @@ def test_status_reports_position_lag_and_the_follower(pocket: Pocket) -> None:
     assert report["lag_events"] == report["head"] > 0
     assert report["lag_seconds"] >= 0
     assert report["follower"]["running"] is False
-    lock = follower_lock(pocket)
+    lock = follower_lock(pocket, 2)
     assert lock.try_acquire()
     try:
         follow_all(pocket)
@@ -276,3 +279,37 @@ def test_a_database_from_before_versions_keeps_version_one_live(
     assert catalog.live_version() == 1
     assert db.query("SELECT * FROM wallet_records") == []
     pocket.close()
+
+
+def test_positions_kept_before_versions_had_projectors_are_kept(
+    sql_settings: Settings,
+) -> None:
+    pocket = open_pocket(sql_settings)
+    try:
+        make_history(pocket)
+        follow_all(pocket)  # the live version (2) at the head
+        head = pocket.recorder.max_notification_id()
+        db = Database.of(pocket)
+        # As an older Pocket kept it: one table of positions for every version,
+        # and no tables of the projector's own.
+        db.execute("DROP TABLE wallet_records_v2_tracking")
+        db.execute("DROP TABLE wallet_records_v2_events")
+        db.execute(
+            "CREATE TABLE projection_tracking (projection text PRIMARY KEY, "
+            "application_name text NOT NULL, notification_id bigint NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO projection_tracking VALUES (%s, %s, %s)",
+            ["wallet_records_v2", "Pocket", head],
+        )
+    finally:
+        pocket.close()
+    runner = PocketRunner(system, dict(sql_settings.env))
+    runner.start()
+    try:
+        assert runner.get(WalletRecordsV2).position == head
+        assert readers_see(runner.pocket) == replayed_records(runner.pocket)
+        with Database.of(runner.pocket).transaction(commit=False) as tx:
+            assert not tx.has_table("projection_tracking")
+    finally:
+        runner.stop()

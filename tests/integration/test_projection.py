@@ -1,9 +1,10 @@
-"""The wallet_records projection and its follower, on SQLite and PostgreSQL."""
+"""The wallet_records projector and its runner, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from decimal import Decimal
 from uuid import UUID
 
@@ -11,15 +12,13 @@ import pytest
 from eventsourcing.persistence import IntegrityError, Tracking
 
 from pocket.application import Pocket
+from pocket.catalog import ProjectionCatalog
 from pocket.config import Settings
 from pocket.database import Database
+from pocket.runner import PocketRunner
 from pocket.service import open_catalog, open_pocket
-from pocket.system import (
-    ProjectionFollower,
-    ThreadedRunner,
-    WalletChanges,
-    WalletRecord,
-)
+from pocket.system import WalletRecords, WalletRecordsV2, projector_of, system
+from pocket.walletrecords import Batch, WalletChanges, WalletRecord
 from tests.replay import replayed_records
 
 
@@ -30,12 +29,19 @@ def pocket(sql_settings: Settings) -> Iterator[Pocket]:
     app.close()
 
 
-def new_follower(pocket: Pocket, batch_size: int = 500) -> ProjectionFollower:
-    return ProjectionFollower(pocket, open_catalog(pocket), batch_size=batch_size)
+@pytest.fixture
+def catalog(pocket: Pocket) -> ProjectionCatalog:
+    return open_catalog(pocket)
 
 
-def table(follower: ProjectionFollower) -> dict[UUID, WalletRecord]:
-    return {r.aggregate_id: r for r in follower.projection.view.all()}
+@pytest.fixture
+def projector(pocket: Pocket, catalog: ProjectionCatalog) -> Iterator[WalletRecords]:
+    with closing(projector_of(pocket, catalog.live_version(), batch_size=500)) as p:
+        yield p
+
+
+def table(catalog: ProjectionCatalog) -> dict[UUID, WalletRecord]:
+    return {r.aggregate_id: r for r in catalog.records(catalog.live_version())}
 
 
 def make_history(pocket: Pocket, wallets: int = 5, moves: int = 4) -> list[UUID]:
@@ -48,17 +54,31 @@ def make_history(pocket: Pocket, wallets: int = 5, moves: int = 4) -> list[UUID]
     return ids
 
 
-def test_catching_up_makes_the_table_equal_to_a_replay(pocket: Pocket) -> None:
+def test_catching_up_makes_the_table_equal_to_a_replay(
+    pocket: Pocket, catalog: ProjectionCatalog, projector: WalletRecords
+) -> None:
     make_history(pocket)
-    follower = new_follower(pocket, batch_size=7)
-    assert follower.catch_up() == pocket.recorder.max_notification_id()
-    assert table(follower) == replayed_records(pocket)
-    assert follower.position == pocket.recorder.max_notification_id()
+    projector.batch_size = 7
+    assert projector.catch_up("Pocket") == pocket.recorder.max_notification_id()
+    assert table(catalog) == replayed_records(pocket)
+    assert projector.position == pocket.recorder.max_notification_id()
 
 
-def test_the_table_is_readable_through_the_wallet_records_view(pocket: Pocket) -> None:
+def test_a_section_is_one_processing_event_recorded_with_its_position(
+    pocket: Pocket, catalog: ProjectionCatalog, projector: WalletRecords
+) -> None:
+    make_history(pocket, wallets=3, moves=2)
+    projector.batch_size = 4
+    assert projector.process_section("Pocket") == 4
+    assert projector.position == 4
+    assert len(table(catalog)) == 3  # the section's three wallets, opened at once
+
+
+def test_the_table_is_readable_through_the_wallet_records_view(
+    pocket: Pocket, projector: WalletRecords
+) -> None:
     (wallet_id,) = make_history(pocket, wallets=1, moves=2)
-    new_follower(pocket).catch_up()
+    projector.catch_up("Pocket")
     rows = Database.of(pocket).query(
         "SELECT aggregate_id, user_id, balance FROM wallet_records"
     )
@@ -68,82 +88,88 @@ def test_the_table_is_readable_through_the_wallet_records_view(pocket: Pocket) -
 
 
 def test_events_written_while_the_follower_was_away_are_caught_up(
-    pocket: Pocket,
+    pocket: Pocket, catalog: ProjectionCatalog
 ) -> None:
     make_history(pocket, wallets=2, moves=1)
-    new_follower(pocket).catch_up()
+    with closing(projector_of(pocket, 2)) as projector:
+        projector.catch_up("Pocket")
     make_history(pocket, wallets=2, moves=3)
-    follower = new_follower(pocket)
-    assert follower.catch_up() > 0
-    assert table(follower) == replayed_records(pocket)
+    with closing(projector_of(pocket, 2)) as projector:
+        assert projector.catch_up("Pocket") > 0
+    assert table(catalog) == replayed_records(pocket)
 
 
-def test_a_batch_read_from_a_stale_position_changes_nothing(pocket: Pocket) -> None:
+def test_a_batch_read_from_a_stale_position_changes_nothing(
+    pocket: Pocket, catalog: ProjectionCatalog, projector: WalletRecords
+) -> None:
     (wallet_id,) = make_history(pocket, wallets=1, moves=1)
-    follower = new_follower(pocket)
-    follower.catch_up()
-    before = table(follower)
-    view = follower.projection.view
+    projector.catch_up("Pocket")
+    before = table(catalog)
     changes = WalletChanges()
     changes.move(wallet_id, Decimal("10.05"), 2)
-    position = follower.position
+    position = projector.position
     assert position is not None
-    with pytest.raises(IntegrityError):
-        view.apply(
-            changes, Tracking("Pocket", position + 1), position - 1, live_only=True
-        )
-    with pytest.raises(IntegrityError):
-        view.apply(changes, Tracking("Pocket", position), position, live_only=True)
-    assert table(follower) == before
-    assert follower.position == position
+    for tracking, after in [(position + 1, position - 1), (position, position)]:
+        with pytest.raises(IntegrityError):
+            projector.recorder.insert_events(
+                [],
+                tracking=Tracking("Pocket", tracking),
+                batch=Batch(changes, after, live_only=True),
+            )
+    assert table(catalog) == before
+    assert projector.position == position
 
 
-def test_two_followers_at_once_apply_each_event_once(pocket: Pocket) -> None:
+def test_two_followers_at_once_apply_each_event_once(
+    pocket: Pocket, catalog: ProjectionCatalog
+) -> None:
     make_history(pocket, wallets=4, moves=6)
-    followers = [new_follower(pocket, batch_size=size) for size in (3, 5, 7)]
-    start = threading.Barrier(len(followers))
+    projectors = [projector_of(pocket, 2, batch_size=size) for size in (3, 5, 7)]
+    start = threading.Barrier(len(projectors))
 
-    def race(follower: ProjectionFollower) -> None:
+    def race(projector: WalletRecords) -> None:
         start.wait()
         for _ in range(200):
             try:
-                if not follower.pull():
+                if not projector.process_section("Pocket"):
                     return
             except IntegrityError:
                 continue  # Another follower moved the position: read it again.
 
-    threads = [threading.Thread(target=race, args=(f,)) for f in followers]
+    threads = [threading.Thread(target=race, args=(p,)) for p in projectors]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert table(followers[0]) == replayed_records(pocket)
+    for projector in projectors:
+        projector.close()
+    assert table(catalog) == replayed_records(pocket)
 
 
-def test_a_running_follower_applies_new_events_by_itself(pocket: Pocket) -> None:
-    follower = new_follower(pocket)
-    runner = ThreadedRunner(follower)
+def test_a_running_system_applies_new_events_by_itself(sql_settings: Settings) -> None:
+    runner = PocketRunner(system, dict(sql_settings.env))
     runner.start()
     try:
+        pocket = runner.pocket
         (wallet_id,) = make_history(pocket, wallets=1, moves=3)
-        view = follower.projection.view
-        view.wait("Pocket", pocket.recorder.max_notification_id(), timeout=10)
-        record = view.get(wallet_id)
-        assert record is not None
+        recorder = runner.get(WalletRecordsV2).recorder
+        recorder.wait("Pocket", pocket.recorder.max_notification_id(), timeout=10)
+        record = table(ProjectionCatalog(Database.of(pocket)))[wallet_id]
         assert record.balance == pocket.get_wallet(wallet_id).balance
     finally:
         runner.stop()
-    assert not runner.thread.is_alive()
+    assert not any(thread.is_alive() for thread in runner.threads.values())
 
 
-def test_the_library_interface_applies_one_event(pocket: Pocket) -> None:
+def test_the_library_interface_applies_one_event(
+    pocket: Pocket, catalog: ProjectionCatalog, projector: WalletRecords
+) -> None:
     wallet_id = pocket.create_wallet("9")
-    follower = new_follower(pocket)
     (notification,) = pocket.recorder.select_notifications(start=1, limit=1)
     event = pocket.mapper.to_domain_event(notification)
-    follower.projection.process_event(event, Tracking("Pocket", notification.id))
-    assert follower.projection.view.get(wallet_id) == WalletRecord(
+    projector.process_event(event, Tracking("Pocket", notification.id))
+    assert table(catalog)[wallet_id] == WalletRecord(
         wallet_id, "9", Decimal("0.00"), 1, closed=False
     )
     with pytest.raises(IntegrityError):
-        follower.projection.process_event(event, Tracking("Pocket", notification.id))
+        projector.process_event(event, Tracking("Pocket", notification.id))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -13,7 +14,7 @@ from werkzeug.test import TestResponse
 
 from pocket.config import Settings
 from pocket.service import PocketService
-from pocket.system import ProjectionFollower
+from pocket.system import projector_of
 from pocket.web import create_app
 
 ADMIN_TOKEN = "operator-secret-0123456789"
@@ -184,7 +185,9 @@ def test_the_user_list_shows_the_projections_balances(
     sign_up(client, money="5")
     unprojected = client.get("/users", headers=ADMIN).get_json()
     assert unprojected["users"][0]["wallet"] is None
-    ProjectionFollower(service.pocket, service.catalog).catch_up()
+    live = service.catalog.live_version()
+    with closing(projector_of(service.pocket, live)) as projector:
+        projector.catch_up("Pocket")
     projected = client.get("/users", headers=ADMIN).get_json()
     assert projected["users"][0]["wallet"]["balance"] == "5.00"
 

@@ -1,0 +1,298 @@
+"""The library's multi-threaded runner, extended where Pocket needs more of it.
+
+The library's MultiThreadedRunner gives each follower a thread that pulls when
+its leader saves in the same process. Pocket needs more, and extends it here, in
+one place:
+- a thread that survives: an error (the database restarting, a lost link) is
+  logged and retried with back-off, where the library's thread ends for good;
+- a wake-up from other processes (`pocket follow` saves nothing itself):
+  PostgreSQL's NOTIFY, on a LISTEN connection that reconnects, or a poll on SQLite;
+- one active follower per version across processes: a lock that the database or
+  the kernel releases when its holder dies, the others standing by;
+- the live version: only the live version's projector applies events, and the
+  others wait until pocket migrate makes theirs live.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, cast
+from uuid import UUID
+
+import psycopg
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.system import (
+    MultiThreadedRunner,
+    MultiThreadedRunnerThread,
+    Runner,
+    System,
+)
+from eventsourcing.utils import EnvType
+
+from pocket.application import Pocket
+from pocket.catalog import ProjectionCatalog
+from pocket.database import Database, connect_kwargs
+from pocket.locks import ProcessLock, process_lock
+from pocket.system import WalletRecords
+from pocket.walletrecords import ProjectionSwitched
+
+log = logging.getLogger(__name__)
+# A lock holder checks that it still holds its lock at least this often.
+LOCK_CHECK_SECONDS = 2.0
+# A version that is not live looks again this often (a switch sends no NOTIFY).
+STANDBY_SECONDS = 1.0
+
+
+class PocketRunner(MultiThreadedRunner[UUID]):
+    """Runs Pocket's system: Pocket, and a thread per version of the projector."""
+
+    def __init__(
+        self,
+        system: System,
+        env: EnvType | None = None,
+        *,
+        batch_size: int | None = None,
+        poll_interval: float | None = None,
+    ) -> None:
+        super().__init__(system, env)
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.listener: Listener | None = None
+
+    @property
+    def pocket(self) -> Pocket:
+        """The application every command goes through."""
+        return self.get(Pocket)
+
+    @property
+    def projectors(self) -> list[WalletRecords]:
+        """The projector of each version, as this runner constructed them."""
+        return [cast(WalletRecords, self.apps[name]) for name in self.system.followers]
+
+    def start(self) -> None:
+        """Makes the live version's tables, then starts a thread per projector."""
+        Runner.start(self)
+        pocket = self.pocket
+        if not self.projectors:
+            return
+        catalog = ProjectionCatalog(Database.of(pocket))
+        catalog.ensure()
+        listens = isinstance(pocket.recorder, PostgresApplicationRecorder)
+        for projector in self.projectors:
+            if self.batch_size:
+                projector.batch_size = min(self.batch_size, pocket.log_section_size)
+            projector.follow(pocket.name, pocket.notification_log)
+            thread = ProjectorThread(
+                projector,
+                catalog,
+                self._lock_for(projector),
+                self.poll_interval or (30.0 if listens else 0.5),
+                self.has_errored,
+            )
+            self.threads[projector.name] = thread
+            pocket.lead(thread)
+            thread.start()
+        if isinstance(pocket.recorder, PostgresApplicationRecorder):
+            self.listener = Listener(pocket.recorder, self.prompt)
+            self.listener.start()
+
+    def prompt(self) -> None:
+        """Wakes every projector (another process saved events)."""
+        for thread in self.threads.values():
+            thread.is_prompted.set()
+
+    def live_position(self) -> int | None:
+        """How far in Pocket's log the live version of wallet_records is."""
+        live = ProjectionCatalog(Database.of(self.pocket)).live_version()
+        (projector,) = [p for p in self.projectors if p.version == live]
+        return projector.position
+
+    def stop_threads(self, timeout: float = 10.0) -> None:
+        """Stops the threads, each after the transaction in hand."""
+        if self.listener is not None:
+            self.listener.stopping.set()
+        for thread in self.threads.values():
+            thread.stop()
+        for thread in self.threads.values():
+            thread.join(timeout)
+        if self.listener is not None:
+            self.listener.join(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stops the threads, then closes the applications."""
+        self.stop_threads(timeout)
+        for app in self.apps.values():
+            app.close()
+        self.apps.clear()
+
+    def _lock_for(self, projector: WalletRecords) -> ProcessLock:
+        db = Database.of(self.pocket)
+        path = self.pocket.env.get("SQLITE_DBNAME")
+        return process_lock(db.datastore, path, follower_lock_name(projector.name))
+
+
+def follower_lock_name(projector: str) -> str:
+    """The name of the lock that one follower of a version holds."""
+    return f"follower-{projector}"
+
+
+class ProjectorThread(MultiThreadedRunnerThread[UUID]):
+    """Follows Pocket's log into one version of wallet_records, for as long as the
+    runner runs: it takes the version's lock, applies while the version is live,
+    and backs off and tries again after any failure."""
+
+    def __init__(
+        self,
+        projector: WalletRecords,
+        catalog: ProjectionCatalog,
+        lock: ProcessLock,
+        poll_interval: float,
+        has_errored: threading.Event,
+    ) -> None:
+        super().__init__(follower=projector, has_errored=has_errored)
+        self.name = f"pocket-{projector.name}"
+        self.projector = projector
+        self.catalog = catalog
+        self.lock = lock
+        self.poll_interval = poll_interval
+        self.failures = 0
+
+    def stop(self) -> None:
+        """Stops after the transaction in hand."""
+        self.projector.stopping.set()
+        super().stop()
+
+    def run(self) -> None:
+        self.has_started.set()
+        while not self.is_stopping.is_set():
+            self.is_prompted.clear()
+            try:
+                wait = self._step()
+            except ProjectionSwitched as switched:
+                log.info("%s: %s; standing by", self.projector.name, switched)
+                wait = 0.0
+            except Exception as error:
+                wait = self._failed(error)
+            else:
+                if self.failures:
+                    log.info(
+                        "Follower recovered after %d failed attempt(s)", self.failures
+                    )
+                    self.failures = 0
+            self.is_prompted.wait(wait)
+        self.lock.release()
+
+    def _step(self) -> float:
+        """One round: apply what there is if this version is live and the lock is
+        ours; returns how long to wait for a prompt before the next round."""
+        if self.catalog.live_version() != self.projector.version:
+            if self.lock.held:
+                self.lock.release()
+                log.info("%s is no longer live: standing by", self.projector.name)
+            return STANDBY_SECONDS
+        if not self._hold_lock():
+            return 1.0
+        self.projector.pull_and_process(Pocket.name)
+        return min(self.poll_interval, LOCK_CHECK_SECONDS)
+
+    def _hold_lock(self) -> bool:
+        """Takes or keeps the right to apply events; never two followers at once."""
+        if self.lock.held:
+            if self.lock.is_still_held():
+                return True
+            log.warning("Lost the follower lock (connection dropped); standing by")
+        if self.lock.try_acquire():
+            log.info("Active: this follower applies events now")
+            return True
+        return False
+
+    def _failed(self, error: Exception) -> float:
+        """Logs a failed round (nothing was applied: its batch rolled back whole)
+        and returns the back-off before the next."""
+        self.failures += 1
+        if is_connection_error(error):
+            # Every pooled connection the failure broke is replaced now, not
+            # found by one slow retry after another.
+            self.catalog.db.replace_broken_connections()
+            Database.of(self.projector).replace_broken_connections()
+        delay = min(30.0, 0.05 * 2.0 ** min(self.failures, 10))
+        # An IntegrityError means another follower moved the position.
+        expected = isinstance(error, IntegrityError | OSError) or is_connection_error(
+            error
+        )
+        log.warning(
+            "Follower batch failed (%s: %s); again in %.2fs",
+            type(error).__name__,
+            error,
+            delay,
+            exc_info=not expected,
+        )
+        return delay
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """Whether an error says the database could not be reached."""
+    return isinstance(
+        error, OperationalError | InterfaceError | psycopg.OperationalError
+    )
+
+
+class Listener(threading.Thread):
+    """Prompts the projectors on each NOTIFY of Pocket's events channel.
+
+    The library's subscription ends for good on a dropped connection; this keeps
+    a LISTEN connection of its own and reconnects.
+    """
+
+    def __init__(
+        self, recorder: PostgresApplicationRecorder, notify: Callable[[], None]
+    ) -> None:
+        super().__init__(name="pocket-listen", daemon=True)
+        self.datastore: PostgresDatastore = recorder.datastore
+        self.channel = recorder.channel_name
+        self.notify = notify
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                self._listen()
+            except psycopg.Error as error:
+                failures += 1
+                delay = min(10.0, 0.2 * 2 ** min(failures, 6))
+                log.warning("LISTEN connection lost (%s); again in %.1fs", error, delay)
+                self.stopping.wait(delay)
+
+    def _listen(self) -> None:
+        kwargs = connect_kwargs(self.datastore)
+        with psycopg.connect(autocommit=True, connect_timeout=5, **kwargs) as conn:
+            conn.execute(
+                psycopg.sql.SQL("LISTEN {}").format(
+                    psycopg.sql.Identifier(self.channel)
+                )
+            )
+            # Events written while nobody listened are found by this pull.
+            self.notify()
+            while not self.stopping.is_set():
+                for _ in conn.notifies(timeout=1.0, stop_after=1):
+                    self.notify()
+
+
+def open_runner(system: System, env: dict[str, str], **options: Any) -> PocketRunner:
+    """Constructs the runner (and so the applications, creating the library's
+    tables), retrying when another process creates them at the same moment."""
+    attempts = 5
+    for attempt in range(attempts):
+        try:
+            return PocketRunner(system, env, **options)
+        except IntegrityError:
+            # Two processes creating the library's tables on an empty PostgreSQL
+            # database at the same moment collide on pg_type; the loser retries.
+            if attempt == attempts - 1:
+                raise
+            threading.Event().wait(0.2 * (attempt + 1))
+    raise AssertionError  # pragma: no cover
