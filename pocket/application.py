@@ -88,7 +88,7 @@ Result = WalletInfo | TransferInfo
 
 
 @dataclass(frozen=True)
-class Transaction:
+class HistoryEntry:
     """One movement of money, as recorded in the wallet's history."""
 
     id: int
@@ -111,7 +111,7 @@ class HistoryPage:
     """Consecutive entries of a wallet's history, and whether more follow."""
 
     wallet: WalletInfo
-    transactions: list[Transaction]
+    transactions: list[HistoryEntry]
     has_more: bool
 
 
@@ -289,16 +289,16 @@ class Pocket(Application[UUID]):
         # limit + 3 events hold at least limit + 1 movements when there are that
         # many: enough to tell whether another page follows.
         events = self.events.get(wallet_id, gt=max(after, 0), limit=limit + 3)
-        entries = [t for e in events if (t := to_transaction(e)) is not None]
+        entries = [h for e in events if (h := to_history_entry(e)) is not None]
         return HistoryPage(wallet, entries[:limit], len(entries) > limit)
 
-    def transactions(self, wallet_id: UUID) -> list[Transaction]:
+    def transactions(self, wallet_id: UUID) -> list[HistoryEntry]:
         """Every movement of money in and out of a wallet, oldest first."""
         self._get(wallet_id)
         return [
-            transaction
+            entry
             for event in self.events.get(wallet_id)
-            if (transaction := to_transaction(event)) is not None
+            if (entry := to_history_entry(event)) is not None
         ]
 
     # Plumbing
@@ -529,7 +529,7 @@ def from_record(data: dict[str, Any]) -> Result:
     )
 
 
-def to_transaction(event: object) -> Transaction | None:
+def to_history_entry(event: object) -> HistoryEntry | None:
     """The history entry for a money event; None for other events."""
     common: dict[str, Any] = {}
     if isinstance(
@@ -548,11 +548,11 @@ def to_transaction(event: object) -> Transaction | None:
             "correlation_id": event.correlation_id,
         }
     if isinstance(event, Wallet.MoneyAdded):
-        return Transaction(type="IN", source=event.source, **common)
+        return HistoryEntry(type="IN", source=event.source, **common)
     if isinstance(event, Wallet.MoneyDrawn):
-        return Transaction(type="OUT", destination=event.destination, **common)
+        return HistoryEntry(type="OUT", destination=event.destination, **common)
     if isinstance(event, Wallet.TransferSent | Wallet.TransferReceived):
-        return Transaction(
+        return HistoryEntry(
             type="OUT" if isinstance(event, Wallet.TransferSent) else "IN",
             transfer_id=event.transfer_id,
             counterparty_user_id=event.counterparty_user_id,
