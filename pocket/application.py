@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -19,7 +15,6 @@ from eventsourcing.application import (
     ProcessingEvent,
 )
 from eventsourcing.domain import (
-    Aggregate,
     BaseAggregate,
     DomainEventProtocol,
     MutableOrImmutableAggregate,
@@ -34,14 +29,14 @@ from eventsourcing.utils import Environment
 
 from pocket.domainmodel import (
     Cause,
-    CommandRecord,
     PocketError,
     Wallet,
     check_amount,
     correlation_id,
     transfer,
 )
-from pocket.groupcommit import Command, GroupCommitter
+from pocket.groupcommit import GroupCommitter
+from pocket.idempotency import Idempotency, KeyedCommands, idempotency
 from pocket.postgres import POSTGRES_DEFAULTS
 from pocket.postgres import Factory as PostgresFactory
 from pocket.results import (
@@ -74,14 +69,6 @@ HISTORY_PAGE_MAX = 500
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Idempotency:
-    """A client-chosen command id, and what the command was, to detect reuse."""
-
-    command_id: str
-    fingerprint: str
-
-
 class Pocket(Application[UUID]):
     """Creates wallets and moves money in and out of them and between them."""
 
@@ -102,9 +89,12 @@ class Pocket(Application[UUID]):
         self._committer = GroupCommitter(
             self._get, self.save, self._has_newer_events, max_attempts=self.max_attempts
         )
+        # A keyed command runs once: a rerun is answered from its record, and a
+        # key in use right now is refused.
+        self._keyed = KeyedCommands(
+            self.repository, reused=IdempotencyKeyReused, in_flight=CommandInFlight
+        )
         self._save_listeners: list[Callable[[], None]] = []
-        self._in_flight: set[str] = set()
-        self._in_flight_lock = threading.Lock()
 
     def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
         """The library's factory, with bounded retries on PostgreSQL."""
@@ -387,105 +377,17 @@ class Pocket(Application[UUID]):
         key: Idempotency | None,
     ) -> Result:
         """Runs a command once, however often it is retried with the same key."""
-        command = Command(
-            wallet_ids,
-            decide,
-            replay=(lambda: self._replay(key)) if key else (lambda: None),
-            record=lambda result: self._record_of(key, result),
-        )
-        if key is None:
+        command = self._keyed.command(wallet_ids, decide, key)
+        with self._keyed.claim(key):
             return self._committer.run(command)
-        with self._claim(key.command_id):
-            return self._committer.run(command)
-
-    def _record_of(self, key: Idempotency | None, result: Result) -> Aggregate | None:
-        """The record that makes a keyed command's retries change nothing."""
-        if key is None:
-            return None
-        record_id = CommandRecord.id_for(key.command_id)
-        return CommandRecord(
-            key.command_id, key.fingerprint, to_record(result), id=record_id
-        )
 
     def _has_newer_events(self, wallet: Wallet) -> bool:
         return any(True for _ in self.events.get(wallet.id, gt=wallet.version, limit=1))
-
-    def _replay(self, key: Idempotency) -> Result | None:
-        """The result of an earlier run of this command, if it ran."""
-        try:
-            record: object = self.repository.get(CommandRecord.id_for(key.command_id))
-        except AggregateNotFoundError:
-            return None
-        assert isinstance(record, CommandRecord)
-        if record.fingerprint != key.fingerprint:
-            raise IdempotencyKeyReused(key.command_id)
-        return from_record(record.result)
-
-    @contextlib.contextmanager
-    def _claim(self, command_id: str) -> Iterator[None]:
-        with self._in_flight_lock:
-            if command_id in self._in_flight:
-                raise CommandInFlight(command_id)
-            self._in_flight.add(command_id)
-        try:
-            yield
-        finally:
-            with self._in_flight_lock:
-                self._in_flight.discard(command_id)
 
 
 def new_cause() -> Cause:
     """The cause of a change made with no request around it."""
     return Cause(actor="system", correlation_id=correlation_id())
-
-
-def idempotency(command_id: str | None, *parts: object) -> Idempotency | None:
-    """What makes a command idempotent: its id, and a fingerprint of its content."""
-    if command_id is None:
-        return None
-    text = "\x1f".join(str(part) for part in parts)
-    return Idempotency(command_id, hashlib.sha256(text.encode()).hexdigest())
-
-
-def to_record(result: Result) -> dict[str, Any]:
-    """A result as a command record keeps it."""
-    if isinstance(result, WalletInfo):
-        return {"wallet": wallet_dict(result)}
-    return {
-        "transfer": {
-            "id": result.id,
-            "amount": result.amount,
-            "description": result.description,
-            "sender": wallet_dict(result.sender),
-            "receiver": wallet_dict(result.receiver),
-        }
-    }
-
-
-def wallet_dict(wallet: WalletInfo) -> dict[str, Any]:
-    """A WalletInfo as plain values."""
-    return {
-        "aggregate_id": wallet.aggregate_id,
-        "user_id": wallet.user_id,
-        "balance": wallet.balance,
-        "version": wallet.version,
-        "closed": wallet.closed,
-        "modified_on": wallet.modified_on,
-    }
-
-
-def from_record(data: dict[str, Any]) -> Result:
-    """The result a command record kept."""
-    if "wallet" in data:
-        return WalletInfo(**data["wallet"])
-    recorded = data["transfer"]
-    return TransferInfo(
-        id=recorded["id"],
-        amount=recorded["amount"],
-        description=recorded["description"],
-        sender=WalletInfo(**recorded["sender"]),
-        receiver=WalletInfo(**recorded["receiver"]),
-    )
 
 
 class WalletNotFound(PocketError, LookupError):
