@@ -84,8 +84,8 @@ class Pocket(Application[UUID]):
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__(env)
-        # Every command of this process is decided and saved by one committer
-        # thread, many callers' commands to a transaction (group commit).
+        # Every command of this process is decided and saved by the group
+        # committer, many callers' commands to a transaction.
         self._committer = GroupCommitter(
             self._get, self.save, self._has_newer_events, max_attempts=self.max_attempts
         )
@@ -102,7 +102,8 @@ class Pocket(Application[UUID]):
             return PostgresFactory(env)
         return super().construct_factory(env)
 
-    # Commands
+    # Commands: each gets its wallets, decides with the domain model, and saves.
+    # The money commands pass their decision to _get_decide_save (below them).
 
     def create_wallet(
         self, user_id: str, wallet_id: UUID | None = None, *, cause: Cause | None = None
@@ -125,11 +126,10 @@ class Pocket(Application[UUID]):
         command_id: str | None = None,
     ) -> WalletInfo:
         """Puts money into a wallet; returns the wallet as it now is."""
-        return self._on_wallet(
-            wallet_id,
-            lambda wallet, why: wallet.add_money(amount, source, why),
-            idempotency(command_id, "add_money", wallet_id, amount, source),
-            cause,
+        why = cause or new_cause()
+        key = idempotency(command_id, "add_money", wallet_id, amount, source)
+        return self._get_decide_save_wallet(
+            wallet_id, lambda wallet: wallet.add_money(amount, source, why), key
         )
 
     def draw_money(
@@ -142,11 +142,10 @@ class Pocket(Application[UUID]):
         command_id: str | None = None,
     ) -> WalletInfo:
         """Takes money out of a wallet; refuses to go below zero."""
-        return self._on_wallet(
-            wallet_id,
-            lambda wallet, why: wallet.draw_money(amount, destination, why),
-            idempotency(command_id, "draw_money", wallet_id, amount, destination),
-            cause,
+        why = cause or new_cause()
+        key = idempotency(command_id, "draw_money", wallet_id, amount, destination)
+        return self._get_decide_save_wallet(
+            wallet_id, lambda wallet: wallet.draw_money(amount, destination, why), key
         )
 
     def transfer(
@@ -163,7 +162,7 @@ class Pocket(Application[UUID]):
         why = cause or new_cause()
         transfer_id = uuid4()
 
-        def decide(wallets: list[Wallet]) -> Result:
+        def decide(wallets: list[Wallet]) -> TransferInfo:
             sender, receiver = wallets
             transfer(
                 sender,
@@ -184,7 +183,7 @@ class Pocket(Application[UUID]):
         key = idempotency(
             command_id, "transfer", sender_id, receiver_id, amount, description
         )
-        result = self._execute([sender_id, receiver_id], decide, key)
+        result = self._get_decide_save([sender_id, receiver_id], decide, key)
         assert isinstance(result, TransferInfo)
         return result
 
@@ -196,12 +195,51 @@ class Pocket(Application[UUID]):
         command_id: str | None = None,
     ) -> WalletInfo:
         """Closes an empty wallet for good."""
-        return self._on_wallet(
-            wallet_id,
-            lambda wallet, why: wallet.close(why),
-            idempotency(command_id, "close", wallet_id),
-            cause,
+        why = cause or new_cause()
+        key = idempotency(command_id, "close", wallet_id)
+        return self._get_decide_save_wallet(
+            wallet_id, lambda wallet: wallet.close(why), key
         )
+
+    # How a command runs
+
+    def _get_decide_save(
+        self,
+        wallet_ids: Sequence[UUID],
+        decide: Callable[[list[Wallet]], Result],
+        key: Idempotency | None,
+    ) -> Result:
+        """Gets the wallets, runs decide on them (the domain call, which also makes
+        the answer) and saves the events it made; returns decide's answer.
+
+        Many callers' commands share each step (see pocket.groupcommit): the
+        committer gets each wallet from its cache or the store, runs every waiting
+        command's decide in turn, and saves all their events, with each keyed
+        command's idempotency record, in one transaction. A refusal (a domain
+        error) saves nothing and is raised here. A keyed command that ran before
+        is answered from its record and decides nothing; one whose key is in use
+        right now is refused (see pocket.idempotency).
+        """
+        command = self._keyed.command(wallet_ids, decide, key)
+        with self._keyed.claim(key):
+            return self._committer.run(command)
+
+    def _get_decide_save_wallet(
+        self,
+        wallet_id: UUID,
+        decide: Callable[[Wallet], None],
+        key: Idempotency | None,
+    ) -> WalletInfo:
+        """_get_decide_save on one wallet; answers the wallet as decide left it."""
+
+        def decide_and_answer(wallets: list[Wallet]) -> WalletInfo:
+            (wallet,) = wallets
+            decide(wallet)
+            return WalletInfo.of(wallet)
+
+        result = self._get_decide_save([wallet_id], decide_and_answer, key)
+        assert isinstance(result, WalletInfo)
+        return result
 
     # Queries
 
@@ -350,36 +388,6 @@ class Pocket(Application[UUID]):
         if low == 0:
             raise VersionNotFound(wallet_id, 0)
         return low
-
-    def _on_wallet(
-        self,
-        wallet_id: UUID,
-        act: Callable[[Wallet, Cause], None],
-        key: Idempotency | None,
-        cause: Cause | None,
-    ) -> WalletInfo:
-        """Runs a command on one wallet; returns the wallet as it left it."""
-        why = cause or new_cause()
-
-        def decide(wallets: list[Wallet]) -> Result:
-            (wallet,) = wallets
-            act(wallet, why)
-            return WalletInfo.of(wallet)
-
-        result = self._execute([wallet_id], decide, key)
-        assert isinstance(result, WalletInfo)
-        return result
-
-    def _execute(
-        self,
-        wallet_ids: Sequence[UUID],
-        decide: Callable[[list[Wallet]], Result],
-        key: Idempotency | None,
-    ) -> Result:
-        """Runs a command once, however often it is retried with the same key."""
-        command = self._keyed.command(wallet_ids, decide, key)
-        with self._keyed.claim(key):
-            return self._committer.run(command)
 
     def _has_newer_events(self, wallet: Wallet) -> bool:
         return any(True for _ in self.events.get(wallet.id, gt=wallet.version, limit=1))
