@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, ProcessingEvent
 from eventsourcing.domain import (
-    Aggregate,
     BaseAggregate,
     DomainEventProtocol,
     MutableOrImmutableAggregate,
@@ -31,93 +26,44 @@ from eventsourcing.utils import Environment
 
 from pocket.domainmodel import (
     Cause,
-    CommandRecord,
     PocketError,
     Wallet,
     check_amount,
     correlation_id,
     transfer,
 )
-from pocket.groupcommit import Command, GroupCommitter
+from pocket.groupcommit import GroupCommitter
+from pocket.idempotency import Idempotency, KeyedCommands, idempotency
 from pocket.postgres import POSTGRES_DEFAULTS
 from pocket.postgres import Factory as PostgresFactory
+from pocket.results import (
+    HistoryEntry,
+    HistoryPage,
+    Result,
+    TransferInfo,
+    WalletInfo,
+    to_history_entry,
+)
+
+# What the application answers is defined in pocket.results, so that the modules
+# the application uses can build it without importing the application; callers
+# import it from here, as before.
+__all__ = [
+    "HISTORY_PAGE_MAX",
+    "CommandInFlight",
+    "HistoryEntry",
+    "HistoryPage",
+    "IdempotencyKeyReused",
+    "Pocket",
+    "TransferInfo",
+    "VersionNotFound",
+    "WalletAlreadyExists",
+    "WalletInfo",
+    "WalletNotFound",
+]
 
 HISTORY_PAGE_MAX = 500
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class WalletInfo:
-    """A wallet as a caller sees it right after reading or changing it."""
-
-    aggregate_id: UUID
-    user_id: str
-    balance: Decimal
-    version: int
-    closed: bool
-    modified_on: datetime
-
-    @classmethod
-    def of(cls, wallet: Wallet) -> WalletInfo:
-        """The caller's view of a wallet aggregate."""
-        return cls(
-            wallet.id,
-            wallet.user_id,
-            wallet.balance,
-            wallet.version,
-            wallet.closed,
-            wallet.modified_on,
-        )
-
-
-@dataclass(frozen=True)
-class TransferInfo:
-    """A transfer as its caller sees it: both wallets as it left them."""
-
-    id: UUID
-    amount: Decimal
-    description: str
-    sender: WalletInfo
-    receiver: WalletInfo
-
-
-Result = WalletInfo | TransferInfo
-
-
-@dataclass(frozen=True)
-class Transaction:
-    """One movement of money, as recorded in the wallet's history."""
-
-    id: int
-    type: Literal["IN", "OUT"]
-    amount: Decimal
-    date: datetime
-    balance: Decimal
-    actor: str | None
-    correlation_id: str | None
-    source: str | None = None
-    destination: str | None = None
-    transfer_id: UUID | None = None
-    counterparty_user_id: str | None = None
-    counterparty_wallet_id: UUID | None = None
-    description: str | None = None
-
-
-@dataclass(frozen=True)
-class HistoryPage:
-    """Consecutive entries of a wallet's history, and whether more follow."""
-
-    wallet: WalletInfo
-    transactions: list[Transaction]
-    has_more: bool
-
-
-@dataclass(frozen=True)
-class Idempotency:
-    """A client-chosen command id, and what the command was, to detect reuse."""
-
-    command_id: str
-    fingerprint: str
 
 
 class Pocket(Leader[UUID]):
@@ -140,13 +86,16 @@ class Pocket(Leader[UUID]):
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__(env)
-        # Every command of this process is decided and saved by one committer
-        # thread, many callers' commands to a transaction (group commit).
+        # Every command of this process is decided and saved by the group
+        # committer, many callers' commands to a transaction.
         self._committer = GroupCommitter(
             self._get, self.save, self._has_newer_events, max_attempts=self.max_attempts
         )
-        self._in_flight: set[str] = set()
-        self._in_flight_lock = threading.Lock()
+        # A keyed command runs once: a rerun is answered from its record, and a
+        # key in use right now is refused.
+        self._keyed = KeyedCommands(
+            self.repository, reused=IdempotencyKeyReused, in_flight=CommandInFlight
+        )
 
     def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
         """The library's factory, with bounded retries on PostgreSQL."""
@@ -154,7 +103,8 @@ class Pocket(Leader[UUID]):
             return PostgresFactory(env)
         return super().construct_factory(env)
 
-    # Commands
+    # Commands: each gets its wallets, decides with the domain model, and saves.
+    # The money commands pass their decision to _get_decide_save (below them).
 
     def create_wallet(
         self, user_id: str, wallet_id: UUID | None = None, *, cause: Cause | None = None
@@ -177,11 +127,10 @@ class Pocket(Leader[UUID]):
         command_id: str | None = None,
     ) -> WalletInfo:
         """Puts money into a wallet; returns the wallet as it now is."""
-        return self._on_wallet(
-            wallet_id,
-            lambda wallet, why: wallet.add_money(amount, source, why),
-            idempotency(command_id, "add_money", wallet_id, amount, source),
-            cause,
+        why = cause or new_cause()
+        key = idempotency(command_id, "add_money", wallet_id, amount, source)
+        return self._get_decide_save_wallet(
+            wallet_id, lambda wallet: wallet.add_money(amount, source, why), key
         )
 
     def draw_money(
@@ -194,11 +143,10 @@ class Pocket(Leader[UUID]):
         command_id: str | None = None,
     ) -> WalletInfo:
         """Takes money out of a wallet; refuses to go below zero."""
-        return self._on_wallet(
-            wallet_id,
-            lambda wallet, why: wallet.draw_money(amount, destination, why),
-            idempotency(command_id, "draw_money", wallet_id, amount, destination),
-            cause,
+        why = cause or new_cause()
+        key = idempotency(command_id, "draw_money", wallet_id, amount, destination)
+        return self._get_decide_save_wallet(
+            wallet_id, lambda wallet: wallet.draw_money(amount, destination, why), key
         )
 
     def transfer(
@@ -215,7 +163,7 @@ class Pocket(Leader[UUID]):
         why = cause or new_cause()
         transfer_id = uuid4()
 
-        def decide(wallets: list[Wallet]) -> Result:
+        def decide(wallets: list[Wallet]) -> TransferInfo:
             sender, receiver = wallets
             transfer(
                 sender,
@@ -236,7 +184,7 @@ class Pocket(Leader[UUID]):
         key = idempotency(
             command_id, "transfer", sender_id, receiver_id, amount, description
         )
-        result = self._execute([sender_id, receiver_id], decide, key)
+        result = self._get_decide_save([sender_id, receiver_id], decide, key)
         assert isinstance(result, TransferInfo)
         return result
 
@@ -248,12 +196,51 @@ class Pocket(Leader[UUID]):
         command_id: str | None = None,
     ) -> WalletInfo:
         """Closes an empty wallet for good."""
-        return self._on_wallet(
-            wallet_id,
-            lambda wallet, why: wallet.close(why),
-            idempotency(command_id, "close", wallet_id),
-            cause,
+        why = cause or new_cause()
+        key = idempotency(command_id, "close", wallet_id)
+        return self._get_decide_save_wallet(
+            wallet_id, lambda wallet: wallet.close(why), key
         )
+
+    # How a command runs
+
+    def _get_decide_save(
+        self,
+        wallet_ids: Sequence[UUID],
+        decide: Callable[[list[Wallet]], Result],
+        key: Idempotency | None,
+    ) -> Result:
+        """Gets the wallets, runs decide on them (the domain call, which also makes
+        the answer) and saves the events it made; returns decide's answer.
+
+        Many callers' commands share each step (see pocket.groupcommit): the
+        committer gets each wallet from its cache or the store, runs every waiting
+        command's decide in turn, and saves all their events, with each keyed
+        command's idempotency record, in one transaction. A refusal (a domain
+        error) saves nothing and is raised here. A keyed command that ran before
+        is answered from its record and decides nothing; one whose key is in use
+        right now is refused (see pocket.idempotency).
+        """
+        command = self._keyed.command(wallet_ids, decide, key)
+        with self._keyed.claim(key):
+            return self._committer.run(command)
+
+    def _get_decide_save_wallet(
+        self,
+        wallet_id: UUID,
+        decide: Callable[[Wallet], None],
+        key: Idempotency | None,
+    ) -> WalletInfo:
+        """_get_decide_save on one wallet; answers the wallet as decide left it."""
+
+        def decide_and_answer(wallets: list[Wallet]) -> WalletInfo:
+            (wallet,) = wallets
+            decide(wallet)
+            return WalletInfo.of(wallet)
+
+        result = self._get_decide_save([wallet_id], decide_and_answer, key)
+        assert isinstance(result, WalletInfo)
+        return result
 
     # Queries
 
@@ -290,16 +277,16 @@ class Pocket(Leader[UUID]):
         # limit + 3 events hold at least limit + 1 movements when there are that
         # many: enough to tell whether another page follows.
         events = self.events.get(wallet_id, gt=max(after, 0), limit=limit + 3)
-        entries = [t for e in events if (t := to_transaction(e)) is not None]
+        entries = [h for e in events if (h := to_history_entry(e)) is not None]
         return HistoryPage(wallet, entries[:limit], len(entries) > limit)
 
-    def transactions(self, wallet_id: UUID) -> list[Transaction]:
+    def transactions(self, wallet_id: UUID) -> list[HistoryEntry]:
         """Every movement of money in and out of a wallet, oldest first."""
         self._get(wallet_id)
         return [
-            transaction
+            entry
             for event in self.events.get(wallet_id)
-            if (transaction := to_transaction(event)) is not None
+            if (entry := to_history_entry(event)) is not None
         ]
 
     # Plumbing
@@ -390,165 +377,13 @@ class Pocket(Leader[UUID]):
             raise VersionNotFound(wallet_id, 0)
         return low
 
-    def _on_wallet(
-        self,
-        wallet_id: UUID,
-        act: Callable[[Wallet, Cause], None],
-        key: Idempotency | None,
-        cause: Cause | None,
-    ) -> WalletInfo:
-        """Runs a command on one wallet; returns the wallet as it left it."""
-        why = cause or new_cause()
-
-        def decide(wallets: list[Wallet]) -> Result:
-            (wallet,) = wallets
-            act(wallet, why)
-            return WalletInfo.of(wallet)
-
-        result = self._execute([wallet_id], decide, key)
-        assert isinstance(result, WalletInfo)
-        return result
-
-    def _execute(
-        self,
-        wallet_ids: Sequence[UUID],
-        decide: Callable[[list[Wallet]], Result],
-        key: Idempotency | None,
-    ) -> Result:
-        """Runs a command once, however often it is retried with the same key."""
-        command = Command(
-            wallet_ids,
-            decide,
-            replay=(lambda: self._replay(key)) if key else (lambda: None),
-            record=lambda result: self._record_of(key, result),
-        )
-        if key is None:
-            return self._committer.run(command)
-        with self._claim(key.command_id):
-            return self._committer.run(command)
-
-    def _record_of(self, key: Idempotency | None, result: Result) -> Aggregate | None:
-        """The record that makes a keyed command's retries change nothing."""
-        if key is None:
-            return None
-        record_id = CommandRecord.id_for(key.command_id)
-        return CommandRecord(
-            key.command_id, key.fingerprint, to_record(result), id=record_id
-        )
-
     def _has_newer_events(self, wallet: Wallet) -> bool:
         return any(True for _ in self.events.get(wallet.id, gt=wallet.version, limit=1))
-
-    def _replay(self, key: Idempotency) -> Result | None:
-        """The result of an earlier run of this command, if it ran."""
-        try:
-            record: object = self.repository.get(CommandRecord.id_for(key.command_id))
-        except AggregateNotFoundError:
-            return None
-        assert isinstance(record, CommandRecord)
-        if record.fingerprint != key.fingerprint:
-            raise IdempotencyKeyReused(key.command_id)
-        return from_record(record.result)
-
-    @contextlib.contextmanager
-    def _claim(self, command_id: str) -> Iterator[None]:
-        with self._in_flight_lock:
-            if command_id in self._in_flight:
-                raise CommandInFlight(command_id)
-            self._in_flight.add(command_id)
-        try:
-            yield
-        finally:
-            with self._in_flight_lock:
-                self._in_flight.discard(command_id)
 
 
 def new_cause() -> Cause:
     """The cause of a change made with no request around it."""
     return Cause(actor="system", correlation_id=correlation_id())
-
-
-def idempotency(command_id: str | None, *parts: object) -> Idempotency | None:
-    """What makes a command idempotent: its id, and a fingerprint of its content."""
-    if command_id is None:
-        return None
-    text = "\x1f".join(str(part) for part in parts)
-    return Idempotency(command_id, hashlib.sha256(text.encode()).hexdigest())
-
-
-def to_record(result: Result) -> dict[str, Any]:
-    """A result as a command record keeps it."""
-    if isinstance(result, WalletInfo):
-        return {"wallet": wallet_dict(result)}
-    return {
-        "transfer": {
-            "id": result.id,
-            "amount": result.amount,
-            "description": result.description,
-            "sender": wallet_dict(result.sender),
-            "receiver": wallet_dict(result.receiver),
-        }
-    }
-
-
-def wallet_dict(wallet: WalletInfo) -> dict[str, Any]:
-    """A WalletInfo as plain values."""
-    return {
-        "aggregate_id": wallet.aggregate_id,
-        "user_id": wallet.user_id,
-        "balance": wallet.balance,
-        "version": wallet.version,
-        "closed": wallet.closed,
-        "modified_on": wallet.modified_on,
-    }
-
-
-def from_record(data: dict[str, Any]) -> Result:
-    """The result a command record kept."""
-    if "wallet" in data:
-        return WalletInfo(**data["wallet"])
-    recorded = data["transfer"]
-    return TransferInfo(
-        id=recorded["id"],
-        amount=recorded["amount"],
-        description=recorded["description"],
-        sender=WalletInfo(**recorded["sender"]),
-        receiver=WalletInfo(**recorded["receiver"]),
-    )
-
-
-def to_transaction(event: object) -> Transaction | None:
-    """The history entry for a money event; None for other events."""
-    common: dict[str, Any] = {}
-    if isinstance(
-        event,
-        Wallet.MoneyAdded
-        | Wallet.MoneyDrawn
-        | Wallet.TransferSent
-        | Wallet.TransferReceived,
-    ):
-        common = {
-            "id": event.originator_version,
-            "amount": event.amount,
-            "date": event.timestamp,
-            "balance": event.balance,
-            "actor": event.actor,
-            "correlation_id": event.correlation_id,
-        }
-    if isinstance(event, Wallet.MoneyAdded):
-        return Transaction(type="IN", source=event.source, **common)
-    if isinstance(event, Wallet.MoneyDrawn):
-        return Transaction(type="OUT", destination=event.destination, **common)
-    if isinstance(event, Wallet.TransferSent | Wallet.TransferReceived):
-        return Transaction(
-            type="OUT" if isinstance(event, Wallet.TransferSent) else "IN",
-            transfer_id=event.transfer_id,
-            counterparty_user_id=event.counterparty_user_id,
-            counterparty_wallet_id=event.counterparty_wallet_id,
-            description=event.description,
-            **common,
-        )
-    return None
 
 
 class WalletNotFound(PocketError, LookupError):

@@ -32,8 +32,8 @@ from werkzeug.exceptions import HTTPException
 from pocket.application import (
     HISTORY_PAGE_MAX,
     CommandInFlight,
+    HistoryEntry,
     IdempotencyKeyReused,
-    Transaction,
     TransferInfo,
     VersionNotFound,
     WalletInfo,
@@ -643,7 +643,7 @@ def transfer_json(result: TransferInfo, from_user: int, to_user: int) -> dict[st
     }
 
 
-def transaction_json(transaction: Transaction) -> dict[str, Any]:
+def transaction_json(transaction: HistoryEntry) -> dict[str, Any]:
     """One entry of the transactions list."""
     entry: dict[str, Any] = {
         "id": transaction.id,

@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from pocket.config import Settings
+from pocket.idempotency import Idempotency
 from pocket.service import PocketService
 from pocket.system import projector_of
 from pocket.web import create_app
@@ -304,7 +305,7 @@ def test_a_key_still_in_flight_is_409(
     ann = sign_up(client, money="50")
     before = head(service)
     # Hold the key as a request in progress would.
-    with service.pocket._claim(f"user:{ann.id}:busy"):
+    with service.pocket._keyed.claim(Idempotency(f"user:{ann.id}:busy", "")):
         answer = client.post(
             f"/users/{ann.id}/add_money",
             json={"amount": "1", "source": "x"},

@@ -1,0 +1,153 @@
+"""Idempotency: a command sent again under its key runs once, and every sending of
+it gets the first answer.
+
+A keyed command's answer is kept in a CommandRecord, saved in the transaction that
+saves the command's events, so there is never one without the other. A command
+that finds its record ran before: the committer answers from the record and saves
+nothing. The same key on a different command is refused, and so is a key whose
+command is running in this process right now (its answer is not known yet).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Repository
+
+from pocket.domainmodel import CommandRecord, Wallet
+from pocket.groupcommit import Command
+from pocket.results import Result, TransferInfo, WalletInfo
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """A client-chosen command id, and what the command was, to detect reuse."""
+
+    command_id: str
+    fingerprint: str
+
+
+def idempotency(command_id: str | None, *parts: object) -> Idempotency | None:
+    """What makes a command idempotent: its id, and a fingerprint of its content."""
+    if command_id is None:
+        return None
+    text = "\x1f".join(str(part) for part in parts)
+    return Idempotency(command_id, hashlib.sha256(text.encode()).hexdigest())
+
+
+class KeyedCommands:
+    """An application's keyed commands: those that ran, found by their records,
+    and those running in this process now, claimed."""
+
+    def __init__(
+        self,
+        repository: Repository[UUID],
+        *,
+        reused: Callable[[str], Exception],
+        in_flight: Callable[[str], Exception],
+    ) -> None:
+        self.repository = repository
+        # The errors to raise are the application's: its callers catch them there.
+        self.reused = reused
+        self.in_flight = in_flight
+        self.running: set[str] = set()
+        self.lock = threading.Lock()
+
+    def command(
+        self,
+        wallet_ids: Sequence[UUID],
+        decide: Callable[[list[Wallet]], Result],
+        key: Idempotency | None,
+    ) -> Command[Result]:
+        """The group committer's command for decide; with a key, one that answers a
+        rerun from its record and saves a record beside its events."""
+        if key is None:
+            return Command(wallet_ids, decide, lambda: None, lambda _: None)
+        return Command(
+            wallet_ids,
+            decide,
+            replay=lambda: self.replay(key),
+            record=lambda result: self.record(key, result),
+        )
+
+    def replay(self, key: Idempotency) -> Result | None:
+        """The answer of an earlier run of this command, if it ran."""
+        try:
+            record: object = self.repository.get(CommandRecord.id_for(key.command_id))
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(record, CommandRecord)
+        if record.fingerprint != key.fingerprint:
+            raise self.reused(key.command_id)
+        return result_from_record(record.result)
+
+    @staticmethod
+    def record(key: Idempotency, result: Result) -> CommandRecord:
+        """The record that makes the command's reruns change nothing."""
+        record_id = CommandRecord.id_for(key.command_id)
+        return CommandRecord(
+            key.command_id, key.fingerprint, result_to_record(result), id=record_id
+        )
+
+    @contextlib.contextmanager
+    def claim(self, key: Idempotency | None) -> Iterator[None]:
+        """Holds a key while its command runs; refuses it to others meanwhile."""
+        if key is None:
+            yield
+            return
+        with self.lock:
+            if key.command_id in self.running:
+                raise self.in_flight(key.command_id)
+            self.running.add(key.command_id)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.running.discard(key.command_id)
+
+
+def result_to_record(result: Result) -> dict[str, Any]:
+    """A command's answer as its record keeps it."""
+    if isinstance(result, WalletInfo):
+        return {"wallet": wallet_to_record(result)}
+    return {
+        "transfer": {
+            "id": result.id,
+            "amount": result.amount,
+            "description": result.description,
+            "sender": wallet_to_record(result.sender),
+            "receiver": wallet_to_record(result.receiver),
+        }
+    }
+
+
+def wallet_to_record(wallet: WalletInfo) -> dict[str, Any]:
+    """A WalletInfo as a command record keeps it: plain values."""
+    return {
+        "aggregate_id": wallet.aggregate_id,
+        "user_id": wallet.user_id,
+        "balance": wallet.balance,
+        "version": wallet.version,
+        "closed": wallet.closed,
+        "modified_on": wallet.modified_on,
+    }
+
+
+def result_from_record(data: dict[str, Any]) -> Result:
+    """The answer a command record kept."""
+    if "wallet" in data:
+        return WalletInfo(**data["wallet"])
+    recorded = data["transfer"]
+    return TransferInfo(
+        id=recorded["id"],
+        amount=recorded["amount"],
+        description=recorded["description"],
+        sender=WalletInfo(**recorded["sender"]),
+        receiver=WalletInfo(**recorded["receiver"]),
+    )
