@@ -31,33 +31,24 @@ from werkzeug.exceptions import HTTPException
 
 from pocket.application import (
     HISTORY_PAGE_MAX,
-    CommandInFlight,
-    IdempotencyKeyReused,
     Transaction,
     TransferInfo,
-    VersionNotFound,
     WalletInfo,
-    WalletNotFound,
 )
 from pocket.config import Settings
 from pocket.domainmodel import (
     Cause,
-    ConcurrencyConflict,
-    InsufficientFunds,
     InvalidAmount,
     InvalidText,
     PocketError,
-    SameWallet,
-    WalletClosed,
-    WalletNotEmpty,
     check_amount,
     check_text,
     correlation_id,
 )
 from pocket.openapi import openapi_document
-from pocket.service import Account, PocketService, Principal, RecipientNotFound
+from pocket.service import Account, PocketService, Principal
 from pocket.system import WalletRecord
-from pocket.users import MAX_USER_ID, TokenRevoked, User, UserNotFound
+from pocket.users import MAX_USER_ID, User, UserNotFound
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_KEY_LENGTH = 255
@@ -429,7 +420,7 @@ def read_body(
         raise ApiError(
             HTTPStatus.UNPROCESSABLE_ENTITY,
             "validation_failed",
-            "Some fields are missing or invalid.",
+            INVALID,
             fields=dict(sorted(problems.items())),
         )
     return values
@@ -579,7 +570,7 @@ def invalid(field: str, problem: str) -> ApiError:
     return ApiError(
         HTTPStatus.UNPROCESSABLE_ENTITY,
         "validation_failed",
-        "Some fields are missing or invalid.",
+        INVALID,
         fields={field: problem},
     )
 
@@ -671,6 +662,7 @@ def transaction_json(transaction: Transaction) -> dict[str, Any]:
 # Errors
 
 NOT_FOUND_MESSAGE = "There is nothing at this address."
+INVALID = "Some fields are missing or invalid."
 
 
 class ApiError(Exception):
@@ -738,56 +730,15 @@ def http_error(error: HTTPException) -> tuple[Response, int]:
     return response, status_code
 
 
-# Most specific first: the first class an error is an instance of decides.
-DOMAIN_ERRORS: dict[type[PocketError], tuple[HTTPStatus, str, str | None]] = {
-    RecipientNotFound: (
-        HTTPStatus.UNPROCESSABLE_ENTITY,
-        "validation_failed",
-        "to_user_id",
-    ),
-    SameWallet: (HTTPStatus.UNPROCESSABLE_ENTITY, "validation_failed", "to_user_id"),
-    UserNotFound: (HTTPStatus.NOT_FOUND, "user_not_found", None),
-    TokenRevoked: (HTTPStatus.UNAUTHORIZED, "unauthorized", None),
-    WalletNotFound: (HTTPStatus.NOT_FOUND, "wallet_not_found", None),
-    VersionNotFound: (HTTPStatus.NOT_FOUND, "version_not_found", None),
-    InsufficientFunds: (HTTPStatus.CONFLICT, "insufficient_funds", None),
-    WalletClosed: (HTTPStatus.CONFLICT, "wallet_closed", None),
-    WalletNotEmpty: (HTTPStatus.CONFLICT, "wallet_not_empty", None),
-    CommandInFlight: (HTTPStatus.CONFLICT, "idempotency_key_in_flight", None),
-    ConcurrencyConflict: (HTTPStatus.CONFLICT, "concurrent_update", None),
-    IdempotencyKeyReused: (
-        HTTPStatus.UNPROCESSABLE_ENTITY,
-        "idempotency_key_reused",
-        "Idempotency-Key",
-    ),
-    InvalidAmount: (HTTPStatus.UNPROCESSABLE_ENTITY, "validation_failed", "amount"),
-    InvalidText: (HTTPStatus.UNPROCESSABLE_ENTITY, "validation_failed", None),
-}
-
-DOMAIN_MESSAGES: dict[type[PocketError], str] = {
-    RecipientNotFound: "There is no such user.",
-    SameWallet: "A transfer must go to another user.",
-    UserNotFound: "There is no such user.",
-    TokenRevoked: "The bearer token is not valid.",
-    WalletNotFound: "There is no such wallet.",
-    VersionNotFound: "The wallet had no such version, or did not exist yet then.",
-    CommandInFlight: "A request with this Idempotency-Key is still running.",
-    ConcurrencyConflict: "The wallet kept changing under this request; try again.",
-    IdempotencyKeyReused: "This Idempotency-Key was used for a different request.",
-}
-
-
 def domain_error(error: PocketError) -> tuple[Response, int]:
-    """Pocket's rules refusing a request, mapped to statuses in one place."""
-    for cls, (status, code, field) in DOMAIN_ERRORS.items():
-        if isinstance(error, cls):
-            message = DOMAIN_MESSAGES.get(cls, str(error))
-            named = error.field if isinstance(error, InvalidText) else field
-            fields = {named: message} if named else None
-            if fields:
-                message = "Some fields are missing or invalid."
-            return error_response(ApiError(status, code, message, fields))
-    return unexpected_error(error)
+    """Pocket's rules refusing a request: each error class says how it is answered."""
+    if error.code is None:
+        return unexpected_error(error)
+    problem = error.message or str(error)
+    if error.field is None:
+        return error_response(ApiError(error.status, error.code, problem))
+    fields = {error.field: problem}
+    return error_response(ApiError(error.status, error.code, INVALID, fields))
 
 
 def persistence_error(error: PersistenceError) -> tuple[Response, int]:
