@@ -4,7 +4,8 @@ Requests are authenticated in one place (before every view), parsed strictly at
 the edge, and every error, whoever raised it, leaves as the same JSON body. The
 factory is here; each job has a module: `auth` (who may call what), `context`
 (what a view knows of its request), `body`, `fields` and `query` (parsing),
-`json_views` (what resources look like), `errors` (the one error shape), and a
+`json_views` (what resources look like), `errors` (the catalogue of errors),
+`handlers` (every error in the one JSON shape), and a
 blueprint per resource: `users`, `money`, `history`, `meta`.
 """
 
@@ -14,17 +15,18 @@ from flask import Flask
 
 from pocket.config import Settings
 from pocket.service import PocketService
-from pocket.web import auth, errors, history, meta, money, users
+from pocket.web import auth, handlers, history, meta, money, users
+from pocket.web.errors import MAX_BODY_BYTES
 
 
 def create_app(service: PocketService | None = None) -> Flask:
     """Builds the Flask app over a service (by default, one from the environment)."""
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = errors.MAX_BODY_BYTES
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["pocket"] = service or PocketService(Settings.from_environ())
     auth.init_app(app)
-    errors.init_app(app)
+    handlers.init_app(app)
     for blueprint in (users.bp, money.bp, history.bp, meta.bp):
         app.register_blueprint(blueprint)
     return app

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from enum import Enum
-from http import HTTPStatus
 from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, g, request
@@ -16,7 +15,7 @@ from pocket.domainmodel import correlation_id
 from pocket.service import Principal
 from pocket.users import UserNotFound
 from pocket.web.context import service
-from pocket.web.errors import NOT_FOUND_MESSAGE, ApiError, invalid
+from pocket.web.errors import NotFound, Unauthorized, invalid
 from pocket.web.query import check_query
 
 MAX_KEY_LENGTH = 255
@@ -88,7 +87,7 @@ def check_access(level: Access) -> Principal | None:
             raise UserNotFound(user_id)
     elif not (principal.is_admin or open_signup):
         # An endpoint this caller may not use is, to them, not there.
-        raise ApiError(HTTPStatus.NOT_FOUND, "not_found", NOT_FOUND_MESSAGE)
+        raise NotFound()
     return principal
 
 
@@ -106,7 +105,7 @@ def authenticate(header: str | None) -> Principal:
         message = "The bearer token is not valid."
     else:
         message = "Send a bearer token: Authorization: Bearer <token>."
-    raise ApiError(HTTPStatus.UNAUTHORIZED, "unauthorized", message)
+    raise Unauthorized(message)
 
 
 def request_id() -> str:

@@ -6,13 +6,19 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
 
 from flask import request
 
 from pocket.domainmodel import InvalidAmount, InvalidText
-from pocket.web.errors import GIVEN_TWICE, INVALID, ApiError, invalid
+from pocket.web.errors import (
+    GIVEN_TWICE,
+    MalformedJSON,
+    NotAnObject,
+    UnsupportedMediaType,
+    ValidationFailed,
+    invalid,
+)
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,7 @@ Field = Callable[[Any], Any]
 def read_body(
     fields: Mapping[str, Field], optional: set[str] | frozenset[str] = frozenset()
 ) -> dict[str, Any]:
-    """The request's JSON object, every field checked, or an ApiError."""
+    """The request's JSON object, every field checked, or ValidationFailed."""
     body = read_json_object()
     values: dict[str, Any] = {}
     problems: dict[str, str] = {}
@@ -44,12 +50,7 @@ def read_body(
         except (InvalidAmount, InvalidText) as error:
             problems[name] = str(error)
     if problems:
-        raise ApiError(
-            HTTPStatus.UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            INVALID,
-            fields=dict(sorted(problems.items())),
-        )
+        raise ValidationFailed(dict(sorted(problems.items())))
     return values
 
 
@@ -62,11 +63,7 @@ def read_optional_body() -> None:
 def read_json_object() -> dict[str, Any]:
     """The body as a JSON object whose numbers are kept as written."""
     if request.mimetype != "application/json":
-        raise ApiError(
-            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Send the body as JSON, with Content-Type: application/json.",
-        )
+        raise UnsupportedMediaType()
     raw = request.get_data(cache=False)
     try:
         body = json.loads(
@@ -79,11 +76,9 @@ def read_json_object() -> dict[str, Any]:
     except RepeatedKey as repeated:
         raise invalid(repeated.key, GIVEN_TWICE) from None
     except (ValueError, RecursionError):
-        msg = "The body is not valid JSON."
-        raise ApiError(HTTPStatus.BAD_REQUEST, "malformed_json", msg) from None
+        raise MalformedJSON() from None
     if not isinstance(body, dict):
-        msg = "The body must be a JSON object."
-        raise ApiError(HTTPStatus.BAD_REQUEST, "not_an_object", msg)
+        raise NotAnObject()
     return body
 
 

@@ -1,156 +1,184 @@
-"""Every error, whoever raised it (a view, Pocket's rules, the database, Flask
-itself), leaves as the same JSON body: `{"error": {"code", "message", "fields"}}`.
+"""The catalogue of errors the API answers with, each class with its status, code
+and message: Pocket's rules' own (`PocketError` and its subclasses, declared where
+they are raised) and the HTTP layer's, declared here. The handlers, the OpenAPI
+document and the README's errors table (by a test) all follow the catalogue.
 """
 
 from __future__ import annotations
 
-import logging
 from http import HTTPStatus
-from typing import Any
+from typing import ClassVar, TypeVar
 
-import psycopg
-from eventsourcing.persistence import InterfaceError, OperationalError, PersistenceError
-from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
-
+# pocket.service imports every module that declares a PocketError (application,
+# users), so that the catalogue below finds them all.
+import pocket.service  # noqa: F401
 from pocket.domainmodel import PocketError
-from pocket.web.context import service
 
 MAX_BODY_BYTES = 1024 * 1024
-NOT_FOUND_MESSAGE = "There is nothing at this address."
 INVALID = "Some fields are missing or invalid."
 GIVEN_TWICE = "Given more than once: say it once, so that it means one thing."
 TOO_LARGE_MESSAGE = f"The body must be at most {MAX_BODY_BYTES} bytes."
 INTERNAL_ERROR_MESSAGE = "Something went wrong on our side; it has been logged."
-HTTP_CODES = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    500: "internal_error",
-}
-
-log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    """An error the API answers with its own status and code."""
+    """An error the HTTP layer answers with; each subclass is one kind of answer."""
+
+    status: ClassVar[HTTPStatus] = HTTPStatus.INTERNAL_SERVER_ERROR
+    code: ClassVar[str | None] = None
+    message: ClassVar[str | None] = None  # None: each error brings its own
 
     def __init__(
-        self,
-        status: HTTPStatus,
-        code: str,
-        message: str,
-        fields: dict[str, str] | None = None,
+        self, message: str | None = None, fields: dict[str, str] | None = None
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+        super().__init__(message or self.message or self.status.phrase)
         self.fields = fields
 
 
-def invalid(field: str, problem: str) -> ApiError:
+class BadRequest(ApiError):
+    """The request is not valid HTTP."""
+
+    status = HTTPStatus.BAD_REQUEST
+    code = "bad_request"
+
+
+class MalformedJSON(ApiError):
+    """The body is not JSON."""
+
+    status = HTTPStatus.BAD_REQUEST
+    code = "malformed_json"
+    message = "The body is not valid JSON."
+
+
+class NotAnObject(ApiError):
+    """The body is JSON, but not a JSON object."""
+
+    status = HTTPStatus.BAD_REQUEST
+    code = "not_an_object"
+    message = "The body must be a JSON object."
+
+
+class Unauthorized(ApiError):
+    """No bearer token, or one that is not valid."""
+
+    status = HTTPStatus.UNAUTHORIZED
+    code = "unauthorized"
+
+
+class NotFound(ApiError):
+    """Nothing at this address (or nothing this caller may use)."""
+
+    status = HTTPStatus.NOT_FOUND
+    code = "not_found"
+    message = "There is nothing at this address."
+
+
+class MethodNotAllowed(ApiError):
+    """The address does not take this method."""
+
+    status = HTTPStatus.METHOD_NOT_ALLOWED
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(ApiError):
+    """The body is over 1 MiB."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    code = "payload_too_large"
+    message = TOO_LARGE_MESSAGE
+
+
+class UnsupportedMediaType(ApiError):
+    """The body is not sent as application/json."""
+
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    code = "unsupported_media_type"
+    message = "Send the body as JSON, with Content-Type: application/json."
+
+
+class ValidationFailed(ApiError):
+    """Fields or parameters are missing, invalid, unknown or given twice."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    code = "validation_failed"
+    message = INVALID
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        super().__init__(fields=fields)
+
+
+class HeadersTooLarge(ApiError):
+    """The request line and headers are over 64 KiB (the server answers it)."""
+
+    status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+    code = "request_header_fields_too_large"
+
+
+class InternalError(ApiError):
+    """A fault of ours, never the caller's: it is logged."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+    code = "internal_error"
+    message = INTERNAL_ERROR_MESSAGE
+
+
+class TransferEncodingNotImplemented(ApiError):
+    """A Transfer-Encoding other than chunked (the server answers it)."""
+
+    status = HTTPStatus.NOT_IMPLEMENTED
+    code = "not_implemented"
+
+
+class ServiceUnavailable(ApiError):
+    """The database cannot be reached; retry."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "service_unavailable"
+
+
+def invalid(field: str, problem: str) -> ValidationFailed:
     """A 422 naming one offending field or parameter."""
-    return ApiError(
-        HTTPStatus.UNPROCESSABLE_ENTITY,
-        "validation_failed",
-        INVALID,
-        fields={field: problem},
+    return ValidationFailed({field: problem})
+
+
+Kind = type[PocketError] | type[ApiError]
+T = TypeVar("T")
+
+
+def catalogue() -> list[Kind]:
+    """Every kind of error the API answers with, by status and code."""
+    kinds: list[Kind] = [*subclasses(PocketError), *subclasses(ApiError)]
+    answered = [kind for kind in kinds if kind.code is not None]
+    return sorted(answered, key=lambda kind: (kind.status, kind.code or ""))
+
+
+def subclasses(cls: type[T]) -> list[type[T]]:
+    """A class's subclasses, at any depth."""
+    return [kind for sub in cls.__subclasses__() for kind in (sub, *subclasses(sub))]
+
+
+# What the framework and the server raise (with no class of ours) is answered as
+# the catalogue's kind for its status.
+BY_STATUS: dict[HTTPStatus, type[ApiError]] = {
+    kind.status: kind
+    for kind in (
+        BadRequest,
+        NotFound,
+        MethodNotAllowed,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        HeadersTooLarge,
+        InternalError,
+        TransferEncodingNotImplemented,
     )
-
-
-def init_app(app: Flask) -> None:
-    """Answers every error as JSON."""
-    app.register_error_handler(HTTPException, http_error)
-    app.register_error_handler(ApiError, error_response)
-    app.register_error_handler(PocketError, domain_error)
-    app.register_error_handler(PersistenceError, persistence_error)
-    app.register_error_handler(Exception, unexpected_error)
-
-
-def error_response(error: ApiError) -> tuple[Response, int]:
-    """The one JSON shape of every error."""
-    body: dict[str, Any] = {"code": error.code, "message": error.message}
-    if error.fields:
-        body["fields"] = error.fields
-    response = jsonify(error=body)
-    if error.status == HTTPStatus.UNAUTHORIZED:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="pocket"'
-    return response, error.status
+}
 
 
 def http_code(status: HTTPStatus) -> str:
     """The error code of an HTTP status that has no more specific one."""
-    return HTTP_CODES.get(status, status.phrase.lower().replace(" ", "_"))
-
-
-def http_error(error: HTTPException) -> tuple[Response, int]:
-    """The framework's own errors (404, 405, 413, ...), as JSON."""
-    status = HTTPStatus(error.code or 500)
-    code = http_code(status)
-    message = {
-        404: NOT_FOUND_MESSAGE,
-        405: f"{request.method} is not allowed here.",
-        413: TOO_LARGE_MESSAGE,
-    }.get(status, error.description or status.phrase)
-    response, status_code = error_response(ApiError(status, code, message))
-    if status == HTTPStatus.METHOD_NOT_ALLOWED and error.valid_methods:  # type: ignore[attr-defined]
-        response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
-    return response, status_code
-
-
-def domain_error(error: PocketError) -> tuple[Response, int]:
-    """Pocket's rules refusing a request: each error class says how it is answered."""
-    if error.code is None:
-        return unexpected_error(error)
-    problem = error.message or str(error)
-    if error.field is None:
-        return error_response(ApiError(error.status, error.code, problem))
-    fields = {error.field: problem}
-    return error_response(ApiError(error.status, error.code, INVALID, fields))
-
-
-def persistence_error(error: PersistenceError) -> tuple[Response, int]:
-    """The database could not be reached: 503, the client may retry."""
-    if isinstance(error, OperationalError | InterfaceError):
-        if lost_connection(error):
-            service().gate.trip()
-        message = "The database is unavailable; try again shortly."
-        if request.method == "POST":
-            message += (
-                " Whether the change was made is not known: send it again with"
-                " the same Idempotency-Key, and it is made exactly once."
-            )
-        response, status = error_response(
-            ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "service_unavailable", message)
-        )
-        response.headers["Retry-After"] = "1"
-        return response, status
-    return unexpected_error(error)
-
-
-def lost_connection(error: BaseException) -> bool:
-    """Whether an error means the database could not be reached at all.
-
-    Errors the server itself reported (a lock timeout, a cancelled query) carry
-    an SQLSTATE; a refused or dropped connection, or a pool with none to give,
-    does not.
-    """
-    cause = error.__cause__
-    return not (isinstance(cause, psycopg.Error) and cause.sqlstate is not None)
-
-
-def unexpected_error(error: Exception) -> tuple[Response, int]:
-    """A fault of ours, not the client's: logged, and still JSON."""
-    if isinstance(error, HTTPException):
-        return http_error(error)
-    log.exception("Unexpected error", exc_info=error)
-    return error_response(
-        ApiError(
-            HTTPStatus.INTERNAL_SERVER_ERROR,
-            http_code(HTTPStatus.INTERNAL_SERVER_ERROR),
-            INTERNAL_ERROR_MESSAGE,
-        )
-    )
+    kind = BY_STATUS.get(status)
+    if kind is not None and kind.code is not None:
+        return kind.code
+    # A status the catalogue does not know (the framework may raise any):
+    # still a code, from its name.
+    return status.phrase.lower().replace(" ", "_")

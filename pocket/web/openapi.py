@@ -1,13 +1,17 @@
 """The OpenAPI 3.1 document of Pocket's HTTP API, served at GET /openapi.json.
 
-Written by hand next to the routes it describes; the tests check it against the
-routes and run generated requests against the live app.
+Written by hand next to the routes it describes, but for its error responses,
+built from the catalogue of errors (`pocket.web.errors`); the tests check it
+against the routes and run generated requests against the live app.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from functools import cache
 from typing import Any
+
+from pocket.web.errors import catalogue
 
 Schema = dict[str, Any]
 
@@ -213,18 +217,6 @@ SCHEMAS: dict[str, Schema] = {
     "Empty": obj({}),
 }
 
-ERRORS = {
-    "400": "The body is not JSON, or not a JSON object.",
-    "401": "No bearer token, or one that is not valid.",
-    "404": "No such user (or another user's), route or version.",
-    "405": "The method is not allowed here.",
-    "409": "A rule refused it, or a request with this key is still running.",
-    "413": "The body is over 1 MiB.",
-    "415": "The body is not sent as application/json.",
-    "422": "Missing, invalid or unknown fields or parameters.",
-    "503": "The database is unreachable; retry.",
-}
-
 USER_ID: Schema = {
     "name": "user_id",
     "in": "path",
@@ -270,13 +262,35 @@ AFTER: Schema = {
 }
 
 
-def answer(description: str, schema: str) -> Schema:
+def answer(description: str, schema: Schema) -> Schema:
     """A JSON response."""
     return {
         "description": description,
         "headers": {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}},
-        "content": {"application/json": {"schema": ref(schema)}},
+        "content": {"application/json": {"schema": schema}},
     }
+
+
+def error_responses() -> dict[str, Schema]:
+    """One response per status in the catalogue of errors, naming its codes."""
+    whens: dict[int, dict[str, dict[str, None]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
+    for kind in catalogue():
+        when = (kind.__doc__ or "").strip().splitlines()[0]  # Each class says when.
+        whens[kind.status.value][kind.code or ""][when] = None
+    responses = {}
+    for status, codes in whens.items():
+        description = "\n".join(
+            f"- `{code}`: {' '.join(texts)}" for code, texts in codes.items()
+        )
+        narrowed = {
+            "properties": {"error": {"properties": {"code": {"enum": [*codes]}}}}
+        }
+        responses[f"E{status}"] = answer(
+            description, {"allOf": [ref("Error"), narrowed]}
+        )
+    return responses
 
 
 def operation(
@@ -290,7 +304,7 @@ def operation(
 ) -> Schema:
     """One operation: its body, its answer, its errors."""
     status, description, schema = success
-    responses = {status: answer(description, schema)}
+    responses = {status: answer(description, ref(schema))}
     for code in errors:
         responses[code] = {"$ref": f"#/components/responses/E{code}"}
     responses.setdefault("422", {"$ref": "#/components/responses/E422"})
@@ -460,9 +474,6 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             "schemas": SCHEMAS,
-            "responses": {
-                f"E{code}": answer(description, "Error")
-                for code, description in ERRORS.items()
-            },
+            "responses": error_responses(),
         },
     }
