@@ -1,11 +1,13 @@
-"""Request bodies, read strictly: JSON objects only, each key once, numbers kept
-as written (so an amount's form can be checked), unknown fields refused."""
+"""Request bodies, declared once (a `Body` of named `Field`s) and read strictly
+from that declaration: JSON objects only, each key once, numbers kept as written
+(so an amount's form can be checked), unknown fields refused. The OpenAPI
+document's request schemas are built from the same declarations."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from flask import request
@@ -28,36 +30,69 @@ class JSONNumber:
     text: str
 
 
-Field = Callable[[Any], Any]
+Schema = dict[str, Any]
+UNKNOWN_FIELD = "Unknown field: the server decides it, or it does not exist."
 
 
-def read_body(
-    fields: Mapping[str, Field], optional: set[str] | frozenset[str] = frozenset()
-) -> dict[str, Any]:
-    """The request's JSON object, every field checked, or ValidationFailed."""
-    body = read_json_object()
-    values: dict[str, Any] = {}
-    problems: dict[str, str] = {}
-    for name in body.keys() - fields.keys():
-        problems[name] = "Unknown field: the server decides it, or it does not exist."
-    for name, check in fields.items():
-        if name not in body:
-            if name not in optional:
-                problems[name] = "This field is required."
-            continue
-        try:
-            values[name] = check(body[name])
-        except (InvalidAmount, InvalidText) as error:
-            problems[name] = str(error)
-    if problems:
-        raise ValidationFailed(dict(sorted(problems.items())))
-    return values
+@dataclass(frozen=True)
+class Field:
+    """One field of a body: its checker (given the field's name and its value as
+    read, it returns the value parsed or raises InvalidAmount or InvalidText), its
+    JSON schema, and whether a body must hold it."""
+
+    check: Callable[[str, Any], Any]
+    schema: Schema
+    required: bool = True
+
+    def optional(self) -> Field:
+        """The same field, which a body may leave out."""
+        return replace(self, required=False)
+
+
+class Body:
+    """A request body: its named fields, and nothing else."""
+
+    def __init__(self, name: str, /, **fields: Field) -> None:
+        self.name = name  # Its schema's name in the OpenAPI document
+        self.fields = fields
+
+    def read(self) -> dict[str, Any]:
+        """The request's JSON object, every field checked, or ValidationFailed."""
+        body = read_json_object()
+        values: dict[str, Any] = {}
+        problems: dict[str, str] = {}
+        for name in body.keys() - self.fields.keys():
+            problems[name] = UNKNOWN_FIELD
+        for name, field in self.fields.items():
+            if name not in body:
+                if field.required:
+                    problems[name] = "This field is required."
+                continue
+            try:
+                values[name] = field.check(name, body[name])
+            except (InvalidAmount, InvalidText) as error:
+                problems[name] = str(error)
+        if problems:
+            raise ValidationFailed(dict(sorted(problems.items())))
+        return values
+
+    def schema(self) -> Schema:
+        """Its JSON schema: a closed object, every field but the optional required."""
+        return {
+            "type": "object",
+            "properties": {name: field.schema for name, field in self.fields.items()},
+            "required": [name for name, field in self.fields.items() if field.required],
+            "additionalProperties": False,
+        }
+
+
+NO_FIELDS = Body("Empty")
 
 
 def read_optional_body() -> None:
     """For commands without fields: no body at all, or an empty JSON object."""
     if request.content_length or request.headers.get("Transfer-Encoding"):
-        read_body({})
+        NO_FIELDS.read()
 
 
 def read_json_object() -> dict[str, Any]:

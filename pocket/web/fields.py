@@ -1,5 +1,6 @@
-"""The checkers of body fields: each takes the value as the strict reader left it
-(numbers as JSONNumber text) and returns it parsed, or raises the domain's error."""
+"""The fields request bodies are made of: each checker beside the JSON schema that
+documents it. A checker takes the value as the strict reader left it (numbers as
+JSONNumber text) and returns it parsed, or raises the domain's error."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from pocket.domainmodel import InvalidAmount, InvalidText, check_amount, check_text
+from pocket.domainmodel import (
+    MAX_AMOUNT,
+    MAX_TEXT_LENGTH,
+    InvalidAmount,
+    InvalidText,
+    check_amount,
+    check_text,
+)
 from pocket.users import MAX_USER_ID
 from pocket.web.body import Field, JSONNumber
 
@@ -15,8 +23,11 @@ AMOUNT_SHAPE = re.compile(r"-?[0-9]+(\.[0-9]+)?", re.ASCII)
 DIGITS = re.compile(r"[0-9]{1,19}", re.ASCII)
 
 
-def amount_field(value: Any) -> Decimal:
-    """An amount: a JSON number or decimal string, digits and up to 2 places."""
+def amount_value(name: str, value: Any) -> Decimal:
+    """An amount: a JSON number or decimal string, digits and up to 2 places.
+
+    Checked against the text as written: Decimal() alone would take " 5", "1e3"
+    and non-ASCII digits."""
     if isinstance(value, JSONNumber):
         text = value.text
     elif isinstance(value, str):
@@ -37,14 +48,43 @@ def amount_field(value: Any) -> Decimal:
     return check_amount(Decimal(text))
 
 
-def user_id_field(value: Any) -> int:
+def user_id_value(name: str, value: Any) -> int:
     """A user id: a positive JSON integer."""
     text = value.text if isinstance(value, JSONNumber) else None
     if text is None or not DIGITS.fullmatch(text) or not 0 < int(text) <= MAX_USER_ID:
-        raise InvalidText("to_user_id", "must be a user id (a positive integer).")
+        raise InvalidText(name, "must be a user id (a positive integer).")
     return int(text)
 
 
-def text_field(name: str) -> Field:
-    """A checker for a non-empty text field."""
-    return lambda value: check_text(name, value)
+AMOUNT = Field(
+    amount_value,
+    {
+        "description": (
+            f"Greater than zero, at most {MAX_AMOUNT}, at most 2 decimal places; "
+            "plain digits with an optional decimal point (no sign, exponent or "
+            "spaces)."
+        ),
+        "oneOf": [
+            {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,2})?$", "maxLength": 20},
+            {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": int(MAX_AMOUNT),
+                "multipleOf": 0.01,
+            },
+        ],
+        "examples": [20, "20.50"],
+    },
+)
+TEXT = Field(
+    check_text,
+    {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_TEXT_LENGTH,
+        "pattern": r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$",
+    },
+)
+USER_ID = Field(
+    user_id_value, {"type": "integer", "minimum": 1, "maximum": MAX_USER_ID}
+)

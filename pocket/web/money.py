@@ -8,19 +8,24 @@ from http import HTTPStatus
 from flask import Blueprint, Response, jsonify
 
 from pocket.web.auth import Access, access, command_id
-from pocket.web.body import read_body, read_optional_body
+from pocket.web.body import Body, read_optional_body
 from pocket.web.context import cause, service, target
-from pocket.web.fields import amount_field, text_field, user_id_field
+from pocket.web.fields import AMOUNT, TEXT, USER_ID
 from pocket.web.json_views import account_json, transfer_json
 
 bp = Blueprint("money", __name__)
+ADD_MONEY = Body("AddMoney", amount=AMOUNT, source=TEXT)
+DRAW_MONEY = Body("DrawMoney", amount=AMOUNT, destination=TEXT)
+NEW_TRANSFER = Body(
+    "NewTransfer", to_user_id=USER_ID, amount=AMOUNT, description=TEXT.optional()
+)
 
 
 @bp.post("/users/<int:user_id>/add_money")
 @access(Access.OWNER)
 def add_money(user_id: int) -> Response:
     """Puts money into the user's wallet."""
-    body = read_body({"amount": amount_field, "source": text_field("source")})
+    body = ADD_MONEY.read()
     account = service().add_money(
         target(user_id),
         body["amount"],
@@ -35,7 +40,7 @@ def add_money(user_id: int) -> Response:
 @access(Access.OWNER)
 def draw_money(user_id: int) -> Response:
     """Takes money out of the user's wallet, never below zero."""
-    body = read_body({"amount": amount_field, "destination": text_field("destination")})
+    body = DRAW_MONEY.read()
     account = service().draw_money(
         target(user_id),
         body["amount"],
@@ -50,14 +55,7 @@ def draw_money(user_id: int) -> Response:
 @access(Access.OWNER)
 def create_transfer(user_id: int) -> tuple[Response, int]:
     """Moves money to another user's wallet: both sides or neither."""
-    body = read_body(
-        {
-            "to_user_id": user_id_field,
-            "amount": amount_field,
-            "description": text_field("description"),
-        },
-        optional={"description"},
-    )
+    body = NEW_TRANSFER.read()
     account, result = service().transfer(
         target(user_id),
         body["to_user_id"],

@@ -8,20 +8,21 @@ from flask import Blueprint, Response, g, jsonify
 
 from pocket.service import Principal
 from pocket.web.auth import Access, access
-from pocket.web.body import read_body, read_optional_body
+from pocket.web.body import Body, read_optional_body
 from pocket.web.context import service, target
-from pocket.web.fields import text_field
+from pocket.web.fields import TEXT
 from pocket.web.json_views import account_json, record_json, user_json
 from pocket.web.query import cursor, cursor_arg, page_limit
 
 bp = Blueprint("users", __name__)
+NEW_USER = Body("NewUser", name=TEXT)
 
 
 @bp.post("/users")
 @access(Access.SIGNUP)
 def create_user() -> tuple[Response, int]:
     """Signs up a user, which opens their wallet; the token is shown this once."""
-    body = read_body({"name": text_field("name")})
+    body = NEW_USER.read()
     principal: Principal | None = g.principal
     account, token = service().create_user(
         body["name"],
