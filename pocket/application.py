@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
+from http import HTTPStatus
 from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
@@ -389,9 +390,17 @@ def new_cause() -> Cause:
 class WalletNotFound(PocketError, LookupError):
     """No wallet has this id."""
 
+    status = HTTPStatus.NOT_FOUND
+    code = "wallet_not_found"
+    message = "There is no such wallet."
+
 
 class VersionNotFound(PocketError, LookupError):
     """The wallet had no such version (or did not exist at that moment)."""
+
+    status = HTTPStatus.NOT_FOUND
+    code = "version_not_found"
+    message = "The wallet had no such version, or did not exist yet then."
 
     def __init__(self, wallet_id: UUID, version: int) -> None:
         super().__init__(f"Wallet {wallet_id} has no version {version}.")
@@ -406,6 +415,15 @@ class WalletAlreadyExists(PocketError):
 class IdempotencyKeyReused(PocketError, ValueError):
     """The command id was already used for a different command."""
 
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    code = "idempotency_key_reused"
+    message = "This Idempotency-Key was used for a different request."
+    field = "Idempotency-Key"
+
 
 class CommandInFlight(PocketError):
     """A command with this id is running right now; its result is not known yet."""
+
+    status = HTTPStatus.CONFLICT
+    code = "idempotency_key_in_flight"
+    message = "A request with this Idempotency-Key is still running."

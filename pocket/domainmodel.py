@@ -6,7 +6,8 @@ import random
 import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from http import HTTPStatus
+from typing import Any, ClassVar
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
@@ -335,15 +336,33 @@ def check_text(field: str, value: object) -> str:
 
 
 class PocketError(Exception):
-    """Base class for the errors Pocket's rules raise."""
+    """Base class for the errors Pocket's rules raise.
+
+    Each class says how a caller is answered, so that a new error is declared in
+    one place: its HTTP status, its code, and a fixed message (None: the error's
+    own text); `field` names the request field a validation error is about. A
+    class with no code is a fault of ours, not the caller's.
+    """
+
+    status: ClassVar[HTTPStatus] = HTTPStatus.INTERNAL_SERVER_ERROR
+    code: ClassVar[str | None] = None
+    message: ClassVar[str | None] = None
+    field: str | None = None
 
 
 class InvalidAmount(PocketError, ValueError):
     """The amount breaks the money rules."""
 
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    code = "validation_failed"
+    field = "amount"
+
 
 class InvalidText(PocketError, ValueError):
     """A text field (source, destination, name) breaks the text rules."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    code = "validation_failed"
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field.capitalize()} {problem}")
@@ -352,6 +371,9 @@ class InvalidText(PocketError, ValueError):
 
 class InsufficientFunds(PocketError):
     """Drawing would take the wallet below zero."""
+
+    status = HTTPStatus.CONFLICT
+    code = "insufficient_funds"
 
     def __init__(self, balance: Decimal, amount: Decimal) -> None:
         super().__init__(
@@ -365,6 +387,9 @@ class InsufficientFunds(PocketError):
 class WalletClosed(PocketError):
     """The wallet is closed: no money goes in or out."""
 
+    status = HTTPStatus.CONFLICT
+    code = "wallet_closed"
+
     def __init__(self, wallet_id: UUID) -> None:
         super().__init__("The wallet is closed: no money goes in or out.")
         self.wallet_id = wallet_id
@@ -372,6 +397,9 @@ class WalletClosed(PocketError):
 
 class WalletNotEmpty(PocketError):
     """Only an empty wallet can be closed."""
+
+    status = HTTPStatus.CONFLICT
+    code = "wallet_not_empty"
 
     def __init__(self, balance: Decimal) -> None:
         super().__init__(
@@ -383,6 +411,11 @@ class WalletNotEmpty(PocketError):
 class SameWallet(PocketError, ValueError):
     """A transfer must go to another wallet."""
 
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    code = "validation_failed"
+    message = "A transfer must go to another user."
+    field = "to_user_id"
+
     def __init__(self, wallet_id: UUID) -> None:
         super().__init__("A transfer must go to another wallet.")
         self.wallet_id = wallet_id
@@ -390,3 +423,7 @@ class SameWallet(PocketError, ValueError):
 
 class ConcurrencyConflict(PocketError):
     """Other writers kept changing the wallet; the command was not applied."""
+
+    status = HTTPStatus.CONFLICT
+    code = "concurrent_update"
+    message = "The wallet kept changing under this request; try again."

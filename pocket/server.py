@@ -23,7 +23,7 @@ from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
-from pocket.web import (
+from pocket.web.errors import (
     INTERNAL_ERROR_MESSAGE,
     MAX_BODY_BYTES,
     TOO_LARGE_MESSAGE,

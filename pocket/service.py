@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from http import HTTPStatus
 from uuid import uuid4
 
 import psycopg
@@ -434,3 +435,7 @@ class PocketService:
 
 class RecipientNotFound(UserNotFound):
     """A transfer names a user who does not exist."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    code = "validation_failed"
+    field = "to_user_id"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
 from uuid import UUID
 
@@ -139,6 +140,14 @@ def to_user(row: dict[str, Any]) -> User:
 class UserNotFound(PocketError, LookupError):
     """No user has this id."""
 
+    status = HTTPStatus.NOT_FOUND
+    code = "user_not_found"
+    message = "There is no such user."
+
 
 class TokenRevoked(PocketError):
     """The token presented was replaced before it could be used to replace itself."""
+
+    status = HTTPStatus.UNAUTHORIZED
+    code = "unauthorized"
+    message = "The bearer token is not valid."

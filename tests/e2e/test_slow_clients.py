@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 from pocket.server import MAX_HEADER_BYTES, file_descriptors_for
-from pocket.web import MAX_BODY_BYTES
+from pocket.web.errors import MAX_BODY_BYTES
 from tests.e2e.processes import Api, PocketProcess, serve, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -21,7 +21,7 @@ from pocket.domainmodel import Cause, InsufficientFunds, Wallet
 from pocket.groupcommit import Command, GroupCommitter
 from pocket.postgres import ApplicationRecorder
 from pocket.service import PocketService, TokenCache, open_pocket
-from pocket.web import lost_connection
+from pocket.web.handlers import lost_connection
 from tests.conftest import ADMIN_URL
 from tests.proxy import Proxy
 

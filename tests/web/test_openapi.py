@@ -57,6 +57,42 @@ def test_every_route_is_documented_and_every_documented_path_exists(app: Flask) 
     assert documented == served
 
 
+def documented_bodies(document: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
+    """(method, path, schema) of every operation that takes a body."""
+    schemas = document["components"]["schemas"]
+    for path, operations in document["paths"].items():
+        for method, spec in operations.items():
+            if "requestBody" in spec:
+                content = spec["requestBody"]["content"]["application/json"]
+                name = content["schema"]["$ref"].rsplit("/", 1)[1]
+                yield method, path, schemas[name]
+
+
+def test_every_body_is_parsed_as_its_schema_says(app: Flask) -> None:
+    """The parser and the document agree: an empty object is refused naming
+    exactly the required fields, and a field the schema lacks is refused."""
+    client = app.test_client()
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    document = client.get("/openapi.json").get_json()
+    bodies = list(documented_bodies(document))
+    assert len(bodies) == 6
+    for method, path, schema in bodies:
+        url = path.replace("{user_id}", "999")  # Nobody: nothing is changed.
+        empty = client.open(url, method=method, json={}, headers=admin)
+        required = set(schema["required"])
+        if required:
+            assert empty.status_code == 422, path
+            assert empty.get_json()["error"]["fields"] == dict.fromkeys(
+                sorted(required), "This field is required."
+            )
+        else:
+            assert empty.status_code == 404, path  # Parsed; then no such user.
+        assert schema["additionalProperties"] is False
+        unknown = client.open(url, method=method, json={"x": 1}, headers=admin)
+        assert unknown.status_code == 422, path
+        assert "x" in unknown.get_json()["error"]["fields"]
+
+
 def fund_two_users(app: Flask) -> None:
     """Users 1 and 2, with money, for generated requests to name."""
     client = app.test_client()

@@ -1,47 +1,29 @@
 """The OpenAPI 3.1 document of Pocket's HTTP API, served at GET /openapi.json.
 
-Written by hand next to the routes it describes; the tests check it against the
-routes and run generated requests against the live app.
+Written by hand next to the routes it describes, but for what is declared once
+elsewhere: the request bodies come from the declarations the views read them
+with (`Body`), the error responses from the catalogue of errors. The tests check
+it against the routes and run generated requests against the live app.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from functools import cache
 from typing import Any
 
-Schema = dict[str, Any]
+from pocket.web.body import NO_FIELDS, Body, Schema
+from pocket.web.errors import catalogue
+from pocket.web.money import ADD_MONEY, DRAW_MONEY, NEW_TRANSFER
+from pocket.web.users import NEW_USER
+
+BODIES = (NEW_USER, ADD_MONEY, DRAW_MONEY, NEW_TRANSFER, NO_FIELDS)
 
 MONEY_OUT: Schema = {
     "type": "string",
     "pattern": r"^[0-9]+\.[0-9]{2}$",
     "description": "Money, with exactly two decimal places.",
     "examples": ["15.00"],
-}
-AMOUNT_IN: Schema = {
-    "description": (
-        "Greater than zero, at most 1000000000.00, at most 2 decimal places; "
-        "plain digits with an optional decimal point (no sign, exponent or spaces)."
-    ),
-    "oneOf": [
-        {
-            "type": "string",
-            "pattern": r"^[0-9]+(\.[0-9]{1,2})?$",
-            "maxLength": 20,
-        },
-        {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "maximum": 1000000000,
-            "multipleOf": 0.01,
-        },
-    ],
-    "examples": [20, "20.50"],
-}
-TEXT: Schema = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": 255,
-    "pattern": r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$",
 }
 TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
 UUID_STRING: Schema = {"type": "string", "format": "uuid"}
@@ -199,30 +181,8 @@ SCHEMAS: dict[str, Schema] = {
         }
     ),
     "Health": obj({"status": {"const": "ok"}}),
-    "NewUser": obj({"name": TEXT}),
-    "AddMoney": obj({"amount": AMOUNT_IN, "source": TEXT}),
-    "DrawMoney": obj({"amount": AMOUNT_IN, "destination": TEXT}),
-    "NewTransfer": obj(
-        {
-            "to_user_id": {"type": "integer", "minimum": 1},
-            "amount": AMOUNT_IN,
-            "description": TEXT,
-        },
-        optional=("description",),
-    ),
-    "Empty": obj({}),
-}
-
-ERRORS = {
-    "400": "The body is not JSON, or not a JSON object.",
-    "401": "No bearer token, or one that is not valid.",
-    "404": "No such user (or another user's), route or version.",
-    "405": "The method is not allowed here.",
-    "409": "A rule refused it, or a request with this key is still running.",
-    "413": "The body is over 1 MiB.",
-    "415": "The body is not sent as application/json.",
-    "422": "Missing, invalid or unknown fields or parameters.",
-    "503": "The database is unreachable; retry.",
+    # Request bodies: the same declarations the views read them with.
+    **{body.name: body.schema() for body in BODIES},
 }
 
 USER_ID: Schema = {
@@ -270,13 +230,35 @@ AFTER: Schema = {
 }
 
 
-def answer(description: str, schema: str) -> Schema:
+def answer(description: str, schema: Schema) -> Schema:
     """A JSON response."""
     return {
         "description": description,
         "headers": {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}},
-        "content": {"application/json": {"schema": ref(schema)}},
+        "content": {"application/json": {"schema": schema}},
     }
+
+
+def error_responses() -> dict[str, Schema]:
+    """One response per status in the catalogue of errors, naming its codes."""
+    whens: dict[int, dict[str, dict[str, None]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
+    for kind in catalogue():
+        when = (kind.__doc__ or "").strip().splitlines()[0]  # Each class says when.
+        whens[kind.status.value][kind.code or ""][when] = None
+    responses = {}
+    for status, codes in whens.items():
+        description = "\n".join(
+            f"- `{code}`: {' '.join(texts)}" for code, texts in codes.items()
+        )
+        narrowed = {
+            "properties": {"error": {"properties": {"code": {"enum": [*codes]}}}}
+        }
+        responses[f"E{status}"] = answer(
+            description, {"allOf": [ref("Error"), narrowed]}
+        )
+    return responses
 
 
 def operation(
@@ -284,13 +266,14 @@ def operation(
     success: tuple[str, str, str],
     errors: tuple[str, ...],
     *,
-    body: str | None = None,
+    body: Body | None = None,
+    body_required: bool = True,
     parameters: tuple[Schema, ...] = (),
     secured: bool = True,
 ) -> Schema:
     """One operation: its body, its answer, its errors."""
     status, description, schema = success
-    responses = {status: answer(description, schema)}
+    responses = {status: answer(description, ref(schema))}
     for code in errors:
         responses[code] = {"$ref": f"#/components/responses/E{code}"}
     responses.setdefault("422", {"$ref": "#/components/responses/E422"})
@@ -298,8 +281,8 @@ def operation(
     spec["parameters"] = [*parameters, REQUEST_ID]
     if body is not None:
         spec["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": ref(body)}},
+            "required": body_required,
+            "content": {"application/json": {"schema": ref(body.name)}},
         }
     if not secured:
         spec["security"] = []
@@ -349,7 +332,7 @@ def openapi_document() -> dict[str, Any]:
                         "Sign up a user (opens their wallet; returns their token)",
                         ("201", "Created.", "NewAccount"),
                         ("400", "401", "404", "413", "415", "422", "503"),
-                        body="NewUser",
+                        body=NEW_USER,
                     ),
                     "security": [{}, {"bearer": []}],
                 },
@@ -373,6 +356,8 @@ def openapi_document() -> dict[str, Any]:
                     "Issue a new API token (the old one stops working)",
                     ("200", "The new token.", "Token"),
                     ("400", "401", "404", "413", "415", "422", "503"),
+                    body=NO_FIELDS,
+                    body_required=False,
                     parameters=(USER_ID,),
                 )
             },
@@ -381,7 +366,7 @@ def openapi_document() -> dict[str, Any]:
                     "Put money into the wallet",
                     ("200", "The wallet after the command.", "Account"),
                     MONEY_ERRORS,
-                    body="AddMoney",
+                    body=ADD_MONEY,
                     parameters=(USER_ID, IDEMPOTENCY_KEY),
                 )
             },
@@ -390,7 +375,7 @@ def openapi_document() -> dict[str, Any]:
                     "Take money out of the wallet (never below zero)",
                     ("200", "The wallet after the command.", "Account"),
                     MONEY_ERRORS,
-                    body="DrawMoney",
+                    body=DRAW_MONEY,
                     parameters=(USER_ID, IDEMPOTENCY_KEY),
                 )
             },
@@ -399,7 +384,7 @@ def openapi_document() -> dict[str, Any]:
                     "Move money to another user's wallet, atomically",
                     ("201", "The transfer and the sender's wallet.", "TransferResult"),
                     MONEY_ERRORS,
-                    body="NewTransfer",
+                    body=NEW_TRANSFER,
                     parameters=(USER_ID, IDEMPOTENCY_KEY),
                 )
             },
@@ -408,6 +393,8 @@ def openapi_document() -> dict[str, Any]:
                     "Close the wallet (it must be empty)",
                     ("200", "The closed wallet.", "Account"),
                     MONEY_ERRORS,
+                    body=NO_FIELDS,
+                    body_required=False,
                     parameters=(USER_ID, IDEMPOTENCY_KEY),
                 )
             },
@@ -460,9 +447,6 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             "schemas": SCHEMAS,
-            "responses": {
-                f"E{code}": answer(description, "Error")
-                for code, description in ERRORS.items()
-            },
+            "responses": error_responses(),
         },
     }

@@ -1,0 +1,31 @@
+"""The HTTP API: a thin Flask layer over the Pocket service.
+
+Requests are authenticated in one place (before every view), parsed strictly at
+the edge, and every error, whoever raised it, leaves as the same JSON body. The
+factory is here; each job has a module: `auth` (who may call what), `context`
+(what a view knows of its request), `body`, `fields` and `query` (parsing),
+`json_views` (what resources look like), `errors` (the catalogue of errors),
+`handlers` (every error in the one JSON shape), and a blueprint per resource:
+`users`, `money`, `history`, `meta`.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from pocket.service import PocketService
+from pocket.web import auth, handlers, history, meta, money, users
+from pocket.web.errors import MAX_BODY_BYTES
+
+
+def create_app(service: PocketService) -> Flask:
+    """Builds the Flask app over a service its caller built (and will close)."""
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["pocket"] = service
+    auth.init_app(app)
+    handlers.init_app(app)
+    for blueprint in (users.bp, money.bp, history.bp, meta.bp):
+        app.register_blueprint(blueprint)
+    return app

@@ -1,0 +1,137 @@
+"""Who may call what: each view declares its access level, one hook enforces it
+before every view; and the headers that say who is asking (the bearer token, the
+request id, the Idempotency-Key)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from enum import Enum
+from typing import Any, TypeVar
+
+from flask import Flask, Response, current_app, g, request
+
+from pocket.domainmodel import correlation_id
+from pocket.service import Principal
+from pocket.users import UserNotFound
+from pocket.web.context import service
+from pocket.web.errors import NotFound, Unauthorized, invalid
+from pocket.web.query import check_query
+
+MAX_KEY_LENGTH = 255
+MAX_REQUEST_ID_LENGTH = 128
+# Header values a client chooses are visible ASCII: letters, digits and
+# punctuation, no spaces (a repeated header arrives joined by ", ", so it is
+# refused rather than half read). One character is one byte, whatever decodes it.
+IDEMPOTENCY_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
+REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID_LENGTH}}}")
+VISIBLE_ASCII = "visible ASCII characters (letters, digits, punctuation; no spaces)"
+
+View = TypeVar("View", bound=Callable[..., Any])
+
+
+class Access(Enum):
+    """Who may call a view."""
+
+    PUBLIC = "anyone"
+    SIGNUP = "anyone while sign-up is open, else the admin"
+    ADMIN = "the admin"
+    OWNER = "the user named in the path, or the admin"
+
+
+def access(level: Access, query: tuple[str, ...] = ()) -> Callable[[View], View]:
+    """Declares who may call a view, and the query parameters it reads."""
+
+    def declare(view: View) -> View:
+        view.access = level  # type: ignore[attr-defined]
+        view.query = frozenset(query)  # type: ignore[attr-defined]
+        return view
+
+    return declare
+
+
+def init_app(app: Flask) -> None:
+    """Checks every request to a view, and names the request in every answer."""
+    app.before_request(authorize)
+    app.after_request(add_request_id)
+
+
+def authorize() -> None:
+    """Authenticates the caller and checks the view's access level, for every view;
+    then refuses query parameters the view does not read."""
+    g.request_id = correlation_id()
+    if request.endpoint is None:
+        return  # No view: the 404 or 405 answers itself, to anyone.
+    g.request_id = request_id()
+    g.principal = None
+    view = current_app.view_functions.get(request.endpoint)
+    # A view that declares nothing is the admin's alone.
+    level = getattr(view, "access", Access.ADMIN)
+    if level is not Access.PUBLIC:
+        service().gate.check()
+        g.principal = check_access(level)
+    check_query(getattr(view, "query", frozenset()))
+
+
+def check_access(level: Access) -> Principal | None:
+    """The caller, if they may use a view of this level (None: anonymous sign-up)."""
+    header = request.headers.get("Authorization")
+    open_signup = level is Access.SIGNUP and service().settings.open_signup
+    if open_signup and header is None:
+        return None
+    principal = authenticate(header)
+    if level is Access.OWNER:
+        user_id = (request.view_args or {}).get("user_id")
+        if not (isinstance(user_id, int) and principal.may_act_for(user_id)):
+            # Another user's wallet: as if it did not exist.
+            raise UserNotFound(user_id)
+    elif not (principal.is_admin or open_signup):
+        # An endpoint this caller may not use is, to them, not there.
+        raise NotFound()
+    return principal
+
+
+def authenticate(header: str | None) -> Principal:
+    """The principal a bearer token stands for; 401 when there is none."""
+    scheme, _, token = (header or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() == "bearer" and token:
+        # Reads may trust a token checked a moment ago; a change (money, closing,
+        # a new token) asks the database, so a revoked token changes nothing.
+        fresh = request.method not in ("GET", "HEAD")
+        principal = service().authenticate(token, fresh=fresh)
+        if principal is not None:
+            return principal
+        message = "The bearer token is not valid."
+    else:
+        message = "Send a bearer token: Authorization: Bearer <token>."
+    raise Unauthorized(message)
+
+
+def request_id() -> str:
+    """The request's correlation id: the client's X-Request-Id, or a new one."""
+    given = request.headers.get("X-Request-Id")
+    if given is None:
+        return correlation_id()
+    if not REQUEST_ID.fullmatch(given):
+        problem = f"Must be 1 to {MAX_REQUEST_ID_LENGTH} {VISIBLE_ASCII}."
+        raise invalid("X-Request-Id", problem)
+    return given
+
+
+def add_request_id(response: Response) -> Response:
+    """Every answer names the request it answers."""
+    response.headers["X-Request-Id"] = g.get("request_id") or correlation_id()
+    return response
+
+
+def command_id() -> str | None:
+    """The Idempotency-Key, scoped to the caller, or None when none was sent."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        problem = f"Must be 1 to {MAX_KEY_LENGTH} {VISIBLE_ASCII}."
+        raise invalid("Idempotency-Key", problem)
+    principal: Principal = g.principal
+    return f"{principal.actor}:{key}"

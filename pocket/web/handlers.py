@@ -1,0 +1,116 @@
+"""Every error, whoever raised it (a view, Pocket's rules, the database, Flask
+itself), leaves as the same JSON body: `{"error": {"code", "message", "fields"}}`,
+with the status, code and message its class declares."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import psycopg
+from eventsourcing.persistence import InterfaceError, OperationalError, PersistenceError
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from pocket.domainmodel import PocketError
+from pocket.web.context import service
+from pocket.web.errors import (
+    BY_STATUS,
+    INVALID,
+    ApiError,
+    InternalError,
+    MethodNotAllowed,
+    ServiceUnavailable,
+    http_code,
+)
+
+log = logging.getLogger(__name__)
+
+
+def init_app(app: Flask) -> None:
+    """Answers every error as JSON."""
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(ApiError, api_error)
+    app.register_error_handler(PocketError, domain_error)
+    app.register_error_handler(PersistenceError, persistence_error)
+    app.register_error_handler(Exception, unexpected_error)
+
+
+def answer(
+    status: HTTPStatus, code: str, message: str, fields: dict[str, str] | None = None
+) -> tuple[Response, int]:
+    """The one JSON shape of every error."""
+    body: dict[str, Any] = {"code": code, "message": message}
+    if fields:
+        body["fields"] = fields
+    response = jsonify(error=body)
+    if status == HTTPStatus.UNAUTHORIZED:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="pocket"'
+    return response, status
+
+
+def api_error(error: ApiError) -> tuple[Response, int]:
+    """Errors raised by the HTTP layer itself."""
+    code = error.code or http_code(error.status)
+    return answer(error.status, code, str(error), error.fields)
+
+
+def domain_error(error: PocketError) -> tuple[Response, int]:
+    """Pocket's rules refusing a request: each error class says how it is answered."""
+    if error.code is None:
+        return unexpected_error(error)
+    problem = error.message or str(error)
+    if error.field is None:
+        return answer(error.status, error.code, problem)
+    return answer(error.status, error.code, INVALID, {error.field: problem})
+
+
+def http_error(error: HTTPException) -> tuple[Response, int]:
+    """The framework's own errors (404, 405, 413, ...), as JSON."""
+    status = HTTPStatus(error.code or 500)
+    kind = BY_STATUS.get(status)
+    fixed = kind.message if kind is not None else None
+    message = fixed or error.description or status.phrase
+    if kind is MethodNotAllowed:
+        message = f"{request.method} is not allowed here."
+    response, status_code = answer(status, http_code(status), message)
+    if kind is MethodNotAllowed and error.valid_methods:  # type: ignore[attr-defined]
+        response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+    return response, status_code
+
+
+def persistence_error(error: PersistenceError) -> tuple[Response, int]:
+    """The database could not be reached: 503, the client may retry."""
+    if not isinstance(error, OperationalError | InterfaceError):
+        return unexpected_error(error)
+    if lost_connection(error):
+        service().gate.trip()
+    message = "The database is unavailable; try again shortly."
+    if request.method == "POST":
+        message += (
+            " Whether the change was made is not known: send it again with"
+            " the same Idempotency-Key, and it is made exactly once."
+        )
+    response, status = api_error(ServiceUnavailable(message))
+    response.headers["Retry-After"] = "1"
+    return response, status
+
+
+def lost_connection(error: BaseException) -> bool:
+    """Whether an error means the database could not be reached at all.
+
+    Errors the server itself reported (a lock timeout, a cancelled query) carry
+    an SQLSTATE; a refused or dropped connection, or a pool with none to give,
+    does not.
+    """
+    cause = error.__cause__
+    return not (isinstance(cause, psycopg.Error) and cause.sqlstate is not None)
+
+
+def unexpected_error(error: Exception) -> tuple[Response, int]:
+    """A fault of ours, not the client's: logged, and still JSON."""
+    if isinstance(error, HTTPException):
+        return http_error(error)
+    log.exception("Unexpected error", exc_info=error)
+    return api_error(InternalError())

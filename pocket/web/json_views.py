@@ -1,0 +1,94 @@
+"""What users, wallets, transfers and transactions look like as JSON: money as
+strings with two places, ids as strings or integers as the API documents them."""
+
+from __future__ import annotations
+
+import functools
+from decimal import Decimal
+from typing import Any
+
+from pocket.application import HistoryEntry, TransferInfo, WalletInfo
+from pocket.service import Account
+from pocket.users import User
+from pocket.walletrecords import WalletRecord
+
+
+def money(amount: Decimal) -> str:
+    """Money as it leaves the API: a string with two places."""
+    return f"{amount:.2f}"
+
+
+@functools.lru_cache(maxsize=4096)
+def user_json(user: User) -> dict[str, Any]:
+    """A user as the API shows it (users seldom change: kept for the next answer)."""
+    return {
+        "id": user.id,
+        "name": user.name,
+        "created_at": user.created_at.isoformat(),
+        "updated_at": user.updated_at.isoformat(),
+    }
+
+
+def wallet_json(wallet: WalletInfo) -> dict[str, Any]:
+    """A wallet as the API shows it."""
+    return {
+        "aggregate_id": str(wallet.aggregate_id),
+        "user_id": wallet.user_id,
+        "balance": money(wallet.balance),
+        "version": wallet.version,
+        "closed": wallet.closed,
+    }
+
+
+def record_json(record: WalletRecord | None) -> dict[str, Any] | None:
+    """A wallet as the projection has it (None until the projection reaches it)."""
+    if record is None:
+        return None
+    return {
+        "aggregate_id": str(record.aggregate_id),
+        "user_id": record.user_id,
+        "balance": money(record.balance),
+        "version": record.version,
+    }
+
+
+def account_json(account: Account) -> dict[str, Any]:
+    """The seed's response shape: the user and their wallet."""
+    return {"user": user_json(account.user), "wallet": wallet_json(account.wallet)}
+
+
+def transfer_json(result: TransferInfo, from_user: int, to_user: int) -> dict[str, Any]:
+    """A transfer as its sender sees it."""
+    return {
+        "id": str(result.id),
+        "from_user_id": from_user,
+        "to_user_id": to_user,
+        "amount": money(result.amount),
+        "description": result.description,
+        "date": result.sender.modified_on.isoformat(),
+    }
+
+
+def transaction_json(transaction: HistoryEntry) -> dict[str, Any]:
+    """One entry of the transactions list."""
+    entry: dict[str, Any] = {
+        "id": transaction.id,
+        "type": transaction.type,
+        "amount": money(transaction.amount),
+        "balance": money(transaction.balance),
+        "date": transaction.date.isoformat(),
+    }
+    if transaction.source is not None:
+        entry["source"] = transaction.source
+    if transaction.destination is not None:
+        entry["destination"] = transaction.destination
+    if transaction.transfer_id is not None:
+        entry["transfer_id"] = str(transaction.transfer_id)
+        entry["counterparty"] = {
+            "user_id": transaction.counterparty_user_id,
+            "wallet_id": str(transaction.counterparty_wallet_id),
+        }
+        entry["description"] = transaction.description
+    entry["actor"] = transaction.actor
+    entry["correlation_id"] = transaction.correlation_id
+    return entry

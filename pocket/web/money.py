@@ -1,0 +1,80 @@
+"""Commands on a user's wallet: money in, money out, a transfer, closing. Each
+takes an Idempotency-Key, and answers with the wallet it left behind."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from flask import Blueprint, Response, jsonify
+
+from pocket.web.auth import Access, access, command_id
+from pocket.web.body import Body, read_optional_body
+from pocket.web.context import cause, service, target
+from pocket.web.fields import AMOUNT, TEXT, USER_ID
+from pocket.web.json_views import account_json, transfer_json
+
+bp = Blueprint("money", __name__)
+ADD_MONEY = Body("AddMoney", amount=AMOUNT, source=TEXT)
+DRAW_MONEY = Body("DrawMoney", amount=AMOUNT, destination=TEXT)
+NEW_TRANSFER = Body(
+    "NewTransfer", to_user_id=USER_ID, amount=AMOUNT, description=TEXT.optional()
+)
+
+
+@bp.post("/users/<int:user_id>/add_money")
+@access(Access.OWNER)
+def add_money(user_id: int) -> Response:
+    """Puts money into the user's wallet."""
+    body = ADD_MONEY.read()
+    account = service().add_money(
+        target(user_id),
+        body["amount"],
+        body["source"],
+        cause=cause(),
+        command_id=command_id(),
+    )
+    return jsonify(account_json(account))
+
+
+@bp.post("/users/<int:user_id>/draw_money")
+@access(Access.OWNER)
+def draw_money(user_id: int) -> Response:
+    """Takes money out of the user's wallet, never below zero."""
+    body = DRAW_MONEY.read()
+    account = service().draw_money(
+        target(user_id),
+        body["amount"],
+        body["destination"],
+        cause=cause(),
+        command_id=command_id(),
+    )
+    return jsonify(account_json(account))
+
+
+@bp.post("/users/<int:user_id>/transfers")
+@access(Access.OWNER)
+def create_transfer(user_id: int) -> tuple[Response, int]:
+    """Moves money to another user's wallet: both sides or neither."""
+    body = NEW_TRANSFER.read()
+    account, result = service().transfer(
+        target(user_id),
+        body["to_user_id"],
+        body["amount"],
+        body.get("description", ""),
+        cause=cause(),
+        command_id=command_id(),
+    )
+    payload = account_json(account)
+    payload["transfer"] = transfer_json(result, user_id, body["to_user_id"])
+    return jsonify(payload), HTTPStatus.CREATED
+
+
+@bp.post("/users/<int:user_id>/close")
+@access(Access.OWNER)
+def close_wallet(user_id: int) -> Response:
+    """Closes the user's wallet, which must be empty; its history stays readable."""
+    read_optional_body()
+    account = service().close_wallet(
+        target(user_id), cause=cause(), command_id=command_id()
+    )
+    return jsonify(account_json(account))

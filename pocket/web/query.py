@@ -1,0 +1,76 @@
+"""Query parameters, read strictly: each view names those it reads, every other
+one (or one given twice) is refused; pages are walked with opaque cursors."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+
+from flask import request
+
+from pocket.application import HISTORY_PAGE_MAX
+from pocket.web.errors import GIVEN_TWICE, invalid
+from pocket.web.fields import DIGITS
+
+DEFAULT_PAGE = 50
+MAX_POSITION = 2**63 - 1  # The databases' bigint
+
+
+def check_query(known: frozenset[str]) -> None:
+    """Refuses query parameters the view does not read, or given twice."""
+    unknown = sorted(set(request.args) - known)
+    if unknown:
+        raise invalid(unknown[0], "Unknown query parameter.")
+    for name in request.args:
+        if len(request.args.getlist(name)) > 1:
+            raise invalid(name, GIVEN_TWICE)
+
+
+def page_limit() -> int:
+    """?limit=: how many entries a page holds."""
+    if "limit" not in request.args:
+        return DEFAULT_PAGE
+    return int_arg("limit", 1, HISTORY_PAGE_MAX)
+
+
+def int_arg(name: str, low: int, high: int) -> int:
+    """A query parameter that must be an integer in [low, high]."""
+    text = request.args[name]
+    if not DIGITS.fullmatch(text) or not low <= int(text) <= high:
+        raise invalid(name, f"Must be an integer from {low} to {high}.")
+    return int(text)
+
+
+def moment_arg(name: str) -> datetime:
+    """A query parameter that must be an ISO 8601 date or date and time."""
+    try:
+        moment = datetime.fromisoformat(request.args[name])
+    except ValueError:
+        raise invalid(name, "Must be an ISO 8601 date and time.") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def cursor(kind: str, position: int) -> str:
+    """An opaque cursor for the page after position."""
+    raw = f"{kind}1.{position}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def cursor_arg(kind: str) -> int:
+    """The position an ?after= cursor names (0 when there is none)."""
+    value = request.args.get("after")
+    if value is None:
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = ""
+    prefix, _, position = raw.partition(".")
+    if (
+        prefix != f"{kind}1"
+        or not DIGITS.fullmatch(position)
+        or int(position) > MAX_POSITION
+    ):
+        raise invalid("after", "Not a cursor this list gave out.")
+    return int(position)

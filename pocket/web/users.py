@@ -1,0 +1,67 @@
+"""Users: sign-up, the admin's list, one user and their wallet, a new token."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from flask import Blueprint, Response, g, jsonify
+
+from pocket.service import Principal
+from pocket.web.auth import Access, access
+from pocket.web.body import Body, read_optional_body
+from pocket.web.context import service, target
+from pocket.web.fields import TEXT
+from pocket.web.json_views import account_json, record_json, user_json
+from pocket.web.query import cursor, cursor_arg, page_limit
+
+bp = Blueprint("users", __name__)
+NEW_USER = Body("NewUser", name=TEXT)
+
+
+@bp.post("/users")
+@access(Access.SIGNUP)
+def create_user() -> tuple[Response, int]:
+    """Signs up a user, which opens their wallet; the token is shown this once."""
+    body = NEW_USER.read()
+    principal: Principal | None = g.principal
+    account, token = service().create_user(
+        body["name"],
+        correlation_id=g.request_id,
+        by_admin=principal is not None and principal.is_admin,
+    )
+    return jsonify(**account_json(account), token=token), HTTPStatus.CREATED
+
+
+@bp.get("/users")
+@access(Access.ADMIN, query=("limit", "after"))
+def list_users() -> Response:
+    """A page of users with their wallets as the projection has them (admin)."""
+    limit = page_limit()
+    after = cursor_arg("u")
+    page = service().list_accounts(after, limit + 1)
+    more = len(page) > limit
+    page = page[:limit]
+    return jsonify(
+        users=[
+            {"user": user_json(user), "wallet": record_json(record)}
+            for user, record in page
+        ],
+        next=cursor("u", page[-1][0].id) if more else None,
+    )
+
+
+@bp.get("/users/<int:user_id>")
+@access(Access.OWNER)
+def get_user(user_id: int) -> Response:
+    """A user and their wallet."""
+    return jsonify(account_json(service().get_account(target(user_id))))
+
+
+@bp.post("/users/<int:user_id>/token")
+@access(Access.OWNER)
+def rotate_token(user_id: int) -> Response:
+    """Issues the user a new API token; the old one stops working."""
+    read_optional_body()
+    principal: Principal = g.principal
+    token = service().issue_token(user_id, replacing=principal.token_hash)
+    return jsonify(token=token)
