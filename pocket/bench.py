@@ -35,10 +35,10 @@ import psycopg
 from psycopg import sql
 
 from pocket.application import Pocket
+from pocket.bootstrap import open_catalog, open_pocket
 from pocket.config import Settings
 from pocket.domainmodel import Cause, Wallet
 from pocket.operations import open_builder
-from pocket.service import open_catalog, open_pocket
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 CALLERS = 16

@@ -22,6 +22,7 @@ from eventsourcing.persistence import InterfaceError, OperationalError
 
 from pocket import bench
 from pocket.application import Pocket
+from pocket.bootstrap import bootstrap, open_pocket
 from pocket.config import ConfigurationError, Settings
 from pocket.operations import (
     MigrationRefused,
@@ -34,7 +35,6 @@ from pocket.operations import (
 from pocket.preflight import DatabaseDown, DatabaseProblem, check_database, one_line
 from pocket.runner import PocketRunner, open_runner
 from pocket.server import Limits, build_server
-from pocket.service import PocketService, open_pocket
 from pocket.system import VERSIONS, system
 from pocket.walletrecords import LATEST_VERSION
 from pocket.web import create_app
@@ -225,7 +225,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     """Serves the API with waitress until SIGTERM or SIGINT."""
     check_port(args.host, args.port)  # Before waiting for the database.
     service = when_database_answers(
-        settings, lambda: PocketService(settings, follow=not args.no_follower)
+        settings, lambda: bootstrap(settings, follow=not args.no_follower)
     )
     limits = Limits(
         connections=args.connection_limit,

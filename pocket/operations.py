@@ -14,10 +14,10 @@ from typing import Any, TextIO
 from uuid import UUID
 
 from pocket.application import Pocket
+from pocket.bootstrap import follower_lock, named_lock, open_catalog
 from pocket.catalog import ProjectionCatalog, read_live_version
 from pocket.database import Database
 from pocket.domainmodel import ZERO, Wallet
-from pocket.service import follower_lock, named_lock, open_catalog
 from pocket.system import VERSIONS, WalletRecords, projector_of
 from pocket.walletrecords import (
     LATEST_VERSION,

@@ -1,46 +1,33 @@
-"""The composition root: builds Pocket, its tables and its follower from settings,
-and offers the user-level operations the HTTP API and the CLI share."""
+"""The user-level operations the HTTP API and the CLI share: users and their
+wallets, tokens, money. Built by pocket.bootstrap."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import logging
-import secrets
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from http import HTTPStatus
 from uuid import uuid4
 
-import psycopg
-from eventsourcing.persistence import IntegrityError, OperationalError
-from eventsourcing.postgres import PostgresDatastore
-
 from pocket.application import (
     HistoryPage,
-    Pocket,
     TransferInfo,
     WalletAlreadyExists,
     WalletInfo,
 )
 from pocket.catalog import ProjectionCatalog, live_records
 from pocket.config import Settings
-from pocket.database import Database, connect_kwargs
 from pocket.domainmodel import Cause, check_text
-from pocket.locks import ProcessLock, process_lock
-from pocket.postgres import replace_broken_connections
-from pocket.runner import follower_lock_name, open_runner
-from pocket.system import system, writer
+from pocket.gate import DatabaseGate
+from pocket.runner import PocketRunner
+from pocket.tokens import TokenCache, hash_token, new_token
 from pocket.users import TokenRevoked, User, UserNotFound, UserStore
-from pocket.walletrecords import WalletRecord, table_of
+from pocket.walletrecords import WalletRecord
 
 log = logging.getLogger(__name__)
-TOKEN_PREFIX = "pkt_"  # noqa: S105 - a marker that makes leaked tokens findable
 
 
 @dataclass(frozen=True)
@@ -79,170 +66,28 @@ class Principal:
 ADMIN = Principal(user_id=None)
 
 
-def open_pocket(settings: Settings) -> Pocket:
-    """Constructs the application, creating the library's tables if needed."""
-    attempts = 5
-    for attempt in range(attempts):
-        try:
-            return Pocket(env=dict(settings.env))
-        except IntegrityError:
-            # Two processes creating the library's tables on an empty PostgreSQL
-            # database at the same moment collide on pg_type; the loser retries.
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-    raise AssertionError  # pragma: no cover
-
-
-def open_catalog(pocket: Pocket) -> ProjectionCatalog:
-    """The projection catalogue on Pocket's database, the live version's tables made."""
-    catalog = ProjectionCatalog(Database.of(pocket))
-    catalog.ensure()
-    return catalog
-
-
-def named_lock(pocket: Pocket, name: str) -> ProcessLock:
-    """A lock that one process at a time holds on this database."""
-    db = Database.of(pocket)
-    return process_lock(db.datastore, pocket.env.get("SQLITE_DBNAME"), name)
-
-
-def follower_lock(pocket: Pocket, version: int) -> ProcessLock:
-    """The lock the active follower of a version holds; standbys wait for it."""
-    return named_lock(pocket, follower_lock_name(table_of(version)))
-
-
-def hash_token(token: str) -> str:
-    """What is stored of a token: tokens are random, so a plain SHA-256 suffices."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def new_token() -> str:
-    """A fresh API token (256 random bits)."""
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-
-class DatabaseUnavailable(OperationalError):
-    """The database is known to be down; requests are answered without waiting."""
-
-
-class DatabaseGate:
-    """Lets requests through only while the database answers.
-
-    The first request to meet a dead database trips the gate; from then on the
-    API answers 503 at once, without waiting on connection timeouts, while a
-    background probe checks every half second and reopens the gate when the
-    database is back.
-    """
-
-    def __init__(self, probe: Callable[[], None] | None, interval: float = 0.5) -> None:
-        self.probe = probe
-        self.interval = interval
-        self.down = threading.Event()
-        self._lock = threading.Lock()
-
-    def check(self) -> None:
-        """Raises DatabaseUnavailable while the database is known to be down."""
-        if self.down.is_set():
-            raise DatabaseUnavailable("The database is unavailable")
-
-    def trip(self) -> None:
-        """Marks the database down and starts probing for its return."""
-        if self.probe is None:
-            return
-        with self._lock:
-            if self.down.is_set():
-                return
-            self.down.set()
-        log.warning("Database unreachable: answering 503 until it is back")
-        threading.Thread(target=self._wait_for_return, daemon=True).start()
-
-    def _wait_for_return(self) -> None:
-        assert self.probe is not None
-        while True:
-            try:
-                self.probe()
-            except Exception:  # Any failure means: still down.
-                time.sleep(self.interval)
-                continue
-            self.down.clear()
-            log.info("Database reachable again: serving")
-            return
-
-
-def database_probe(pocket: Pocket) -> Callable[[], None] | None:
-    """A cheap check that the database answers (None for an SQLite file)."""
-    datastore = Database.of(pocket).datastore
-    if not isinstance(datastore, PostgresDatastore):
-        return None
-    kwargs = connect_kwargs(datastore)
-
-    def probe() -> None:
-        with psycopg.connect(connect_timeout=2, **kwargs) as conn:
-            conn.execute("SELECT 1")
-        # Back: the pool's connections from before are dead; the next requests
-        # must not each find one of them.
-        replace_broken_connections(datastore)
-
-    return probe
-
-
-class TokenCache:
-    """Tokens checked in the last few seconds, so a busy client's requests skip
-    the lookup. A token replaced through this process stops working at once;
-    one replaced through another process, within ttl seconds."""
-
-    def __init__(self, ttl: float, size: int = 10_000) -> None:
-        self.ttl = ttl
-        self.size = size
-        self.entries: dict[str, tuple[float, User]] = {}
-        self.lock = threading.Lock()
-        # Bumped whenever a token is replaced: a lookup that began before the
-        # replacement must not put the old token back.
-        self.generation = 0
-
-    def get(self, token_hash: str) -> User | None:
-        """The user of a recently checked token, if still fresh."""
-        entry = self.entries.get(token_hash)
-        if entry is None or entry[0] < time.monotonic():
-            return None
-        return entry[1]
-
-    def put(self, token_hash: str, user: User, generation: int) -> None:
-        """Remembers a token checked since generation (if nothing was replaced)."""
-        if self.ttl <= 0:
-            return
-        with self.lock:
-            if generation != self.generation:
-                return
-            if len(self.entries) >= self.size:
-                self.entries.clear()
-            self.entries[token_hash] = (time.monotonic() + self.ttl, user)
-
-    def forget(self, user_id: int) -> None:
-        """Forgets a user's tokens (theirs was just replaced)."""
-        with self.lock:
-            self.generation += 1
-            self.entries = {h: e for h, e in self.entries.items() if e[1].id != user_id}
-
-
 class PocketService:
-    """Pocket, the users table and (optionally) an in-process follower."""
+    """Users and their wallets: Pocket, the users table, the projection, tokens."""
 
-    def __init__(self, settings: Settings, *, follow: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        runner: PocketRunner,
+        users: UserStore,
+        catalog: ProjectionCatalog,
+        gate: DatabaseGate,
+        tokens: TokenCache,
+        admin_token_hash: str | None = None,
+    ) -> None:
         self.settings = settings
-        # The system, with the projector's followers, or Pocket alone.
-        self.runner = open_runner(system if follow else writer, dict(settings.env))
-        self.pocket = self.runner.pocket
-        self.users = UserStore(Database.of(self.pocket))
-        self.users.create_table()
-        self.catalog = open_catalog(self.pocket)
-        self.gate = DatabaseGate(database_probe(self.pocket))
-        self.tokens = TokenCache(settings.token_cache_seconds)
-        admin = settings.admin_token
-        self.admin_token_hash = None if admin is None else hash_token(admin)
-        self.open_pending_wallets()
-        self.runner.start()
+        self.runner = runner
+        self.pocket = runner.pocket
+        self.users = users
+        self.catalog = catalog
+        self.gate = gate
+        self.tokens = tokens
+        self.admin_token_hash = admin_token_hash
 
     def close(self) -> None:
         """Stops the followers (after the batch in hand) and closes the pools."""

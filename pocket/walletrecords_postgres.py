@@ -62,7 +62,7 @@ class WalletRecordsRecorder(PostgresProcessRecorder):
             "UPDATE {0} SET notification_id = %s WHERE application_name = %s "
             "AND notification_id = %s RETURNING notification_id"
         ).format(tracking)
-        self.live_version = SQL(
+        self.select_live_version = SQL(
             "SELECT live_version FROM {0}.pocket_projections WHERE name = %s FOR SHARE"
         ).format(schema)
         self.open_rows = SQL(
@@ -120,7 +120,7 @@ class WalletRecordsRecorder(PostgresProcessRecorder):
 
     def _check_live(self, curs: Cursor[DictRow]) -> None:
         """Holds off a switch of the live version while this batch commits."""
-        curs.execute(self.live_version, (PROJECTION,), prepare=True)
+        curs.execute(self.select_live_version, (PROJECTION,), prepare=True)
         row = curs.fetchone()
         live = None if row is None else int(row["live_version"])
         if live != self.version:

@@ -28,7 +28,7 @@ from typing import Literal
 import psycopg
 from psycopg import sql
 
-from tests.e2e.processes import free_port
+from pocket.bench import free_port
 
 OWNER = "postgres"  # initdb and postgres refuse to run as root
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,19 +17,13 @@ from typing import Any
 from uuid import UUID
 
 from pocket.application import Pocket
+from pocket.bench import free_port
 from pocket.config import Settings
 from pocket.database import Database
 from pocket.walletrecords import LATEST_VERSION, WalletRecord, record_from_row
 from tests.replay import replayed_records
 
 POCKET = Path(sys.executable).with_name("pocket")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:

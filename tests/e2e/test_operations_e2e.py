@@ -14,9 +14,9 @@ from uuid import uuid4
 import psycopg
 import pytest
 
+from pocket.bootstrap import open_pocket
 from pocket.config import Settings
 from pocket.domainmodel import Cause, Wallet
-from pocket.service import open_pocket
 from tests.e2e.processes import (
     Api,
     PocketProcess,

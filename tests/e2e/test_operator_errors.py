@@ -10,7 +10,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.e2e.processes import PocketProcess, free_port, run_pocket, serve, wait_for
+from pocket.bench import free_port
+from tests.e2e.processes import PocketProcess, run_pocket, serve, wait_for
 from tests.pgserver import PostgresServer
 
 pytestmark = pytest.mark.e2e

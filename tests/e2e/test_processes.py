@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from pocket.bootstrap import open_pocket
 from pocket.config import Settings
-from pocket.service import open_pocket
 from tests.e2e.processes import (
     Api,
     PocketProcess,

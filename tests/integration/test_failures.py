@@ -16,11 +16,12 @@ from eventsourcing.persistence import OperationalError, ProgrammingError, Stored
 from psycopg.conninfo import conninfo_to_dict
 
 from pocket.application import Pocket
+from pocket.bootstrap import bootstrap, open_pocket
 from pocket.config import Settings
 from pocket.domainmodel import Cause, InsufficientFunds, Wallet
 from pocket.groupcommit import Command, GroupCommitter
 from pocket.postgres import ApplicationRecorder
-from pocket.service import PocketService, TokenCache, open_pocket
+from pocket.tokens import TokenCache
 from pocket.web.handlers import lost_connection
 from tests.conftest import ADMIN_URL
 from tests.proxy import Proxy
@@ -126,7 +127,7 @@ def test_a_command_that_breaks_after_changing_its_wallet_fails_alone(
 def test_a_token_replaced_during_its_lookup_is_not_cached(
     sql_settings: Settings,
 ) -> None:
-    service = PocketService(sql_settings)
+    service = bootstrap(sql_settings)
     try:
         account, old = service.create_user("a")
         generation = service.tokens.generation  # a lookup of old begins...

@@ -13,12 +13,12 @@ from uuid import UUID
 import pytest
 
 from pocket.application import Pocket
+from pocket.bootstrap import follower_lock, named_lock, open_catalog, open_pocket
 from pocket.catalog import live_records
 from pocket.config import Settings
 from pocket.database import Database
 from pocket.operations import MigrationRefused, Progress, migrate, status, verify
 from pocket.runner import PocketRunner
-from pocket.service import follower_lock, named_lock, open_catalog, open_pocket
 from pocket.system import WalletRecordsV2, projector_of, system
 from pocket.walletrecords import LATEST_VERSION, WalletRecord
 from tests.replay import replayed_records

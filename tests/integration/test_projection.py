@@ -12,11 +12,11 @@ import pytest
 from eventsourcing.persistence import IntegrityError, Tracking
 
 from pocket.application import Pocket
+from pocket.bootstrap import open_catalog, open_pocket
 from pocket.catalog import ProjectionCatalog
 from pocket.config import Settings
 from pocket.database import Database
 from pocket.runner import PocketRunner
-from pocket.service import open_catalog, open_pocket
 from pocket.system import WalletRecords, WalletRecordsV2, projector_of, system
 from pocket.walletrecords import Batch, WalletChanges, WalletRecord
 from tests.replay import replayed_records

@@ -12,15 +12,17 @@ from uuid import uuid4
 import pytest
 
 from pocket.application import WalletNotFound
+from pocket.bootstrap import bootstrap
 from pocket.config import Settings
 from pocket.domainmodel import InvalidText
-from pocket.service import PocketService, RecipientNotFound, hash_token
+from pocket.service import PocketService, RecipientNotFound
+from pocket.tokens import hash_token
 from pocket.users import TokenRevoked, UserNotFound
 
 
 @pytest.fixture
 def service(sql_settings: Settings) -> Iterator[PocketService]:
-    pocket_service = PocketService(sql_settings)
+    pocket_service = bootstrap(sql_settings)
     yield pocket_service
     pocket_service.close()
 
@@ -76,10 +78,10 @@ def test_a_wallet_left_unopened_is_opened_when_the_user_is_next_used(
 def test_a_wallet_left_unopened_is_opened_at_the_next_start(
     sql_settings: Settings,
 ) -> None:
-    first = PocketService(sql_settings)
+    first = bootstrap(sql_settings)
     user_id = crash_between_user_and_wallet(first)
     first.close()
-    second = PocketService(sql_settings)
+    second = bootstrap(sql_settings)
     try:
         user = second.users.get(user_id)
         assert user.wallet_opened
@@ -140,7 +142,7 @@ def test_a_revoked_token_cannot_replace_its_replacement(
 def test_of_two_rotations_with_one_token_at_once_exactly_one_wins(
     sql_settings: Settings,
 ) -> None:
-    services = [PocketService(sql_settings) for _ in range(2)]
+    services = [bootstrap(sql_settings) for _ in range(2)]
     try:
         account, token = services[0].create_user("a")
         start = threading.Barrier(8)
@@ -163,7 +165,7 @@ def test_of_two_rotations_with_one_token_at_once_exactly_one_wins(
 
 def test_a_fresh_check_does_not_trust_the_cache(sql_settings: Settings) -> None:
     settings = replace(sql_settings, token_cache_seconds=60)
-    here, elsewhere = PocketService(settings), PocketService(settings)
+    here, elsewhere = bootstrap(settings), bootstrap(settings)
     try:
         account, token = here.create_user("a")
         assert here.authenticate(token) is not None  # now in this cache
@@ -177,7 +179,7 @@ def test_a_fresh_check_does_not_trust_the_cache(sql_settings: Settings) -> None:
 
 def test_the_admin_token_opens_every_account(sql_settings: Settings) -> None:
     settings = replace(sql_settings, admin_token="operator-secret-0123456789")
-    admin_service = PocketService(settings)
+    admin_service = bootstrap(settings)
     try:
         principal = admin_service.authenticate("operator-secret-0123456789")
         assert principal is not None

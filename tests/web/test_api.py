@@ -10,6 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from pocket.bootstrap import bootstrap
 from pocket.config import Settings
 from pocket.service import PocketService
 from pocket.web import create_app
@@ -19,7 +20,7 @@ JSON = "application/json"
 
 @pytest.fixture
 def service(sql_settings: Settings) -> Iterator[PocketService]:
-    pocket_service = PocketService(sql_settings)
+    pocket_service = bootstrap(sql_settings)
     yield pocket_service
     pocket_service.close()
 

@@ -12,6 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from pocket.bootstrap import bootstrap
 from pocket.config import Settings
 from pocket.idempotency import Idempotency
 from pocket.service import PocketService
@@ -33,7 +34,7 @@ class Caller:
 
 @pytest.fixture
 def service(sql_settings: Settings) -> Iterator[PocketService]:
-    pocket_service = PocketService(replace(sql_settings, admin_token=ADMIN_TOKEN))
+    pocket_service = bootstrap(replace(sql_settings, admin_token=ADMIN_TOKEN))
     yield pocket_service
     pocket_service.close()
 
@@ -195,7 +196,7 @@ def test_the_user_list_shows_the_projections_balances(
 
 def test_closed_sign_up_needs_the_admin(sql_settings: Settings) -> None:
     settings = replace(sql_settings, admin_token=ADMIN_TOKEN, open_signup=False)
-    closed = PocketService(settings)
+    closed = bootstrap(settings)
     try:
         client = create_app(closed).test_client()
         assert client.post("/users", json={"name": "x"}).status_code == 401

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from openapi_spec_validator import validate
 from schemathesis import APIOperation, GenerationMode, checks
 
+from pocket.bootstrap import bootstrap
 from pocket.config import Settings
-from pocket.service import PocketService
 from pocket.web import create_app
 
 ADMIN_TOKEN = "operator-secret-0123456789"
@@ -29,7 +29,7 @@ def app(tmp_path: Path) -> Iterator[Flask]:
         Settings.from_url(f"sqlite:///{tmp_path / 'pocket.db'}"),
         admin_token=ADMIN_TOKEN,
     )
-    service = PocketService(settings)
+    service = bootstrap(settings)
     yield create_app(service)
     service.close()
 
