@@ -392,7 +392,10 @@ class WalletNotFound(PocketError, LookupError):
 
     status = HTTPStatus.NOT_FOUND
     code = "wallet_not_found"
-    message = "There is no such wallet."
+
+    def __init__(self, wallet_id: UUID) -> None:
+        super().__init__(f"There is no wallet {wallet_id}.")
+        self.wallet_id = wallet_id
 
 
 class VersionNotFound(PocketError, LookupError):

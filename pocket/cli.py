@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from eventsourcing.persistence import InterfaceError, OperationalError
 
-from pocket import bench
+from pocket import __version__, bench
 from pocket.application import Pocket
 from pocket.bootstrap import bootstrap, open_pocket
 from pocket.config import ConfigurationError, Settings
@@ -69,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command line's grammar."""
     parser = argparse.ArgumentParser(prog="pocket", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"pocket {__version__}")
     commands = parser.add_subparsers(required=True, metavar="command")
 
     serve_parser = commands.add_parser("serve", help="serve the HTTP API")

@@ -165,10 +165,11 @@ class Wallet(Aggregate):
             raise WalletNotEmpty(self.balance)
         self._closed(actor=cause.actor, correlation_id=cause.correlation_id)
 
-    def check_open(self) -> None:
-        """Raises WalletClosed if the wallet takes no more money."""
+    def check_open(self, role: str = "") -> None:
+        """Raises WalletClosed if the wallet takes no more money; role says which
+        side of a transfer it is ("sending", "receiving")."""
         if self.closed:
-            raise WalletClosed(self.id)
+            raise WalletClosed(self.id, self.user_id, role)
 
     def check_funds(self, amount: Decimal) -> None:
         """Raises InsufficientFunds if drawing amount would go below zero."""
@@ -249,8 +250,8 @@ def transfer(
         description = check_text("description", description)
     if sender.id == receiver.id:
         raise SameWallet(sender.id)
-    sender.check_open()
-    receiver.check_open()
+    sender.check_open("sending")
+    receiver.check_open("receiving")
     sender.check_funds(amount)
     # One rule spanning two wallets: this function owns both sides' events.
     sender._transfer_sent(
@@ -390,9 +391,13 @@ class WalletClosed(PocketError):
     status = HTTPStatus.CONFLICT
     code = "wallet_closed"
 
-    def __init__(self, wallet_id: UUID) -> None:
-        super().__init__("The wallet is closed: no money goes in or out.")
+    def __init__(self, wallet_id: UUID, user_id: str = "", role: str = "") -> None:
+        which = f"The {role} wallet" if role else "The wallet"
+        owner = f", user {user_id}'s," if user_id else ""
+        super().__init__(f"{which}{owner} is closed: no money goes in or out of it.")
         self.wallet_id = wallet_id
+        self.user_id = user_id
+        self.role = role
 
 
 class WalletNotEmpty(PocketError):

@@ -11,6 +11,7 @@ command is running in this process right now (its answer is not known yet).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -85,7 +86,7 @@ class KeyedCommands:
         assert isinstance(record, CommandRecord)
         if record.fingerprint != key.fingerprint:
             raise self.reused(key.command_id)
-        return result_from_record(record.result)
+        return dataclasses.replace(result_from_record(record.result), replayed=True)
 
     @staticmethod
     def record(key: Idempotency, result: Result) -> CommandRecord:

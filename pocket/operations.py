@@ -49,6 +49,7 @@ class Progress:
         self.last = 0.0
         self.done = 0
         self.total = 0
+        self.shown: int | None = None  # The done count the last line showed.
 
     def update(self, done: int, total: int, *, force: bool = False) -> None:
         """Records progress; shows it when the interval has passed."""
@@ -59,13 +60,15 @@ class Progress:
             self._show(now)
 
     def finish(self) -> None:
-        """Shows the final figures."""
-        self._show(time.monotonic())
+        """Shows the final figures (in a log, unless the last line showed them)."""
+        if self.tty or self.shown != self.done:
+            self._show(time.monotonic())
         if self.tty:
             self.stream.write("\n")
         self.stream.flush()
 
     def _show(self, now: float) -> None:
+        self.shown = self.done
         elapsed = max(now - self.started, 1e-9)
         rate = self.done / elapsed
         left = (self.total - self.done) / rate if rate else 0.0
@@ -157,7 +160,7 @@ def build(
         if progress is not None:
             progress.update((builder.position or 0) - start, head - start)
     if progress is not None:
-        progress.update((builder.position or 0) - start, head - start, force=True)
+        progress.update((builder.position or 0) - start, head - start)
         progress.finish()
 
 

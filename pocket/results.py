@@ -3,7 +3,7 @@ and a wallet's history, made from the aggregate and its events."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -22,6 +22,8 @@ class WalletInfo:
     version: int
     closed: bool
     modified_on: datetime
+    # True when this is the answer an earlier run of the same keyed command gave.
+    replayed: bool = field(default=False, compare=False)
 
     @classmethod
     def of(cls, wallet: Wallet) -> WalletInfo:
@@ -45,6 +47,8 @@ class TransferInfo:
     description: str
     sender: WalletInfo
     receiver: WalletInfo
+    # True when this is the answer an earlier run of the same keyed command gave.
+    replayed: bool = field(default=False, compare=False)
 
 
 Result = WalletInfo | TransferInfo

@@ -78,9 +78,11 @@ class JsonErrorTask(ErrorTask):  # type: ignore[misc]
     def execute(self) -> None:
         error = self.request.error
         status = HTTPStatus(error.code)
-        body = json.dumps(
-            {"error": {"code": http_code(status), "message": message(status, error)}}
-        ).encode()
+        error_body = {
+            "error": {"code": http_code(status), "message": message(status, error)}
+        }
+        # Ends with a newline, as every JSON answer of the API's does.
+        body = (json.dumps(error_body) + "\n").encode()
         self.status = f"{status.value} {status.phrase}"
         self.response_headers.append(("Content-Type", "application/json"))
         self.set_close_on_finish()

@@ -284,3 +284,8 @@ class RecipientNotFound(UserNotFound):
     status = HTTPStatus.UNPROCESSABLE_ENTITY
     code = "validation_failed"
     field = "to_user_id"
+
+    @staticmethod
+    def describe(user_id: object) -> str:
+        """The message, naming the user the money was for."""
+        return f"There is no user {user_id} to send money to."

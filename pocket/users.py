@@ -138,11 +138,19 @@ def to_user(row: dict[str, Any]) -> User:
 
 
 class UserNotFound(PocketError, LookupError):
-    """No user has this id."""
+    """No user has this id (or none the caller may see)."""
 
     status = HTTPStatus.NOT_FOUND
     code = "user_not_found"
-    message = "There is no such user."
+
+    def __init__(self, user_id: object) -> None:
+        super().__init__(self.describe(user_id))
+        self.user_id = user_id
+
+    @staticmethod
+    def describe(user_id: object) -> str:
+        """The message, naming the user asked for."""
+        return f"There is no user {user_id}."
 
 
 class TokenRevoked(PocketError):

@@ -15,6 +15,7 @@ from flask import Flask
 
 from pocket.service import PocketService
 from pocket.web import auth, handlers, history, meta, money, users
+from pocket.web.auth import Access, access
 from pocket.web.errors import MAX_BODY_BYTES
 
 
@@ -28,4 +29,6 @@ def create_app(service: PocketService) -> Flask:
     handlers.init_app(app)
     for blueprint in (users.bp, money.bp, history.bp, meta.bp):
         app.register_blueprint(blueprint)
+    # Static files (the pages' scripts and styles, vendored libraries) are public.
+    access(Access.PUBLIC)(app.view_functions["static"])
     return app

@@ -44,12 +44,15 @@ def record_json(record: WalletRecord | None) -> dict[str, Any] | None:
     """A wallet as the projection has it (None until the projection reaches it)."""
     if record is None:
         return None
-    return {
+    row: dict[str, Any] = {
         "aggregate_id": str(record.aggregate_id),
         "user_id": record.user_id,
         "balance": money(record.balance),
         "version": record.version,
     }
+    if record.closed is not None:  # versions of wallet_records that keep it
+        row["closed"] = record.closed
+    return row
 
 
 def account_json(account: Account) -> dict[str, Any]:

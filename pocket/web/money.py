@@ -33,7 +33,7 @@ def add_money(user_id: int) -> Response:
         cause=cause(),
         command_id=command_id(),
     )
-    return jsonify(account_json(account))
+    return replayed(jsonify(account_json(account)), account.wallet.replayed)
 
 
 @bp.post("/users/<int:user_id>/draw_money")
@@ -48,7 +48,7 @@ def draw_money(user_id: int) -> Response:
         cause=cause(),
         command_id=command_id(),
     )
-    return jsonify(account_json(account))
+    return replayed(jsonify(account_json(account)), account.wallet.replayed)
 
 
 @bp.post("/users/<int:user_id>/transfers")
@@ -66,7 +66,7 @@ def create_transfer(user_id: int) -> tuple[Response, int]:
     )
     payload = account_json(account)
     payload["transfer"] = transfer_json(result, user_id, body["to_user_id"])
-    return jsonify(payload), HTTPStatus.CREATED
+    return replayed(jsonify(payload), result.replayed), HTTPStatus.CREATED
 
 
 @bp.post("/users/<int:user_id>/close")
@@ -77,4 +77,11 @@ def close_wallet(user_id: int) -> Response:
     account = service().close_wallet(
         target(user_id), cause=cause(), command_id=command_id()
     )
-    return jsonify(account_json(account))
+    return replayed(jsonify(account_json(account)), account.wallet.replayed)
+
+
+def replayed(response: Response, was_replayed: bool) -> Response:
+    """Says so when the answer is an earlier run's, given again for its key."""
+    if was_replayed:
+        response.headers["Idempotency-Replayed"] = "true"
+    return response

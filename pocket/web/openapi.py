@@ -12,6 +12,7 @@ from collections import defaultdict
 from functools import cache
 from typing import Any
 
+from pocket import __version__
 from pocket.web.body import NO_FIELDS, Body, Schema
 from pocket.web.errors import catalogue
 from pocket.web.money import ADD_MONEY, DRAW_MONEY, NEW_TRANSFER
@@ -81,7 +82,12 @@ SCHEMAS: dict[str, Schema] = {
                     "user_id": {"type": "string"},
                     "balance": MONEY_OUT,
                     "version": {"type": "integer", "minimum": 1},
-                }
+                    "closed": {
+                        "type": "boolean",
+                        "description": "From version 2 of wallet_records on.",
+                    },
+                },
+                optional=("closed",),
             ),
             {"type": "null"},
         ],
@@ -299,7 +305,7 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {
             "title": "Pocket",
-            "version": "1.0.0",
+            "version": __version__,
             "description": (
                 "Event-sourced wallets: every balance audited, explained and "
                 "replayable. Money is exact to the cent and goes out as strings."

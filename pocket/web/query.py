@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import UTC, datetime
 
 from flask import request
@@ -42,10 +43,19 @@ def int_arg(name: str, low: int, high: int) -> int:
     return int(text)
 
 
+# An offset's "+" sent unencoded in a query string arrives as a space.
+SPACED_OFFSET = re.compile(r"(.*T[0-9:.]+) ([0-9]{2}(?::?[0-9]{2})?)", re.ASCII)
+
+
 def moment_arg(name: str) -> datetime:
-    """A query parameter that must be an ISO 8601 date or date and time."""
+    """A query parameter that must be an ISO 8601 date or date and time (UTC when
+    it names no offset; a "+" offset sent unencoded, as a space, is taken as +)."""
+    text = request.args[name]
+    spaced = SPACED_OFFSET.fullmatch(text)
+    if spaced:
+        text = f"{spaced.group(1)}+{spaced.group(2)}"
     try:
-        moment = datetime.fromisoformat(request.args[name])
+        moment = datetime.fromisoformat(text)
     except ValueError:
         raise invalid(name, "Must be an ISO 8601 date and time.") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

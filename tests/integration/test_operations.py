@@ -178,6 +178,15 @@ def test_progress_on_a_terminal_is_a_bar_and_in_a_log_a_line() -> None:
     assert "left" in lines[-1]
 
 
+def test_a_migration_in_a_log_prints_each_progress_line_once(pocket: Pocket) -> None:
+    make_history(pocket)
+    log = io.StringIO()
+    migrate(pocket, target=1, progress=Progress("Building", log, tty=False), out=quiet)
+    lines = log.getvalue().splitlines()
+    assert len(lines) == len(set(lines)) == 1, lines
+    assert lines[0].startswith("Building: 100%")
+
+
 # Followers: one active at a time
 
 

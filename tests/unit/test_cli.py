@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
+from pocket import __version__
 from pocket.cli import build_parser
 from pocket.server import Limits
 
@@ -72,3 +74,12 @@ def test_the_readme_documents_each_limit_with_its_default() -> None:
         ("--keepalive-timeout S", default.keepalive_timeout),
     ]:
         assert f"| `{option}` | `{value:g}` |" in readme, option
+
+
+def test_pocket_says_its_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"pocket {__version__}\n"
+    pyproject = Path(__file__).parents[2] / "pyproject.toml"
+    assert __version__ == tomllib.loads(pyproject.read_text())["project"]["version"]
