@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench status verify migrate follow clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/pocket serve --host $(HOST) --port $(PORT)
+
+# The other `pocket` commands, on the same data as `make run` (or the database
+# POCKET_DATABASE_URL names); ARGS passes options: make migrate ARGS="--version 1".
+status verify migrate follow bench: $(STAMP)
+	$(BIN)/pocket $@ $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
