@@ -332,6 +332,18 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/docs": {
+                "get": {
+                    "summary": "This document, rendered for people (Swagger UI)",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "An HTML page.",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             "/users": {
                 "post": {
                     **operation(
