@@ -19,6 +19,7 @@ from pocket.service import PocketService
 from pocket.system import system, writer
 from pocket.tokens import TokenCache, hash_token
 from pocket.users import UserStore
+from pocket.verifications import VerificationLog
 from pocket.walletrecords import table_of
 
 
@@ -31,6 +32,7 @@ def bootstrap(settings: Settings, *, follow: bool = False) -> PocketService:
         pocket = runner.pocket
         users = UserStore(Database.of(pocket))
         users.create_table()
+        VerificationLog(users.db).create_table()
         admin = settings.admin_token
         service = PocketService(
             settings,

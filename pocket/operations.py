@@ -19,6 +19,7 @@ from pocket.catalog import ProjectionCatalog, read_live_version
 from pocket.database import Database
 from pocket.domainmodel import ZERO, Wallet
 from pocket.system import VERSIONS, WalletRecords, projector_of
+from pocket.verifications import Verification, VerificationLog
 from pocket.walletrecords import (
     LATEST_VERSION,
     PROJECTION,
@@ -290,7 +291,8 @@ def verify(pocket: Pocket, out: Out = print) -> int:
 
     Compares at one moment: the table and its position are read in one snapshot,
     and only events up to that position are folded. Prints each mismatch and
-    returns how many there were. Reads only, as status does.
+    returns how many there were. Writes nothing but its result, in
+    pocket_verifications, for the operator console to show.
     """
     catalog = ProjectionCatalog(Database.of(pocket))
     db = catalog.db
@@ -315,7 +317,15 @@ def verify(pocket: Pocket, out: Out = print) -> int:
         f"Checked {len(expected):,} wallets against wallet_records v{live} "
         f"at position {position:,}: {mismatches} mismatch(es)."
     )
+    VerificationLog(db).record(
+        Verification(datetime.now(UTC), len(expected), mismatches, position, live)
+    )
     return mismatches
+
+
+def last_verification(pocket: Pocket) -> Verification | None:
+    """What the latest `pocket verify` on this database found, if it ever ran."""
+    return VerificationLog(Database.of(pocket)).last()
 
 
 def replay_balances(pocket: Pocket, position: int) -> dict[UUID, Expected]:

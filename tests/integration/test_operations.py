@@ -7,6 +7,7 @@ import io
 import threading
 from collections.abc import Iterator
 from contextlib import closing
+from datetime import UTC, datetime
 from decimal import Decimal
 from uuid import UUID
 
@@ -17,7 +18,14 @@ from pocket.bootstrap import follower_lock, named_lock, open_catalog, open_pocke
 from pocket.catalog import live_records
 from pocket.config import Settings
 from pocket.database import Database
-from pocket.operations import MigrationRefused, Progress, migrate, status, verify
+from pocket.operations import (
+    MigrationRefused,
+    Progress,
+    last_verification,
+    migrate,
+    status,
+    verify,
+)
 from pocket.runner import PocketRunner
 from pocket.system import WalletRecordsV2, projector_of, system
 from pocket.walletrecords import LATEST_VERSION, WalletRecord
@@ -266,6 +274,40 @@ def test_verify_catches_a_row_tampered_with_by_hand(pocket: Pocket) -> None:
     lines: list[str] = []
     assert verify(pocket, out=lines.append) == 1
     assert any(str(ids[1]) in line and "999.99" in line for line in lines)
+
+
+def test_verify_records_what_it_found_for_the_console(pocket: Pocket) -> None:
+    ids = make_history(pocket)
+    follow_all(pocket)
+    before = datetime.now(UTC)
+    assert verify(pocket, out=quiet) == 0
+    first = last_verification(pocket)
+    assert first is not None
+    head = pocket.recorder.max_notification_id()
+    assert (first.checked, first.mismatches, first.position, first.version) == (
+        4,
+        0,
+        head,
+        LATEST_VERSION,
+    )
+    assert before <= first.at <= datetime.now(UTC)
+    Database.of(pocket).execute(
+        "UPDATE wallet_records_v2 SET balance = %s WHERE aggregate_id = %s",
+        [Decimal("999.99"), ids[1]],
+    )
+    assert verify(pocket, out=quiet) == 1
+    second = last_verification(pocket)
+    assert second is not None
+    assert (second.mismatches, second.checked) == (1, 4)
+    assert second.at >= first.at
+
+
+def test_no_verification_is_known_before_verify_runs_and_asking_creates_nothing(
+    pocket: Pocket,
+) -> None:
+    assert last_verification(pocket) is None
+    with Database.of(pocket).transaction(commit=False) as tx:
+        assert not tx.has_table("pocket_verifications")
 
 
 def test_verify_compares_only_what_the_projection_has_reached(pocket: Pocket) -> None:
