@@ -187,6 +187,99 @@ SCHEMAS: dict[str, Schema] = {
         }
     ),
     "Health": obj({"status": {"const": "ok"}}),
+    "LockHolder": {
+        **obj(
+            {
+                "running": {"type": "boolean"},
+                "pid": {"type": ["integer", "null"]},
+                "host": {"type": "string"},
+                "since": {"type": ["string", "null"], "format": "date-time"},
+                "standbys": {
+                    "type": "array",
+                    "description": "Followers standing by to take over.",
+                    "items": {"type": "object"},
+                },
+            },
+            optional=("pid", "host", "since", "standbys"),
+        ),
+        "description": (
+            "Whether a process holds the lock, and which (pid, host, since); "
+            "pocket status may say more of it."
+        ),
+        "additionalProperties": True,
+    },
+    "Projection": obj(
+        {
+            "name": {"type": "string"},
+            "live_version": {"type": "integer"},
+            "latest_version": {
+                "type": "integer",
+                "description": "The latest version this code declares.",
+            },
+            "position": {
+                "type": "integer",
+                "description": "How far in the event log the live version reflects.",
+            },
+            "head": {"type": "integer", "description": "The log's last position."},
+            "lag_events": {"type": "integer", "minimum": 0},
+            "lag_seconds": {
+                "type": "number",
+                "minimum": 0,
+                "description": "How long the oldest event not yet applied has waited.",
+            },
+            "follower": {
+                **ref("LockHolder"),
+                "description": "The active follower (and any standbys).",
+            },
+            "migration": {
+                **ref("LockHolder"),
+                "description": "A pocket migrate in progress.",
+            },
+            "versions": {
+                "type": "array",
+                "items": obj(
+                    {
+                        "version": {"type": "integer"},
+                        "position": {"type": "integer"},
+                        "live": {"type": "boolean"},
+                    }
+                ),
+            },
+        }
+    ),
+    "Verification": obj(
+        {
+            "at": {**TIMESTAMP, "description": "When the run finished."},
+            "checked": {"type": "integer", "description": "Wallets compared."},
+            "mismatches": {"type": "integer"},
+            "position": {
+                "type": "integer",
+                "description": "The log position it compared at.",
+            },
+            "version": {
+                "type": "integer",
+                "description": "The version of wallet_records it compared.",
+            },
+        }
+    ),
+    "AdminStatus": obj(
+        {
+            "database": {
+                "type": "string",
+                "description": "Which database this server uses.",
+            },
+            "gate": obj({"open": {"type": "boolean"}}),
+            "projections": {
+                "type": "array",
+                "description": "Exactly what `pocket status --json` reports.",
+                "items": ref("Projection"),
+            },
+            "verify": {
+                "description": "The last `pocket verify` run, null if none ran.",
+                "oneOf": [ref("Verification"), {"type": "null"}],
+            },
+        }
+    ),
     # Request bodies: the same declarations the views read them with.
     **{body.name: body.schema() for body in BODIES},
 }
@@ -445,6 +538,21 @@ def openapi_document() -> dict[str, Any]:
                         },
                     ),
                 )
+            },
+            "/admin/status": {
+                "get": {
+                    **operation(
+                        "The projections, the 503 gate and the last verify (admin)",
+                        ("200", "The service's state.", "AdminStatus"),
+                        ("401", "404", "503"),
+                    ),
+                    "description": (
+                        "What the operator console shows. While the database is "
+                        "unreachable the 503 gate is closed, and this answers 503 "
+                        "`service_unavailable` as every endpoint that needs the "
+                        "database does."
+                    ),
+                }
             },
         },
         "components": {

@@ -1,0 +1,35 @@
+"""What the operator console reads: the state of the service, in one answer."""
+
+from __future__ import annotations
+
+import psycopg
+from eventsourcing.persistence import OperationalError
+from flask import Blueprint, Response, jsonify
+
+from pocket.operations import last_verification, status
+from pocket.web.auth import Access, access
+from pocket.web.context import service
+
+bp = Blueprint("admin", __name__)
+
+
+@bp.get("/admin/status")
+@access(Access.ADMIN)
+def admin_status() -> Response:
+    """The projections as `pocket status --json` reports them, the 503 gate and
+    the last `pocket verify` (admin)."""
+    pocket_service = service()
+    try:
+        report = status(pocket_service.pocket)
+    except psycopg.Error as error:
+        # The lock holders are read on connections of their own, whose errors
+        # are psycopg's: the database went away meanwhile, like any other 503.
+        raise OperationalError(str(error)) from error
+    verification = last_verification(pocket_service.pocket)
+    return jsonify(
+        database=pocket_service.settings.description,
+        # Read last: a gate that tripped while the rest was read says so.
+        gate={"open": not pocket_service.gate.down.is_set()},
+        projections=report["projections"],
+        verify=None if verification is None else verification.as_json(),
+    )
