@@ -6,7 +6,8 @@ factory is here; each job has a module: `auth` (who may call what), `context`
 (what a view knows of its request), `body`, `fields` and `query` (parsing),
 `json_views` (what resources look like), `errors` (the catalogue of errors),
 `handlers` (every error in the one JSON shape), and a blueprint per resource:
-`users`, `money`, `history`, `meta`, `admin` (the operator console's data).
+`users`, `money`, `history`, `meta`, `admin` (the console's data); `pages` serves
+the wallet page and the operator console.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from flask import Flask
 
 from pocket.service import PocketService
-from pocket.web import admin, auth, handlers, history, meta, money, users
+from pocket.web import admin, auth, handlers, history, meta, money, pages, users
 from pocket.web.auth import Access, access
 from pocket.web.errors import MAX_BODY_BYTES
 
@@ -27,7 +28,8 @@ def create_app(service: PocketService) -> Flask:
     app.extensions["pocket"] = service
     auth.init_app(app)
     handlers.init_app(app)
-    for blueprint in (users.bp, money.bp, history.bp, meta.bp, admin.bp):
+    pages.init_app(app)
+    for blueprint in (users.bp, money.bp, history.bp, meta.bp, admin.bp, pages.bp):
         app.register_blueprint(blueprint)
     # Static files (the pages' scripts and styles, vendored libraries) are public.
     access(Access.PUBLIC)(app.view_functions["static"])

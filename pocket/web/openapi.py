@@ -388,6 +388,22 @@ def operation(
     return spec
 
 
+def html_page(summary: str) -> Schema:
+    """A page for people: public HTML, which calls the API for its data."""
+    return {
+        "get": {
+            "summary": summary,
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "An HTML page.",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    }
+
+
 MONEY_ERRORS = ("400", "401", "404", "409", "413", "415", "422", "503")
 
 
@@ -425,18 +441,14 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
-            "/docs": {
-                "get": {
-                    "summary": "This document, rendered for people (Swagger UI)",
-                    "security": [],
-                    "responses": {
-                        "200": {
-                            "description": "An HTML page.",
-                            "content": {"text/html": {"schema": {"type": "string"}}},
-                        }
-                    },
-                }
-            },
+            "/docs": html_page("This document, rendered for people (Swagger UI)"),
+            "/": html_page(
+                "The wallet page: sign up or in, the balance, the history, "
+                "moving money (its data needs the user's token)"
+            ),
+            "/console": html_page(
+                "The operator console (its data needs the admin token)"
+            ),
             "/users": {
                 "post": {
                     **operation(

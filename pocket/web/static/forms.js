@@ -1,0 +1,148 @@
+// Form submissions: one request at a time per form (its button disabled while it
+// is in flight), an Idempotency-Key per submission that a resend of the same
+// submission keeps, and the API's messages shown beside the fields they name.
+
+import { NoAnswer, errorOf, newKey, outcomeUnknown } from "./api.js";
+
+/**
+ * Handles a form's submissions.
+ * send(values, key) calls the API and returns its answer; done(data, values)
+ * runs on success; fieldFor maps an error code without fields (409
+ * insufficient_funds, say) to the field it is about.
+ */
+export function handleForm(form, { send, done, fieldFor = {}, check = null }) {
+  let pending = null; // {signature, key}: a submission whose outcome is not known yet
+  let busy = false;
+  form.noValidate = true; // The API checks the fields, and says what is wrong.
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (busy) return;
+    clearMessages(form);
+    const values = valuesOf(form);
+    const problem = check ? check(values) : null;
+    if (problem) {
+      showProblem(form, problem.field, problem.message);
+      return;
+    }
+    const signature = JSON.stringify(values);
+    if (pending === null || pending.signature !== signature) {
+      pending = { signature, key: newKey() };
+    }
+    busy = true;
+    setBusy(form, true);
+    try {
+      const result = await send(values, pending.key);
+      if (result.ok) {
+        pending = null;
+        form.reset();
+        await done(result.data, values);
+      } else {
+        if (!outcomeUnknown(result)) pending = null;
+        showError(form, errorOf(result), fieldFor, pending !== null);
+      }
+    } catch (error) {
+      if (!(error instanceof NoAnswer)) throw error;
+      showMessage(
+        form,
+        `No answer from the server (${error.message}). It is not known whether this ` +
+          "happened: send it again, and it happens only once.",
+        "error",
+      );
+    } finally {
+      busy = false;
+      setBusy(form, false);
+    }
+  });
+}
+
+/** The form's named fields as strings, as typed (checkboxes: "on" or ""). */
+function valuesOf(form) {
+  const values = {};
+  for (const element of form.elements) {
+    if (!element.name || element.type === "submit") continue;
+    values[element.name] = element.type === "checkbox" ? (element.checked ? "on" : "") : element.value;
+  }
+  return values;
+}
+
+function setBusy(form, busy) {
+  form.setAttribute("aria-busy", String(busy));
+  for (const button of form.querySelectorAll("button")) {
+    button.disabled = busy;
+  }
+}
+
+/** Shows an API error: beside each field it names, else for the whole form. */
+function showError(form, error, fieldFor, resend) {
+  const suffix = resend ? " Send it again: it happens only once." : "";
+  let shown = false;
+  let first = null;
+  for (const [name, message] of Object.entries(error.fields || {})) {
+    const input = form.elements[name];
+    if (input) {
+      showBeside(input, message);
+      first = first || input;
+      shown = true;
+    }
+  }
+  const target = !error.fields && fieldFor[error.code] && form.elements[fieldFor[error.code]];
+  if (target) {
+    showBeside(target, error.message + suffix);
+    first = target;
+  } else if (!shown) {
+    showMessage(form, error.message + suffix, "error");
+  }
+  if (first) first.focus();
+}
+
+function showProblem(form, field, message) {
+  const input = form.elements[field];
+  showBeside(input, message);
+  input.focus();
+}
+
+/** A message under a field, tied to it for screen readers. */
+function showBeside(input, message) {
+  const note = errorNote(input);
+  note.textContent = message;
+  note.hidden = false;
+  input.setAttribute("aria-invalid", "true");
+}
+
+function errorNote(input) {
+  const id = `${input.id}-error`;
+  let note = document.getElementById(id);
+  if (!note) {
+    note = document.createElement("p");
+    note.id = id;
+    note.className = "field-error";
+    input.closest(".field").append(note);
+    const described = input.getAttribute("aria-describedby");
+    input.setAttribute("aria-describedby", described ? `${described} ${id}` : id);
+  }
+  return note;
+}
+
+/** A message for the whole form: "ok" after a success, "error" when refused. */
+export function showMessage(form, text, kind) {
+  let note = form.querySelector(".form-message");
+  if (!note) {
+    note = document.createElement("p");
+    note.className = "form-message";
+    note.setAttribute("role", "status");
+    form.append(note);
+  }
+  note.textContent = text;
+  note.dataset.kind = kind;
+  note.hidden = false;
+}
+
+export function clearMessages(form) {
+  for (const note of form.querySelectorAll(".field-error, .form-message")) {
+    note.hidden = true;
+    note.textContent = "";
+  }
+  for (const input of form.querySelectorAll("[aria-invalid]")) {
+    input.removeAttribute("aria-invalid");
+  }
+}

@@ -1,0 +1,358 @@
+// The wallet page: sign up or sign in (the token kept in this tab's
+// sessionStorage only), the balance, the history page by page, a chart of the
+// balance drawn from the whole history, and the forms that move money.
+
+import { call, errorOf, integerOrText, jsonText } from "./api.js";
+import { drawChart } from "./chart.js";
+import { clearMessages, handleForm, showMessage } from "./forms.js";
+
+const SESSION = "pocket.session";
+const PAGE = 10;
+const CHART_PAGE = 500;
+const CHART_PAGES = 20; // At most 10,000 entries in the chart.
+
+const $ = (id) => document.getElementById(id);
+let session = null; // {userId, token}
+const pages = [null]; // the ?after= cursor of each history page seen, first page first
+let pageIndex = 0;
+let charted = null; // {entries, complete}: what the chart shows, redrawn on resize
+
+function readSession() {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(SESSION));
+    return saved && saved.userId && saved.token ? saved : null;
+  } catch {
+    return null;
+  }
+}
+
+function api(method, path, options = {}) {
+  return call(method, path, { ...options, token: session.token });
+}
+
+const userPath = (suffix = "") => `/users/${session.userId}${suffix}`;
+
+// Signing up and in
+
+handleForm($("sign-up"), {
+  send: (values) => call("POST", "/users", { body: jsonText({ name: values.name }) }),
+  done: (data) => {
+    signIn({ userId: data.user.id, token: data.token }, data);
+    $("token-user").textContent = data.user.id;
+    $("token-value").textContent = data.token;
+    $("token-box").hidden = false;
+    $("token-done").focus();
+  },
+});
+
+handleForm($("sign-in"), {
+  send: (values) => {
+    if (!/^[0-9]{1,19}$/.test(values.user_id)) {
+      return Promise.resolve(invalid("user_id", "A user id is a whole number, like 3."));
+    }
+    return call("GET", `/users/${values.user_id}`, { token: values.token.trim() });
+  },
+  done: (data, values) => signIn({ userId: data.user.id, token: values.token.trim() }, data),
+  fieldFor: { unauthorized: "token", user_not_found: "user_id", not_found: "user_id" },
+});
+
+/** An answer of our own for a field checked before asking the API. */
+function invalid(field, message) {
+  return { ok: false, status: 422, data: { error: { code: "validation_failed", message, fields: { [field]: message } } } };
+}
+
+function signIn(newSession, data) {
+  session = newSession;
+  sessionStorage.setItem(SESSION, JSON.stringify(session));
+  pages.length = 1;
+  pageIndex = 0;
+  showWallet(data);
+}
+
+function signOut(message) {
+  sessionStorage.removeItem(SESSION);
+  session = null;
+  $("signed-in").hidden = true;
+  $("token-box").hidden = true;
+  $("who").hidden = true;
+  $("sign-out").hidden = true;
+  $("signed-out").hidden = false;
+  for (const form of document.forms) {
+    clearMessages(form);
+    form.reset();
+  }
+  $("history").tBodies[0].replaceChildren();
+  $("chart").replaceChildren();
+  charted = null;
+  notice(message);
+  $("sign-up-name").focus();
+}
+
+$("sign-out").addEventListener("click", () => signOut("You have signed out. This tab no longer keeps your token."));
+$("token-done").addEventListener("click", () => {
+  $("token-box").hidden = true;
+  $("token-value").textContent = "";
+  $("add-amount").focus();
+});
+
+function notice(text) {
+  $("notice").textContent = text || "";
+  $("notice").hidden = !text;
+}
+
+// The wallet
+
+async function showWallet(data) {
+  $("signed-out").hidden = true;
+  $("signed-in").hidden = false;
+  $("sign-out").hidden = false;
+  notice("");
+  if (data) {
+    showAccount(data);
+  } else {
+    const result = await api("GET", userPath());
+    if (!answered(result)) return;
+    showAccount(result.data);
+  }
+  await Promise.all([showHistoryPage(), showChart()]);
+}
+
+/** False (and the person told) when an answer is not a success. */
+function answered(result) {
+  if (result.ok) return true;
+  const error = errorOf(result);
+  if (result.status === 401 || result.status === 404) {
+    signOut(`Please sign in again: ${error.message}`);
+  } else {
+    notice(error.message);
+  }
+  return false;
+}
+
+function showAccount(data) {
+  const { user, wallet } = data;
+  $("who").textContent = `${user.name} · user ${user.id}`;
+  $("who").hidden = false;
+  $("balance").textContent = wallet.balance;
+  $("wallet-state").textContent = wallet.closed
+    ? "This wallet is closed: its history stays readable, but no money can move."
+    : `Wallet ${wallet.aggregate_id}`;
+  // A closed wallet takes no more money, and cannot be closed again.
+  $("actions").hidden = wallet.closed;
+  $("close-section").hidden = wallet.closed;
+}
+
+// The history, a page at a time (the API's own pages and cursors)
+
+async function showHistoryPage() {
+  const after = pages[pageIndex];
+  const query = `?limit=${PAGE}${after ? `&after=${encodeURIComponent(after)}` : ""}`;
+  const result = await api("GET", userPath(`/transactions${query}`));
+  if (!answered(result)) return;
+  const { transactions, next } = result.data;
+  pages.length = pageIndex + 1;
+  if (next) pages.push(next);
+  const body = $("history").tBodies[0];
+  body.replaceChildren(...transactions.map(historyRow));
+  $("history-empty").hidden = transactions.length > 0 || pageIndex > 0;
+  $("history").hidden = transactions.length === 0 && pageIndex === 0;
+  $("history-previous").disabled = pageIndex === 0;
+  $("history-next").disabled = !next;
+  $("history-page").textContent = `Page ${pageIndex + 1}`;
+}
+
+function historyRow(t) {
+  const row = document.createElement("tr");
+  row.dataset.id = t.id;
+  row.className = t.type === "IN" ? "in" : "out";
+  const cells = [
+    ["#", String(t.id)],
+    ["When", when(t.date)],
+    ["What", what(t)],
+    ["Amount", `${t.type === "IN" ? "+" : "−"}${t.amount}`],
+    ["Balance after", t.balance],
+  ];
+  for (const [name, text] of cells) {
+    const cell = document.createElement("td");
+    cell.dataset.label = name;
+    if (name === "What") {
+      const kind = document.createElement("span");
+      kind.className = "kind";
+      kind.textContent = t.type;
+      cell.append(kind, ` ${text}`);
+      if (t.actor) {
+        const by = document.createElement("span");
+        by.className = "by";
+        by.textContent = `by ${t.actor}`;
+        cell.append(by);
+      }
+    } else {
+      cell.textContent = text;
+    }
+    if (name === "Amount" || name === "Balance after") cell.className = "num";
+    row.append(cell);
+  }
+  return row;
+}
+
+function what(t) {
+  const note = t.description ? ` (“${t.description}”)` : "";
+  if (t.counterparty) {
+    return t.type === "IN" ? `from user ${t.counterparty.user_id}${note}` : `to user ${t.counterparty.user_id}${note}`;
+  }
+  return t.type === "IN" ? `from ${t.source}` : `to ${t.destination}`;
+}
+
+const WHEN = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
+
+function when(iso) {
+  return WHEN.format(new Date(iso));
+}
+
+$("history-previous").addEventListener("click", async () => {
+  if (pageIndex > 0) {
+    pageIndex -= 1;
+    await showHistoryPage();
+  }
+});
+
+$("history-next").addEventListener("click", async () => {
+  if (pageIndex + 1 < pages.length) {
+    pageIndex += 1;
+    await showHistoryPage();
+  }
+});
+
+// The chart: every page of the history, walked with the API's cursors
+
+async function showChart() {
+  const entries = [];
+  let after = null;
+  let complete = false;
+  for (let i = 0; i < CHART_PAGES; i += 1) {
+    const query = `?limit=${CHART_PAGE}${after ? `&after=${encodeURIComponent(after)}` : ""}`;
+    const result = await api("GET", userPath(`/transactions${query}`));
+    if (!answered(result)) return;
+    entries.push(...result.data.transactions);
+    after = result.data.next;
+    if (!after) {
+      complete = true;
+      break;
+    }
+  }
+  charted = { entries, complete };
+  drawCharted();
+}
+
+const DAY_MS = 24 * 3600 * 1000;
+const MOMENT = new Intl.DateTimeFormat(undefined, {
+  month: "short",
+  day: "numeric",
+  hour: "2-digit",
+  minute: "2-digit",
+  second: "2-digit",
+});
+const DATE = new Intl.DateTimeFormat(undefined, { dateStyle: "medium" });
+
+function drawCharted() {
+  if (!charted || $("signed-in").hidden) return;
+  const { entries, complete } = charted;
+  const svg = $("chart");
+  svg.toggleAttribute("hidden", entries.length === 0); // an SVG element has no .hidden
+  if (entries.length === 0) {
+    $("chart-caption").textContent = "No money has moved yet: the balance has been 0.00 since the wallet opened.";
+    return;
+  }
+  const width = Math.round(svg.parentElement.getBoundingClientRect().width) || 640;
+  drawChart(svg, {
+    entries,
+    width,
+    // Moments to the second when the history spans less than a day; else days.
+    dateLabel: (time, span) => (span < DAY_MS ? MOMENT : DATE).format(new Date(time)),
+  });
+  const last = entries[entries.length - 1].balance;
+  const changes = `${entries.length} ${entries.length === 1 ? "change" : "changes"}`;
+  $("chart-caption").textContent = complete
+    ? `From 0.00 to ${last}, over ${changes}.`
+    : `The first ${changes} of a longer history, from 0.00 to ${last}.`;
+}
+
+let resizing = 0;
+window.addEventListener("resize", () => {
+  cancelAnimationFrame(resizing);
+  resizing = requestAnimationFrame(drawCharted);
+});
+
+async function refresh(data) {
+  showAccount(data);
+  await Promise.all([showHistoryPage(), showChart()]);
+}
+
+// Moving money: each submission under its own Idempotency-Key
+
+/** An amount the API accepted, as it writes money: two places (text only, no arithmetic). */
+function asMoney(text) {
+  const [whole, part = ""] = text.split(".");
+  return `${whole.replace(/^0+(?=[0-9])/, "")}.${part.padEnd(2, "0")}`;
+}
+
+handleForm($("add"), {
+  send: (values, key) =>
+    api("POST", userPath("/add_money"), { key, body: jsonText({ amount: values.amount, source: values.source }) }),
+  done: async (data, values) => {
+    showMessage($("add"), `Added ${asMoney(values.amount)}. Balance: ${data.wallet.balance}.`, "ok");
+    await refresh(data);
+  },
+});
+
+handleForm($("draw"), {
+  send: (values, key) =>
+    api("POST", userPath("/draw_money"), {
+      key,
+      body: jsonText({ amount: values.amount, destination: values.destination }),
+    }),
+  done: async (data, values) => {
+    showMessage($("draw"), `Drew ${asMoney(values.amount)}. Balance: ${data.wallet.balance}.`, "ok");
+    await refresh(data);
+  },
+  fieldFor: { insufficient_funds: "amount" },
+});
+
+handleForm($("send"), {
+  send: (values, key) => {
+    const body = { to_user_id: integerOrText(values.to_user_id), amount: values.amount };
+    if (values.description !== "") body.description = values.description;
+    return api("POST", userPath("/transfers"), { key, body: jsonText(body) });
+  },
+  done: async (data) => {
+    const { transfer } = data;
+    showMessage($("send"), `Sent ${transfer.amount} to user ${transfer.to_user_id}. Balance: ${data.wallet.balance}.`, "ok");
+    await refresh({ user: data.user, wallet: data.wallet });
+  },
+  fieldFor: { insufficient_funds: "amount" },
+});
+
+handleForm($("close"), {
+  check: (values) => (values.confirm ? null : { field: "confirm", message: "Tick the box to confirm." }),
+  send: (values, key) => api("POST", userPath("/close"), { key }),
+  done: refresh,
+  fieldFor: { wallet_not_empty: "confirm" },
+});
+
+// A message saying what a submission did is only true until the next one.
+document.addEventListener(
+  "submit",
+  () => {
+    for (const note of document.querySelectorAll(".form-message[data-kind=ok]")) note.hidden = true;
+  },
+  true,
+);
+
+// On load: the tab's session, if it has one
+
+session = readSession();
+if (session) {
+  showWallet(null);
+} else {
+  $("signed-out").hidden = false;
+}
