@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 5000
+# Where the browser tests save their screenshots (tests/browser).
+POCKET_SCREENSHOTS ?= build/screenshots
 
 .PHONY: run test lint format bench status verify migrate follow clean
 
@@ -23,7 +25,7 @@ status verify migrate follow bench: $(STAMP)
 	$(BIN)/pocket $@ $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	POCKET_SCREENSHOTS=$(POCKET_SCREENSHOTS) $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check pocket tests
