@@ -274,6 +274,19 @@ def test_a_resend_after_a_lost_answer_moves_money_once(
     expect(page.locator("#balance")).to_have_text("14.00")
 
 
+def test_a_payment_that_went_through_is_not_called_unanswered_when_the_refresh_fails(
+    pages: Pages, server: Server
+) -> None:
+    page = pages.open("/")
+    user_id, token = sign_up(page, "Unlucky")
+    pages.expected.append(re.compile(r"net::ERR_FAILED"))
+    page.route(re.compile(r"/transactions\?"), lambda route: route.abort())
+    submit(page, "add", amount="7", source="API")
+    expect(page.locator("#add .form-message")).to_contain_text("Done, but")
+    expect(page.locator("#add-amount")).to_have_value("")  # not a resend: a new one
+    assert [t["amount"] for t in history(server[1].as_user(token), user_id)] == ["7.00"]
+
+
 def test_closing_the_wallet_is_refused_until_it_is_empty(
     pages: Pages, server: Server
 ) -> None:

@@ -31,15 +31,17 @@ export function handleForm(form, { send, done, fieldFor = {}, check = null }) {
     busy = true;
     setBusy(form, true);
     try {
-      const result = await send(values, pending.key);
-      if (result.ok) {
-        pending = null;
-        form.reset();
-        await done(result.data, values);
-      } else {
-        if (!outcomeUnknown(result)) pending = null;
-        showError(form, errorOf(result), fieldFor, pending !== null);
-      }
+      await submit(values);
+    } finally {
+      busy = false;
+      setBusy(form, false);
+    }
+  });
+
+  async function submit(values) {
+    let result;
+    try {
+      result = await send(values, pending.key);
     } catch (error) {
       if (!(error instanceof NoAnswer)) throw error;
       showMessage(
@@ -48,11 +50,23 @@ export function handleForm(form, { send, done, fieldFor = {}, check = null }) {
           "happened: send it again, and it happens only once.",
         "error",
       );
-    } finally {
-      busy = false;
-      setBusy(form, false);
+      return;
     }
-  });
+    if (!result.ok) {
+      if (!outcomeUnknown(result)) pending = null;
+      showError(form, errorOf(result), fieldFor, pending !== null);
+      return;
+    }
+    // Done: a new submission, even of the same values, is a new request.
+    pending = null;
+    form.reset();
+    try {
+      await done(result.data, values);
+    } catch (error) {
+      if (!(error instanceof NoAnswer)) throw error;
+      showMessage(form, `Done, but the page could not show it (${error.message}): reload the page.`, "error");
+    }
+  }
 }
 
 /** The form's named fields as strings, as typed (checkboxes: "on" or ""). */

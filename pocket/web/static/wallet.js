@@ -2,7 +2,7 @@
 // sessionStorage only), the balance, the history page by page, a chart of the
 // balance drawn from the whole history, and the forms that move money.
 
-import { call, errorOf, integerOrText, jsonText } from "./api.js";
+import { NoAnswer, call, errorOf, integerOrText, jsonText } from "./api.js";
 import { drawChart } from "./chart.js";
 import { clearMessages, handleForm, showMessage } from "./forms.js";
 
@@ -347,6 +347,14 @@ document.addEventListener(
   },
   true,
 );
+
+// A read that got no answer (paging, loading) says so; the page stays as it was.
+window.addEventListener("unhandledrejection", (event) => {
+  if (event.reason instanceof NoAnswer) {
+    event.preventDefault();
+    notice(`The server could not be reached (${event.reason.message}): try again, or reload the page.`);
+  }
+});
 
 // On load: the tab's session, if it has one
 
