@@ -1,8 +1,10 @@
-"""What is about the API itself rather than a resource: health, the document."""
+"""What is about the API itself rather than a resource: health, the metrics, the
+document."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, current_app, jsonify
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from pocket.web.auth import Access, access
 from pocket.web.openapi import openapi_document
@@ -15,6 +17,20 @@ bp = Blueprint("meta", __name__)
 def health() -> Response:
     """A trivial endpoint: the server is up (it does not touch the database)."""
     return jsonify(status="ok")
+
+
+@bp.get("/metrics")
+@access(Access.PUBLIC)
+def metrics() -> Response:
+    """This process's metrics, in Prometheus' text format.
+
+    Public, like /health: they name routes and error codes, never a user, a
+    wallet or an amount; a scraper needs no token (the admin's moves money, and
+    would otherwise sit in the monitoring's configuration); and they must answer
+    while the database is down, when the admin's routes answer 503.
+    """
+    body = generate_latest(current_app.extensions["pocket.metrics"])
+    return Response(body, content_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
 @bp.get("/openapi.json")
