@@ -1,5 +1,5 @@
-"""What is about the API itself rather than a resource: health, the metrics, the
-document."""
+"""What is about the API itself rather than a resource: health, readiness, the
+metrics, the document."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from pocket.web.auth import Access, access
+from pocket.web.context import service
 from pocket.web.openapi import openapi_document
 
 bp = Blueprint("meta", __name__)
@@ -17,6 +18,14 @@ bp = Blueprint("meta", __name__)
 def health() -> Response:
     """A trivial endpoint: the server is up (it does not touch the database)."""
     return jsonify(status="ok")
+
+
+@bp.get("/health/ready")
+@access(Access.PUBLIC)
+def ready() -> Response:
+    """Ready to serve: the database answers (else 503, as any request would get)."""
+    service().check_database()
+    return jsonify(status="ready")
 
 
 @bp.get("/metrics")

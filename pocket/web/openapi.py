@@ -182,6 +182,7 @@ SCHEMAS: dict[str, Schema] = {
         }
     ),
     "Health": obj({"status": {"const": "ok"}}),
+    "Ready": obj({"status": {"const": "ready"}}),
     # Request bodies: the same declarations the views read them with.
     **{body.name: body.schema() for body in BODIES},
 }
@@ -316,6 +317,14 @@ def openapi_document() -> dict[str, Any]:
                     "The server is up (the database is not asked)",
                     ("200", "Up.", "Health"),
                     (),
+                    secured=False,
+                )
+            },
+            "/health/ready": {
+                "get": operation(
+                    "Ready to serve: the database answers (it is asked)",
+                    ("200", "Ready.", "Ready"),
+                    ("503",),
                     secured=False,
                 )
             },

@@ -1,4 +1,5 @@
-"""Watching the API run: GET /metrics, through Flask's test client."""
+"""Watching the API run: GET /metrics and the readiness check, through Flask's
+test client."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pocket.bootstrap import bootstrap
 from pocket.config import Settings
 from pocket.service import PocketService
 from pocket.web import create_app
+from tests.pgserver import PostgresServer
 
 ADMIN_TOKEN = "operator-secret-0123456789"
 
@@ -217,11 +219,56 @@ def test_two_apps_in_one_process_count_apart(sql_settings: Settings) -> None:
             service.close()
 
 
-def test_the_document_shows_metrics_as_public_text(client: FlaskClient) -> None:
+def test_ready_asks_the_database(client: FlaskClient, service: PocketService) -> None:
+    answer = client.get("/health/ready")
+    assert (answer.status_code, answer.get_json()) == (200, {"status": "ready"})
+    service.gate.down.set()
+    try:
+        answer = client.get("/health/ready")
+        assert answer.status_code == 503
+        assert answer.get_json()["error"]["code"] == "service_unavailable"
+        assert client.get("/health").status_code == 200  # Liveness does not ask.
+    finally:
+        service.gate.down.clear()
+
+
+def test_ready_says_503_while_postgres_is_down_and_ready_once_it_is_back(
+    throwaway_postgres: PostgresServer,
+) -> None:
+    url = throwaway_postgres.create_database("pocket_ready")
+    service = bootstrap(Settings.from_url(url))
+    try:
+        client = create_app(service).test_client()
+        assert client.get("/health/ready").status_code == 200
+        throwaway_postgres.stop(mode="fast")
+        answer = client.get("/health/ready")
+        assert answer.status_code == 503
+        assert answer.headers["Retry-After"] == "1"
+        error = answer.get_json()["error"]
+        assert error["code"] == "service_unavailable"
+        assert set(error) == {"code", "message"}
+        assert client.get("/health").status_code == 200
+        assert value(metrics(client), "pocket_database_gate_trips_total") == 1
+        throwaway_postgres.start()
+        deadline = time.monotonic() + 20
+        while client.get("/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, "never ready again"
+            time.sleep(0.1)
+        assert client.get("/health/ready").get_json() == {"status": "ready"}
+    finally:
+        service.close()
+
+
+def test_the_document_shows_metrics_as_public_text_and_ready_with_its_503(
+    client: FlaskClient,
+) -> None:
     paths = client.get("/openapi.json").get_json()["paths"]
     scrape = paths["/metrics"]["get"]
     assert scrape["security"] == []
     assert list(scrape["responses"]["200"]["content"]) == ["text/plain"]
+    ready = paths["/health/ready"]["get"]
+    assert ready["security"] == []
+    assert {"200", "503"} <= set(ready["responses"])
 
 
 def test_each_app_has_a_registry_of_its_own(client: FlaskClient) -> None:

@@ -125,7 +125,7 @@ def test_generated_requests_get_no_5xx_and_answers_true_to_the_document(
     api = schemathesis.openapi.from_wsgi("/openapi.json", app)
     operations = [result.ok() for result in api.get_all_operations()]  # type: ignore[union-attr]
     # Every operation but GET /openapi.json itself, which schemathesis leaves out.
-    assert len(operations) == 12
+    assert len(operations) == 13
     for operation, mode in itertools.product(operations, GenerationMode):
         has_input = list(operation.iter_parameters()) or (
             operation.get_request_payload_content_types()
