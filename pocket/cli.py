@@ -20,10 +20,10 @@ from typing import TypeVar
 
 from eventsourcing.persistence import InterfaceError, OperationalError
 
-from pocket import bench
+from pocket import bench, logs
 from pocket.application import Pocket
 from pocket.bootstrap import bootstrap, open_pocket
-from pocket.config import ConfigurationError, Settings
+from pocket.config import ConfigurationError, LogSettings, Settings
 from pocket.operations import (
     MigrationRefused,
     Progress,
@@ -47,11 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `pocket` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("POCKET_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
+        log_settings = LogSettings.from_environ()
+        logs.configure(log_settings.level, log_settings.format)
         settings = Settings.from_environ()
     except ConfigurationError as error:
         parser.error(str(error))
@@ -60,9 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return command(args, settings)
     except (DatabaseProblem, CannotListen) as problem:
-        print(f"pocket {name}: {problem}", file=sys.stderr)
+        logs.say(f"pocket {name}: {problem}", error=True)
     except (OperationalError, InterfaceError) as error:
-        print(f"pocket {name}: the database failed: {one_line(error)}", file=sys.stderr)
+        logs.say(f"pocket {name}: the database failed: {one_line(error)}", error=True)
     return 2
 
 
@@ -241,10 +239,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         except OSError as error:
             raise CannotListen(args.host, args.port, error) from None
         follower = "no follower" if args.no_follower else "follower in this process"
-        print(
+        logs.say(
             f"Pocket serving on http://{args.host}:{server.port} "
-            f"({follower})\nData: {settings.description}",
-            flush=True,
+            f"({follower})\nData: {settings.description}"
         )
         # waitress shuts down cleanly on SystemExit; make SIGTERM raise it too.
         signal.signal(signal.SIGTERM, raise_system_exit)

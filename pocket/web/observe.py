@@ -1,14 +1,19 @@
-"""Each request watched: counted and timed by route for GET /metrics."""
+"""Each request watched: counted and timed by route for GET /metrics, and logged
+in one access line (logger `pocket.access`) with the request id it is answered
+with."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
+from urllib.parse import quote
 
 from flask import Flask, Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+ACCESS = logging.getLogger("pocket.access")
 # A label value per method a client may send would let clients grow the metrics
 # without bound: any other method is counted as "other".
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -55,7 +60,7 @@ class RequestMetrics:
 
 
 def init_app(app: Flask, registry: CollectorRegistry) -> None:
-    """Times and counts every request; registry is what GET /metrics shows.
+    """Times, counts and logs every request; registry is what GET /metrics shows.
 
     Called before any other hook is added, so that the clock starts first.
     """
@@ -64,7 +69,12 @@ def init_app(app: Flask, registry: CollectorRegistry) -> None:
     app.before_request(start_clock)
 
     def finish(response: Response) -> Response:
-        record(metrics, response)
+        seconds = time.perf_counter() - g.get("started", time.perf_counter())
+        rule = request.url_rule
+        route = rule.rule if rule is not None else UNMATCHED
+        method = request.method if request.method in METHODS else "other"
+        count(metrics, method, route, response.status_code, seconds)
+        log_access(method, route, response, seconds)
         return response
 
     app.after_request(finish)
@@ -75,15 +85,38 @@ def start_clock() -> None:
     g.started = time.perf_counter()
 
 
-def record(metrics: RequestMetrics, response: Response) -> None:
-    """Counts and times the answered request."""
-    seconds = time.perf_counter() - g.get("started", time.perf_counter())
-    rule = request.url_rule
-    route = rule.rule if rule is not None else UNMATCHED
-    method = request.method if request.method in METHODS else "other"
-    status = response.status_code
+def count(
+    metrics: RequestMetrics, method: str, route: str, status: int, seconds: float
+) -> None:
+    """Counts and times an answered request; a refusal, by its code."""
     metrics.requests.labels(method, route, str(status)).inc()
     metrics.latency.labels(method, route).observe(seconds)
     code = g.get("error_code")
     if status in REFUSALS and code is not None:
         metrics.refusals.labels(str(status), code).inc()
+
+
+def log_access(method: str, route: str, response: Response, seconds: float) -> None:
+    """One line per request: its id, method, path, route, status and duration."""
+    # The path as sent, escaped: a decoded %0A would start a forged log line.
+    path = quote(request.path, safe="/:@!$&'()*+,;=-._~")
+    # This hook runs last (Flask runs them in reverse), after the one that names
+    # the answer: the id logged is the id the client got.
+    request_id = response.headers.get("X-Request-Id")
+    milliseconds = seconds * 1000
+    ACCESS.info(
+        "%s %s %d %.1f ms (request %s)",
+        method,
+        path,
+        response.status_code,
+        milliseconds,
+        request_id,
+        extra={
+            "request_id": request_id,
+            "method": method,
+            "path": path,
+            "route": route,
+            "status": response.status_code,
+            "duration_ms": round(milliseconds, 3),
+        },
+    )

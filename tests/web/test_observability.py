@@ -1,8 +1,9 @@
-"""Watching the API run: GET /metrics and the readiness check, through Flask's
-test client."""
+"""Watching the API run: GET /metrics, the readiness check and the access log,
+through Flask's test client."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -257,6 +258,44 @@ def test_ready_says_503_while_postgres_is_down_and_ready_once_it_is_back(
         assert client.get("/health/ready").get_json() == {"status": "ready"}
     finally:
         service.close()
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "pocket.access"]
+
+
+def test_each_request_is_logged_once_with_the_id_it_was_answered_with(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pocket.access")
+    user_id, auth = signed_up(client, "Ann")
+    headers = {**auth, "X-Request-Id": "order-17-try-2"}
+    answered = client.get(f"/users/{user_id}", headers=headers)
+    refused = client.get("/users/999", headers=auth)
+    signup, mine, other = access_lines(caplog)
+    assert answered.headers["X-Request-Id"] == "order-17-try-2"
+    for record, answer in ((mine, answered), (other, refused)):
+        fields = vars(record)
+        assert fields["request_id"] == answer.headers["X-Request-Id"]
+        assert fields["status"] == answer.status_code
+        assert fields["duration_ms"] >= 0
+        assert record.levelno == logging.INFO
+    assert vars(mine)["path"] == f"/users/{user_id}"
+    assert vars(mine)["route"] == "/users/<int:user_id>"
+    assert vars(other)["status"] == 404
+    assert mine.getMessage().startswith(f"GET /users/{user_id} 200 ")
+    assert mine.getMessage().endswith("(request order-17-try-2)")
+    assert vars(signup)["method"] == "POST"
+
+
+def test_a_path_cannot_forge_a_log_line(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pocket.access")
+    client.get("/x%0AINFO%20pocket.access:%20forged")
+    (line,) = access_lines(caplog)
+    assert "\n" not in line.getMessage()
+    assert vars(line)["path"] == "/x%0AINFO%20pocket.access:%20forged"
 
 
 def test_the_document_shows_metrics_as_public_text_and_ready_with_its_503(
