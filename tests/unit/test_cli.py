@@ -72,3 +72,23 @@ def test_the_readme_documents_each_limit_with_its_default() -> None:
         ("--keepalive-timeout S", default.keepalive_timeout),
     ]:
         assert f"| `{option}` | `{value:g}` |" in readme, option
+
+
+def test_follow_serves_no_metrics_unless_asked_and_then_on_localhost() -> None:
+    args = build_parser().parse_args(["follow"])
+    assert (args.metrics_port, args.metrics_host) == (None, "127.0.0.1")
+    args = build_parser().parse_args(["follow", "--metrics-port", "9464"])
+    assert (args.metrics_port, args.metrics_host) == (9464, "127.0.0.1")
+    args = build_parser().parse_args(
+        ["follow", "--metrics-port=9464", "--metrics-host=10.0.0.7"]
+    )
+    assert args.metrics_host == "10.0.0.7"
+
+
+@pytest.mark.parametrize("value", ["-1", "65536", "http", ""])
+def test_follow_refuses_a_metrics_port_that_is_not_a_port(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["follow", "--metrics-port", value])
+    assert "--metrics-port" in capsys.readouterr().err
