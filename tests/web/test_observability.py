@@ -4,9 +4,11 @@ through Flask's test client."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -313,3 +315,28 @@ def test_the_document_shows_metrics_as_public_text_and_ready_with_its_503(
 def test_each_app_has_a_registry_of_its_own(client: FlaskClient) -> None:
     app: Flask = client.application
     assert app.extensions["pocket.metrics"] is not REGISTRY
+
+
+def readme_metrics() -> set[str]:
+    """The metric names the README's table documents."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("\n## Watching it run\n", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `(pocket_\w+)` \|", section, re.MULTILINE))
+
+
+def test_the_readme_documents_every_metric_of_a_server_and_no_other(
+    sql_settings: Settings,
+) -> None:
+    service = bootstrap(sql_settings, follow=True)
+    try:
+        answer = create_app(service).test_client().get("/metrics")
+        families = text_string_to_metric_families(answer.get_data(as_text=True))
+        # A counter's family is named without the _total its samples carry.
+        exposed = {
+            f.name + ("_total" if f.type == "counter" else "")
+            for f in families
+            if f.name.startswith("pocket_")
+        }
+    finally:
+        service.close()
+    assert exposed == readme_metrics()
