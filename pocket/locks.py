@@ -91,7 +91,7 @@ class AdvisoryLock(ProcessLock):
     def try_acquire(self) -> bool:
         if self.held and self.is_still_held():
             return True
-        self.release()
+        self._close()  # Not release(): a standby stays seen while it tries.
         try:
             self.conn = psycopg.connect(
                 autocommit=True,
@@ -103,7 +103,7 @@ class AdvisoryLock(ProcessLock):
                 "SELECT pg_try_advisory_lock(%s, %s)", self.key
             ).fetchone()
         except psycopg.Error:
-            self.release()
+            self._close()
             return False
         self.held = bool(row and row[0])
         if self.held:
@@ -118,7 +118,7 @@ class AdvisoryLock(ProcessLock):
         try:
             self.conn.execute("SELECT 1")
         except psycopg.Error:
-            self.release()
+            self._close()
             return False
         return True
 

@@ -263,6 +263,11 @@ def test_status_lists_the_followers_standing_by_and_forgets_them_once_gone(
         follower = status(pocket)["projections"][0]["follower"]
         assert follower["running"] is True
         assert [s["pid"] for s in follower["standbys"]] == [os.getpid()] * 2
+        # Trying again, as a standby does every second, keeps its place (since).
+        assert not first.try_acquire()
+        assert first.stand_by()
+        again = status(pocket)["projections"][0]["follower"]["standbys"]
+        assert again == follower["standbys"]
         for standby in follower["standbys"]:
             assert set(standby) == {"pid", "host", "since"}
             assert datetime.fromisoformat(standby["since"]) <= datetime.now(UTC)
