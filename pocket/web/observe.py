@@ -98,6 +98,8 @@ def count(
 
 def log_access(method: str, route: str, response: Response, seconds: float) -> None:
     """One line per request: its id, method, path, route, status and duration."""
+    if not ACCESS.isEnabledFor(logging.INFO):
+        return  # Silenced (POCKET_LOG_LEVEL=WARNING): not even the path escaped.
     # The path as sent, escaped: a decoded %0A would start a forged log line.
     path = quote(request.path, safe="/:@!$&'()*+,;=-._~")
     # This hook runs last (Flask runs them in reverse), after the one that names
