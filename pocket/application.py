@@ -33,7 +33,7 @@ from pocket.domainmodel import (
     correlation_id,
     transfer,
 )
-from pocket.groupcommit import GroupCommitter
+from pocket.groupcommit import CommitStats, GroupCommitter
 from pocket.idempotency import Idempotency, KeyedCommands, idempotency
 from pocket.postgres import POSTGRES_DEFAULTS
 from pocket.postgres import Factory as PostgresFactory
@@ -301,6 +301,11 @@ class Pocket(Leader[UUID]):
     def commit_counts(self) -> tuple[int, int]:
         """Group commits so far in this process: (transactions, commands)."""
         return self._committer.batches, self._committer.commands
+
+    @property
+    def commit_stats(self) -> CommitStats:
+        """Group commits so far in this process: batch sizes and retries."""
+        return self._committer.stats()
 
     def save(
         self,

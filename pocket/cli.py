@@ -17,13 +17,18 @@ from contextlib import closing
 from dataclasses import replace
 from types import FrameType
 from typing import TypeVar
+from wsgiref.simple_server import WSGIServer
 
 from eventsourcing.persistence import InterfaceError, OperationalError
+from prometheus_client import start_http_server
 
-from pocket import __version__, bench
+from pocket import __version__, bench, logs
 from pocket.application import Pocket
 from pocket.bootstrap import bootstrap, open_pocket
-from pocket.config import ConfigurationError, Settings
+from pocket.catalog import ProjectionCatalog
+from pocket.config import ConfigurationError, LogSettings, Settings
+from pocket.database import Database
+from pocket.metrics import registry_for
 from pocket.operations import (
     MigrationRefused,
     Progress,
@@ -47,11 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `pocket` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("POCKET_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
+        log_settings = LogSettings.from_environ()
+        logs.configure(log_settings.level, log_settings.format)
         settings = Settings.from_environ()
     except ConfigurationError as error:
         parser.error(str(error))
@@ -60,9 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return command(args, settings)
     except (DatabaseProblem, CannotListen) as problem:
-        print(f"pocket {name}: {problem}", file=sys.stderr)
+        logs.say(f"pocket {name}: {problem}", error=True)
     except (OperationalError, InterfaceError) as error:
-        print(f"pocket {name}: the database failed: {one_line(error)}", file=sys.stderr)
+        logs.say(f"pocket {name}: the database failed: {one_line(error)}", error=True)
     return 2
 
 
@@ -94,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1000,
         help="events per transaction, at most (1000)",
+    )
+    follow_parser.add_argument(
+        "--metrics-port",
+        metavar="N",
+        type=port_number,
+        help="serve this follower's metrics (Prometheus) on port N (none by default)",
+    )
+    follow_parser.add_argument(
+        "--metrics-host",
+        metavar="H",
+        default="127.0.0.1",
+        help="the address of the metrics port (127.0.0.1)",
     )
     follow_parser.set_defaults(command=follow)
 
@@ -210,6 +225,14 @@ def positive_int(value: str) -> int:
     return number
 
 
+def port_number(value: str) -> int:
+    """An argparse type: a TCP port, 0 (any free one) to 65535."""
+    if not value.isdigit() or int(value) > 65535:
+        msg = f"must be a port number, 0 to 65535, not {value!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return int(value)
+
+
 def positive_seconds(value: str) -> float:
     """An argparse type: a finite number of seconds above zero."""
     try:
@@ -242,10 +265,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         except OSError as error:
             raise CannotListen(args.host, args.port, error) from None
         follower = "no follower" if args.no_follower else "follower in this process"
-        print(
+        logs.say(
             f"Pocket serving on http://{args.host}:{server.port} "
-            f"({follower})\nData: {settings.description}",
-            flush=True,
+            f"({follower})\nData: {settings.description}"
         )
         # waitress shuts down cleanly on SystemExit; make SIGTERM raise it too.
         signal.signal(signal.SIGTERM, raise_system_exit)
@@ -275,12 +297,40 @@ def check_port(host: str, port: int) -> None:
 
 def follow(args: argparse.Namespace, settings: Settings) -> int:
     """Follows Pocket's log until SIGTERM or SIGINT, between two transactions."""
+    if args.metrics_port is not None:  # Before waiting for the database.
+        check_port(args.metrics_host, args.metrics_port)
     runner = when_database_answers(
         settings,
         lambda: started(
             open_runner(system, dict(settings.env), batch_size=args.batch_size)
         ),
     )
+    metrics: WSGIServer | None = None
+    try:
+        if args.metrics_port is not None:
+            metrics = serve_metrics(runner, args.metrics_host, args.metrics_port)
+        return follow_until_stopped(runner, settings)
+    finally:
+        if metrics is not None:
+            metrics.shutdown()
+            metrics.server_close()
+        runner.stop()
+
+
+def serve_metrics(runner: PocketRunner, host: str, port: int) -> WSGIServer:
+    """The follower's metrics, served on a port of their own (in a thread)."""
+    catalog = ProjectionCatalog(Database.of(runner.pocket))
+    registry = registry_for(runner, catalog, commits=False)
+    try:
+        server, _ = start_http_server(port, addr=host, registry=registry)
+    except OSError as error:
+        raise CannotListen(host, port, error) from None
+    log.info("Metrics at http://%s:%d/metrics", host, server.server_port)
+    return server
+
+
+def follow_until_stopped(runner: PocketRunner, settings: Settings) -> int:
+    """Waits for SIGTERM or SIGINT, then stops the threads after their batch."""
     stopping = threading.Event()
 
     def stop(signum: int, _: FrameType | None) -> None:
@@ -294,12 +344,9 @@ def follow(args: argparse.Namespace, settings: Settings) -> int:
     log.info(
         "Following %s from position %s", settings.description, runner.live_position()
     )
-    try:
-        stopping.wait()
-        runner.stop_threads()
-        log.info("Stopped at position %s", runner.live_position())
-    finally:
-        runner.stop()
+    stopping.wait()
+    runner.stop_threads()
+    log.info("Stopped at position %s", runner.live_position())
     return 0
 
 

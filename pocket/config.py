@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -10,6 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 DEFAULT_SQLITE_FILE = "pocket.db"
 MIN_ADMIN_TOKEN_LENGTH = 16
+LOG_FORMATS = ("text", "json")
 SQLITE_MODULE = "eventsourcing.sqlite"
 POSTGRES_MODULE = "eventsourcing.postgres"
 
@@ -115,6 +117,30 @@ class Settings:
         }
         where = f"{env['POSTGRES_HOST']}:{port}/{dbname} as {env['POSTGRES_USER']}"
         return cls(POSTGRES_MODULE, env, f"PostgreSQL database {where}")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """How the commands log: POCKET_LOG_LEVEL and POCKET_LOG_FORMAT."""
+
+    level: str = "INFO"
+    format: str = "text"
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> LogSettings:
+        """Reads the two variables; refuses a level or format that does not exist."""
+        environ = os.environ if environ is None else environ
+        level = environ.get("POCKET_LOG_LEVEL", "INFO").strip().upper()
+        if not isinstance(logging.getLevelName(level), int):
+            msg = (
+                f"POCKET_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {level!r}"
+            )
+            raise ConfigurationError(msg)
+        log_format = environ.get("POCKET_LOG_FORMAT", "text").strip().lower()
+        if log_format not in LOG_FORMATS:
+            msg = f"POCKET_LOG_FORMAT must be text or json, not {log_format!r}"
+            raise ConfigurationError(msg)
+        return cls(level, log_format)
 
 
 def admin_token(value: str) -> str | None:

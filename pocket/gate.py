@@ -35,6 +35,8 @@ class DatabaseGate:
         self.probe = probe
         self.interval = interval
         self.down = threading.Event()
+        # How many times the gate closed since the process started (for metrics).
+        self.trips = 0
         self._lock = threading.Lock()
 
     def check(self) -> None:
@@ -50,6 +52,7 @@ class DatabaseGate:
             if self.down.is_set():
                 return
             self.down.set()
+            self.trips += 1
         log.warning("Database unreachable: answering 503 until it is back")
         threading.Thread(target=self._wait_for_return, daemon=True).start()
 

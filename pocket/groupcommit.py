@@ -18,7 +18,7 @@ import logging
 import random
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -58,6 +58,15 @@ class Command(Generic[R]):
         """Answers the caller with an error."""
         self.outcome, self.failed = error, True
         self.done.set()
+
+
+@dataclass(frozen=True)
+class CommitStats:
+    """How commits have gone: how many batches held how many commands, and how
+    many times a batch met another writer's newer events and was decided again."""
+
+    batch_sizes: dict[int, int]
+    retries: int
 
 
 class Retry(Exception):
@@ -107,9 +116,12 @@ class GroupCommitter:
         self.leading = False
         self.linger = linger
         self.expected = 0
-        # How many transactions carried how many commands (for benchmarks).
+        # How many transactions carried how many commands (for benchmarks and
+        # metrics), and how often a batch met newer events and was decided again.
         self.batches = 0
         self.commands = 0
+        self.batch_sizes: Counter[int] = Counter()
+        self.retries = 0
 
     def run(self, command: Command[R]) -> R:
         """Runs a command in the next group commit and returns its answer."""
@@ -142,6 +154,11 @@ class GroupCommitter:
                 self.commands / self.batches,
             )
 
+    def stats(self) -> CommitStats:
+        """How commits have gone so far in this process."""
+        with self.lock:
+            return CommitStats(dict(self.batch_sizes), self.retries)
+
     def _lead(self) -> None:
         """Commits one batch of waiting commands, then passes the lead on."""
         # The callers of the last batch are likely on their way back with their
@@ -155,10 +172,12 @@ class GroupCommitter:
             waiting = len(self.pending)
         if batch:
             self._commit(batch)
-            self.batches += 1
-            self.commands += len(batch)
         self.expected = len(batch) + waiting if len(batch) > 1 else 0
         with self.lock:
+            if batch:  # Counted under the lock, so that stats() reads them whole.
+                self.batches += 1
+                self.commands += len(batch)
+                self.batch_sizes[len(batch)] += 1
             if self.pending:
                 # Commands arrived during the commit: their first caller leads.
                 successor = self.pending[0]
@@ -181,6 +200,7 @@ class GroupCommitter:
                 continue
             except (IntegrityError, Retry):
                 attempt += 1
+                self.retries += 1
                 if len(batch) > 1 and attempt >= 2:
                     # Let each command meet its own conflict alone.
                     for command in batch:

@@ -3,16 +3,23 @@
 On PostgreSQL, a session advisory lock on a connection of its own: the server
 releases it the moment the process dies, even by kill -9. On SQLite, an flock on
 a file beside the database, which the kernel releases the same way.
+
+A process that waits for a lock (a standby follower) can make itself seen, by the
+same means, so that it vanishes when it dies: on PostgreSQL an idle connection
+whose application_name says so, on SQLite an flock on a file of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import secrets
 import socket
 import zlib
 from abc import ABC, abstractmethod
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,6 +53,15 @@ class ProcessLock(ABC):
     def holder(self) -> dict[str, Any] | None:
         """Who holds the lock (pid, host, since), or None when nobody does."""
 
+    @abstractmethod
+    def stand_by(self) -> bool:
+        """Shows this process as waiting for the lock, until it takes the lock or
+        releases; False if it cannot be shown now (call again to retry)."""
+
+    @abstractmethod
+    def standbys(self) -> list[dict[str, Any]]:
+        """The processes waiting for the lock (pid, host, since), oldest first."""
+
     def __enter__(self) -> ProcessLock:
         return self
 
@@ -67,11 +83,15 @@ class AdvisoryLock(ProcessLock):
         self.connect_kwargs = connect_kwargs(datastore)
         self.key = lock_key(name)
         self.conn: psycopg.Connection[Any] | None = None
+        # While standing by: an idle connection named for it, which the server
+        # drops (and so forgets) the moment the process dies.
+        self.waiting: psycopg.Connection[Any] | None = None
+        self.standby_name = f"pocket standby {name} pid="
 
     def try_acquire(self) -> bool:
         if self.held and self.is_still_held():
             return True
-        self.release()
+        self._close()  # Not release(): a standby stays seen while it tries.
         try:
             self.conn = psycopg.connect(
                 autocommit=True,
@@ -83,11 +103,13 @@ class AdvisoryLock(ProcessLock):
                 "SELECT pg_try_advisory_lock(%s, %s)", self.key
             ).fetchone()
         except psycopg.Error:
-            self.release()
+            self._close()
             return False
         self.held = bool(row and row[0])
-        if not self.held:
-            self.release()
+        if self.held:
+            self._stop_standing_by()
+        else:
+            self._close()
         return self.held
 
     def is_still_held(self) -> bool:
@@ -96,17 +118,65 @@ class AdvisoryLock(ProcessLock):
         try:
             self.conn.execute("SELECT 1")
         except psycopg.Error:
-            self.release()
+            self._close()
             return False
         return True
 
     def release(self) -> None:
+        self._close()
+        self._stop_standing_by()
+
+    def _close(self) -> None:
         self.held = False
         if self.conn is not None:
             # Closing the session releases the lock with it.
             with contextlib.suppress(psycopg.Error):
                 self.conn.close()
             self.conn = None
+
+    def stand_by(self) -> bool:
+        if self.waiting is not None:
+            try:
+                self.waiting.execute("SELECT 1")  # Still there after a restart?
+            except psycopg.Error:
+                self._stop_standing_by()
+            else:
+                return True
+        # application_name holds 63 bytes: the lock's name and the pid fit.
+        name = f"{self.standby_name}{os.getpid()}"
+        try:
+            self.waiting = psycopg.connect(
+                autocommit=True,
+                connect_timeout=5,
+                application_name=name,
+                **self.connect_kwargs,
+            )
+        except psycopg.Error:
+            return False
+        return True
+
+    def _stop_standing_by(self) -> None:
+        if self.waiting is not None:
+            with contextlib.suppress(psycopg.Error):
+                self.waiting.close()
+            self.waiting = None
+
+    def standbys(self) -> list[dict[str, Any]]:
+        with psycopg.connect(connect_timeout=5, **self.connect_kwargs) as conn:
+            rows = conn.execute(
+                "SELECT application_name, client_addr, backend_start "
+                "FROM pg_stat_activity WHERE datname = current_database() "
+                "AND left(application_name, %s) = %s ORDER BY backend_start",
+                [len(self.standby_name), self.standby_name],
+            ).fetchall()
+        return [
+            {
+                "pid": pid_in(str(name)),
+                "host": str(address) if address is not None else "local",
+                "since": started.isoformat(),
+            }
+            for name, address, started in rows
+        ]
 
     def holder(self) -> dict[str, Any] | None:
         with psycopg.connect(connect_timeout=5, **self.connect_kwargs) as conn:
@@ -120,12 +190,17 @@ class AdvisoryLock(ProcessLock):
             ).fetchone()
         if row is None:
             return None
-        pid_text = str(row[1]).rpartition("pid=")[2]
         return {
-            "pid": int(pid_text) if pid_text.isdigit() else None,
+            "pid": pid_in(str(row[1])),
             "host": str(row[2]) if row[2] is not None else "local",
             "since": row[3].isoformat(),
         }
+
+
+def pid_in(application_name: str) -> int | None:
+    """The pid a Pocket connection's application_name gives (...pid=<n>)."""
+    pid_text = application_name.rpartition("pid=")[2]
+    return int(pid_text) if pid_text.isdigit() else None
 
 
 class FileLock(ProcessLock):
@@ -135,6 +210,10 @@ class FileLock(ProcessLock):
         super().__init__(name)
         self.path = path
         self.file: IO[str] | None = None
+        # While standing by: a file of this process's own beside the lock's,
+        # flocked, so that a reader can tell a live standby from a dead one's file.
+        self.waiting: IO[str] | None = None
+        self.waiting_path: Path | None = None
 
     def try_acquire(self) -> bool:
         if self.held:
@@ -150,6 +229,7 @@ class FileLock(ProcessLock):
         file.write(f"{os.getpid()} {socket.gethostname()}\n")
         file.flush()
         self.file, self.held = file, True
+        self._stop_standing_by()
         return True
 
     def is_still_held(self) -> bool:
@@ -160,6 +240,64 @@ class FileLock(ProcessLock):
         if self.file is not None:
             self.file.close()  # Closing the file releases the flock.
             self.file = None
+        self._stop_standing_by()
+
+    def stand_by(self) -> bool:
+        if self.waiting is not None:
+            return True
+        self._remove_dead_standbys()
+        path = Path(f"{self._standby_prefix}{os.getpid()}-{secrets.token_hex(4)}.lock")
+        # Flocked and written before it has its name, so that no reader ever sees
+        # it unlocked (and takes it for a dead standby's) or half written.
+        draft = path.with_name(f".{path.name}")
+        since = datetime.now(UTC).isoformat()
+        about = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
+        try:
+            file = draft.open("w")
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # A new file: free.
+            file.write(json.dumps(about))
+            file.flush()
+            draft.rename(path)
+        except OSError:
+            return False
+        self.waiting, self.waiting_path = file, path
+        return True
+
+    def _stop_standing_by(self) -> None:
+        if self.waiting is not None and self.waiting_path is not None:
+            self.waiting_path.unlink(missing_ok=True)
+            self.waiting.close()
+        self.waiting, self.waiting_path = None, None
+
+    @property
+    def _standby_prefix(self) -> str:
+        return f"{str(self.path).removesuffix('.lock')}.standby-"
+
+    def _standby_files(self) -> list[Path]:
+        prefix = Path(self._standby_prefix)
+        return sorted(prefix.parent.glob(f"{prefix.name}*.lock"))
+
+    def _remove_dead_standbys(self) -> None:
+        """Removes the files of standbys that died without removing their own."""
+        for path in self._standby_files():
+            with contextlib.suppress(OSError), path.open("r") as file:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # Nobody has it.
+                path.unlink()
+
+    def standbys(self) -> list[dict[str, Any]]:
+        found = []
+        for path in self._standby_files():
+            try:
+                file = path.open("r")
+            except FileNotFoundError:
+                continue  # It stopped standing by meanwhile.
+            with file:
+                try:
+                    fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except OSError:  # Held: its standby is alive.
+                    with contextlib.suppress(ValueError):
+                        found.append(json.loads(file.read()))
+        return sorted(found, key=lambda standby: str(standby["since"]))
 
     def holder(self) -> dict[str, Any] | None:
         if self.held:

@@ -86,6 +86,14 @@ class Progress:
         self.stream.flush()
 
 
+def format_moment(iso: str | None) -> str:
+    """An ISO 8601 moment for a person, in UTC to the second."""
+    if iso is None:
+        return "an unknown time"
+    moment = datetime.fromisoformat(iso).astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def format_duration(seconds: float) -> str:
     """Seconds as h:mm:ss."""
     whole = int(seconds)
@@ -202,7 +210,9 @@ def status(pocket: Pocket) -> dict[str, Any]:
     head = pocket.recorder.max_notification_id() or 0
     position = positions.get(live) or 0
     lag_events = count_after(pocket, db, position)
-    follower = follower_lock(pocket, live).holder()
+    lock = follower_lock(pocket, live)
+    follower = lock.holder()
+    standbys = lock.standbys()
     migration = named_lock(pocket, f"migrate-{PROJECTION}").holder()
     return {
         "projections": [
@@ -214,7 +224,11 @@ def status(pocket: Pocket) -> dict[str, Any]:
                 "head": head,
                 "lag_events": lag_events,
                 "lag_seconds": lag_seconds(pocket, position) if lag_events else 0.0,
-                "follower": {"running": follower is not None, **(follower or {})},
+                "follower": {
+                    "running": follower is not None,
+                    **(follower or {}),
+                    "standbys": standbys,
+                },
                 "migration": {"running": migration is not None, **(migration or {})},
                 "versions": [
                     {"version": v, "position": p or 0, "live": v == live}
@@ -236,11 +250,14 @@ def count_after(pocket: Pocket, db: Database, position: int) -> int:
 
 
 def lag_seconds(pocket: Pocket, position: int) -> float:
-    """How long the oldest event the projection has not applied has been waiting."""
-    (first,) = pocket.recorder.select_notifications(
+    """How long the oldest event the projection has not applied has been waiting
+    (0 when it has applied them all)."""
+    after = pocket.recorder.select_notifications(
         start=position, limit=1, inclusive_of_start=False
     )
-    event = pocket.mapper.to_domain_event(first)
+    if not after:
+        return 0.0
+    event = pocket.mapper.to_domain_event(after[0])
     written: datetime = event.timestamp  # type: ignore[attr-defined]
     return max(0.0, (datetime.now(UTC) - written).total_seconds())
 
@@ -262,6 +279,11 @@ def format_status(report: dict[str, Any]) -> str:
             f"  position       {p['position']:,} of {p['head']:,}",
             f"  lag            {p['lag_events']:,} events, {p['lag_seconds']:.1f} s",
             f"  follower       {who}",
+        ]
+        lines += [
+            f"  standby        pid {standby.get('pid')} on {standby.get('host')}, "
+            f"since {format_moment(standby.get('since'))}"
+            for standby in follower["standbys"]
         ]
         if p["migration"]["running"]:
             lines.append(f"  migration      running (pid {p['migration'].get('pid')})")

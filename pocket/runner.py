@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 LOCK_CHECK_SECONDS = 2.0
 # A version that is not live looks again this often (a switch sends no NOTIFY).
 STANDBY_SECONDS = 1.0
+# What a projector thread does: applies events (it holds its version's lock),
+# waits for the lock (another follower holds it), or waits for its version to
+# become live.
+ACTIVE, STANDBY, NOT_LIVE = "active", "standby", "not_live"
+ROLES = (ACTIVE, STANDBY, NOT_LIVE)
 
 
 class PocketRunner(MultiThreadedRunner[UUID]):
@@ -159,6 +164,10 @@ class ProjectorThread(MultiThreadedRunnerThread[UUID]):
         self.lock = lock
         self.poll_interval = poll_interval
         self.failures = 0
+        # What this thread does now (ACTIVE, STANDBY or NOT_LIVE; None until its
+        # first round), and how many rounds failed since it started (for metrics).
+        self.role: str | None = None
+        self.failed_rounds = 0
 
     def stop(self) -> None:
         """Stops after the transaction in hand."""
@@ -190,11 +199,14 @@ class ProjectorThread(MultiThreadedRunnerThread[UUID]):
         ours; returns how long to wait for a prompt before the next round."""
         if self.catalog.live_version() != self.projector.version:
             if self.lock.held:
-                self.lock.release()
                 log.info("%s is no longer live: standing by", self.projector.name)
+            self.lock.release()  # The lock, or the place in line for it.
+            self.role = NOT_LIVE
             return STANDBY_SECONDS
         if not self._hold_lock():
+            self._stand_by()
             return 1.0
+        self.role = ACTIVE
         self.projector.pull_and_process(Pocket.name)
         return min(self.poll_interval, LOCK_CHECK_SECONDS)
 
@@ -203,16 +215,35 @@ class ProjectorThread(MultiThreadedRunnerThread[UUID]):
         if self.lock.held:
             if self.lock.is_still_held():
                 return True
-            log.warning("Lost the follower lock (connection dropped); standing by")
+            log.warning("Lost the follower lock (connection dropped)")
         if self.lock.try_acquire():
             log.info("Active: this follower applies events now")
             return True
         return False
 
+    def _stand_by(self) -> None:
+        """Waits for the lock where `pocket status` sees it; says so once."""
+        self.lock.stand_by()
+        if self.role == STANDBY:
+            return
+        self.role = STANDBY
+        try:
+            holder = self.lock.holder()
+        except Exception:  # Only for the message: the lock is what matters.
+            holder = None
+        who = f" (pid {holder['pid']} on {holder['host']})" if holder else ""
+        log.info(
+            "Standing by: another follower%s applies %s; this one takes over "
+            "when it stops",
+            who,
+            self.projector.name,
+        )
+
     def _failed(self, error: Exception) -> float:
         """Logs a failed round (nothing was applied: its batch rolled back whole)
         and returns the back-off before the next."""
         self.failures += 1
+        self.failed_rounds += 1
         if is_connection_error(error):
             # Every pooled connection the failure broke is replaced now, not
             # found by one slow retry after another.

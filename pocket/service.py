@@ -93,6 +93,11 @@ class PocketService:
         """Stops the followers (after the batch in hand) and closes the pools."""
         self.runner.stop()
 
+    def check_database(self) -> None:
+        """Raises, as a request would meet it, unless the database answers now."""
+        self.gate.check()
+        self.users.db.query("SELECT 1 AS ok")
+
     # Who is asking
 
     def authenticate(self, token: str, *, fresh: bool = False) -> Principal | None:

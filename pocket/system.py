@@ -60,6 +60,10 @@ class WalletRecords(ProcessApplication[UUID]):
         self.live_only = True
         # Set to end pull_and_process between two transactions.
         self.stopping = threading.Event()
+        # Sections applied by this object, and the notifications they covered
+        # (for metrics).
+        self.sections_applied = 0
+        self.notifications_applied = 0
 
     def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
         """Pocket's factories: recorders that apply wallet_records' batches."""
@@ -135,6 +139,8 @@ class WalletRecords(ProcessApplication[UUID]):
             if notification.topic in self.topics:
                 self.policy(mapper.to_domain_event(notification), processing_event)
         self._record(processing_event)
+        self.sections_applied += 1
+        self.notifications_applied += len(notifications)
         return len(notifications)
 
     @property

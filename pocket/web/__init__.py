@@ -5,17 +5,29 @@ the edge, and every error, whoever raised it, leaves as the same JSON body. The
 factory is here; each job has a module: `auth` (who may call what), `context`
 (what a view knows of its request), `body`, `fields` and `query` (parsing),
 `json_views` (what resources look like), `errors` (the catalogue of errors),
-`handlers` (every error in the one JSON shape), and a blueprint per resource:
-`users`, `money`, `history`, `meta`, `admin` (the console's data); `pages` serves
-the wallet page and the operator console.
+`handlers` (every error in the one JSON shape), `observe` (each request
+counted, timed and logged), and a blueprint per resource: `users`, `money`,
+`history`, `meta`, `admin` (the console's data); `pages` serves the wallet page
+and the operator console.
 """
 
 from __future__ import annotations
 
 from flask import Flask
 
+from pocket.metrics import registry_for
 from pocket.service import PocketService
-from pocket.web import admin, auth, handlers, history, meta, money, pages, users
+from pocket.web import (
+    admin,
+    auth,
+    handlers,
+    history,
+    meta,
+    money,
+    observe,
+    pages,
+    users,
+)
 from pocket.web.auth import Access, access
 from pocket.web.errors import MAX_BODY_BYTES
 
@@ -26,6 +38,9 @@ def create_app(service: PocketService) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["pocket"] = service
+    # A registry per app: two apps in one process (tests) count apart.
+    registry = registry_for(service.runner, service.catalog, gate=service.gate)
+    observe.init_app(app, registry)  # First: its clock starts before the others.
     auth.init_app(app)
     handlers.init_app(app)
     pages.init_app(app)

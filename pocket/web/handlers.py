@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError, PersistenceError
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from pocket.domainmodel import PocketError
@@ -42,6 +42,7 @@ def answer(
 ) -> tuple[Response, int]:
     """The one JSON shape of every error."""
     body: dict[str, Any] = {"code": code, "message": message}
+    g.error_code = code  # For the refusals counted by code (pocket.web.observe).
     if fields:
         body["fields"] = fields
     response = jsonify(error=body)

@@ -1,11 +1,13 @@
-"""What is about the API itself rather than a resource: health, the document, and
-the document rendered for people at /docs."""
+"""What is about the API itself rather than a resource: health, readiness, the
+metrics, the document, and the document rendered for people at /docs."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from pocket.web.auth import Access, access
+from pocket.web.context import service
 from pocket.web.openapi import openapi_document
 
 bp = Blueprint("meta", __name__)
@@ -16,6 +18,28 @@ bp = Blueprint("meta", __name__)
 def health() -> Response:
     """A trivial endpoint: the server is up (it does not touch the database)."""
     return jsonify(status="ok")
+
+
+@bp.get("/health/ready")
+@access(Access.PUBLIC)
+def ready() -> Response:
+    """Ready to serve: the database answers (else 503, as any request would get)."""
+    service().check_database()
+    return jsonify(status="ready")
+
+
+@bp.get("/metrics")
+@access(Access.PUBLIC)
+def metrics() -> Response:
+    """This process's metrics, in Prometheus' text format.
+
+    Public, like /health: they name routes and error codes, never a user, a
+    wallet or an amount; a scraper needs no token (the admin's moves money, and
+    would otherwise sit in the monitoring's configuration); and they must answer
+    while the database is down, when the admin's routes answer 503.
+    """
+    body = generate_latest(current_app.extensions["pocket.metrics"])
+    return Response(body, content_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
 @bp.get("/openapi.json")

@@ -19,6 +19,7 @@ from pocket.web.money import ADD_MONEY, DRAW_MONEY, NEW_TRANSFER
 from pocket.web.users import NEW_USER
 
 BODIES = (NEW_USER, ADD_MONEY, DRAW_MONEY, NEW_TRANSFER, NO_FIELDS)
+JSON = "application/json"
 
 MONEY_OUT: Schema = {
     "type": "string",
@@ -280,6 +281,7 @@ SCHEMAS: dict[str, Schema] = {
             },
         }
     ),
+    "Ready": obj({"status": {"const": "ready"}}),
     # Request bodies: the same declarations the views read them with.
     **{body.name: body.schema() for body in BODIES},
 }
@@ -329,12 +331,12 @@ AFTER: Schema = {
 }
 
 
-def answer(description: str, schema: Schema) -> Schema:
-    """A JSON response."""
+def answer(description: str, schema: Schema, media_type: str = JSON) -> Schema:
+    """A response: JSON unless said otherwise."""
     return {
         "description": description,
         "headers": {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}},
-        "content": {"application/json": {"schema": schema}},
+        "content": {media_type: {"schema": schema}},
     }
 
 
@@ -362,17 +364,20 @@ def error_responses() -> dict[str, Schema]:
 
 def operation(
     summary: str,
-    success: tuple[str, str, str],
+    success: tuple[str, str, str | Schema],
     errors: tuple[str, ...],
     *,
     body: Body | None = None,
     body_required: bool = True,
     parameters: tuple[Schema, ...] = (),
     secured: bool = True,
+    media_type: str = JSON,
 ) -> Schema:
-    """One operation: its body, its answer, its errors."""
+    """One operation: its body, its answer (a component's name, or a schema),
+    its errors."""
     status, description, schema = success
-    responses = {status: answer(description, ref(schema))}
+    success_schema = ref(schema) if isinstance(schema, str) else schema
+    responses = {status: answer(description, success_schema, media_type)}
     for code in errors:
         responses[code] = {"$ref": f"#/components/responses/E{code}"}
     responses.setdefault("422", {"$ref": "#/components/responses/E422"})
@@ -424,8 +429,37 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             "/health": {
                 "get": operation(
-                    "The server is up", ("200", "Up.", "Health"), (), secured=False
+                    "The server is up (the database is not asked)",
+                    ("200", "Up.", "Health"),
+                    (),
+                    secured=False,
                 )
+            },
+            "/health/ready": {
+                "get": operation(
+                    "Ready to serve: the database answers (it is asked)",
+                    ("200", "Ready.", "Ready"),
+                    ("503",),
+                    secured=False,
+                )
+            },
+            "/metrics": {
+                "get": {
+                    **operation(
+                        "This process's metrics, for Prometheus",
+                        ("200", "The metrics.", {"type": "string"}),
+                        (),
+                        secured=False,
+                        media_type="text/plain",
+                    ),
+                    "description": (
+                        "Prometheus' text format (version 0.0.4): requests, "
+                        "latency and refusals by route, group commits, the 503 "
+                        "gate, the projection's lag and this process's "
+                        "followers. Public, like /health: no user, wallet or "
+                        "amount appears in it."
+                    ),
+                }
             },
             "/openapi.json": {
                 "get": {

@@ -167,10 +167,27 @@ def orphan_pids(url: str) -> list[int]:
     with psycopg.connect(url, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-            "AND query LIKE %s",
+            "AND datname = current_database() AND query LIKE %s",
             ["%pocket_events_insert%"],
         ).fetchall()
     return [int(row[0]) for row in rows]
+
+
+def activity(setup: Setup) -> str:
+    """What the test's database is doing, and what the server said: for a failure."""
+    with psycopg.connect(setup.url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid, state, wait_event_type, wait_event, left(query, 80) "
+            "FROM pg_stat_activity WHERE datname = current_database()"
+        ).fetchall()
+    return "\n".join(map(str, rows)) + "\n" + setup.server.output[-3000:]
+
+
+@pytest.fixture(autouse=True)
+def reachable_after(setup: Setup) -> Iterator[None]:
+    """Whatever a test did to the proxy, the next one finds the database there."""
+    yield
+    setup.proxy.refuse(False)
 
 
 def cut_off(setup: Setup, marker: str, key: str | None) -> tuple[Trap, int, Any]:
@@ -204,7 +221,9 @@ def test_an_outcome_that_cannot_be_known_is_a_503_never_a_second_payment(
         assert status == 503, body
         assert "not known" in body["error"]["message"]
         assert "same Idempotency-Key" in body["error"]["message"]
-        (pid,) = orphan_pids(setup.url)  # the cut-off statement, still waiting
+        pids = orphan_pids(setup.url)  # the cut-off statement, still waiting
+        assert len(pids) == 1, activity(setup)
+        (pid,) = pids
         if orphan == "never commits":
             with psycopg.connect(setup.url, autocommit=True) as conn:
                 conn.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])

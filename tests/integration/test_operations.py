@@ -4,6 +4,7 @@ PostgreSQL."""
 from __future__ import annotations
 
 import io
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import closing
@@ -21,6 +22,7 @@ from pocket.database import Database
 from pocket.operations import (
     MigrationRefused,
     Progress,
+    format_status,
     last_verification,
     migrate,
     status,
@@ -254,6 +256,40 @@ def test_status_reports_position_lag_and_the_follower(pocket: Pocket) -> None:
         assert report["position"] == report["head"]
     finally:
         lock.release()
+
+
+def test_status_lists_the_followers_standing_by_and_forgets_them_once_gone(
+    pocket: Pocket,
+) -> None:
+    open_catalog(pocket)
+    active, first, second = (follower_lock(pocket, 2) for _ in range(3))
+    assert active.try_acquire()
+    try:
+        assert status(pocket)["projections"][0]["follower"]["standbys"] == []
+        for standby in (first, second):
+            assert not standby.try_acquire()
+            assert standby.stand_by()
+            assert standby.stand_by()  # Once seen, it stays seen; no duplicate.
+        follower = status(pocket)["projections"][0]["follower"]
+        assert follower["running"] is True
+        assert [s["pid"] for s in follower["standbys"]] == [os.getpid()] * 2
+        # Trying again, as a standby does every second, keeps its place (since).
+        assert not first.try_acquire()
+        assert first.stand_by()
+        again = status(pocket)["projections"][0]["follower"]["standbys"]
+        assert again == follower["standbys"]
+        for standby in follower["standbys"]:
+            assert set(standby) == {"pid", "host", "since"}
+            assert datetime.fromisoformat(standby["since"]) <= datetime.now(UTC)
+        assert "  standby        pid" in format_status(status(pocket))
+        active.release()
+        assert first.try_acquire()  # Taking the lock ends standing by.
+        second.release()  # So does giving up.
+        follower = status(pocket)["projections"][0]["follower"]
+        assert follower["standbys"] == []
+    finally:
+        for lock in (active, first, second):
+            lock.release()
 
 
 def test_verify_agrees_with_a_faithful_projection(pocket: Pocket) -> None:

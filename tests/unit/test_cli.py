@@ -83,3 +83,23 @@ def test_pocket_says_its_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out == f"pocket {__version__}\n"
     pyproject = Path(__file__).parents[2] / "pyproject.toml"
     assert __version__ == tomllib.loads(pyproject.read_text())["project"]["version"]
+
+
+def test_follow_serves_no_metrics_unless_asked_and_then_on_localhost() -> None:
+    args = build_parser().parse_args(["follow"])
+    assert (args.metrics_port, args.metrics_host) == (None, "127.0.0.1")
+    args = build_parser().parse_args(["follow", "--metrics-port", "9464"])
+    assert (args.metrics_port, args.metrics_host) == (9464, "127.0.0.1")
+    args = build_parser().parse_args(
+        ["follow", "--metrics-port=9464", "--metrics-host=10.0.0.7"]
+    )
+    assert args.metrics_host == "10.0.0.7"
+
+
+@pytest.mark.parametrize("value", ["-1", "65536", "http", ""])
+def test_follow_refuses_a_metrics_port_that_is_not_a_port(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["follow", "--metrics-port", value])
+    assert "--metrics-port" in capsys.readouterr().err

@@ -396,3 +396,21 @@ def test_a_commands_record_is_saved_with_its_events(
     saved = store.aggregates[record_id]
     assert isinstance(saved, CommandRecord)
     assert saved.result == {"balance": Decimal("1.00")}
+
+
+# What it tells the metrics
+
+
+def test_each_batch_is_counted_by_its_size_and_each_retry_once(
+    committer: GroupCommitter, store: Store
+) -> None:
+    a, b = store.wallet(), store.wallet()
+    together(committer, [add(a, "1"), add(b, "2"), add(a, "3")])
+    committer.run(add(a, "1"))  # a is cached now
+    store.add_elsewhere(a, "10")
+    committer.run(add(a, "1"))  # meets the newer event: decided again
+    stats = committer.stats()
+    # The caller that held the committer made a batch of one of its own.
+    assert stats.batch_sizes == {1: 3, 3: 1}
+    assert stats.retries == 1
+    assert (committer.batches, committer.commands) == (4, 6)

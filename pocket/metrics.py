@@ -1,0 +1,198 @@
+"""What Pocket's processes tell Prometheus: the group commits, the 503 gate, the
+followers and the projection's lag, read when scraped.
+
+Each server or follower has a registry of its own, never the library's global
+one, so that tests and several apps in one process do not collide. The counts
+are kept, without Prometheus, by what they count (the group committer, the gate,
+the projector threads); a collector turns them into metrics at each scrape, and
+reads the lag from the database then (the live version's position and the head:
+two small reads), never on a request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from pocket.application import Pocket
+from pocket.catalog import ProjectionCatalog
+from pocket.gate import DatabaseGate
+from pocket.groupcommit import CommitStats
+from pocket.operations import lag_seconds
+from pocket.runner import ROLES, PocketRunner, ProjectorThread
+from pocket.walletrecords import PROJECTION
+
+log = logging.getLogger(__name__)
+# Commands per group commit: the committer takes at most 256 at once.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass(eq=False)  # A registry keeps its collectors in a dict.
+class PocketCollector(Collector):
+    """Pocket's own metrics, read from the parts of one process at each scrape.
+
+    gate: the API's 503 gate (None in `pocket follow`, which has none); commits:
+    whether this process writes (a follower commits nothing).
+    """
+
+    pocket: Pocket
+    catalog: ProjectionCatalog
+    runner: PocketRunner
+    gate: DatabaseGate | None = None
+    commits: bool = True
+
+    def collect(self) -> Iterator[Metric]:
+        if self.commits:
+            yield from commit_metrics(self.pocket.commit_stats)
+        if self.gate is not None:
+            yield from gate_metrics(self.gate)
+        threads = self.runner.threads.values()
+        yield from follower_metrics(
+            t for t in threads if isinstance(t, ProjectorThread)
+        )
+        # While the gate is closed the database is known to be down: a scrape
+        # must not wait on it.
+        if self.gate is None or not self.gate.down.is_set():
+            yield from self.projection_metrics()
+
+    def projection_metrics(self) -> Iterator[Metric]:
+        """The live version's position and lag, or nothing if they cannot be read."""
+        try:
+            live = self.catalog.live_version()
+            position = self.catalog.position(live) or 0
+            head = self.pocket.recorder.max_notification_id() or 0
+            behind = max(0, head - position)
+            seconds = lag_seconds(self.pocket, position) if behind else 0.0
+        except Exception as error:  # The scrape goes on without them.
+            log.debug("Projection metrics not read: %s", error)
+            return
+        labels = [PROJECTION, str(live)]
+        yield gauge("pocket_projection_live_version", "The live version.", live)
+        yield gauge("pocket_projection_head", "The last event of the log.", head)
+        figures: list[tuple[str, float, str]] = [
+            ("position", position, "The last event of the log the live version holds."),
+            (
+                "lag_events",
+                behind,
+                "Events of the log the live version lacks (head minus position: "
+                "ids that a rolled-back write took count too).",
+            ),
+            ("lag_seconds", seconds, "Age of the oldest event it lacks."),
+        ]
+        for name, value, help_text in figures:
+            metric = GaugeMetricFamily(
+                f"pocket_projection_{name}", help_text, labels=["projection", "version"]
+            )
+            metric.add_metric(labels, value)
+            yield metric
+
+
+def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    """A gauge of one projection, labelled with its name."""
+    metric = GaugeMetricFamily(name, documentation, labels=["projection"])
+    metric.add_metric([PROJECTION], value)
+    return metric
+
+
+def commit_metrics(stats: CommitStats) -> Iterator[Metric]:
+    """The group commit's batch sizes, as a histogram, and its retries."""
+    sizes = stats.batch_sizes
+    buckets = [
+        (str(bound), sum(n for size, n in sizes.items() if size <= bound))
+        for bound in BATCH_BUCKETS
+    ]
+    buckets.append(("+Inf", sum(sizes.values())))
+    yield HistogramMetricFamily(
+        "pocket_group_commit_batch_size",
+        "Commands decided together and saved in one transaction (a group commit).",
+        buckets=buckets,
+        sum_value=sum(size * n for size, n in sizes.items()),
+    )
+    yield CounterMetricFamily(
+        "pocket_group_commit_retries",
+        "Batches decided again after meeting another writer's newer events "
+        "(optimistic concurrency conflicts).",
+        value=stats.retries,
+    )
+
+
+def gate_metrics(gate: DatabaseGate) -> Iterator[Metric]:
+    """Whether the 503 gate lets requests through, and how often it closed."""
+    yield GaugeMetricFamily(
+        "pocket_database_gate_open",
+        "1 while requests reach the database; 0 while the database is known to "
+        "be down and the API answers 503 at once.",
+        value=0 if gate.down.is_set() else 1,
+    )
+    yield CounterMetricFamily(
+        "pocket_database_gate_trips",
+        "Times the gate closed because the database could not be reached.",
+        value=gate.trips,
+    )
+
+
+def follower_metrics(threads: Iterable[ProjectorThread]) -> Iterator[Metric]:
+    """Each projector thread's role, sections applied and failed rounds."""
+    labels = ["projection", "version"]
+    role = GaugeMetricFamily(
+        "pocket_follower_role",
+        "What this process's follower of a version does: 1 for its role "
+        "(active: applies events; standby: waits for the active one's lock; "
+        "not_live: its version is not live), 0 for the others.",
+        labels=[*labels, "role"],
+    )
+    batches = CounterMetricFamily(
+        "pocket_follower_batches",
+        "Sections of the log applied, each in one transaction.",
+        labels=labels,
+    )
+    events = CounterMetricFamily(
+        "pocket_follower_events",
+        "Events of the log the applied sections covered.",
+        labels=labels,
+    )
+    failures = CounterMetricFamily(
+        "pocket_follower_failures",
+        "Rounds that failed (and were tried again after a pause).",
+        labels=labels,
+    )
+    for thread in threads:
+        version = [PROJECTION, str(thread.projector.version)]
+        if thread.role is not None:
+            for name in ROLES:
+                role.add_metric([*version, name], 1 if thread.role == name else 0)
+        batches.add_metric(version, thread.projector.sections_applied)
+        events.add_metric(version, thread.projector.notifications_applied)
+        failures.add_metric(version, thread.failed_rounds)
+    yield from (role, batches, events, failures)
+
+
+def registry_for(
+    runner: PocketRunner,
+    catalog: ProjectionCatalog,
+    *,
+    gate: DatabaseGate | None = None,
+    commits: bool = True,
+) -> CollectorRegistry:
+    """A registry of one process's own: Pocket's metrics and the process's
+    (CPU, memory, open files, garbage collection)."""
+    registry = CollectorRegistry()
+    registry.register(PocketCollector(runner.pocket, catalog, runner, gate, commits))
+    for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(standard)
+    return registry

@@ -1,0 +1,80 @@
+"""End to end: standby followers say so, and `pocket status` lists them, with
+real `pocket follow` processes on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.processes import PocketProcess, follow, run_pocket, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def env(request: pytest.FixtureRequest) -> dict[str, str]:
+    url = request.getfixturevalue(f"{request.param}_url")
+    return {"POCKET_DATABASE_URL": url}
+
+
+def says(process: PocketProcess, words: str) -> bool:
+    return words in process.output
+
+
+def follower_info(tmp_path: Path, env: dict[str, str]) -> dict[str, Any]:
+    """What `pocket status --json` says of the live version's followers."""
+    answer = run_pocket(tmp_path, env, "status", "--json")
+    assert answer.returncode == 0, answer.stderr
+    follower: dict[str, Any] = json.loads(answer.stdout)["projections"][0]["follower"]
+    return follower
+
+
+def standby_pids(tmp_path: Path, env: dict[str, str]) -> list[int]:
+    return sorted(s["pid"] for s in follower_info(tmp_path, env)["standbys"])
+
+
+def test_status_shows_the_active_follower_and_its_standbys_until_each_is_gone(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    first = follow(tmp_path, env)
+    wait_for(lambda: "Active" in first.output, what="the first follower to lead")
+    others: list[PocketProcess] = []
+    try:
+        others += [follow(tmp_path, env), follow(tmp_path, env)]
+        second, third = others
+        for standby in others:
+            wait_for(partial(says, standby, "Standing by"), what="standing by")
+            assert f"(pid {first.process.pid} on " in standby.output
+        pids = sorted(p.process.pid for p in others)
+        wait_for(lambda: standby_pids(tmp_path, env) == pids, what="two standbys")
+        info = follower_info(tmp_path, env)
+        assert (info["running"], info["pid"]) == (True, first.process.pid)
+        text = run_pocket(tmp_path, env, "status").stdout
+        assert f"follower       running (pid {first.process.pid} on " in text
+        for pid in pids:
+            assert f"standby        pid {pid} on " in text
+        # Said once, not at every look at the lock.
+        assert second.output.count("Standing by") == 1
+
+        third.kill()  # A standby that dies leaves the list, whatever killed it.
+        wait_for(
+            lambda: standby_pids(tmp_path, env) == [second.process.pid],
+            what="the dead standby to leave the list",
+        )
+        first.kill()
+        wait_for(lambda: "Active" in second.output, timeout=10, what="the takeover")
+        info = follower_info(tmp_path, env)
+        assert (info["running"], info["pid"], info["standbys"]) == (
+            True,
+            second.process.pid,
+            [],
+        )
+        assert second.terminate() == 0
+    finally:
+        first.close()
+        for process in others:
+            process.close()
