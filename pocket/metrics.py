@@ -35,6 +35,7 @@ from pocket.gate import DatabaseGate
 from pocket.groupcommit import CommitStats
 from pocket.operations import lag_seconds
 from pocket.runner import ROLES, PocketRunner, ProjectorThread
+from pocket.verifications import VerificationLog
 from pocket.walletrecords import PROJECTION
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,32 @@ class PocketCollector(Collector):
         # must not wait on it.
         if self.gate is None or not self.gate.down.is_set():
             yield from self.projection_metrics()
+            yield from self.verify_metrics()
+
+    def verify_metrics(self) -> Iterator[Metric]:
+        """The last `pocket verify`: when, and how many mismatches it found."""
+        try:
+            run = VerificationLog(self.catalog.db).last()
+        except Exception as error:  # The scrape goes on without them.
+            log.debug("Verify metrics not read: %s", error)
+            return
+        if run is None:
+            return  # Never run here: no figure rather than a made-up one.
+        yield gauge(
+            "pocket_verify_last_run_timestamp_seconds",
+            "When the last pocket verify finished (Unix time).",
+            run.at.timestamp(),
+        )
+        yield gauge(
+            "pocket_verify_last_mismatches",
+            "Wallets the last pocket verify found disagreeing with the events.",
+            run.mismatches,
+        )
+        yield gauge(
+            "pocket_verify_last_checked",
+            "Wallets the last pocket verify compared.",
+            run.checked,
+        )
 
     def projection_metrics(self) -> Iterator[Metric]:
         """The live version's position and lag, or nothing if they cannot be read."""

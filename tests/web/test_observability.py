@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pocket.bootstrap import bootstrap
 from pocket.config import Settings
+from pocket.operations import verify
 from pocket.service import PocketService
 from pocket.web import create_app
 from tests.pgserver import PostgresServer
@@ -329,6 +330,7 @@ def test_the_readme_documents_every_metric_of_a_server_and_no_other(
 ) -> None:
     service = bootstrap(sql_settings, follow=True)
     try:
+        verify(service.pocket, out=lambda _: None)  # its figures need a run
         answer = create_app(service).test_client().get("/metrics")
         families = text_string_to_metric_families(answer.get_data(as_text=True))
         # A counter's family is named without the _total its samples carry.
@@ -340,3 +342,24 @@ def test_the_readme_documents_every_metric_of_a_server_and_no_other(
     finally:
         service.close()
     assert exposed == readme_metrics()
+
+
+def test_the_last_verify_is_in_the_metrics(
+    client: FlaskClient, service: PocketService
+) -> None:
+    def samples() -> dict[str, float]:
+        text = client.get("/metrics").get_data(as_text=True)
+        return {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name.startswith("pocket_verify_")
+        }
+
+    assert samples() == {}  # never run: no figure rather than a made-up one
+    before = time.time()
+    verify(service.pocket, out=lambda _: None)
+    figures = samples()
+    assert figures["pocket_verify_last_mismatches"] == 0
+    assert figures["pocket_verify_last_checked"] == 0
+    assert figures["pocket_verify_last_run_timestamp_seconds"] >= before - 1
