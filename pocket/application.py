@@ -34,6 +34,7 @@ from pocket.domainmodel import (
     transfer,
 )
 from pocket.groupcommit import CommitStats, GroupCommitter
+from pocket.guards import TokenGuard
 from pocket.idempotency import Idempotency, KeyedCommands, idempotency
 from pocket.postgres import POSTGRES_DEFAULTS
 from pocket.postgres import Factory as PostgresFactory
@@ -45,6 +46,8 @@ from pocket.results import (
     WalletInfo,
     to_history_entry,
 )
+from pocket.sqlite import Factory as SQLiteFactory
+from pocket.users import TokenRevoked
 
 # What the application answers is defined in pocket.results, so that the modules
 # the application uses can build it without importing the application; callers
@@ -90,7 +93,11 @@ class Pocket(Leader[UUID]):
         # Every command of this process is decided and saved by the group
         # committer, many callers' commands to a transaction.
         self._committer = GroupCommitter(
-            self._get, self.save, self._has_newer_events, max_attempts=self.max_attempts
+            self._get,
+            self.save,
+            self._has_newer_events,
+            max_attempts=self.max_attempts,
+            guard_failed=lambda guard: TokenRevoked(guard.user_id),
         )
         # A keyed command runs once: a rerun is answered from its record, and a
         # key in use right now is refused.
@@ -100,8 +107,11 @@ class Pocket(Leader[UUID]):
 
     def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
         """The library's factory, with bounded retries on PostgreSQL."""
-        if env.get("PERSISTENCE_MODULE") == "eventsourcing.postgres":
+        module = env.get("PERSISTENCE_MODULE")
+        if module == "eventsourcing.postgres":
             return PostgresFactory(env)
+        if module == "eventsourcing.sqlite":
+            return SQLiteFactory(env)
         return super().construct_factory(env)
 
     # Commands: each gets its wallets, decides with the domain model, and saves.
@@ -126,12 +136,13 @@ class Pocket(Leader[UUID]):
         *,
         cause: Cause | None = None,
         command_id: str | None = None,
+        guard: TokenGuard | None = None,
     ) -> WalletInfo:
         """Puts money into a wallet; returns the wallet as it now is."""
         why = cause or new_cause()
         key = idempotency(command_id, "add_money", wallet_id, amount, source)
         return self._get_decide_save_wallet(
-            wallet_id, lambda wallet: wallet.add_money(amount, source, why), key
+            wallet_id, lambda wallet: wallet.add_money(amount, source, why), key, guard
         )
 
     def draw_money(
@@ -142,12 +153,16 @@ class Pocket(Leader[UUID]):
         *,
         cause: Cause | None = None,
         command_id: str | None = None,
+        guard: TokenGuard | None = None,
     ) -> WalletInfo:
         """Takes money out of a wallet; refuses to go below zero."""
         why = cause or new_cause()
         key = idempotency(command_id, "draw_money", wallet_id, amount, destination)
         return self._get_decide_save_wallet(
-            wallet_id, lambda wallet: wallet.draw_money(amount, destination, why), key
+            wallet_id,
+            lambda wallet: wallet.draw_money(amount, destination, why),
+            key,
+            guard,
         )
 
     def transfer(
@@ -159,6 +174,7 @@ class Pocket(Leader[UUID]):
         *,
         cause: Cause | None = None,
         command_id: str | None = None,
+        guard: TokenGuard | None = None,
     ) -> TransferInfo:
         """Moves money between two wallets: both sides in one transaction, or none."""
         why = cause or new_cause()
@@ -185,7 +201,7 @@ class Pocket(Leader[UUID]):
         key = idempotency(
             command_id, "transfer", sender_id, receiver_id, amount, description
         )
-        result = self._get_decide_save([sender_id, receiver_id], decide, key)
+        result = self._get_decide_save([sender_id, receiver_id], decide, key, guard)
         assert isinstance(result, TransferInfo)
         return result
 
@@ -195,12 +211,13 @@ class Pocket(Leader[UUID]):
         *,
         cause: Cause | None = None,
         command_id: str | None = None,
+        guard: TokenGuard | None = None,
     ) -> WalletInfo:
         """Closes an empty wallet for good."""
         why = cause or new_cause()
         key = idempotency(command_id, "close", wallet_id)
         return self._get_decide_save_wallet(
-            wallet_id, lambda wallet: wallet.close(why), key
+            wallet_id, lambda wallet: wallet.close(why), key, guard
         )
 
     # How a command runs
@@ -210,6 +227,7 @@ class Pocket(Leader[UUID]):
         wallet_ids: Sequence[UUID],
         decide: Callable[[list[Wallet]], Result],
         key: Idempotency | None,
+        guard: TokenGuard | None = None,
     ) -> Result:
         """Gets the wallets, runs decide on them (the domain call, which also makes
         the answer) and saves the events it made; returns decide's answer.
@@ -220,9 +238,11 @@ class Pocket(Leader[UUID]):
         command's idempotency record, in one transaction. A refusal (a domain
         error) saves nothing and is raised here. A keyed command that ran before
         is answered from its record and decides nothing; one whose key is in use
-        right now is refused (see pocket.idempotency).
+        right now is refused (see pocket.idempotency). A guard (the caller's
+        token) is checked in the transaction that commits the command: if it no
+        longer holds, the command changes nothing and fails (see pocket.guards).
         """
-        command = self._keyed.command(wallet_ids, decide, key)
+        command = self._keyed.command(wallet_ids, decide, key, guard)
         with self._keyed.claim(key):
             return self._committer.run(command)
 
@@ -231,6 +251,7 @@ class Pocket(Leader[UUID]):
         wallet_id: UUID,
         decide: Callable[[Wallet], None],
         key: Idempotency | None,
+        guard: TokenGuard | None = None,
     ) -> WalletInfo:
         """_get_decide_save on one wallet; answers the wallet as decide left it."""
 
@@ -239,7 +260,7 @@ class Pocket(Leader[UUID]):
             decide(wallet)
             return WalletInfo.of(wallet)
 
-        result = self._get_decide_save([wallet_id], decide_and_answer, key)
+        result = self._get_decide_save([wallet_id], decide_and_answer, key, guard)
         assert isinstance(result, WalletInfo)
         return result
 

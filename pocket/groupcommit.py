@@ -28,6 +28,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
 from pocket.domainmodel import ConcurrencyConflict, PocketError, Wallet
+from pocket.guards import GuardsBroken, TokenGuard
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -43,6 +44,8 @@ class Command(Generic[R]):
     replay: Callable[[], R | None]
     # What to save beside the wallets' events (an idempotency record), if anything.
     record: Callable[[R], Aggregate | None]
+    # What must still hold when the batch commits (the caller's token), if anything.
+    guard: TokenGuard | None = None
     outcome: Any = None
     failed: bool = False
     # Set (with done) when this command's caller must lead the next commit.
@@ -97,6 +100,7 @@ class GroupCommitter:
         save: Callable[..., Any],
         has_newer_events: Callable[[Wallet], bool],
         *,
+        guard_failed: Callable[[TokenGuard], BaseException] | None = None,
         max_batch: int = 256,
         max_attempts: int = 12,
         cache_size: int = 10_000,
@@ -105,6 +109,8 @@ class GroupCommitter:
         self.load = load
         self.save = save
         self.has_newer_events = has_newer_events
+        # The error a command whose guard no longer held is answered with.
+        self.guard_failed = guard_failed or PermissionError
         self.max_batch = max_batch
         self.max_attempts = max_attempts
         self.cache_size = cache_size
@@ -198,6 +204,9 @@ class GroupCommitter:
                 poisoned.command.fail(poisoned.error)
                 batch = [c for c in batch if c is not poisoned.command]
                 continue
+            except GuardsBroken as broken:
+                batch = self._fail_broken(batch, broken)
+                continue
             except (IntegrityError, Retry):
                 attempt += 1
                 self.retries += 1
@@ -219,20 +228,35 @@ class GroupCommitter:
             if not command.done.is_set():
                 command.fail(ConcurrencyConflict(command.wallet_ids[0]))
 
+    def _fail_broken(
+        self, batch: list[Command[Any]], broken: GuardsBroken
+    ) -> list[Command[Any]]:
+        """Nothing was written: the commands whose guards broke (their tokens were
+        replaced) fail; returns the rest, to be decided again."""
+        for command in batch:
+            if command.guard is not None and broken.broke(command.guard):
+                command.fail(self.guard_failed(command.guard))
+        return [c for c in batch if not c.done.is_set()]
+
     def _attempt(self, batch: list[Command[Any]]) -> None:
         wallets: dict[UUID, Wallet] = {}
         from_cache: set[UUID] = set()
         extra: list[Aggregate] = []
         answers: list[tuple[Command[Any], Any, bool]] = []
+        guards: list[TokenGuard] = []
         for command in [c for c in batch if not c.done.is_set()]:
             outcome, failed, record = self._decide(command, wallets, from_cache)
             if record is not None:
                 extra.append(record)
+            if command.guard is not None:
+                guards.append(command.guard)
             answers.append((command, outcome, failed))
         changed = [w for w in wallets.values() if w.pending_events]
-        if changed or extra:
+        # Every answer, a refusal or a replay too, waits for its guard: a
+        # batch that writes nothing still sends its guards to be checked.
+        if changed or extra or guards:
             try:
-                self.save(*changed, *extra)
+                self.save(*changed, *extra, **({"guards": guards} if guards else {}))
             except BaseException:
                 self._forget(wallets)
                 raise

@@ -23,6 +23,7 @@ from eventsourcing.application import AggregateNotFoundError, Repository
 
 from pocket.domainmodel import CommandRecord, Wallet
 from pocket.groupcommit import Command
+from pocket.guards import TokenGuard
 from pocket.results import Result, TransferInfo, WalletInfo
 
 
@@ -65,16 +66,18 @@ class KeyedCommands:
         wallet_ids: Sequence[UUID],
         decide: Callable[[list[Wallet]], Result],
         key: Idempotency | None,
+        guard: TokenGuard | None = None,
     ) -> Command[Result]:
         """The group committer's command for decide; with a key, one that answers a
         rerun from its record and saves a record beside its events."""
         if key is None:
-            return Command(wallet_ids, decide, lambda: None, lambda _: None)
+            return Command(wallet_ids, decide, lambda: None, lambda _: None, guard)
         return Command(
             wallet_ids,
             decide,
             replay=lambda: self.replay(key),
             record=lambda result: self.record(key, result),
+            guard=guard,
         )
 
     def replay(self, key: Idempotency) -> Result | None:

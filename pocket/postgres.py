@@ -38,10 +38,14 @@ from psycopg.errors import UndefinedFunction
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier, Literal
 
+from pocket.guards import GuardsBroken, TokenGuard, parse_user_ids
+
 # An insert is tried at most this often; a lost link in between is settled first.
 INSERT_ATTEMPTS = 2
 # How long to wait for the backend of a lost insert to end.
 SETTLE_SECONDS = 5.0
+# The SQLSTATE the insert function raises when a command's guard does not hold.
+GUARD_SQLSTATE = "PKG01"
 
 # Connection settings Pocket chooses unless the environment says otherwise.
 POSTGRES_DEFAULTS = {
@@ -120,10 +124,26 @@ class ApplicationRecorder(PostgresApplicationRecorder):
         super().__init__(datastore, events_table_name=events_table_name)
         function = Identifier(datastore.schema, f"{events_table_name}_insert")
         self.check_identifier_length(f"{events_table_name}_insert")
+        # With the events, the guards of the commands that made them (users and
+        # their token hashes, see pocket.guards): checked first, with the users'
+        # rows locked until the commit, so a token replaced before the commit
+        # writes nothing. A batch with guards and no events only checks them.
         self.create_insert_function_statement = SQL(
             "CREATE OR REPLACE FUNCTION {function}("
-            "ids {id_type}[], versions bigint[], topics text[], states bytea[]) "
-            "RETURNS SETOF bigint LANGUAGE plpgsql AS $$ BEGIN "
+            "ids {id_type}[], versions bigint[], topics text[], states bytea[], "
+            "guard_users bigint[], guard_hashes text[]) "
+            "RETURNS SETOF bigint LANGUAGE plpgsql AS $$ "
+            "DECLARE broken bigint[]; BEGIN "
+            "IF cardinality(guard_users) > 0 THEN "
+            "SELECT array_agg(g.id) INTO broken "
+            "FROM unnest(guard_users, guard_hashes) AS g(id, token_hash) "
+            "LEFT JOIN (SELECT id, token_hash FROM users "
+            "WHERE id = ANY(guard_users) FOR SHARE) AS u ON u.id = g.id "
+            "WHERE u.token_hash IS DISTINCT FROM g.token_hash; "
+            "IF broken IS NOT NULL THEN RAISE EXCEPTION 'Tokens replaced' "
+            "USING ERRCODE = {guard_state}, DETAIL = array_to_string(broken, ','); "
+            "END IF; END IF; "
+            "IF cardinality(ids) = 0 THEN RETURN; END IF; "
             "PERFORM set_config('lock_timeout', {timeout}, true); "
             "LOCK TABLE {table} IN EXCLUSIVE MODE; "
             "NOTIFY {channel}; "
@@ -135,12 +155,13 @@ class ApplicationRecorder(PostgresApplicationRecorder):
         ).format(
             function=function,
             id_type=Identifier(datastore.originator_id_type),
+            guard_state=Literal(GUARD_SQLSTATE),
             timeout=Literal(f"{datastore.lock_timeout}s"),
             table=Identifier(datastore.schema, events_table_name),
             channel=Identifier(self.channel_name),
         )
         self.insert_call_statement = SQL(
-            "SELECT * FROM {function}(%s, %s, %s, %s) AS notification_id"
+            "SELECT * FROM {function}(%s, %s, %s, %s, %s, %s) AS notification_id"
         ).format(function=function)
         # Ends a backend (if it is still that backend) and says whether it was
         # still there; pg_stat_activity forgets a backend only after its
@@ -199,12 +220,13 @@ class ApplicationRecorder(PostgresApplicationRecorder):
         if kwargs.get("tracking") is not None:
             # Not Pocket's application recorder's job (it records no tracking).
             raise NotImplementedError
-        if not stored_events:
+        guards: Sequence[TokenGuard] = kwargs.get("guards") or ()
+        if not stored_events and not guards:
             return []
         for attempt in range(1, INSERT_ATTEMPTS + 1):
             in_doubt: list[Backend] = []
             try:
-                return self._insert(stored_events, in_doubt)
+                return self._insert(stored_events, guards, in_doubt)
             except (InterfaceError, OperationalError):
                 if attempt == INSERT_ATTEMPTS:
                     raise
@@ -221,7 +243,10 @@ class ApplicationRecorder(PostgresApplicationRecorder):
         raise AssertionError  # pragma: no cover
 
     def _insert(
-        self, stored_events: Sequence[StoredEvent], in_doubt: list[Backend]
+        self,
+        stored_events: Sequence[StoredEvent],
+        guards: Sequence[TokenGuard],
+        in_doubt: list[Backend],
     ) -> list[int]:
         """One call of the insert function.
 
@@ -234,6 +259,8 @@ class ApplicationRecorder(PostgresApplicationRecorder):
             [e.originator_version for e in stored_events],
             [e.topic for e in stored_events],
             [e.state for e in stored_events],
+            [g.user_id for g in guards],
+            [g.token_hash for g in guards],
         )
         for attempt in range(2):
             try:
@@ -245,7 +272,11 @@ class ApplicationRecorder(PostgresApplicationRecorder):
                                 self.insert_call_statement, arrays, prepare=True
                             )
                             return [row["notification_id"] for row in curs.fetchall()]
-                    except psycopg.Error:
+                    except psycopg.Error as error:
+                        if error.sqlstate == GUARD_SQLSTATE:
+                            # Refused before anything was written.
+                            detail = error.diag.message_detail
+                            raise GuardsBroken(parse_user_ids(detail)) from None
                         if conn.broken or conn.closed:
                             in_doubt.append(backend)
                         raise

@@ -22,6 +22,7 @@ from pocket.catalog import ProjectionCatalog, live_records
 from pocket.config import Settings
 from pocket.domainmodel import Cause, check_text
 from pocket.gate import DatabaseGate
+from pocket.guards import TokenGuard
 from pocket.runner import PocketRunner
 from pocket.tokens import TokenCache, hash_token, new_token
 from pocket.users import TokenRevoked, User, UserNotFound, UserStore
@@ -57,6 +58,14 @@ class Principal:
     def actor(self) -> str:
         """How events name this principal."""
         return "admin" if self.user_id is None else f"user:{self.user_id}"
+
+    @property
+    def guard(self) -> TokenGuard | None:
+        """What a command sent by this principal needs to still hold when it
+        commits: the user's token still theirs (None for the admin)."""
+        if self.user_id is None or self.token_hash is None:
+            return None
+        return TokenGuard(self.user_id, self.token_hash)
 
     def may_act_for(self, user_id: int) -> bool:
         """Whether this principal may touch that user's wallet."""
@@ -100,12 +109,15 @@ class PocketService:
 
     # Who is asking
 
-    def authenticate(self, token: str, *, fresh: bool = False) -> Principal | None:
+    def authenticate(self, token: str) -> Principal | None:
         """The principal a bearer token stands for, or None if it stands for nobody.
 
-        A user's token is looked up in the database when fresh (for anything
-        that changes something: a token revoked through another process must
-        not move money there), else it may come from the short-lived cache.
+        A user's token may come from the short-lived cache: a read may trust a
+        token checked a moment ago, and a change is made only if the token is
+        still the user's when it commits (the principal's guard, checked in the
+        command's transaction; a new token replaces the old one only if that is
+        still the user's), so a token revoked through another process moves no
+        money there.
         """
         token_hash = hash_token(token)
         # Hashes of equal length, compared in constant time.
@@ -113,7 +125,7 @@ class PocketService:
             token_hash, self.admin_token_hash
         ):
             return ADMIN
-        user = None if fresh else self.tokens.get(token_hash)
+        user = self.tokens.get(token_hash)
         if user is None:
             generation = self.tokens.generation
             user = self.users.find_by_token_hash(token_hash)
@@ -198,11 +210,17 @@ class PocketService:
         *,
         cause: Cause | None = None,
         command_id: str | None = None,
+        guard: TokenGuard | None = None,
     ) -> Account:
         """Puts money into a user's wallet."""
         user = self.user(user)
         wallet = self.pocket.add_money(
-            user.wallet_id, amount, source, cause=cause, command_id=command_id
+            user.wallet_id,
+            amount,
+            source,
+            cause=cause,
+            command_id=command_id,
+            guard=guard,
         )
         return Account(user, wallet)
 
@@ -214,11 +232,17 @@ class PocketService:
         *,
         cause: Cause | None = None,
         command_id: str | None = None,
+        guard: TokenGuard | None = None,
     ) -> Account:
         """Takes money out of a user's wallet, never below zero."""
         user = self.user(user)
         wallet = self.pocket.draw_money(
-            user.wallet_id, amount, destination, cause=cause, command_id=command_id
+            user.wallet_id,
+            amount,
+            destination,
+            cause=cause,
+            command_id=command_id,
+            guard=guard,
         )
         return Account(user, wallet)
 
@@ -231,6 +255,7 @@ class PocketService:
         *,
         cause: Cause | None = None,
         command_id: str | None = None,
+        guard: TokenGuard | None = None,
     ) -> tuple[Account, TransferInfo]:
         """Moves money from one user's wallet to another's, atomically."""
         sender = self.user(user)
@@ -245,6 +270,7 @@ class PocketService:
             description,
             cause=cause,
             command_id=command_id,
+            guard=guard,
         )
         return Account(sender, result.sender), result
 
@@ -254,11 +280,12 @@ class PocketService:
         *,
         cause: Cause | None = None,
         command_id: str | None = None,
+        guard: TokenGuard | None = None,
     ) -> Account:
         """Closes a user's empty wallet for good."""
         user = self.user(user)
         wallet = self.pocket.close_wallet(
-            user.wallet_id, cause=cause, command_id=command_id
+            user.wallet_id, cause=cause, command_id=command_id, guard=guard
         )
         return Account(user, wallet)
 

@@ -154,7 +154,8 @@ class UserNotFound(PocketError, LookupError):
 
 
 class TokenRevoked(PocketError):
-    """The token presented was replaced before it could be used to replace itself."""
+    """The token presented was replaced before the request could use it (to move
+    money, or to replace the token itself)."""
 
     status = HTTPStatus.UNAUTHORIZED
     code = "unauthorized"

@@ -96,10 +96,9 @@ def authenticate(header: str | None) -> Principal:
     scheme, _, token = (header or "").partition(" ")
     token = token.strip()
     if scheme.lower() == "bearer" and token:
-        # Reads may trust a token checked a moment ago; a change (money, closing,
-        # a new token) asks the database, so a revoked token changes nothing.
-        fresh = request.method not in ("GET", "HEAD")
-        principal = service().authenticate(token, fresh=fresh)
+        # May be a token checked a moment ago: a change is made only if it is
+        # still the user's when it commits (see PocketService.authenticate).
+        principal = service().authenticate(token)
         if principal is not None:
             return principal
         message = "The bearer token is not valid."

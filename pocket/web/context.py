@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import current_app, g
 
 from pocket.domainmodel import Cause
+from pocket.guards import TokenGuard
 from pocket.service import PocketService, Principal
 from pocket.users import User
 
@@ -22,6 +23,12 @@ def target(user_id: int) -> User | int:
     if caller is not None and caller.user is not None and caller.user.id == user_id:
         return caller.user
     return user_id
+
+
+def guard() -> TokenGuard | None:
+    """What must still hold when the request's command commits: the caller's token."""
+    caller: Principal | None = g.principal
+    return caller.guard if caller is not None else None
 
 
 def cause() -> Cause:

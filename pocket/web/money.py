@@ -9,7 +9,7 @@ from flask import Blueprint, Response, jsonify
 
 from pocket.web.auth import Access, access, command_id
 from pocket.web.body import Body, read_optional_body
-from pocket.web.context import cause, service, target
+from pocket.web.context import cause, guard, service, target
 from pocket.web.fields import AMOUNT, TEXT, USER_ID
 from pocket.web.json_views import account_json, transfer_json
 
@@ -32,6 +32,7 @@ def add_money(user_id: int) -> Response:
         body["source"],
         cause=cause(),
         command_id=command_id(),
+        guard=guard(),
     )
     return replayed(jsonify(account_json(account)), account.wallet.replayed)
 
@@ -47,6 +48,7 @@ def draw_money(user_id: int) -> Response:
         body["destination"],
         cause=cause(),
         command_id=command_id(),
+        guard=guard(),
     )
     return replayed(jsonify(account_json(account)), account.wallet.replayed)
 
@@ -63,6 +65,7 @@ def create_transfer(user_id: int) -> tuple[Response, int]:
         body.get("description", ""),
         cause=cause(),
         command_id=command_id(),
+        guard=guard(),
     )
     payload = account_json(account)
     payload["transfer"] = transfer_json(result, user_id, body["to_user_id"])
@@ -75,7 +78,7 @@ def close_wallet(user_id: int) -> Response:
     """Closes the user's wallet, which must be empty; its history stays readable."""
     read_optional_body()
     account = service().close_wallet(
-        target(user_id), cause=cause(), command_id=command_id()
+        target(user_id), cause=cause(), command_id=command_id(), guard=guard()
     )
     return replayed(jsonify(account_json(account)), account.wallet.replayed)
 

@@ -135,8 +135,8 @@ def test_a_revoked_token_cannot_replace_its_replacement(
     owners = service.issue_token(user_id, replacing=hash_token(stolen))
     with pytest.raises(TokenRevoked):
         service.issue_token(user_id, replacing=hash_token(stolen))
-    assert service.authenticate(stolen, fresh=True) is None
-    assert service.authenticate(owners, fresh=True) is not None
+    assert service.authenticate(stolen) is None
+    assert service.authenticate(owners) is not None
 
 
 def test_of_two_rotations_with_one_token_at_once_exactly_one_wins(
@@ -157,24 +157,10 @@ def test_of_two_rotations_with_one_token_at_once_exactly_one_wins(
         with ThreadPoolExecutor(8) as pool:
             issued = list(pool.map(rotate, services * 4))
         (winner,) = [t for t in issued if t is not None]
-        assert services[1].authenticate(winner, fresh=True) is not None
+        assert services[1].authenticate(winner) is not None
     finally:
         for service in services:
             service.close()
-
-
-def test_a_fresh_check_does_not_trust_the_cache(sql_settings: Settings) -> None:
-    settings = replace(sql_settings, token_cache_seconds=60)
-    here, elsewhere = bootstrap(settings), bootstrap(settings)
-    try:
-        account, token = here.create_user("a")
-        assert here.authenticate(token) is not None  # now in this cache
-        elsewhere.issue_token(account.user.id, replacing=hash_token(token))
-        assert here.authenticate(token) is not None  # a read may trust it...
-        assert here.authenticate(token, fresh=True) is None  # ...a change may not
-    finally:
-        here.close()
-        elsewhere.close()
 
 
 def test_the_admin_token_opens_every_account(sql_settings: Settings) -> None:
