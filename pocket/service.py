@@ -109,15 +109,15 @@ class PocketService:
 
     # Who is asking
 
-    def authenticate(self, token: str) -> Principal | None:
+    def authenticate(self, token: str, *, for_change: bool = False) -> Principal | None:
         """The principal a bearer token stands for, or None if it stands for nobody.
 
-        A user's token may come from the short-lived cache: a read may trust a
-        token checked a moment ago, and a change is made only if the token is
-        still the user's when it commits (the principal's guard, checked in the
-        command's transaction; a new token replaces the old one only if that is
-        still the user's), so a token revoked through another process moves no
-        money there.
+        A user's token may come from the cache (pocket.tokens): a read may trust
+        a token checked a moment ago; a change (for_change) one checked longer
+        ago, because it is made only if the token is still the user's when it
+        commits (the principal's guard, checked in the command's transaction; a
+        new token replaces the old one only if that is still the user's), so a
+        token revoked through another process moves no money there.
         """
         token_hash = hash_token(token)
         # Hashes of equal length, compared in constant time.
@@ -125,7 +125,7 @@ class PocketService:
             token_hash, self.admin_token_hash
         ):
             return ADMIN
-        user = self.tokens.get(token_hash)
+        user = self.tokens.get(token_hash, for_change=for_change)
         if user is None:
             generation = self.tokens.generation
             user = self.users.find_by_token_hash(token_hash)

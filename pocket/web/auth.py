@@ -96,9 +96,10 @@ def authenticate(header: str | None) -> Principal:
     scheme, _, token = (header or "").partition(" ")
     token = token.strip()
     if scheme.lower() == "bearer" and token:
-        # May be a token checked a moment ago: a change is made only if it is
+        # Perhaps a token checked a while ago: a change is made only if it is
         # still the user's when it commits (see PocketService.authenticate).
-        principal = service().authenticate(token)
+        for_change = request.method not in ("GET", "HEAD")
+        principal = service().authenticate(token, for_change=for_change)
         if principal is not None:
             return principal
         message = "The bearer token is not valid."

@@ -4,6 +4,7 @@ after changing a wallet, a token replaced during its own lookup."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from decimal import Decimal
@@ -223,3 +224,12 @@ def test_an_undefined_function_that_creating_ours_does_not_cure_is_raised_once(
         )
     with pytest.raises(ProgrammingError, match="no_such_function"):
         postgres_pocket.create_wallet("u")
+
+
+def test_a_change_may_use_a_token_checked_longer_ago_than_a_read_may() -> None:
+    cache = TokenCache(ttl=0.05, horizon=60)
+    user: Any = object()
+    cache.put("h", user, cache.generation)
+    time.sleep(0.1)
+    assert cache.get("h") is None  # too old for a read...
+    assert cache.get("h", for_change=True) is user  # ...not for a guarded change
