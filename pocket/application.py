@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from decimal import Decimal
 from http import HTTPStatus
 from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError, ProcessingEvent
+import psycopg
+from eventsourcing.application import (
+    AggregateNotFoundError,
+    ProcessingEvent,
+    project_aggregate,
+)
 from eventsourcing.domain import (
     BaseAggregate,
     DomainEventProtocol,
@@ -21,9 +26,11 @@ from eventsourcing.persistence import (
     IntegrityError,
     PersistenceError,
     Recording,
+    StoredEvent,
 )
 from eventsourcing.system import Leader
 from eventsourcing.utils import Environment
+from psycopg.sql import Composed
 
 from pocket.domainmodel import (
     Cause,
@@ -36,7 +43,8 @@ from pocket.domainmodel import (
 from pocket.groupcommit import CommitStats, GroupCommitter
 from pocket.guards import TokenGuard
 from pocket.idempotency import Idempotency, KeyedCommands, idempotency
-from pocket.postgres import POSTGRES_DEFAULTS
+from pocket.postgres import POSTGRES_DEFAULTS, latest_states_statement
+from pocket.postgres import ApplicationRecorder as PostgresApplicationRecorder
 from pocket.postgres import Factory as PostgresFactory
 from pocket.results import (
     HistoryEntry,
@@ -98,12 +106,23 @@ class Pocket(Leader[UUID]):
             self._has_newer_events,
             max_attempts=self.max_attempts,
             guard_failed=lambda guard: TokenRevoked(guard.user_id),
+            load_many=self._get_many,
         )
         # A keyed command runs once: a rerun is answered from its record, and a
         # key in use right now is refused.
         self._keyed = KeyedCommands(
             self.repository, reused=IdempotencyKeyReused, in_flight=CommandInFlight
         )
+        # On PostgreSQL, the committer reads a batch's uncached wallets at once.
+        self._latest_states: Composed | None = None
+        recorder = self.recorder
+        if isinstance(recorder, PostgresApplicationRecorder) and self.snapshots:
+            self._datastore = recorder.datastore
+            self._latest_states = latest_states_statement(
+                recorder.datastore,
+                recorder.events_table_name,
+                self.snapshots.recorder.events_table_name,  # type: ignore[attr-defined]
+            )
 
     def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
         """The library's factory, with bounded retries on PostgreSQL."""
@@ -403,6 +422,39 @@ class Pocket(Leader[UUID]):
         if low == 0:
             raise VersionNotFound(wallet_id, 0)
         return low
+
+    def _get_many(self, wallet_ids: Collection[UUID]) -> dict[UUID, Wallet]:
+        """Many wallets as they are now, in one read on PostgreSQL (each one's
+        latest snapshot and the events after it); elsewhere, or if that read
+        fails, none (the caller then loads each, with the usual retries).
+        Wallets not found are left out."""
+        if self._latest_states is None or not wallet_ids:
+            return {}
+        assert self.snapshots is not None
+        try:
+            with self._datastore.get_connection() as conn, conn.cursor() as curs:
+                curs.execute(self._latest_states, {"ids": list(wallet_ids)})
+                rows = curs.fetchall()
+        except (PersistenceError, psycopg.Error):
+            return {}
+        events: dict[UUID, list[Any]] = {}
+        for row in rows:
+            mapper = self.snapshots.mapper if row["kind"] == 0 else self.mapper
+            stored = StoredEvent(
+                originator_id=row["originator_id"],
+                originator_version=row["originator_version"],
+                topic=row["topic"],
+                state=bytes(row["state"]),
+            )
+            events.setdefault(row["originator_id"], []).append(
+                mapper.to_domain_event(stored)
+            )
+        wallets: dict[UUID, Wallet] = {}
+        for wallet_id, history in events.items():
+            wallet = project_aggregate(None, history)
+            if isinstance(wallet, Wallet):
+                wallets[wallet_id] = wallet
+        return wallets
 
     def _has_newer_events(self, wallet: Wallet) -> bool:
         return any(True for _ in self.events.get(wallet.id, gt=wallet.version, limit=1))

@@ -101,12 +101,15 @@ class GroupCommitter:
         has_newer_events: Callable[[Wallet], bool],
         *,
         guard_failed: Callable[[TokenGuard], BaseException] | None = None,
+        load_many: Callable[[set[UUID]], dict[UUID, Wallet]] | None = None,
         max_batch: int = 256,
         max_attempts: int = 12,
         cache_size: int = 10_000,
         linger: float = 0.001,
     ) -> None:
         self.load = load
+        # Many wallets in one read (where the store can), else one load each.
+        self.load_many = load_many
         self.save = save
         self.has_newer_events = has_newer_events
         # The error a command whose guard no longer held is answered with.
@@ -239,12 +242,16 @@ class GroupCommitter:
         return [c for c in batch if not c.done.is_set()]
 
     def _attempt(self, batch: list[Command[Any]]) -> None:
-        wallets: dict[UUID, Wallet] = {}
+        live = [c for c in batch if not c.done.is_set()]
+        # The batch's wallets that are not cached, read at once: one read per
+        # batch, whether one of its wallets is new to this process or fifty.
+        missing = {i for c in live for i in c.wallet_ids if i not in self.cache}
+        wallets = self.load_many(missing) if missing and self.load_many else {}
         from_cache: set[UUID] = set()
         extra: list[Aggregate] = []
         answers: list[tuple[Command[Any], Any, bool]] = []
         guards: list[TokenGuard] = []
-        for command in [c for c in batch if not c.done.is_set()]:
+        for command in live:
             outcome, failed, record = self._decide(command, wallets, from_cache)
             if record is not None:
                 extra.append(record)

@@ -36,7 +36,7 @@ from eventsourcing.postgres import (
 from psycopg import Connection, Cursor
 from psycopg.errors import UndefinedFunction
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier, Literal
+from psycopg.sql import SQL, Composed, Identifier, Literal
 
 from pocket.guards import GuardsBroken, TokenGuard, parse_user_ids
 
@@ -375,3 +375,26 @@ class Factory(PostgresFactory):
         assert isinstance(recorder, ApplicationRecorder)
         recorder.may_create_function = self.env_create_table()
         return recorder
+
+
+def latest_states_statement(
+    datastore: PostgresDatastore, events_table: str, snapshots_table: str
+) -> Composed:
+    """One statement for many aggregates' current states: each one's latest
+    snapshot (kind 0) and its events after it (kind 1), in order."""
+    return SQL(
+        "WITH snap AS (SELECT DISTINCT ON (originator_id) originator_id, "
+        "originator_version, topic, state FROM {snapshots} "
+        "WHERE originator_id = ANY(%(ids)s) "
+        "ORDER BY originator_id, originator_version DESC) "
+        "SELECT 0 AS kind, originator_id, originator_version, topic, state FROM snap "
+        "UNION ALL "
+        "SELECT 1, e.originator_id, e.originator_version, e.topic, e.state "
+        "FROM {events} AS e LEFT JOIN snap AS s USING (originator_id) "
+        "WHERE e.originator_id = ANY(%(ids)s) "
+        "AND e.originator_version > coalesce(s.originator_version, 0) "
+        "ORDER BY originator_id, kind, originator_version"
+    ).format(
+        snapshots=Identifier(datastore.schema, snapshots_table),
+        events=Identifier(datastore.schema, events_table),
+    )

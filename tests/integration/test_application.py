@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -16,7 +16,7 @@ from pocket.application import (
     WalletNotFound,
 )
 from pocket.config import Settings
-from pocket.domainmodel import InsufficientFunds, InvalidAmount
+from pocket.domainmodel import InsufficientFunds, InvalidAmount, Wallet
 
 
 @pytest.fixture
@@ -160,3 +160,59 @@ def test_two_application_instances_on_one_database_retry_conflicts(
     assert wallet.version == 52
     first.close()
     second.close()
+
+
+def test_a_batch_reads_its_uncached_wallets_in_one_read(
+    postgres_settings: Settings,
+) -> None:
+    writer = Pocket(env=dict(postgres_settings.env))
+    short = writer.create_wallet("short")
+    long = writer.create_wallet("long")  # snapshots at 100 and 200, events after
+    writer.add_money(short, Decimal("1.10"), "API")
+    for _ in range(230):
+        writer.add_money(long, Decimal("0.01"), "API")
+    writer.draw_money(long, Decimal("0.05"), "ATM")
+    writer.close()
+    cold = Pocket(env=dict(postgres_settings.env))  # a new process: nothing cached
+    try:
+        missing = uuid4()
+        read = cold._get_many({short, long, missing})
+        assert set(read) == {short, long}  # what does not exist is left out
+        for wallet_id, wallet in read.items():
+            loaded = cold._get(wallet_id)
+            assert (wallet.balance, wallet.version) == (loaded.balance, loaded.version)
+        assert (read[long].balance, read[long].version) == (Decimal("2.25"), 232)
+    finally:
+        cold.close()
+
+
+def test_commands_on_wallets_new_to_a_process_load_no_wallet_one_by_one(
+    postgres_settings: Settings,
+) -> None:
+    writer = Pocket(env=dict(postgres_settings.env))
+    wallets = [writer.create_wallet(f"u{n}") for n in range(16)]
+    writer.close()
+    cold = Pocket(env=dict(postgres_settings.env))
+    committer = cold._committer
+    singles: list[UUID] = []
+    load = committer.load
+
+    def load_one(wallet_id: UUID) -> Wallet:
+        singles.append(wallet_id)
+        return load(wallet_id)
+
+    committer.load = load_one
+    start = threading.Barrier(16)
+
+    def add(wallet_id: UUID) -> Decimal:
+        start.wait()
+        return cold.add_money(wallet_id, Decimal("2.50"), "API").balance
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            balances = list(pool.map(add, wallets))
+        assert balances == [Decimal("2.50")] * 16
+        assert singles == []  # every uncached wallet came with its batch's one read
+        assert committer.batches < 16  # and the commands did share batches
+    finally:
+        cold.close()
