@@ -43,7 +43,11 @@ from pocket.domainmodel import (
 from pocket.groupcommit import CommitStats, GroupCommitter
 from pocket.guards import TokenGuard
 from pocket.idempotency import Idempotency, KeyedCommands, idempotency
-from pocket.postgres import POSTGRES_DEFAULTS, latest_states_statement
+from pocket.postgres import (
+    POSTGRES_DEFAULTS,
+    latest_states_statement,
+    newer_events_statement,
+)
 from pocket.postgres import ApplicationRecorder as PostgresApplicationRecorder
 from pocket.postgres import Factory as PostgresFactory
 from pocket.results import (
@@ -107,6 +111,7 @@ class Pocket(Leader[UUID]):
             max_attempts=self.max_attempts,
             guard_failed=lambda guard: TokenRevoked(guard.user_id),
             load_many=self._get_many,
+            catch_up=self._catch_up,
         )
         # A keyed command runs once: a rerun is answered from its record, and a
         # key in use right now is refused.
@@ -115,9 +120,13 @@ class Pocket(Leader[UUID]):
         )
         # On PostgreSQL, the committer reads a batch's uncached wallets at once.
         self._latest_states: Composed | None = None
+        self._newer_events: Composed | None = None
         recorder = self.recorder
         if isinstance(recorder, PostgresApplicationRecorder) and self.snapshots:
             self._datastore = recorder.datastore
+            self._newer_events = newer_events_statement(
+                recorder.datastore, recorder.events_table_name
+            )
             self._latest_states = latest_states_statement(
                 recorder.datastore,
                 recorder.events_table_name,
@@ -431,23 +440,12 @@ class Pocket(Leader[UUID]):
         if self._latest_states is None or not wallet_ids:
             return {}
         assert self.snapshots is not None
-        try:
-            with self._datastore.get_connection() as conn, conn.cursor() as curs:
-                curs.execute(self._latest_states, {"ids": list(wallet_ids)})
-                rows = curs.fetchall()
-        except (PersistenceError, psycopg.Error):
-            return {}
+        rows = self._read(self._latest_states, {"ids": list(wallet_ids)})
         events: dict[UUID, list[Any]] = {}
-        for row in rows:
+        for row in rows or ():
             mapper = self.snapshots.mapper if row["kind"] == 0 else self.mapper
-            stored = StoredEvent(
-                originator_id=row["originator_id"],
-                originator_version=row["originator_version"],
-                topic=row["topic"],
-                state=bytes(row["state"]),
-            )
             events.setdefault(row["originator_id"], []).append(
-                mapper.to_domain_event(stored)
+                mapper.to_domain_event(stored_event(row))
             )
         wallets: dict[UUID, Wallet] = {}
         for wallet_id, history in events.items():
@@ -456,8 +454,39 @@ class Pocket(Leader[UUID]):
                 wallets[wallet_id] = wallet
         return wallets
 
+    def _catch_up(self, wallets: dict[UUID, Wallet]) -> None:
+        """Applies to wallets (in place) the events written since they were
+        read, in one read on PostgreSQL; elsewhere, or if that read fails,
+        nothing (a conflict at the save then says they were behind)."""
+        if self._newer_events is None or not wallets:
+            return
+        ids = list(wallets)
+        versions = [wallets[i].version for i in ids]
+        for row in self._read(self._newer_events, {"ids": ids, "versions": versions}):
+            event = self.mapper.to_domain_event(stored_event(row))
+            project_aggregate(wallets[row["originator_id"]], [event])
+
+    def _read(self, statement: Composed, params: dict[str, Any]) -> list[Any]:
+        """The rows of one read; none if it failed (see _get_many, _catch_up)."""
+        try:
+            with self._datastore.get_connection() as conn, conn.cursor() as curs:
+                curs.execute(statement, params)
+                return curs.fetchall()
+        except (PersistenceError, psycopg.Error):
+            return []
+
     def _has_newer_events(self, wallet: Wallet) -> bool:
         return any(True for _ in self.events.get(wallet.id, gt=wallet.version, limit=1))
+
+
+def stored_event(row: dict[str, Any]) -> StoredEvent:
+    """A stored event from a row of an events or snapshots table."""
+    return StoredEvent(
+        originator_id=row["originator_id"],
+        originator_version=row["originator_version"],
+        topic=row["topic"],
+        state=bytes(row["state"]),
+    )
 
 
 def new_cause() -> Cause:

@@ -32,6 +32,8 @@ from pocket.guards import GuardsBroken, TokenGuard
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
+# After a conflict, how long batches read their cached wallets' newer events first.
+CONTENDED_SECONDS = 10.0
 
 
 @dataclass(eq=False)
@@ -102,6 +104,7 @@ class GroupCommitter:
         *,
         guard_failed: Callable[[TokenGuard], BaseException] | None = None,
         load_many: Callable[[set[UUID]], dict[UUID, Wallet]] | None = None,
+        catch_up: Callable[[dict[UUID, Wallet]], None] | None = None,
         max_batch: int = 256,
         max_attempts: int = 12,
         cache_size: int = 10_000,
@@ -110,6 +113,12 @@ class GroupCommitter:
         self.load = load
         # Many wallets in one read (where the store can), else one load each.
         self.load_many = load_many
+        # Brings cached wallets up to date with events written elsewhere, in one
+        # read: used while another process writes the same wallets.
+        self.catch_up = catch_up
+        # Until when (monotonic) batches catch their cached wallets up first: a
+        # conflict says another process is writing this process's wallets.
+        self.contended_until = 0.0
         self.save = save
         self.has_newer_events = has_newer_events
         # The error a command whose guard no longer held is answered with.
@@ -213,6 +222,7 @@ class GroupCommitter:
             except (IntegrityError, Retry):
                 attempt += 1
                 self.retries += 1
+                self.contended_until = time.monotonic() + CONTENDED_SECONDS
                 if len(batch) > 1 and attempt >= 2:
                     # Let each command meet its own conflict alone.
                     for command in batch:
@@ -247,6 +257,13 @@ class GroupCommitter:
         # batch, whether one of its wallets is new to this process or fifty.
         missing = {i for c in live for i in c.wallet_ids if i not in self.cache}
         wallets = self.load_many(missing) if missing and self.load_many else {}
+        if self.catch_up and time.monotonic() < self.contended_until:
+            # Other processes write these wallets too: rather than meet their
+            # events as a conflict that fails the whole batch, read them first.
+            cache = self.cache
+            cached = {i: cache[i] for c in live for i in c.wallet_ids if i in cache}
+            if cached:
+                self.catch_up(cached)
         from_cache: set[UUID] = set()
         extra: list[Aggregate] = []
         answers: list[tuple[Command[Any], Any, bool]] = []

@@ -398,3 +398,17 @@ def latest_states_statement(
         snapshots=Identifier(datastore.schema, snapshots_table),
         events=Identifier(datastore.schema, events_table),
     )
+
+
+def newer_events_statement(datastore: PostgresDatastore, events_table: str) -> Composed:
+    """One statement for many aggregates' events after the versions given."""
+    return SQL(
+        "SELECT e.originator_id, e.originator_version, e.topic, e.state "
+        "FROM unnest(%(ids)s::{id_type}[], %(versions)s::bigint[]) AS k(id, version) "
+        "JOIN {events} AS e ON e.originator_id = k.id "
+        "AND e.originator_version > k.version "
+        "ORDER BY e.originator_id, e.originator_version"
+    ).format(
+        id_type=Identifier(datastore.originator_id_type),
+        events=Identifier(datastore.schema, events_table),
+    )

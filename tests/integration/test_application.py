@@ -216,3 +216,51 @@ def test_commands_on_wallets_new_to_a_process_load_no_wallet_one_by_one(
         assert committer.batches < 16  # and the commands did share batches
     finally:
         cold.close()
+
+
+def test_after_a_conflict_a_process_reads_newer_events_before_deciding(
+    postgres_settings: Settings,
+) -> None:
+    here = Pocket(env=dict(postgres_settings.env))
+    there = Pocket(env=dict(postgres_settings.env))
+    try:
+        wallet_id = here.create_wallet("shared")
+        here.add_money(wallet_id, Decimal("1"), "here")  # cached here
+        there.add_money(wallet_id, Decimal("2"), "there")
+        here.add_money(wallet_id, Decimal("1"), "here")  # meets it: a conflict
+        assert here.commit_stats.retries == 1
+        there.add_money(wallet_id, Decimal("2"), "there")
+        there.draw_money(wallet_id, Decimal("1"), "there")
+        # Now a batch here reads what was written there first: no conflict.
+        assert here.add_money(wallet_id, Decimal("1"), "here").balance == Decimal("6")
+        assert here.commit_stats.retries == 1
+        assert there.get_wallet(wallet_id).version == 7
+    finally:
+        here.close()
+        there.close()
+
+
+def test_two_processes_on_the_same_wallets_lose_no_money(
+    postgres_settings: Settings,
+) -> None:
+    apps = [Pocket(env=dict(postgres_settings.env)) for _ in range(2)]
+    wallets = [apps[0].create_wallet(f"u{n}") for n in range(4)]
+    start = threading.Barrier(16)
+
+    def pay(n: int) -> int:
+        app = apps[n % 2]
+        start.wait()
+        for k in range(30):
+            app.add_money(wallets[(n + k) % 4], Decimal("0.01"), "API")
+        return 30
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            paid = sum(pool.map(pay, range(16)))
+        total = sum(apps[1].get_wallet(w).balance for w in wallets)
+        assert total == Decimal("0.01") * paid
+        versions = sum(apps[0].get_wallet(w).version for w in wallets)
+        assert versions == 4 + paid  # one event per command, none lost or doubled
+    finally:
+        for app in apps:
+            app.close()
