@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import multiprocessing
 import os
 import platform
+import random
+import re
+import shutil
 import socket
 import sqlite3
 import statistics
@@ -23,25 +25,38 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import NamedTuple
 from uuid import UUID
 
 import psycopg
 from psycopg import sql
 
 from pocket.application import Pocket
-from pocket.bootstrap import open_catalog, open_pocket
+from pocket.bootstrap import bootstrap, open_catalog, open_pocket
 from pocket.config import Settings
 from pocket.domainmodel import Cause, Wallet
 from pocket.operations import open_builder
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 CALLERS = 16
+# HTTP: wrk's threads (CALLERS connections), the seconds after which it calls an
+# answer an error, the users add_money picks from (few, then many), its body.
+WRK_THREADS = 2
+WRK_TIMEOUT = 30
+FEW_USERS = 64
+MANY_USERS = 2000
+AMOUNT = Decimal("1.00")
+ADD_MONEY_BODY = json.dumps({"amount": str(AMOUNT), "source": "bench"})
+WRK_MISSING = "wrk not installed: apt-get install wrk (no HTTP figures)"
+MILLISECONDS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 
 
 @dataclass(frozen=True)
@@ -49,7 +64,7 @@ class Sizes:
     """How much work each measurement does."""
 
     commands: int = 4000
-    http_seconds: float = 5.0
+    http_seconds: int = 8  # each wrk run (wrk takes whole seconds)
     events: int = 200_000
     per_event_events: int = 2_000
     history_events: int = 100_000
@@ -60,7 +75,7 @@ class Sizes:
 
 TINY = Sizes(
     commands=64,
-    http_seconds=0.5,
+    http_seconds=1,
     events=600,
     per_event_events=40,
     history_events=250,
@@ -72,17 +87,39 @@ TINY = Sizes(
 
 @dataclass
 class Results:
-    """One backend's figures (None where a figure could not be measured)."""
+    """One backend's figures (None where a figure could not be measured), and
+    what they alone do not say: a figure left out and why, the money checked."""
 
     backend: str
     figures: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def add(self, name: str, value: float) -> None:
         """Records a figure."""
         self.figures[name] = value
 
+    def note(self, line: str) -> None:
+        """Records a line for under the table."""
+        self.notes.append(line)
 
-# What is printed, in order: (key, label, unit, the baseline it is judged by).
+
+# The HTTP figures, printed together: wrk measures them, when it is installed.
+HTTP_ROWS: list[tuple[str, str, str]] = [
+    ("http_trivial", f"baseline: GET /health, {CALLERS} connections, 1 server", "/s"),
+    ("http_trivial_p99", "  latency p99", "ms"),
+    ("http_add_money", f"POST add_money, {FEW_USERS} users, 1 server", "/s"),
+    ("http_add_money_p50", "  latency p50", "ms"),
+    ("http_add_money_p99", "  latency p99", "ms"),
+    ("http_add_money_vs_raw", "  ratio to raw single-row INSERT commits", "x"),
+    ("http_ratio", "  ratio to GET /health", "x"),
+    ("http_add_money_2000", f"POST add_money, {MANY_USERS:,} users, 1 server", "/s"),
+    ("http_add_money_2000_p99", "  latency p99", "ms"),
+    ("http_two_processes", f"POST add_money, {MANY_USERS:,} users, 2 servers", "/s"),
+    ("http_two_processes_p99", "  latency p99, the slower server's", "ms"),
+    ("http_two_processes_ratio", "  ratio two servers / one", "x"),
+]
+
+# What is printed, in order: (key, label, unit); a ratio row follows its figure.
 ROWS: list[tuple[str, str, str]] = [
     (
         "raw_insert_commits",
@@ -94,9 +131,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("commands_16", f"commands, Python API, {CALLERS} callers", "/s"),
     ("commands_16_vs_raw", "  ratio to raw single-row INSERT commits", "x"),
     ("group_size", "  commands per transaction (group commit)", ""),
-    ("http_trivial", f"baseline: GET /health, {CALLERS} clients, same server", "/s"),
-    ("http_add_money", f"POST add_money, {CALLERS} clients", "/s"),
-    ("http_ratio", "  ratio to GET /health", "x"),
+    *HTTP_ROWS,
     ("catchup_per_event", "baseline: catch-up, one transaction per event", "ev/s"),
     ("catchup", "projection catch-up, batched", "ev/s"),
     ("catchup_ratio", "  ratio to one transaction per event", "x"),
@@ -166,7 +201,7 @@ def measure(
     try:
         python_api(pocket, sizes, results)
         out("  Python API done")
-        http_api(url, sizes, results)
+        http_api(pocket, url, sizes, results)
         out("  HTTP done")
         write_events(pocket, sizes.events)
         projection(pocket, sizes, results)
@@ -178,6 +213,8 @@ def measure(
     finally:
         pocket.close()
     ratios(results)
+    for line in results.notes:  # Said as well as printed: --json prints no notes.
+        out(f"  {line}")
     return results
 
 
@@ -186,7 +223,9 @@ def ratios(results: Results) -> None:
     f = results.figures
     pairs = {
         "commands_16_vs_raw": ("commands_16", "raw_insert_commits"),
+        "http_add_money_vs_raw": ("http_add_money", "raw_insert_commits"),
         "http_ratio": ("http_add_money", "http_trivial"),
+        "http_two_processes_ratio": ("http_two_processes", "http_add_money_2000"),
         "catchup_ratio": ("catchup", "catchup_per_event"),
         "latency_ratio": ("latency_large", "latency_small"),
         "page_ratio": ("page_end", "page_start"),
@@ -308,11 +347,158 @@ def commands_per_second(pocket: Pocket, callers: int, total: int) -> float:
     return rate(each * callers, started)
 
 
-# HTTP
+# HTTP, measured with wrk (a load generator in C, so the clients cost the two
+# cores little beside the server they measure)
 
 
-def http_api(url: str, sizes: Sizes, results: Results) -> None:
-    """add_money through `pocket serve`, beside a trivial endpoint of that server."""
+class BenchUser(NamedTuple):
+    """A signed-up user: what a request needs, and the wallet its money goes to."""
+
+    user_id: int
+    token: str
+    wallet_id: UUID
+
+
+@dataclass(frozen=True)
+class Load:
+    """What one wrk process measured against one server."""
+
+    rate: float  # wrk's Requests/sec: every answer, whatever its status
+    p50_ms: float
+    p99_ms: float
+    # Requests the script made: those wrk sent, and one it made to check the
+    # script before starting. At most one a connection is unanswered at the end.
+    made: int
+    answered: int
+    statuses: dict[int, int]
+    socket_errors: int
+
+    @property
+    def ok(self) -> int:
+        """Answers with status 200."""
+        return self.statuses.get(200, 0)
+
+    @property
+    def failures(self) -> int:
+        """Answers other than 200, and connect, read, write and timeout errors."""
+        return self.answered - self.ok + self.socket_errors
+
+
+# wrk's script (for str.format). Each wrk thread runs its own copy; setup and
+# done run in wrk's main interpreter, which reads the threads' counts at the end.
+# The seed comes after `--` on wrk's command line.
+WRK_SCRIPT = """\
+-- Written by pocket bench.
+local users = {{
+{users}
+}}
+local body = {body}
+local threads = {{}}
+made = 0
+answered = 0
+statuses = {{}}
+
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("thread_number", #threads)
+end
+
+function init(args)
+  math.randomseed(tonumber(args[1]) * 16 + thread_number)
+end
+
+function request()
+  made = made + 1
+  if #users == 0 then
+    return wrk.format("GET", "/health")
+  end
+  local user = users[math.random(#users)]
+  local headers = {{
+    ["Authorization"] = "Bearer " .. user[2],
+    ["Content-Type"] = "application/json",
+  }}
+  return wrk.format("POST", "/users/" .. user[1] .. "/add_money", headers, body)
+end
+
+function response(status, headers, body)
+  answered = answered + 1
+  statuses[status] = (statuses[status] or 0) + 1
+end
+
+function done(summary, latency, requests)
+  local total_made, total_answered, total_statuses = 0, 0, {{}}
+  for _, thread in ipairs(threads) do
+    total_made = total_made + thread:get("made")
+    total_answered = total_answered + thread:get("answered")
+    for status, count in pairs(thread:get("statuses")) do
+      total_statuses[status] = (total_statuses[status] or 0) + count
+    end
+  end
+  local counts = {{}}
+  for status, count in pairs(total_statuses) do
+    table.insert(counts, status .. "=" .. count)
+  end
+  io.write(string.format("pocket-bench: made %d answered %d statuses %s\\n",
+    total_made, total_answered, table.concat(counts, " ")))
+end
+"""
+
+
+def http_api(pocket: Pocket, url: str, sizes: Sizes, results: Results) -> None:
+    """add_money through `pocket serve`, driven by wrk, beside GET /health of the
+    same server; then with more users, then on two servers at once. Checks that
+    the wallets hold the money the answers say was added."""
+    if wrk_command() is None:
+        results.note(WRK_MISSING)
+        return
+    users = sign_up(url, FEW_USERS + MANY_USERS)
+    few, many = users[:FEW_USERS], users[FEW_USERS:]
+    with tempfile.TemporaryDirectory(prefix="pocket-bench-wrk-") as directory:
+        health = write_script(Path(directory, "health.lua"), [])
+        few_script = write_script(Path(directory, "few.lua"), few)
+        many_script = write_script(Path(directory, "many.lua"), many)
+        with serving(url) as port:
+            record(results, "http_trivial", drive([port], health, sizes))
+            loads = record(
+                results, "http_add_money", drive([port], few_script, sizes), p50=True
+            )
+            loads += record(
+                results, "http_add_money_2000", drive([port], many_script, sizes)
+            )
+            with serving(url) as second:
+                loads += record(
+                    results,
+                    "http_two_processes",
+                    drive([port, second], many_script, sizes),
+                )
+                # While both servers run: what wrk left in flight has landed.
+                results.note(check_money(pocket, users, loads))
+
+
+def wrk_command() -> str | None:
+    """Where wrk is installed, or None."""
+    return shutil.which("wrk")
+
+
+def sign_up(url: str, count: int) -> list[BenchUser]:
+    """New users, signed up through PocketService (what POST /users calls) from
+    several threads: quicker than over HTTP, and the same rows and events."""
+    service = bootstrap(Settings.from_url(url))
+
+    def one(_: int) -> BenchUser:
+        account, token = service.create_user("bench")
+        return BenchUser(account.user.id, token, account.user.wallet_id)
+
+    try:
+        with ThreadPoolExecutor(CALLERS) as pool:
+            return list(pool.map(one, range(count)))
+    finally:
+        service.close()
+
+
+@contextlib.contextmanager
+def serving(url: str) -> Iterator[int]:
+    """A `pocket serve --no-follower` on the database while the block runs; its port."""
     port = free_port()
     server = subprocess.Popen(
         [
@@ -331,11 +517,8 @@ def http_api(url: str, sizes: Sizes, results: Results) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_until_serving(port)
-        users = [sign_up(port) for _ in range(CALLERS)]
-        results.add("http_trivial", http_load(port, users, None, sizes.http_seconds))
-        body = json.dumps({"amount": "1.00", "source": "bench"})
-        results.add("http_add_money", http_load(port, users, body, sizes.http_seconds))
+        wait_until_serving(port, server)
+        yield port
     finally:
         server.terminate()
         server.wait(30)
@@ -349,77 +532,182 @@ def free_port() -> int:
         return port
 
 
-def wait_until_serving(port: int, timeout: float = 60.0) -> None:
-    """Waits for the server to answer GET /health."""
+def wait_until_serving(
+    port: int, server: subprocess.Popen[bytes], timeout: float = 60.0
+) -> None:
+    """Waits for the server to answer GET /health; raises if it exits first."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and server.poll() is None:
         with contextlib.suppress(OSError):
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/health")
             if conn.getresponse().status == 200:
                 return
         time.sleep(0.1)
-    msg = "pocket serve did not start"
+    msg = f"pocket serve did not start (exit code {server.poll()})"
     raise RuntimeError(msg)
 
 
-def sign_up(port: int) -> tuple[int, str]:
-    """A new user's id and token."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request(
-        "POST",
-        "/users",
-        body=json.dumps({"name": "bench"}),
-        headers={"Content-Type": "application/json"},
+def write_script(path: Path, users: list[BenchUser]) -> Path:
+    """wrk's Lua script: add_money for a random one of the users per request (or,
+    with no users, GET /health), counting what it made and each answer's status."""
+    rows = "\n".join(f"  {{{u.user_id}, {lua_string(u.token)}}}," for u in users)
+    path.write_text(WRK_SCRIPT.format(users=rows, body=lua_string(ADD_MONEY_BODY)))
+    return path
+
+
+def lua_string(text: str) -> str:
+    """A Lua string literal: letters and digits as they are, every other byte as
+    a decimal escape."""
+    return (
+        '"'
+        + "".join(
+            chr(b) if bytes([b]).isalnum() else f"\\{b:03d}" for b in text.encode()
+        )
+        + '"'
     )
-    answer = json.loads(conn.getresponse().read())
-    return int(answer["user"]["id"]), str(answer["token"])
 
 
-def http_load(
-    port: int, users: list[tuple[int, str]], body: str | None, seconds: float
-) -> float:
-    """Requests per second from one keep-alive client per user, in a process of
-    their own (so the clients do not share the server's interpreter)."""
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        done: int = pool.apply(http_clients, (port, users, body, seconds))
-    return done / seconds
+def drive(ports: list[int], script: Path, sizes: Sizes) -> list[Load]:
+    """wrk against each port at once, the connections and threads split evenly."""
+    connections = CALLERS // len(ports)
+    threads = max(1, WRK_THREADS // len(ports))
+    running = [
+        start_wrk(port, script, sizes.http_seconds, connections, threads)
+        for port in ports
+    ]
+    return [finish_wrk(process, sizes.http_seconds) for process in running]
 
 
-def http_clients(
-    port: int, users: list[tuple[int, str]], body: str | None, seconds: float
-) -> int:
-    """Runs the clients (in the pool's process); returns how many answers were 200."""
-    counts = [0] * len(users)
-    deadline = time.monotonic() + seconds
-    start = threading.Barrier(len(users))
+def start_wrk(
+    port: int, script: Path, seconds: int, connections: int, threads: int
+) -> subprocess.Popen[str]:
+    """One wrk process, started (its script seeded at random)."""
+    command = wrk_command()
+    assert command is not None
+    return subprocess.Popen(
+        [
+            command,
+            f"--threads={threads}",
+            f"--connections={connections}",
+            f"--duration={seconds}s",
+            # A slow answer is a latency to report, not an error.
+            f"--timeout={WRK_TIMEOUT}s",
+            "--latency",
+            f"--script={script}",
+            f"http://127.0.0.1:{port}",
+            "--",
+            str(random.randrange(1, 2**30)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
-    def client(index: int) -> None:
-        user_id, token = users[index]
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        headers = {
-            "Authorization": f"Bearer {token}",
-            "Content-Type": "application/json",
-        }
-        start.wait()
-        while time.monotonic() < deadline:
-            if body is None:
-                conn.request("GET", "/health", headers=headers)
-            else:
-                path = f"/users/{user_id}/add_money"
-                conn.request("POST", path, body=body, headers=headers)
-            answer = conn.getresponse()
-            answer.read()
-            if answer.status == 200:
-                counts[index] += 1
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(len(users))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sum(counts)
+def finish_wrk(process: subprocess.Popen[str], seconds: int) -> Load:
+    """Waits for a wrk process; what it measured."""
+    stdout, stderr = process.communicate(timeout=seconds + WRK_TIMEOUT + 30)
+    if process.returncode != 0:
+        msg = f"wrk failed ({process.returncode}): {stderr.strip() or stdout.strip()}"
+        raise RuntimeError(msg)
+    return parse_wrk(stdout)
+
+
+def parse_wrk(output: str) -> Load:
+    """A Load from wrk's output (with --latency, and the script's own line)."""
+    rate = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
+    counts = re.search(
+        r"^pocket-bench: made (\d+) answered (\d+) statuses ?(.*)$",
+        output,
+        re.MULTILINE,
+    )
+    percentiles = {
+        int(share): float(number) * MILLISECONDS[unit]
+        for share, number, unit in re.findall(
+            r"^\s+(\d+)%\s+([\d.]+)(us|ms|s|m|h)\s*$", output, re.MULTILINE
+        )
+    }
+    if rate is None or counts is None or not {50, 99} <= percentiles.keys():
+        msg = f"wrk said what pocket bench cannot read:\n{output}"
+        raise RuntimeError(msg)
+    errors = re.search(r"Socket errors: ([^\n]*)", output)
+    return Load(
+        rate=float(rate[1]),
+        p50_ms=percentiles[50],
+        p99_ms=percentiles[99],
+        made=int(counts[1]),
+        answered=int(counts[2]),
+        statuses={
+            int(status): int(count)
+            for status, count in (pair.split("=") for pair in counts[3].split())
+        },
+        socket_errors=sum(map(int, re.findall(r"\d+", errors[1] if errors else ""))),
+    )
+
+
+def record(
+    results: Results, key: str, loads: list[Load], *, p50: bool = False
+) -> list[Load]:
+    """Adds a run's rate (summed over its wrk processes) and p99 (the worse), and
+    p50 if asked; or, if any answer was not a 200 or a socket failed, a note
+    instead of the figures: failures are never counted as throughput."""
+    if any(load.failures for load in loads):
+        results.note(f"{key} left out: {describe_failures(loads)}")
+        return loads
+    results.add(key, sum(load.rate for load in loads))
+    results.add(f"{key}_p99", max(load.p99_ms for load in loads))
+    if p50:
+        (load,) = loads
+        results.add(f"{key}_p50", load.p50_ms)
+    return loads
+
+
+def describe_failures(loads: list[Load]) -> str:
+    """What went wrong in a run, in words."""
+    statuses: Counter[int] = Counter()
+    for load in loads:
+        statuses.update(load.statuses)
+    answers = ", ".join(
+        f"{count:,} x {status}" for status, count in sorted(statuses.items())
+    )
+    sockets = sum(load.socket_errors for load in loads)
+    return f"answers {answers}; {sockets:,} socket errors"
+
+
+def check_money(pocket: Pocket, users: list[BenchUser], loads: list[Load]) -> str:
+    """Raises unless the users' wallets hold the amount for every 200 answer to
+    add_money, and no more than for every request the scripts made (wrk stops
+    with a request in flight on each connection, which the server still
+    commits); returns what it found, in words."""
+    held = settled_total(pocket, users)
+    ok = sum(load.ok for load in loads)
+    made = sum(load.made for load in loads)
+    found = (
+        f"the {len(users):,} users' wallets hold {held:,}; wrk had {ok:,} answers "
+        f"200 to add_money {AMOUNT} and its scripts made {made:,} requests"
+    )
+    if not ok * AMOUNT <= held <= made * AMOUNT:
+        msg = f"Money lost or made up: {found}"
+        raise RuntimeError(msg)
+    in_flight = (held - ok * AMOUNT) / AMOUNT
+    return f"money checked: {found} ({in_flight:,.0f} in flight as wrk stopped)"
+
+
+def settled_total(pocket: Pocket, users: list[BenchUser]) -> Decimal:
+    """The sum of the users' balances, once two reads a moment apart agree: the
+    requests wrk left in flight are answered after it stops."""
+    held = None
+    for _ in range(20):
+        again = sum(
+            (pocket.get_wallet(user.wallet_id).balance for user in users), Decimal(0)
+        )
+        if again == held:
+            break
+        held = again
+        time.sleep(0.5)
+    assert held is not None
+    return held
 
 
 # The projection
@@ -560,13 +848,16 @@ def report(results: list[Results], sizes: Sizes) -> str:
         f"Machine: {os.cpu_count()} cores, {platform.machine()}, "
         f"Python {platform.python_version()}, {postgres_version(results)}",
         f"Sizes: {json.dumps(asdict(sizes))}",
+        f"HTTP: wrk -t{WRK_THREADS} -c{CALLERS}, {sizes.http_seconds} s a run, "
+        "a random user per request (2 servers: a wrk -t1 -c8 on each, at once)",
         "",
         " " * width + "".join(f"{b:>14}" for b in backends),
     ]
     for key, label, unit in ROWS:
         cells = [format_figure(r.figures.get(key), unit) for r in results]
         lines.append(f"{label:<{width}}" + "".join(f"{c:>14}" for c in cells))
-    return "\n".join(lines)
+    notes = [f"{r.backend}: {line}" for r in results for line in r.notes]
+    return "\n".join([*lines, *([""] if notes else []), *notes])
 
 
 def format_figure(value: float | None, unit: str) -> str:

@@ -161,7 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = bench.Sizes()
     bench_parser.add_argument("--commands", type=int, default=defaults.commands)
     bench_parser.add_argument(
-        "--http-seconds", type=float, default=defaults.http_seconds
+        "--http-seconds",
+        type=positive_int,
+        default=defaults.http_seconds,
+        help=f"each wrk run, in whole seconds ({defaults.http_seconds})",
     )
     bench_parser.add_argument(
         "--events",
