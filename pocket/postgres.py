@@ -382,19 +382,24 @@ def latest_states_statement(
 ) -> Composed:
     """One statement for many aggregates' current states: each one's latest
     snapshot (kind 0) and its events after it (kind 1), in order."""
+    # LATERAL subqueries, so that each aggregate's latest snapshot and its
+    # events after it are found by index ranges, however long its history.
     return SQL(
-        "WITH snap AS (SELECT DISTINCT ON (originator_id) originator_id, "
-        "originator_version, topic, state FROM {snapshots} "
-        "WHERE originator_id = ANY(%(ids)s) "
-        "ORDER BY originator_id, originator_version DESC) "
-        "SELECT 0 AS kind, originator_id, originator_version, topic, state FROM snap "
+        "WITH snap AS (SELECT i.id AS originator_id, s.originator_version, "
+        "s.topic, s.state FROM unnest(%(ids)s::{id_type}[]) AS i(id) "
+        "LEFT JOIN LATERAL (SELECT originator_version, topic, state "
+        "FROM {snapshots} WHERE originator_id = i.id "
+        "ORDER BY originator_version DESC LIMIT 1) AS s ON true) "
+        "SELECT 0 AS kind, originator_id, originator_version, topic, state "
+        "FROM snap WHERE originator_version IS NOT NULL "
         "UNION ALL "
         "SELECT 1, e.originator_id, e.originator_version, e.topic, e.state "
-        "FROM {events} AS e LEFT JOIN snap AS s USING (originator_id) "
-        "WHERE e.originator_id = ANY(%(ids)s) "
-        "AND e.originator_version > coalesce(s.originator_version, 0) "
+        "FROM snap CROSS JOIN LATERAL (SELECT originator_id, originator_version, "
+        "topic, state FROM {events} WHERE originator_id = snap.originator_id "
+        "AND originator_version > coalesce(snap.originator_version, 0)) AS e "
         "ORDER BY originator_id, kind, originator_version"
     ).format(
+        id_type=Identifier(datastore.originator_id_type),
         snapshots=Identifier(datastore.schema, snapshots_table),
         events=Identifier(datastore.schema, events_table),
     )
@@ -405,8 +410,9 @@ def newer_events_statement(datastore: PostgresDatastore, events_table: str) -> C
     return SQL(
         "SELECT e.originator_id, e.originator_version, e.topic, e.state "
         "FROM unnest(%(ids)s::{id_type}[], %(versions)s::bigint[]) AS k(id, version) "
-        "JOIN {events} AS e ON e.originator_id = k.id "
-        "AND e.originator_version > k.version "
+        "CROSS JOIN LATERAL (SELECT originator_id, originator_version, topic, state "
+        "FROM {events} WHERE originator_id = k.id "
+        "AND originator_version > k.version) AS e "
         "ORDER BY e.originator_id, e.originator_version"
     ).format(
         id_type=Identifier(datastore.originator_id_type),
