@@ -117,6 +117,13 @@ HTTP_ROWS: list[tuple[str, str, str]] = [
     ("http_two_processes", f"POST add_money, {MANY_USERS:,} users, 2 servers", "/s"),
     ("http_two_processes_p99", "  latency p99, the slower server's", "ms"),
     ("http_two_processes_ratio", "  ratio two servers / one", "x"),
+    (
+        "http_two_routed",
+        f"POST add_money, {MANY_USERS:,} users, 2 servers, routed by user",
+        "/s",
+    ),
+    ("http_two_routed_p99", "  latency p99, the slower server's", "ms"),
+    ("http_two_routed_ratio", "  ratio to one server", "x"),
 ]
 
 # What is printed, in order: (key, label, unit); a ratio row follows its figure.
@@ -226,6 +233,7 @@ def ratios(results: Results) -> None:
         "http_add_money_vs_raw": ("http_add_money", "raw_insert_commits"),
         "http_ratio": ("http_add_money", "http_trivial"),
         "http_two_processes_ratio": ("http_two_processes", "http_add_money_2000"),
+        "http_two_routed_ratio": ("http_two_routed", "http_add_money_2000"),
         "catchup_ratio": ("catchup", "catchup_per_event"),
         "latency_ratio": ("latency_large", "latency_small"),
         "page_ratio": ("page_end", "page_start"),
@@ -457,6 +465,12 @@ def http_api(pocket: Pocket, url: str, sizes: Sizes, results: Results) -> None:
         health = write_script(Path(directory, "health.lua"), [])
         few_script = write_script(Path(directory, "few.lua"), few)
         many_script = write_script(Path(directory, "many.lua"), many)
+        # Routed by user: each server gets its own half of the users (as a proxy
+        # routing on the user id in the path would), so no wallet is written by
+        # both and neither server's cached wallets go stale.
+        halves = [
+            write_script(Path(directory, f"half{n}.lua"), many[n::2]) for n in (0, 1)
+        ]
         with serving(url) as port:
             record(results, "http_trivial", drive([port], health, sizes))
             loads = record(
@@ -470,6 +484,11 @@ def http_api(pocket: Pocket, url: str, sizes: Sizes, results: Results) -> None:
                     results,
                     "http_two_processes",
                     drive([port, second], many_script, sizes),
+                )
+                loads += record(
+                    results,
+                    "http_two_routed",
+                    drive([port, second], halves, sizes),
                 )
                 # While both servers run: what wrk left in flight has landed.
                 results.note(check_money(pocket, users, loads))
@@ -568,13 +587,15 @@ def lua_string(text: str) -> str:
     )
 
 
-def drive(ports: list[int], script: Path, sizes: Sizes) -> list[Load]:
-    """wrk against each port at once, the connections and threads split evenly."""
+def drive(ports: list[int], script: Path | list[Path], sizes: Sizes) -> list[Load]:
+    """wrk against each port at once (with one script, or a script per port),
+    the connections and threads split evenly."""
     connections = CALLERS // len(ports)
     threads = max(1, WRK_THREADS // len(ports))
+    scripts = script if isinstance(script, list) else [script] * len(ports)
     running = [
-        start_wrk(port, script, sizes.http_seconds, connections, threads)
-        for port in ports
+        start_wrk(port, each, sizes.http_seconds, connections, threads)
+        for port, each in zip(ports, scripts, strict=True)
     ]
     return [finish_wrk(process, sizes.http_seconds) for process in running]
 
