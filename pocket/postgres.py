@@ -99,14 +99,34 @@ class OutcomeUnknown(OperationalError):
         self.backend = backend
 
 
-class AggregateRecorder(PostgresAggregateRecorder):
+class SerializedSchema(PostgresAggregateRecorder):
+    """Creates the recorder's tables so that processes starting together on a new
+    database all start: the tables under an advisory lock (else both create a
+    table's row type and one fails, "type ... already exists"), and once more if
+    the library's composite type was created by another process meanwhile (the
+    library expects DuplicateObject then, and gets a UniqueViolation)."""
+
+    def create_table(self) -> None:
+        try:
+            super().create_table()
+        except IntegrityError as error:
+            if "pg_type_typname_nsp_index" not in str(error):
+                raise
+            super().create_table()  # The type exists now: skipped this time.
+
+    def _create_table(self, curs: Cursor[DictRow]) -> None:
+        curs.execute("SELECT pg_advisory_xact_lock(hashtext('pocket-schema'))")
+        super()._create_table(curs)
+
+
+class AggregateRecorder(SerializedSchema):
     """Snapshots: the library's recorder with bounded retries."""
 
     insert_events = once_more(PostgresAggregateRecorder.insert_events)
     select_events = once_more(PostgresAggregateRecorder.select_events)
 
 
-class ApplicationRecorder(PostgresApplicationRecorder):
+class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
     """Events: the library's recorder with bounded retries and a one-trip insert.
 
     The library inserts in psycopg's pipeline mode, in a transaction of several
@@ -186,9 +206,7 @@ class ApplicationRecorder(PostgresApplicationRecorder):
         )
 
     def _create_table(self, curs: Cursor[DictRow]) -> None:
-        # Serialized, so that processes starting together do not collide.
-        curs.execute("SELECT pg_advisory_xact_lock(hashtext('pocket-schema'))")
-        super()._create_table(curs)
+        super()._create_table(curs)  # Under the schema lock (SerializedSchema).
         curs.execute(self.create_insert_function_statement)
 
     def _create_insert_function(self) -> None:

@@ -18,7 +18,7 @@ from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
 from pocket.postgres import Factory as PocketFactory
-from pocket.postgres import once_more
+from pocket.postgres import SerializedSchema, once_more
 from pocket.walletrecords import (
     PROJECTION,
     Batch,
@@ -30,7 +30,7 @@ from pocket.walletrecords import (
 )
 
 
-class WalletRecordsRecorder(PostgresProcessRecorder):
+class WalletRecordsRecorder(SerializedSchema, PostgresProcessRecorder):
     """One version of wallet_records: the library's process recorder, whose tables
     are named after the version's projector, applying each batch's changes to the
     version's rows in the transaction that records its tracking position."""

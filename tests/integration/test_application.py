@@ -15,8 +15,10 @@ from pocket.application import (
     WalletAlreadyExists,
     WalletNotFound,
 )
+from pocket.bootstrap import bootstrap
 from pocket.config import Settings
 from pocket.domainmodel import InsufficientFunds, InvalidAmount, Wallet
+from pocket.service import PocketService
 
 
 @pytest.fixture
@@ -264,3 +266,43 @@ def test_two_processes_on_the_same_wallets_lose_no_money(
     finally:
         for app in apps:
             app.close()
+
+
+def test_processes_starting_together_on_a_new_database_all_start(
+    postgres_settings: Settings,
+) -> None:
+    start = threading.Barrier(6)
+
+    def open_pocket(_: int) -> Pocket:
+        start.wait()
+        return Pocket(env=dict(postgres_settings.env))
+
+    with ThreadPoolExecutor(6) as pool:
+        apps = list(pool.map(open_pocket, range(6)))
+    try:
+        wallet_id = apps[0].create_wallet("u")
+        apps[1].add_money(wallet_id, Decimal("1"), "API")
+        assert apps[5].get_wallet(wallet_id).balance == Decimal("1.00")
+    finally:
+        for app in apps:
+            app.close()
+
+
+def test_servers_and_followers_starting_together_on_a_new_database_all_start(
+    postgres_settings: Settings,
+) -> None:
+    start = threading.Barrier(4)
+
+    def open_service(n: int) -> PocketService:
+        start.wait()
+        return bootstrap(postgres_settings, follow=n % 2 == 0)
+
+    with ThreadPoolExecutor(4) as pool:
+        services = list(pool.map(open_service, range(4)))
+    try:
+        account, _ = services[1].create_user("u")
+        services[3].add_money(account.user.id, Decimal("2"), "API")
+        assert services[0].get_account(account.user.id).wallet.balance == Decimal("2")
+    finally:
+        for service in services:
+            service.close()
