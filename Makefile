@@ -28,13 +28,13 @@ test: $(STAMP)
 	POCKET_SCREENSHOTS=$(POCKET_SCREENSHOTS) $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check pocket tests
-	$(BIN)/ruff format --check pocket tests
+	$(BIN)/ruff check pocket tests tools
+	$(BIN)/ruff format --check pocket tests tools
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix pocket tests
-	$(BIN)/ruff format pocket tests
+	$(BIN)/ruff check --fix pocket tests tools
+	$(BIN)/ruff format pocket tests tools
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -518,10 +518,21 @@ def sign_up(url: str, count: int) -> list[BenchUser]:
 @contextlib.contextmanager
 def serving(url: str) -> Iterator[int]:
     """A `pocket serve --no-follower` on the database while the block runs; its port."""
+    with server_process(url) as (port, _):
+        yield port
+
+
+@contextlib.contextmanager
+def server_process(
+    url: str, python: str = sys.executable
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """A `pocket serve --no-follower` on the database while the block runs: its
+    port and its process (for a profiler to sample). python may be another
+    checkout's interpreter, to measure that one."""
     port = free_port()
     server = subprocess.Popen(
         [
-            sys.executable,
+            python,
             "-m",
             "pocket.cli",
             "serve",
@@ -537,7 +548,7 @@ def serving(url: str) -> Iterator[int]:
     )
     try:
         wait_until_serving(port, server)
-        yield port
+        yield port, server
     finally:
         server.terminate()
         server.wait(30)

@@ -20,7 +20,7 @@ from eventsourcing.persistence import InterfaceError, OperationalError
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
-from pocket.postgres import replace_broken_connections
+from pocket.postgres import TOKENS_LOCK, replace_broken_connections
 
 Row = dict[str, Any]
 Dialect = Literal["postgres", "sqlite"]
@@ -143,6 +143,13 @@ class Transaction:
         """Serializes schema changes between processes starting at once."""
         if self.dialect == "postgres":
             self.execute("SELECT pg_advisory_xact_lock(hashtext('pocket-schema'))")
+
+    def lock_tokens(self) -> None:
+        """Waits for the commands being committed with tokens checked (see
+        pocket.guards), and holds back new ones until this transaction ends: a
+        token replaced here is seen by every command that commits after it."""
+        if self.dialect == "postgres":
+            self.execute(f"SELECT pg_advisory_xact_lock(hashtext('{TOKENS_LOCK}'))")
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Runs a statement once for each row of parameters."""

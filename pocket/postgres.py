@@ -40,6 +40,10 @@ from psycopg.sql import SQL, Composed, Identifier, Literal
 
 from pocket.guards import GuardsBroken, TokenGuard, parse_user_ids
 
+# The advisory lock between committing commands (shared, in the insert function)
+# and replacing a token (exclusive: pocket.database.Transaction.lock_tokens).
+TOKENS_LOCK = "pocket-tokens"
+
 # An insert is tried at most this often; a lost link in between is settled first.
 INSERT_ATTEMPTS = 2
 # How long to wait for the backend of a lost insert to end.
@@ -145,9 +149,13 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
         function = Identifier(datastore.schema, f"{events_table_name}_insert")
         self.check_identifier_length(f"{events_table_name}_insert")
         # With the events, the guards of the commands that made them (users and
-        # their token hashes, see pocket.guards): checked first, with the users'
-        # rows locked until the commit, so a token replaced before the commit
-        # writes nothing. A batch with guards and no events only checks them.
+        # their token hashes, see pocket.guards), checked first. Under the
+        # tokens lock, shared: a token's replacement takes it exclusively (see
+        # Transaction.lock_tokens), so it waits for the commits that checked
+        # the old token, and every later check, on a snapshot taken after the
+        # lock, sees the new one. (Locking the users' rows instead would write
+        # each of them once per batch.) A batch with guards and no events only
+        # checks them.
         self.create_insert_function_statement = SQL(
             "CREATE OR REPLACE FUNCTION {function}("
             "ids {id_type}[], versions bigint[], topics text[], states bytea[], "
@@ -155,10 +163,10 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
             "RETURNS SETOF bigint LANGUAGE plpgsql AS $$ "
             "DECLARE broken bigint[]; BEGIN "
             "IF cardinality(guard_users) > 0 THEN "
+            "PERFORM pg_advisory_xact_lock_shared(hashtext({tokens_lock})); "
             "SELECT array_agg(g.id) INTO broken "
             "FROM unnest(guard_users, guard_hashes) AS g(id, token_hash) "
-            "LEFT JOIN (SELECT id, token_hash FROM users "
-            "WHERE id = ANY(guard_users) FOR SHARE) AS u ON u.id = g.id "
+            "LEFT JOIN users AS u ON u.id = g.id "
             "WHERE u.token_hash IS DISTINCT FROM g.token_hash; "
             "IF broken IS NOT NULL THEN RAISE EXCEPTION 'Tokens replaced' "
             "USING ERRCODE = {guard_state}, DETAIL = array_to_string(broken, ','); "
@@ -176,6 +184,7 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
             function=function,
             id_type=Identifier(datastore.originator_id_type),
             guard_state=Literal(GUARD_SQLSTATE),
+            tokens_lock=Literal(TOKENS_LOCK),
             timeout=Literal(f"{datastore.lock_timeout}s"),
             table=Identifier(datastore.schema, events_table_name),
             channel=Identifier(self.channel_name),

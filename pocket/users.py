@@ -86,6 +86,7 @@ class UserStore:
             sql += " AND token_hash = %s"
             params.append(replacing)
         with self.db.transaction() as tx:
+            tx.lock_tokens()
             tx.execute(sql, params)
             return tx.rowcount == 1
 
