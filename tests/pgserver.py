@@ -255,10 +255,24 @@ class PostgresServer:
         self._postmaster.wait(timeout)
         _wait_gone(children, timeout)
 
+    def connect(
+        self, *, autocommit: bool = False, connect_timeout: int = 5
+    ) -> psycopg.Connection[tuple[Any, ...]]:
+        """A connection as the superuser to the `postgres` database of this very
+        server, whatever it is: target_session_attrs=any, for a test may set
+        PGTARGETSESSIONATTRS=read-write for the code it tests, and a standby
+        must still be reachable (the others, PG* variables apply)."""
+        return psycopg.connect(
+            self.url,
+            autocommit=autocommit,
+            connect_timeout=connect_timeout,
+            target_session_attrs="any",
+        )
+
     def query(self, statement: Query) -> list[tuple[Any, ...]]:
         """The rows of one statement, run as the superuser on the `postgres`
         database in a connection of its own (autocommit)."""
-        with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+        with self.connect(autocommit=True) as conn:
             cursor = conn.execute(statement)
             return cursor.fetchall() if cursor.description else []
 
@@ -345,7 +359,7 @@ class PostgresServer:
     def create_database(self, name: str) -> str:
         """A new, empty database on this server, and its URL. (It goes with the
         folder: nothing needs to drop it.)"""
-        with psycopg.connect(self.url, autocommit=True) as conn:
+        with self.connect(autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.url_for(name)
 
@@ -368,7 +382,7 @@ class PostgresServer:
         deadline = time.monotonic() + timeout
         while self.is_running and time.monotonic() < deadline:
             try:
-                psycopg.connect(self.url, connect_timeout=2).close()
+                self.connect(connect_timeout=2).close()
             except psycopg.OperationalError:
                 time.sleep(0.05)  # starting up, or recovering from a crash
             else:

@@ -227,6 +227,19 @@ def test_a_multi_host_conninfo_finds_the_primary_before_and_after_a_failover(
         conn.execute("CREATE TABLE written_after_failover (n int)")
 
 
+def test_pgtargetsessionattrs_in_the_environment_finds_the_primary_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # libpq's variable, for code that cannot pass target_session_attrs; the
+    # pair's own connections (target_session_attrs=any) still reach the standby.
+    skip_or_fail(replication_problem())
+    monkeypatch.setenv("PGTARGETSESSIONATTRS", "read-write")
+    with replicated_pair(synchronous=False) as (primary, standby):
+        assert standby.is_in_recovery()
+        hosts = f"127.0.0.1:{standby.port},127.0.0.1:{primary.port}"
+        assert server_port(f"postgresql://postgres@{hosts}/postgres") == primary.port
+
+
 def test_with_its_synchronous_standby_gone_a_commit_waits_for_it(
     replicated_postgres: ReplicatedPair,
 ) -> None:
