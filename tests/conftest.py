@@ -14,7 +14,14 @@ import pytest
 
 from pocket.bench import scratch_postgres
 from pocket.config import Settings
-from tests.pgserver import PostgresServer, server_problem, throwaway_server
+from tests.pgserver import (
+    PostgresServer,
+    ReplicatedPair,
+    replicated_pair,
+    replication_problem,
+    server_problem,
+    throwaway_server,
+)
 
 ADMIN_URL = os.environ.get(
     "POCKET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -66,6 +73,26 @@ def throwaway_postgres() -> Iterator[PostgresServer]:
     skip_or_fail(server_problem())
     with throwaway_server() as server:
         yield server
+
+
+@pytest.fixture
+def replicated_postgres() -> Iterator[ReplicatedPair]:
+    """A throwaway primary and its synchronous streaming standby: a commit on the
+    primary returns once the standby has its WAL. Failover tests crash the
+    primary and promote the standby (tests.pgserver.failover); both are stopped
+    and removed afterwards."""
+    skip_or_fail(replication_problem())
+    with replicated_pair(synchronous=True) as pair:
+        yield pair
+
+
+@pytest.fixture
+def async_replicated_postgres() -> Iterator[ReplicatedPair]:
+    """The same with an asynchronous standby: commits do not wait for it, so a
+    failover may lose the last of them."""
+    skip_or_fail(replication_problem())
+    with replicated_pair(synchronous=False) as pair:
+        yield pair
 
 
 @pytest.fixture
