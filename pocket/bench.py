@@ -56,6 +56,7 @@ MANY_USERS = 2000
 AMOUNT = Decimal("1.00")
 ADD_MONEY_BODY = json.dumps({"amount": str(AMOUNT), "source": "bench"})
 WRK_MISSING = "wrk not installed: apt-get install wrk (no HTTP figures)"
+GRANIAN_MISSING = "granian not installed: pip install granian (no comparison figures)"
 MILLISECONDS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 
 
@@ -124,6 +125,13 @@ HTTP_ROWS: list[tuple[str, str, str]] = [
     ),
     ("http_two_routed_p99", "  latency p99, the slower server's", "ms"),
     ("http_two_routed_ratio", "  ratio to one server", "x"),
+    # Another server for the same app (pocket.wsgi), for comparison only: it
+    # does not keep the slow-client limits that pocket serve's waitress does.
+    ("http_granian_trivial", "comparison: GET /health, granian WSGI, 1 server", "/s"),
+    ("http_granian_trivial_p99", "  latency p99", "ms"),
+    ("http_granian", f"comparison: POST add_money, {FEW_USERS} users, granian", "/s"),
+    ("http_granian_p99", "  latency p99", "ms"),
+    ("http_granian_ratio", "  ratio to pocket serve (waitress)", "x"),
 ]
 
 # What is printed, in order: (key, label, unit); a ratio row follows its figure.
@@ -234,6 +242,7 @@ def ratios(results: Results) -> None:
         "http_ratio": ("http_add_money", "http_trivial"),
         "http_two_processes_ratio": ("http_two_processes", "http_add_money_2000"),
         "http_two_routed_ratio": ("http_two_routed", "http_add_money_2000"),
+        "http_granian_ratio": ("http_granian", "http_add_money"),
         "catchup_ratio": ("catchup", "catchup_per_event"),
         "latency_ratio": ("latency_large", "latency_small"),
         "page_ratio": ("page_end", "page_start"),
@@ -479,6 +488,16 @@ def http_api(pocket: Pocket, url: str, sizes: Sizes, results: Results) -> None:
             loads += record(
                 results, "http_add_money_2000", drive([port], many_script, sizes)
             )
+            with granian_serving(url) as other:
+                if other is None:
+                    results.note(GRANIAN_MISSING)
+                else:
+                    record(
+                        results, "http_granian_trivial", drive([other], health, sizes)
+                    )
+                    loads += record(
+                        results, "http_granian", drive([other], few_script, sizes)
+                    )
             with serving(url) as second:
                 loads += record(
                     results,
@@ -549,6 +568,45 @@ def server_process(
     try:
         wait_until_serving(port, server)
         yield port, server
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def granian_command() -> str | None:
+    """granian beside this Python (in its virtual environment), or on the PATH."""
+    beside = Path(sys.executable).with_name("granian")
+    return str(beside) if beside.exists() else shutil.which("granian")
+
+
+@contextlib.contextmanager
+def granian_serving(url: str) -> Iterator[int | None]:
+    """Pocket's API (pocket.wsgi) under granian while the block runs: its port, or
+    None when granian is not installed."""
+    command = granian_command()
+    if command is None:
+        yield None
+        return
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            command,
+            "--interface=wsgi",
+            "--factory",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            f"--blocking-threads={CALLERS}",
+            "--no-ws",
+            "--log-level=error",
+            "pocket.wsgi:app",
+        ],
+        env={**os.environ, "POCKET_DATABASE_URL": url, "POCKET_LOG_LEVEL": "WARNING"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until_serving(port, server)
+        yield port
     finally:
         server.terminate()
         server.wait(30)

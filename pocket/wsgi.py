@@ -1,0 +1,34 @@
+"""Pocket's HTTP API as a WSGI application, for a WSGI server of one's own choosing.
+
+`pocket serve` is the way to run Pocket: waitress, with the limits that keep slow
+clients from taking the API down (see server.py), and the follower in the same
+process unless told otherwise. This factory builds the same Flask app, without a
+follower (run `pocket follow` beside it), for other servers: `pocket bench`
+measures one against waitress, and a deployment behind a proxy that enforces
+client limits itself may run one. For example, with granian:
+
+    POCKET_DATABASE_URL=... granian --interface wsgi --factory pocket.wsgi:app
+
+The service is closed when the process exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+
+from flask import Flask
+
+from pocket import logs
+from pocket.bootstrap import bootstrap
+from pocket.config import LogSettings, Settings
+from pocket.web import create_app
+
+
+def app() -> Flask:
+    """The API over a service built from the environment (POCKET_DATABASE_URL
+    and the rest, as `pocket serve` reads them), with no follower."""
+    log_settings = LogSettings.from_environ()
+    logs.configure(log_settings.level, log_settings.format)
+    service = bootstrap(Settings.from_environ(), follow=False)
+    atexit.register(service.close)
+    return create_app(service)
