@@ -35,6 +35,7 @@ from tests.e2e.processes import (
     wait_for,
 )
 from tests.pgserver import (
+    STANDBY_NAME,
     CrashMode,
     PostgresServer,
     ReplicatedPair,
@@ -119,11 +120,16 @@ class Cluster:
         """A `pocket` command on the cluster's URL, to completion."""
         return run_pocket(self.tmp_path, self.env, *args)
 
-    def lag_events(self) -> int:
-        """The follower's lag as `pocket status --json` reports it."""
+    def status(self) -> dict[str, Any]:
+        """What `pocket status --json` reports."""
         answer = self.pocket("status", "--json")
         assert answer.returncode == 0, answer.stdout + answer.stderr
-        lag: int = json.loads(answer.stdout)["projections"][0]["lag_events"]
+        report: dict[str, Any] = json.loads(answer.stdout)
+        return report
+
+    def lag_events(self) -> int:
+        """The follower's lag as `pocket status --json` reports it."""
+        lag: int = self.status()["projections"][0]["lag_events"]
         return lag
 
     def close(self) -> None:
@@ -359,6 +365,15 @@ def test_a_synchronous_failover_keeps_every_acknowledged_request(
     cluster.append(pocket)
     pocket.start()
     pocket.sign_up_and_fund()
+    # Which server is the primary, and its standby with its lag.
+    servers = pocket.status()["servers"]
+    assert servers["primary"]["port"] == primary.port
+    ((name, state, sync, lag),) = [
+        (s["name"], s["state"], s["sync_state"], s["lag_bytes"])
+        for s in servers["standbys"]
+    ]
+    assert (name, state, sync) == (STANDBY_NAME, "streaming", "sync")
+    assert isinstance(lag, int)
 
     traffic = Traffic(pocket)
     traffic.start()
@@ -419,6 +434,8 @@ def test_a_synchronous_failover_keeps_every_acknowledged_request(
     assert version_gaps(new_primary_url) == {}
 
     wait_for(lambda: pocket.lag_events() == 0, timeout=30, what="the follower")
+    servers = pocket.status()["servers"]
+    assert (servers["primary"]["port"], servers["standbys"]) == (standby.port, [])
     checked = pocket.pocket("verify")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "0 mismatch(es)" in checked.stdout
