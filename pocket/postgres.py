@@ -65,6 +65,32 @@ POSTGRES_DEFAULTS = {
 HOST_CONNECT_TIMEOUT = "2"
 
 
+# The SQLSTATE of a statement refused because the server takes no writes (a
+# standby, or a primary fenced read-only by a failover manager): nothing of it
+# was done.
+READ_ONLY_SQLSTATE = "25006"
+
+
+def refused_as_read_only(error: BaseException) -> bool:
+    """Whether an error, or one that caused it, is a server refusing a write
+    because it is read-only."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, psycopg.Error) and seen.sqlstate == READ_ONLY_SQLSTATE:
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def leave_server(datastore: PostgresDatastore) -> None:
+    """Replaces every pooled connection, idle ones now, those in use when they
+    are returned: after a read-only refusal, the server they are connected to
+    refuses every write on each of them, and new ones find the primary (with
+    target_session_attrs=read-write, the default of a multi-host URL)."""
+    with contextlib.suppress(Exception):
+        datastore.pool.drain()
+
+
 def once_more(method: Any) -> Any:
     """The library's method without its own retries, retried once on a lost link
     (after the pool has replaced every connection that link's loss broke)."""
