@@ -34,6 +34,7 @@ from pocket.operations import (
     Progress,
     format_status,
     migrate,
+    replication,
     status,
     verify,
 )
@@ -383,7 +384,11 @@ def run_migrate(args: argparse.Namespace, settings: Settings) -> int:
 def run_status(args: argparse.Namespace, settings: Settings) -> int:
     """`pocket status`: the projections' state, for people or (--json) machines."""
     with closing(open_existing(settings)) as pocket:
-        report = {"database": settings.description, **status(pocket)}
+        report = {
+            "database": settings.description,
+            "servers": replication(pocket),
+            **status(pocket),
+        }
     print(json.dumps(report, indent=2) if args.json else format_status(report))
     return 0
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 DEFAULT_SQLITE_FILE = "pocket.db"
 MIN_ADMIN_TOKEN_LENGTH = 16
@@ -96,27 +100,115 @@ class Settings:
 
     @classmethod
     def _postgres(cls, url: str) -> Settings:
-        parts = urlsplit(url)
-        dbname = unquote(parts.path.lstrip("/"))
+        """A PostgreSQL URL in libpq's syntax, one server or several:
+        postgresql://u:p@h1:5432,h2:5432/db?target_session_attrs=read-write.
+
+        With several servers Pocket connects to the first that takes writes
+        (target_session_attrs=read-write) unless the URL says otherwise, so that
+        after a failover every connection finds the new primary by itself.
+        """
+        params = url_params(url)
+        dbname = params.get("dbname", "")
         if not dbname:
             msg = "A PostgreSQL URL names its database: postgresql://u:p@host:5432/db"
             raise ConfigurationError(msg)
-        try:
-            port = parts.port or 5432
-        except ValueError as error:
-            msg = f"Bad port in POCKET_DATABASE_URL: {error}"
-            raise ConfigurationError(msg) from None
+        hosts = (params.get("host") or "127.0.0.1").split(",")
+        ports = host_ports(params.get("port", ""), len(hosts))
         env = {
             "PERSISTENCE_MODULE": POSTGRES_MODULE,
             "POSTGRES_DBNAME": dbname,
-            "POSTGRES_HOST": parts.hostname or "127.0.0.1",
-            "POSTGRES_PORT": str(port),
-            "POSTGRES_USER": unquote(parts.username or "postgres"),
+            "POSTGRES_HOST": ",".join(hosts),
+            "POSTGRES_PORT": ",".join(ports),
+            "POSTGRES_USER": params.get("user") or "postgres",
             # The library insists on a password even under trust authentication.
-            "POSTGRES_PASSWORD": unquote(parts.password or ""),
+            "POSTGRES_PASSWORD": params.get("password", ""),
         }
-        where = f"{env['POSTGRES_HOST']}:{port}/{dbname} as {env['POSTGRES_USER']}"
+        attrs = params.get("target_session_attrs") or (
+            "read-write" if len(hosts) > 1 else ""
+        )
+        if attrs:
+            env[TARGET_SESSION_ATTRS_KEY] = session_attrs(attrs)
+        if params.get("connect_timeout"):
+            env[HOST_CONNECT_TIMEOUT_KEY] = whole_seconds(params["connect_timeout"])
+        servers = ",".join(
+            f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            for host, port in zip(hosts, ports, strict=True)
+        )
+        user = env["POSTGRES_USER"]
+        if len(hosts) == 1:
+            where = f"{servers}/{dbname} as {user}"
+        else:
+            where = f"{dbname} on {servers} as {user}"
+        if attrs:
+            where += f" (target_session_attrs={attrs})"
         return cls(POSTGRES_MODULE, env, f"PostgreSQL database {where}")
+
+
+# Pocket's own variables beside the library's: libpq parameters of the URL that
+# the library has no variable for, which pocket.postgres passes to every
+# connection.
+TARGET_SESSION_ATTRS_KEY = "POSTGRES_TARGET_SESSION_ATTRS"
+HOST_CONNECT_TIMEOUT_KEY = "POSTGRES_HOST_CONNECT_TIMEOUT"
+# libpq's choices for target_session_attrs.
+SESSION_ATTRS = (
+    "any",
+    "read-write",
+    "read-only",
+    "primary",
+    "standby",
+    "prefer-standby",
+)
+
+
+def url_params(url: str) -> dict[str, str]:
+    """A PostgreSQL URL's parameters as libpq reads it (hosts and ports as comma
+    lists, percent-decoded); a URL libpq refuses is refused in one line, without
+    its password."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error as error:
+        reason = " ".join(str(error).split())
+        secret = re.search(r"://[^/@]*?:([^/@]*)@", url)
+        if secret and secret.group(1):
+            reason = reason.replace(secret.group(1), "***")
+        msg = f"Bad POCKET_DATABASE_URL: {reason}"
+        raise ConfigurationError(msg) from None
+    return {key: str(value) for key, value in params.items()}
+
+
+def host_ports(ports: str, hosts: int) -> list[str]:
+    """One port for each host: libpq's comma list, where an empty entry means
+    5432 and a single port serves every host."""
+    given = [port or "5432" for port in ports.split(",")]
+    if len(given) == 1:
+        given *= hosts
+    if len(given) != hosts:
+        msg = f"POCKET_DATABASE_URL has {len(given)} ports for {hosts} hosts"
+        raise ConfigurationError(msg)
+    for port in given:
+        if not (port.isdigit() and 0 < int(port) < 65536):
+            msg = f"Bad port in POCKET_DATABASE_URL: {port!r} (1 to 65535)"
+            raise ConfigurationError(msg)
+    return given
+
+
+def session_attrs(value: str) -> str:
+    """target_session_attrs, one of libpq's choices."""
+    if value not in SESSION_ATTRS:
+        msg = (
+            f"target_session_attrs must be one of {', '.join(SESSION_ATTRS)}, "
+            f"not {value!r}"
+        )
+        raise ConfigurationError(msg)
+    return value
+
+
+def whole_seconds(value: str) -> str:
+    """connect_timeout: libpq's whole seconds for each host (0: wait forever)."""
+    if not value.strip().isdigit():
+        msg = f"connect_timeout must be a whole number of seconds, not {value!r}"
+        raise ConfigurationError(msg)
+    return value.strip()
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from eventsourcing.persistence import InterfaceError, OperationalError
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
-from pocket.postgres import TOKENS_LOCK, replace_broken_connections
+from pocket.postgres import TOKENS_LOCK, leave_server, replace_broken_connections
 
 Row = dict[str, Any]
 Dialect = Literal["postgres", "sqlite"]
@@ -52,6 +52,12 @@ class Database:
         """Replaces pooled connections a lost link broke (PostgreSQL's only)."""
         if isinstance(self.datastore, PostgresDatastore):
             replace_broken_connections(self.datastore)
+
+    def leave_server(self) -> None:
+        """Replaces every pooled connection, for the server refused a write as
+        read-only (PostgreSQL's only; see pocket.postgres.leave_server)."""
+        if isinstance(self.datastore, PostgresDatastore):
+            leave_server(self.datastore)
 
     @contextmanager
     def transaction(self, *, commit: bool = True) -> Iterator[Transaction]:
@@ -161,10 +167,13 @@ class Transaction:
 
 def connect_kwargs(datastore: PostgresDatastore) -> dict[str, Any]:
     """The library pool's connection settings, for a connection of one's own
-    (LISTEN, an advisory lock, a probe), with psycopg's default rows."""
+    (LISTEN, an advisory lock, a probe): the same servers, database, user and
+    target_session_attrs, with psycopg's default rows; the caller gives its own
+    connect_timeout."""
     pool_kwargs = datastore.pool.kwargs
     assert isinstance(pool_kwargs, dict)
-    return {k: v for k, v in pool_kwargs.items() if k != "row_factory"}
+    mine = ("row_factory", "connect_timeout")
+    return {k: v for k, v in pool_kwargs.items() if k not in mine}
 
 
 def _sqlite_param(value: Any) -> Any:

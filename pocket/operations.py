@@ -239,6 +239,63 @@ def status(pocket: Pocket) -> dict[str, Any]:
     }
 
 
+def replication(pocket: Pocket) -> dict[str, Any] | None:
+    """The PostgreSQL server Pocket writes to, and the standbys streaming from
+    it with their lag (None on SQLite). Which server of a multi-host URL is the
+    primary now; standbys' figures need a superuser or pg_monitor (else None)."""
+    db = Database.of(pocket)
+    if db.dialect != "postgres":
+        return None
+    (server,) = db.query(
+        "SELECT host(inet_server_addr()) AS host, inet_server_port() AS port, "
+        "pg_is_in_recovery() AS in_recovery"
+    )
+    standbys = db.query(
+        "SELECT application_name AS name, host(client_addr) AS host, state, "
+        "sync_state, pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN "
+        "pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, replay_lsn)::bigint "
+        "AS lag_bytes, extract(epoch FROM replay_lag)::float8 AS lag_seconds "
+        "FROM pg_stat_replication ORDER BY application_name"
+    )
+    return {
+        "primary": {
+            "host": server["host"] or "local",
+            "port": server["port"],
+            "in_recovery": server["in_recovery"],
+        },
+        "standbys": [
+            {**standby, "lag_seconds": standby["lag_seconds"] or 0.0}
+            if standby["lag_bytes"] is not None
+            else standby
+            for standby in standbys
+        ],
+    }
+
+
+def format_replication(servers: dict[str, Any]) -> list[str]:
+    """The primary and its standbys, for a person."""
+    primary = servers["primary"]
+    where = f"{primary['host']}:{primary['port']}"
+    lines = [
+        f"Primary: {where}"
+        if not primary["in_recovery"]
+        else f"Server: {where}, a standby (read-only)"
+    ]
+    for standby in servers["standbys"]:
+        lag = (
+            "lag unknown (needs pg_monitor)"
+            if standby["lag_bytes"] is None
+            else f"lag {standby['lag_bytes']:,} bytes, {standby['lag_seconds']:.1f} s"
+        )
+        lines.append(
+            f"Standby: {standby['name']} at {standby['host'] or 'local'}, "
+            f"{standby['state']}, {standby['sync_state']}, {lag}"
+        )
+    if not servers["standbys"]:
+        lines.append("Standby: none streaming from this server")
+    return lines
+
+
 def count_after(pocket: Pocket, db: Database, position: int) -> int:
     """How many events of the log come after a position."""
     table = pocket.recorder.events_table_name  # type: ignore[attr-defined]
@@ -265,6 +322,8 @@ def lag_seconds(pocket: Pocket, position: int) -> float:
 def format_status(report: dict[str, Any]) -> str:
     """The status report for a person."""
     lines = [f"Database: {report['database']}"] if "database" in report else []
+    if report.get("servers"):
+        lines += format_replication(report["servers"])
     for p in report["projections"]:
         follower = p["follower"]
         who = (

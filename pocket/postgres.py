@@ -13,7 +13,7 @@ import contextlib
 import functools
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,11 +33,13 @@ from eventsourcing.postgres import (
     PostgresDatastore,
     PostgresFactory,
 )
+from eventsourcing.utils import Environment, EnvType
 from psycopg import Connection, Cursor
 from psycopg.errors import UndefinedFunction
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier, Literal
 
+from pocket.config import HOST_CONNECT_TIMEOUT_KEY, TARGET_SESSION_ATTRS_KEY
 from pocket.guards import GuardsBroken, TokenGuard, parse_user_ids
 
 # The advisory lock between committing commands (shared, in the insert function)
@@ -56,6 +58,37 @@ POSTGRES_DEFAULTS = {
     # Also how long a request waits for a free pooled connection.
     "POSTGRES_CONNECT_TIMEOUT": "3",
 }
+# How long libpq tries each server of the URL before the next, in whole seconds
+# (2 is libpq's least), unless the URL's connect_timeout says otherwise. Without
+# one, a server that drops packets would hold every new connection for minutes,
+# and the servers after it in a multi-host URL would never be tried.
+HOST_CONNECT_TIMEOUT = "2"
+
+
+# The SQLSTATE of a statement refused because the server takes no writes (a
+# standby, or a primary fenced read-only by a failover manager): nothing of it
+# was done.
+READ_ONLY_SQLSTATE = "25006"
+
+
+def refused_as_read_only(error: BaseException) -> bool:
+    """Whether an error, or one that caused it, is a server refusing a write
+    because it is read-only."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, psycopg.Error) and seen.sqlstate == READ_ONLY_SQLSTATE:
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def leave_server(datastore: PostgresDatastore) -> None:
+    """Replaces every pooled connection, idle ones now, those in use when they
+    are returned: after a read-only refusal, the server they are connected to
+    refuses every write on each of them, and new ones find the primary (with
+    target_session_attrs=read-write, the default of a multi-host URL)."""
+    with contextlib.suppress(Exception):
+        datastore.pool.drain()
 
 
 def once_more(method: Any) -> Any:
@@ -390,11 +423,36 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
     max_notification_id = once_more(PostgresApplicationRecorder.max_notification_id)
 
 
+def libpq_options(env: Mapping[str, str]) -> dict[str, Any]:
+    """The libpq parameters Pocket adds to the library's (dbname, host, port,
+    user, password): the URL's target_session_attrs, if any, and connect_timeout.
+    Pocket's own variables, see pocket.config."""
+    get = env.get
+    options: dict[str, Any] = {
+        "connect_timeout": int(get(HOST_CONNECT_TIMEOUT_KEY) or HOST_CONNECT_TIMEOUT)
+    }
+    attrs = get(TARGET_SESSION_ATTRS_KEY)
+    if attrs:
+        options["target_session_attrs"] = attrs
+    return options
+
+
 class Factory(PostgresFactory):
     """The library's PostgreSQL factory, building Pocket's recorders."""
 
     aggregate_recorder_class = AggregateRecorder
     application_recorder_class = ApplicationRecorder
+
+    def __init__(self, env: Environment | EnvType | None) -> None:
+        """The library's datastore, its pool's connections given Pocket's libpq
+        options too: with target_session_attrs=read-write each new connection
+        goes to whichever server of a multi-host URL is the primary now.
+        Pocket's own connections (locks, LISTEN, probes) copy the pool's
+        settings (pocket.database.connect_kwargs), so they follow it as well."""
+        super().__init__(env)
+        kwargs = self.datastore.pool.kwargs
+        assert isinstance(kwargs, dict)
+        kwargs.update(libpq_options(self.env))
 
     def application_recorder(self) -> ApplicationRecorder:
         """The events recorder, told whether it may create its insert function."""

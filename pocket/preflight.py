@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 
 from pocket.config import Settings
-from pocket.postgres import POSTGRES_DEFAULTS
+from pocket.postgres import POSTGRES_DEFAULTS, libpq_options
 
 # What PostgreSQL says when it is there but cannot take connections yet (or any
 # more): waiting helps. Every other refusal from the server is for good.
@@ -69,10 +69,6 @@ def check_postgres(
 ) -> None:
     """Connects once, as the library would, and reports PostgreSQL's reason."""
     env = {**POSTGRES_DEFAULTS, **os.environ, **settings.env}
-    try:
-        timeout = max(1, round(float(env["POSTGRES_CONNECT_TIMEOUT"])))
-    except ValueError:
-        timeout = 3
     schema = env.get("POSTGRES_SCHEMA", "").strip() or "public"
     try:
         with psycopg.connect(
@@ -81,7 +77,9 @@ def check_postgres(
             port=env.get("POSTGRES_PORT", "5432"),
             user=env.get("POSTGRES_USER", ""),
             password=env.get("POSTGRES_PASSWORD", ""),
-            connect_timeout=timeout,
+            # The pool's: each server of a multi-host URL in turn, for the
+            # primary when target_session_attrs says so.
+            **libpq_options(env),
         ) as conn:
             if not must_hold_pocket:
                 return

@@ -13,7 +13,9 @@ from eventsourcing.persistence import InterfaceError, OperationalError, Persiste
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from pocket.database import Database
 from pocket.domainmodel import PocketError
+from pocket.postgres import refused_as_read_only
 from pocket.web.context import service
 from pocket.web.errors import (
     BY_STATUS,
@@ -82,10 +84,15 @@ def http_error(error: HTTPException) -> tuple[Response, int]:
 
 
 def persistence_error(error: PersistenceError) -> tuple[Response, int]:
-    """The database could not be reached: 503, the client may retry."""
-    if not isinstance(error, OperationalError | InterfaceError):
+    """The database could not be reached, or refused a write as read-only (a
+    failover under way): 503, the client may retry."""
+    if refused_as_read_only(error):
+        # Nothing was written. The pool leaves that server: the next requests
+        # connect to the primary, or meet the gate while there is none.
+        Database.of(service().pocket).leave_server()
+    elif not isinstance(error, OperationalError | InterfaceError):
         return unexpected_error(error)
-    if lost_connection(error):
+    elif lost_connection(error):
         service().gate.trip()
     message = "The database is unavailable; try again shortly."
     if request.method == "POST":

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pocket import __version__
 from pocket.cli import build_parser
+from pocket.operations import format_replication
 from pocket.server import Limits
 
 
@@ -103,3 +105,38 @@ def test_follow_refuses_a_metrics_port_that_is_not_a_port(
     with pytest.raises(SystemExit):
         build_parser().parse_args(["follow", "--metrics-port", value])
     assert "--metrics-port" in capsys.readouterr().err
+
+
+def test_status_names_the_primary_and_each_standby_with_its_lag() -> None:
+    primary = {"host": "10.0.0.1", "port": 5432, "in_recovery": False}
+    servers: dict[str, Any] = {
+        "primary": primary,
+        "standbys": [
+            {
+                "name": "db2",
+                "host": "10.0.0.2",
+                "state": "streaming",
+                "sync_state": "sync",
+                "lag_bytes": 12345,
+                "lag_seconds": 0.25,
+            },
+            {
+                "name": "db3",
+                "host": None,
+                "state": "catchup",
+                "sync_state": "async",
+                "lag_bytes": None,
+                "lag_seconds": None,
+            },
+        ],
+    }
+    assert format_replication(servers) == [
+        "Primary: 10.0.0.1:5432",
+        "Standby: db2 at 10.0.0.2, streaming, sync, lag 12,345 bytes, 0.2 s",
+        "Standby: db3 at local, catchup, async, lag unknown (needs pg_monitor)",
+    ]
+    alone = {"primary": {**primary, "in_recovery": True}, "standbys": []}
+    assert format_replication(alone) == [
+        "Server: 10.0.0.1:5432, a standby (read-only)",
+        "Standby: none streaming from this server",
+    ]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from eventsourcing.utils import Environment
 
 from pocket.config import ConfigurationError, Settings
+from pocket.database import connect_kwargs
+from pocket.postgres import Factory, libpq_options
 
 
 def test_unset_means_an_sqlite_file_in_the_current_directory(tmp_path: Path) -> None:
@@ -62,3 +66,104 @@ def test_the_library_variables_decide_when_no_url_is_set() -> None:
 def test_urls_pocket_cannot_use_are_refused(url: str) -> None:
     with pytest.raises(ConfigurationError):
         Settings.from_url(url)
+
+
+# Multi-host URLs (libpq's syntax): every server of a replicated cluster, of which
+# Pocket connects to the one that takes writes.
+
+
+def test_a_multi_host_url_names_every_server_and_finds_the_writable_one() -> None:
+    settings = Settings.from_url(
+        "postgresql://ann:s%40cret@db1:5432,db2:5433/wallets?connect_timeout=4"
+    )
+    assert dict(settings.env) == {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": "wallets",
+        "POSTGRES_HOST": "db1,db2",
+        "POSTGRES_PORT": "5432,5433",
+        "POSTGRES_USER": "ann",
+        "POSTGRES_PASSWORD": "s@cret",
+        # Unless the URL says otherwise, a list of servers means: the primary.
+        "POSTGRES_TARGET_SESSION_ATTRS": "read-write",
+        "POSTGRES_HOST_CONNECT_TIMEOUT": "4",
+    }
+    assert settings.description == (
+        "PostgreSQL database wallets on db1:5432,db2:5433 as ann "
+        "(target_session_attrs=read-write)"
+    )
+    assert "s@cret" not in settings.description
+
+
+def test_a_host_without_a_port_gets_5432() -> None:
+    settings = Settings.from_url("postgresql://db1,db2:6000,[::1]/pocket")
+    assert settings.env["POSTGRES_HOST"] == "db1,db2,::1"
+    assert settings.env["POSTGRES_PORT"] == "5432,6000,5432"
+    assert "db1:5432,db2:6000,[::1]:5432" in settings.description
+
+
+def test_target_session_attrs_in_the_url_wins() -> None:
+    one = Settings.from_url("postgresql://h/db?target_session_attrs=primary")
+    many = Settings.from_url("postgresql://h1,h2/db?target_session_attrs=any")
+    assert one.env["POSTGRES_TARGET_SESSION_ATTRS"] == "primary"
+    assert many.env["POSTGRES_TARGET_SESSION_ATTRS"] == "any"
+
+
+def test_a_single_host_url_without_options_is_as_before() -> None:
+    settings = Settings.from_url("postgres://postgres@127.0.0.1:5433/pocket")
+    assert "POSTGRES_TARGET_SESSION_ATTRS" not in settings.env
+    assert "POSTGRES_HOST_CONNECT_TIMEOUT" not in settings.env
+    assert settings.description == (
+        "PostgreSQL database 127.0.0.1:5433/pocket as postgres"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://h:abc/db", "Bad port in POCKET_DATABASE_URL: 'abc'"),
+        ("postgresql://h1:1,h2:70000/db", "Bad port in POCKET_DATABASE_URL: '70000'"),
+        ("postgresql://h1,h2,h3/db?port=1,2", "2 ports for 3 hosts"),
+        ("postgresql://h/db?nonsense=1", 'invalid URI query parameter: "nonsense"'),
+        ("postgresql://h/db?target_session_attrs=rw", "target_session_attrs must be"),
+        ("postgresql://h/db?connect_timeout=soon", "connect_timeout must be"),
+        ("postgresql://h1,h2/", "names its database"),
+    ],
+)
+def test_a_bad_url_is_refused_in_one_line(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)) as refused:
+        Settings.from_url(url)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_refused_url_does_not_show_its_password() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        Settings.from_url("postgresql://ann:hunter 2@h/db")
+    assert "hunter" not in str(refused.value)
+    assert "unexpected spaces" in str(refused.value)
+
+
+def test_every_connection_gets_the_urls_libpq_options() -> None:
+    settings = Settings.from_url(
+        "postgresql://ann@db1:5432,db2:5433/wallets?connect_timeout=4"
+    )
+    factory = Factory(Environment(env=settings.env))
+    try:
+        pooled = factory.datastore.pool.kwargs
+        assert isinstance(pooled, dict)
+        assert pooled["host"] == "db1,db2"
+        assert pooled["port"] == "5432,5433"
+        assert pooled["target_session_attrs"] == "read-write"
+        assert pooled["connect_timeout"] == 4
+        # Pocket's own connections (locks, LISTEN, probes): the same servers
+        # and attributes, their own timeouts.
+        own = connect_kwargs(factory.datastore)
+        assert own["target_session_attrs"] == "read-write"
+        assert "connect_timeout" not in own
+        assert "row_factory" not in own
+    finally:
+        factory.close()
+
+
+def test_a_single_server_waits_two_seconds_for_a_connection() -> None:
+    settings = Settings.from_url("postgresql://ann@db1/wallets")
+    assert libpq_options(settings.env) == {"connect_timeout": 2}
