@@ -207,6 +207,18 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
             "IF cardinality(ids) = 0 THEN RETURN; END IF; "
             "PERFORM set_config('lock_timeout', {timeout}, true); "
             "LOCK TABLE {table} IN EXCLUSIVE MODE; "
+            # Each aggregate's first new version must follow one stored: a
+            # process whose cached wallet holds an event the database lost (an
+            # asynchronous standby promoted) would otherwise write on top of
+            # it and leave a gap. Refused as a conflict, the batch is decided
+            # again from the wallets as stored.
+            "IF EXISTS (SELECT 1 FROM (SELECT n.id, min(n.version) AS version "
+            "FROM unnest(ids, versions) AS n(id, version) GROUP BY n.id) AS f "
+            "WHERE f.version > 1 AND NOT EXISTS (SELECT 1 FROM {table} AS e "
+            "WHERE e.originator_id = f.id "
+            "AND e.originator_version = f.version - 1)) THEN "
+            "RAISE EXCEPTION 'A new version does not follow a stored one' "
+            "USING ERRCODE = 'unique_violation'; END IF; "
             "NOTIFY {channel}; "
             "RETURN QUERY INSERT INTO {table} "
             "(originator_id, originator_version, topic, state) "
