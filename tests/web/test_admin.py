@@ -3,33 +3,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
-import pytest
 from flask.testing import FlaskClient
 
-from pocket.bootstrap import bootstrap
-from pocket.config import Settings
 from pocket.operations import last_verification, status, verify
 from pocket.service import PocketService
-from pocket.web import create_app
-
-ADMIN_TOKEN = "operator-secret-0123456789"
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-@pytest.fixture
-def service(sql_settings: Settings) -> Iterator[PocketService]:
-    pocket_service = bootstrap(replace(sql_settings, admin_token=ADMIN_TOKEN))
-    yield pocket_service
-    pocket_service.close()
-
-
-@pytest.fixture
-def client(service: PocketService) -> FlaskClient:
-    return create_app(service).test_client()
+from tests.web.test_ledger_api import ADMIN
 
 
 def without_clock(projections: list[dict[str, Any]]) -> list[dict[str, Any]]:

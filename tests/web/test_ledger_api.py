@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
@@ -30,19 +28,6 @@ class Caller:
     @property
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
-
-
-@pytest.fixture
-def service(sql_settings: Settings) -> Iterator[PocketService]:
-    pocket_service = bootstrap(replace(sql_settings, admin_token=ADMIN_TOKEN))
-    yield pocket_service
-    pocket_service.close()
-
-
-@pytest.fixture
-def client(service: PocketService) -> FlaskClient:
-    app: Flask = create_app(service)
-    return app.test_client()
 
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -4,9 +4,7 @@ unencoded "+", the API's docs in a browser."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,24 +13,9 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from pocket import __version__
-from pocket.bootstrap import bootstrap
-from pocket.config import Settings
 from pocket.service import PocketService
 from pocket.system import projector_of
-from pocket.web import create_app
-from tests.web.test_ledger_api import ADMIN, ADMIN_TOKEN, Caller, sign_up
-
-
-@pytest.fixture
-def service(sql_settings: Settings) -> Iterator[PocketService]:
-    pocket_service = bootstrap(replace(sql_settings, admin_token=ADMIN_TOKEN))
-    yield pocket_service
-    pocket_service.close()
-
-
-@pytest.fixture
-def client(service: PocketService) -> FlaskClient:
-    return create_app(service).test_client()
+from tests.web.test_ledger_api import ADMIN, Caller, sign_up
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,20 +20,7 @@ from pocket.operations import verify
 from pocket.service import PocketService
 from pocket.web import create_app
 from tests.pgserver import PostgresServer
-
-ADMIN_TOKEN = "operator-secret-0123456789"
-
-
-@pytest.fixture
-def service(sql_settings: Settings) -> Iterator[PocketService]:
-    pocket_service = bootstrap(replace(sql_settings, admin_token=ADMIN_TOKEN))
-    yield pocket_service
-    pocket_service.close()
-
-
-@pytest.fixture
-def client(service: PocketService) -> FlaskClient:
-    return create_app(service).test_client()
+from tests.web.test_ledger_api import ADMIN_TOKEN
 
 
 def metrics(client: FlaskClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
