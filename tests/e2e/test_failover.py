@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -306,10 +306,23 @@ def first_write_after(requests: list[Request], moment: float) -> float | None:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[list[Cluster]]:
-    """Where a test puts its cluster, closed afterwards whatever happened."""
+def started_cluster(
+    tmp_path: Path,
+) -> Iterator[Callable[[ReplicatedPair], tuple[Cluster, str]]]:
+    """Starts Pocket's processes on a pair (its database made by pocket_database),
+    users signed up and funded; closed afterwards whatever happened. The
+    callable returns the cluster and the URL of the database on the standby."""
     made: list[Cluster] = []
-    yield made
+
+    def start(pair: ReplicatedPair) -> tuple[Cluster, str]:
+        url, new_primary_url = pocket_database(pair)
+        pocket = Cluster(tmp_path, url)
+        made.append(pocket)
+        pocket.start()
+        pocket.sign_up_and_fund()
+        return pocket, new_primary_url
+
+    yield start
     for each in made:
         each.close()
 
@@ -353,18 +366,13 @@ def pocket_database(pair: ReplicatedPair) -> tuple[str, str]:
     ],
 )
 def test_a_synchronous_failover_keeps_every_acknowledged_request(
-    tmp_path: Path,
     replicated_postgres: ReplicatedPair,
-    cluster: list[Cluster],
+    started_cluster: Callable[[ReplicatedPair], tuple[Cluster, str]],
     how: CrashMode,
     promote_after: float,
 ) -> None:
     primary, standby = replicated_postgres
-    url, new_primary_url = pocket_database(replicated_postgres)
-    pocket = Cluster(tmp_path, url)
-    cluster.append(pocket)
-    pocket.start()
-    pocket.sign_up_and_fund()
+    pocket, new_primary_url = started_cluster(replicated_postgres)
     # Which server is the primary, and its standby with its lag.
     servers = pocket.status()["servers"]
     assert servers["primary"]["port"] == primary.port
@@ -445,14 +453,10 @@ def test_a_synchronous_failover_keeps_every_acknowledged_request(
 def test_an_asynchronous_failover_loses_what_the_standby_had_not_received(
     tmp_path: Path,
     async_replicated_postgres: ReplicatedPair,
-    cluster: list[Cluster],
+    started_cluster: Callable[[ReplicatedPair], tuple[Cluster, str]],
 ) -> None:
     primary, standby = async_replicated_postgres
-    url, new_primary_url = pocket_database(async_replicated_postgres)
-    pocket = Cluster(tmp_path, url)
-    cluster.append(pocket)
-    pocket.start()
-    pocket.sign_up_and_fund()
+    pocket, new_primary_url = started_cluster(async_replicated_postgres)
     traffic = Traffic(pocket)
     traffic.start()
     traffic.wait_for_acknowledged(30)
