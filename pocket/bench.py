@@ -549,67 +549,61 @@ def server_process(
     port and its process (for a profiler to sample). python may be another
     checkout's interpreter, to measure that one."""
     port = free_port()
+    command = [python, "-m", "pocket.cli", "serve", "--no-follower"]
+    command += ["--port", str(port), "--threads", str(CALLERS)]
+    with running(command, port, url) as server:
+        yield port, server
+
+
+@contextlib.contextmanager
+def running(
+    command: list[str], port: int, url: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process on the database while the block runs, once it answers
+    GET /health on port; terminated afterwards."""
     server = subprocess.Popen(
-        [
-            python,
-            "-m",
-            "pocket.cli",
-            "serve",
-            "--no-follower",
-            "--port",
-            str(port),
-            "--threads",
-            str(CALLERS),
-        ],
+        command,
         env={**os.environ, "POCKET_DATABASE_URL": url, "POCKET_LOG_LEVEL": "WARNING"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         wait_until_serving(port, server)
-        yield port, server
+        yield server
     finally:
         server.terminate()
         server.wait(30)
 
 
-def granian_command() -> str | None:
-    """granian beside this Python (in its virtual environment), or on the PATH."""
-    beside = Path(sys.executable).with_name("granian")
-    return str(beside) if beside.exists() else shutil.which("granian")
+def beside_python(name: str) -> str | None:
+    """A program installed beside this Python (in its virtual environment), or
+    else on the PATH; None if neither."""
+    beside = Path(sys.executable).with_name(name)
+    return str(beside) if beside.exists() else shutil.which(name)
 
 
 @contextlib.contextmanager
 def granian_serving(url: str) -> Iterator[int | None]:
     """Pocket's API (pocket.wsgi) under granian while the block runs: its port, or
     None when granian is not installed."""
-    command = granian_command()
-    if command is None:
+    granian = beside_python("granian")
+    if granian is None:
         yield None
         return
     port = free_port()
-    server = subprocess.Popen(
-        [
-            command,
-            "--interface=wsgi",
-            "--factory",
-            "--host=127.0.0.1",
-            f"--port={port}",
-            f"--blocking-threads={CALLERS}",
-            "--no-ws",
-            "--log-level=error",
-            "pocket.wsgi:app",
-        ],
-        env={**os.environ, "POCKET_DATABASE_URL": url, "POCKET_LOG_LEVEL": "WARNING"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until_serving(port, server)
+    command = [
+        granian,
+        "--interface=wsgi",
+        "--factory",
+        "--host=127.0.0.1",
+        f"--port={port}",
+        f"--blocking-threads={CALLERS}",
+        "--no-ws",
+        "--log-level=error",
+        "pocket.wsgi:app",
+    ]
+    with running(command, port, url):
         yield port
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 def free_port() -> int:

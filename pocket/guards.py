@@ -34,9 +34,9 @@ class GuardsBroken(Exception):
         super().__init__(f"Tokens replaced for users {sorted(user_ids)}")
         self.user_ids = frozenset(user_ids)
 
-    def broke(self, guard: TokenGuard | None) -> bool:
+    def broke(self, guard: TokenGuard) -> bool:
         """Whether this guard is one that no longer held."""
-        return guard is not None and guard.user_id in self.user_ids
+        return guard.user_id in self.user_ids
 
 
 def broken_guards(

@@ -16,7 +16,6 @@ root or ptrace rights). Linux only (/proc).
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from pocket.bench import (
     DEFAULT_ADMIN_URL,
     FEW_USERS,
     Sizes,
+    beside_python,
     drive,
     scratch_postgres,
     server_process,
@@ -86,12 +86,6 @@ def part_of(frames: list[str]) -> str:
     return OTHER
 
 
-def py_spy() -> str:
-    """py-spy beside this Python (in its virtual environment), or on the PATH."""
-    beside = Path(sys.executable).with_name("py-spy")
-    return str(beside) if beside.exists() else (shutil.which("py-spy") or "py-spy")
-
-
 def cpu_seconds(pid: int) -> float:
     """User and system CPU a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -134,7 +128,7 @@ def main() -> int:
             raw = Path(folder, "profile.txt")
             sampler = subprocess.Popen(
                 [
-                    py_spy(),
+                    beside_python("py-spy") or "py-spy",
                     "record",
                     "--pid",
                     str(server.pid),
