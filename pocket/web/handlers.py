@@ -13,7 +13,6 @@ from eventsourcing.persistence import InterfaceError, OperationalError, Persiste
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from pocket.database import Database
 from pocket.domainmodel import PocketError
 from pocket.postgres import refused_as_read_only
 from pocket.web.context import service
@@ -89,7 +88,7 @@ def persistence_error(error: PersistenceError) -> tuple[Response, int]:
     if refused_as_read_only(error):
         # Nothing was written. The pool leaves that server: the next requests
         # connect to the primary, or meet the gate while there is none.
-        Database.of(service().pocket).leave_server()
+        service().users.db.leave_server()
     elif not isinstance(error, OperationalError | InterfaceError):
         return unexpected_error(error)
     elif lost_connection(error):
