@@ -250,6 +250,10 @@ class PostgresServer:
         have gone too, so the next start() finds no one holding its shared memory."""
         if self._postmaster is None or not self.is_running:
             return
+        # Stopped first, so that it forks no backend between the count of its
+        # children and its death: one forked then would outlive it unseen and
+        # could still answer on its connection after the "crash".
+        os.kill(self._postmaster.pid, signal.SIGSTOP)
         children = _children(self._postmaster.pid)
         self._postmaster.kill()
         self._postmaster.wait(timeout)
