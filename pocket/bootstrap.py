@@ -14,6 +14,7 @@ from pocket.config import Settings
 from pocket.database import Database
 from pocket.gate import DatabaseGate, database_probe
 from pocket.locks import ProcessLock, process_lock
+from pocket.reads import Reads
 from pocket.runner import follower_lock_name, open_runner
 from pocket.service import PocketService
 from pocket.system import system, writer
@@ -42,6 +43,7 @@ def bootstrap(settings: Settings, *, follow: bool = False) -> PocketService:
             gate=DatabaseGate(database_probe(pocket)),
             tokens=TokenCache(settings.token_cache_seconds),
             admin_token_hash=None if admin is None else hash_token(admin),
+            reads=Reads.open(settings, users.db),
         )
         service.open_pending_wallets()
         runner.start()

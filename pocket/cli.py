@@ -39,6 +39,7 @@ from pocket.operations import (
     verify,
 )
 from pocket.preflight import DatabaseDown, DatabaseProblem, check_database, one_line
+from pocket.reads import Reads
 from pocket.runner import PocketRunner, open_runner
 from pocket.server import Limits, build_server
 from pocket.system import VERSIONS, system
@@ -384,11 +385,16 @@ def run_migrate(args: argparse.Namespace, settings: Settings) -> int:
 def run_status(args: argparse.Namespace, settings: Settings) -> int:
     """`pocket status`: the projections' state, for people or (--json) machines."""
     with closing(open_existing(settings)) as pocket:
-        report = {
-            "database": settings.description,
-            "servers": replication(pocket),
-            **status(pocket),
-        }
+        reads = Reads.open(settings, Database.of(pocket))
+        try:
+            report = {
+                "database": settings.description,
+                "servers": replication(pocket),
+                "reads": reads.state(),
+                **status(pocket),
+            }
+        finally:
+            reads.close()
     print(json.dumps(report, indent=2) if args.json else format_status(report))
     return 0
 
@@ -397,7 +403,11 @@ def run_verify(args: argparse.Namespace, settings: Settings) -> int:
     """`pocket verify`: exit 1 when wallet_records disagrees with the events."""
     with closing(open_existing(settings)) as pocket:
         print(f"Database: {settings.description}")
-        return 1 if verify(pocket) else 0
+        reads = Reads.open(settings, Database.of(pocket))
+        try:
+            return 1 if verify(pocket, reads=reads) else 0
+        finally:
+            reads.close()
 
 
 def open_existing(settings: Settings, *, may_be_old: bool = False) -> Pocket:

@@ -37,6 +37,12 @@ class Settings:
     open_signup: bool = True
     # How long a checked token is trusted without asking the database again.
     token_cache_seconds: float = 2.0
+    # Where reads that may be a little stale go (POCKET_READ_URL), as the
+    # library's environment (None: every read goes to the primary), and how far
+    # behind that server may be before those reads go to the primary instead.
+    read_env: Mapping[str, str] | None = None
+    read_description: str = ""
+    read_max_lag_seconds: float = 10.0
 
     @property
     def is_postgres(self) -> bool:
@@ -63,8 +69,15 @@ class Settings:
             store = cls(module, description=f"{module} (the library's variables)")
         else:
             store = cls.from_url(f"sqlite:///{DEFAULT_SQLITE_FILE}", cwd)
+        reads = read_store(store, environ.get("POCKET_READ_URL", "").strip())
         return replace(
             store,
+            read_env=None if reads is None else reads.env,
+            read_description="" if reads is None else reads.description,
+            read_max_lag_seconds=seconds(
+                "POCKET_READ_MAX_LAG_SECONDS",
+                environ.get("POCKET_READ_MAX_LAG_SECONDS", "10"),
+            ),
             admin_token=admin_token(environ.get("POCKET_ADMIN_TOKEN", "")),
             open_signup=signup(environ.get("POCKET_SIGNUP", "open")),
             token_cache_seconds=seconds(
@@ -80,7 +93,7 @@ class Settings:
         if scheme == "sqlite":
             return cls._sqlite(url, cwd or Path.cwd())
         if scheme in ("postgresql", "postgres"):
-            return cls._postgres(url)
+            return cls._postgres(url, "POCKET_DATABASE_URL")
         msg = (
             f"POCKET_DATABASE_URL must start with sqlite:/// or postgresql://, "
             f"not {scheme}://"
@@ -99,21 +112,25 @@ class Settings:
         return cls(SQLITE_MODULE, env, f"SQLite database {path}")
 
     @classmethod
-    def _postgres(cls, url: str) -> Settings:
+    def _postgres(
+        cls, url: str, variable: str, default_attrs: str | None = None
+    ) -> Settings:
         """A PostgreSQL URL in libpq's syntax, one server or several:
         postgresql://u:p@h1:5432,h2:5432/db?target_session_attrs=read-write.
 
         With several servers Pocket connects to the first that takes writes
         (target_session_attrs=read-write) unless the URL says otherwise, so that
         after a failover every connection finds the new primary by itself.
+        default_attrs replaces that default (the read URL's is prefer-standby);
+        variable names the URL in error messages.
         """
-        params = url_params(url)
+        params = url_params(url, variable)
         dbname = params.get("dbname", "")
         if not dbname:
             msg = "A PostgreSQL URL names its database: postgresql://u:p@host:5432/db"
             raise ConfigurationError(msg)
         hosts = (params.get("host") or "127.0.0.1").split(",")
-        ports = host_ports(params.get("port", ""), len(hosts))
+        ports = host_ports(params.get("port", ""), len(hosts), variable)
         env = {
             "PERSISTENCE_MODULE": POSTGRES_MODULE,
             "POSTGRES_DBNAME": dbname,
@@ -123,9 +140,9 @@ class Settings:
             # The library insists on a password even under trust authentication.
             "POSTGRES_PASSWORD": params.get("password", ""),
         }
-        attrs = params.get("target_session_attrs") or (
-            "read-write" if len(hosts) > 1 else ""
-        )
+        if default_attrs is None:
+            default_attrs = "read-write" if len(hosts) > 1 else ""
+        attrs = params.get("target_session_attrs") or default_attrs
         if attrs:
             env[TARGET_SESSION_ATTRS_KEY] = session_attrs(attrs)
         if params.get("connect_timeout"):
@@ -160,7 +177,32 @@ SESSION_ATTRS = (
 )
 
 
-def url_params(url: str) -> dict[str, str]:
+def read_store(store: Settings, url: str) -> Settings | None:
+    """POCKET_READ_URL: the server (or list of servers) that the reads which may
+    be a little stale go to, as Settings; None when unset. libpq tries the
+    URL's standbys first (target_session_attrs=prefer-standby) unless it says
+    otherwise. Only beside a PostgreSQL database: SQLite has no replicas."""
+    if not url:
+        return None
+    if not store.is_postgres:
+        msg = "POCKET_READ_URL needs POCKET_DATABASE_URL to be a PostgreSQL URL"
+        raise ConfigurationError(msg)
+    scheme = url.split(":", 1)[0].lower()
+    if scheme not in ("postgresql", "postgres"):
+        msg = f"POCKET_READ_URL must start with postgresql://, not {scheme}://"
+        raise ConfigurationError(msg)
+    reads = Settings._postgres(url, "POCKET_READ_URL", default_attrs="prefer-standby")
+    if reads.env["POSTGRES_DBNAME"] != store.env["POSTGRES_DBNAME"]:
+        msg = (
+            f"POCKET_READ_URL names the database {reads.env['POSTGRES_DBNAME']!r}; "
+            f"a replica of POCKET_DATABASE_URL's holds "
+            f"{store.env['POSTGRES_DBNAME']!r}"
+        )
+        raise ConfigurationError(msg)
+    return reads
+
+
+def url_params(url: str, variable: str = "POCKET_DATABASE_URL") -> dict[str, str]:
     """A PostgreSQL URL's parameters as libpq reads it (hosts and ports as comma
     lists, percent-decoded); a URL libpq refuses is refused in one line, without
     its password."""
@@ -171,23 +213,25 @@ def url_params(url: str) -> dict[str, str]:
         secret = re.search(r"://[^/@]*?:([^/@]*)@", url)
         if secret and secret.group(1):
             reason = reason.replace(secret.group(1), "***")
-        msg = f"Bad POCKET_DATABASE_URL: {reason}"
+        msg = f"Bad {variable}: {reason}"
         raise ConfigurationError(msg) from None
     return {key: str(value) for key, value in params.items()}
 
 
-def host_ports(ports: str, hosts: int) -> list[str]:
+def host_ports(
+    ports: str, hosts: int, variable: str = "POCKET_DATABASE_URL"
+) -> list[str]:
     """One port for each host: libpq's comma list, where an empty entry means
     5432 and a single port serves every host."""
     given = [port or "5432" for port in ports.split(",")]
     if len(given) == 1:
         given *= hosts
     if len(given) != hosts:
-        msg = f"POCKET_DATABASE_URL has {len(given)} ports for {hosts} hosts"
+        msg = f"{variable} has {len(given)} ports for {hosts} hosts"
         raise ConfigurationError(msg)
     for port in given:
         if not (port.isdigit() and 0 < int(port) < 65536):
-            msg = f"Bad port in POCKET_DATABASE_URL: {port!r} (1 to 65535)"
+            msg = f"Bad port in {variable}: {port!r} (1 to 65535)"
             raise ConfigurationError(msg)
     return given
 

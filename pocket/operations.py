@@ -13,11 +13,16 @@ from decimal import Decimal
 from typing import Any, TextIO
 from uuid import UUID
 
+from eventsourcing.persistence import ApplicationRecorder as Recorder
+from eventsourcing.postgres import PostgresDatastore
+
 from pocket.application import Pocket
 from pocket.bootstrap import follower_lock, named_lock, open_catalog
 from pocket.catalog import ProjectionCatalog, read_live_version
-from pocket.database import Database
+from pocket.database import Database, Transaction
 from pocket.domainmodel import ZERO, Wallet
+from pocket.postgres import ApplicationRecorder
+from pocket.reads import Reads
 from pocket.system import VERSIONS, WalletRecords, projector_of
 from pocket.verifications import Verification, VerificationLog
 from pocket.walletrecords import (
@@ -296,6 +301,18 @@ def format_replication(servers: dict[str, Any]) -> list[str]:
     return lines
 
 
+def format_reads(reads: dict[str, Any]) -> str:
+    """Where the reads that may lag go (POCKET_READ_URL), for a person."""
+    if reads["served_by"] == "primary":
+        why = reads["problem"] or "the read server has not answered yet"
+        return f"Reads: on the primary, for {why}"
+    kind = "standby" if reads["standby"] else "read server (not a standby)"
+    return (
+        f"Reads: on the {kind} {reads['server']}, {reads['lag_seconds']:.1f} s "
+        f"behind (at most {reads['max_lag_seconds']:g} s)"
+    )
+
+
 def count_after(pocket: Pocket, db: Database, position: int) -> int:
     """How many events of the log come after a position."""
     table = pocket.recorder.events_table_name  # type: ignore[attr-defined]
@@ -324,6 +341,8 @@ def format_status(report: dict[str, Any]) -> str:
     lines = [f"Database: {report['database']}"] if "database" in report else []
     if report.get("servers"):
         lines += format_replication(report["servers"])
+    if report.get("reads"):
+        lines.append(format_reads(report["reads"]))
     for p in report["projections"]:
         follower = p["follower"]
         who = (
@@ -367,41 +386,91 @@ class Expected:
     problems: list[str] = field(default_factory=list)
 
 
-def verify(pocket: Pocket, out: Out = print) -> int:
+@dataclass(frozen=True)
+class Snapshot:
+    """wallet_records as one server had it at one moment, and the balances its
+    events up to that position add up to."""
+
+    live: int
+    position: int
+    rows: dict[UUID, WalletRecord]
+    expected: dict[UUID, Expected]
+    server: str  # which server it was read from, for a person
+
+
+def verify(pocket: Pocket, out: Out = print, reads: Reads | None = None) -> int:
     """Recomputes every balance from the events and compares it with wallet_records.
 
     Compares at one moment: the table and its position are read in one snapshot,
     and only events up to that position are folded. Prints each mismatch and
     returns how many there were. Writes nothing but its result, in
-    pocket_verifications, for the operator console to show.
+    pocket_verifications on the primary, for the operator console to show.
+
+    With a read server (POCKET_READ_URL) it reads there, however far behind the
+    primary that server is: what it checks is consistent at the position it
+    names. It reads the primary if the read server fails.
     """
-    catalog = ProjectionCatalog(Database.of(pocket))
-    db = catalog.db
-    with db.transaction(commit=False) as tx:
-        if tx.dialect == "postgres":
-            tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        live = read_live_version(tx)
-        position = catalog.position(live, tx) or 0
-        rows = {
-            record.aggregate_id: record
-            for record in map(
-                record_from_row, tx.execute(f"SELECT * FROM {table_of(live)}")
-            )
-        }
-    expected = replay_balances(pocket, position)
+    primary = Database.of(pocket)
+    reads = Reads(primary) if reads is None else reads
+    snapshot = reads.run(lambda db: read_snapshot(pocket, db), any_lag=True)
     mismatches = 0
+    expected, rows, live = snapshot.expected, snapshot.rows, snapshot.live
     for wallet_id in sorted(expected.keys() | rows.keys(), key=str):
         for problem in compare(expected.get(wallet_id), rows.get(wallet_id), live):
             out(f"wallet {wallet_id}: {problem}")
             mismatches += 1
     out(
         f"Checked {len(expected):,} wallets against wallet_records v{live} "
-        f"at position {position:,}: {mismatches} mismatch(es)."
+        f"at position {snapshot.position:,}{snapshot.server}: "
+        f"{mismatches} mismatch(es)."
     )
-    VerificationLog(db).record(
-        Verification(datetime.now(UTC), len(expected), mismatches, position, live)
+    VerificationLog(primary).record(
+        Verification(
+            datetime.now(UTC), len(expected), mismatches, snapshot.position, live
+        )
     )
     return mismatches
+
+
+def read_snapshot(pocket: Pocket, db: Database) -> Snapshot:
+    """wallet_records and its position in one snapshot of db, and the balances
+    of the events up to that position, read from the same server."""
+    on_primary = db.datastore is Database.of(pocket).datastore
+    with db.transaction(commit=False) as tx:
+        if tx.dialect == "postgres":
+            tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        live = read_live_version(tx)
+        position = ProjectionCatalog(db).position(live, tx) or 0
+        rows = {
+            record.aggregate_id: record
+            for record in map(
+                record_from_row, tx.execute(f"SELECT * FROM {table_of(live)}")
+            )
+        }
+        where = "" if on_primary else read_server_of(tx)
+    recorder = pocket.recorder if on_primary else events_reader(pocket, db)
+    expected = replay_balances(pocket, position, recorder)
+    return Snapshot(live, position, rows, expected, where)
+
+
+def read_server_of(tx: Transaction) -> str:
+    """Which server verify read, for its last line: on the standby at
+    host:port (or on the read server, a primary where the read URL's libpq
+    settings found no standby)."""
+    (row,) = tx.execute(
+        "SELECT host(inet_server_addr()) AS host, inet_server_port() AS port, "
+        "pg_is_in_recovery() AS standby"
+    )
+    kind = "the standby" if row["standby"] else "the read server"
+    return f" on {kind} at {row['host'] or 'local'}:{row['port']}"
+
+
+def events_reader(pocket: Pocket, db: Database) -> ApplicationRecorder:
+    """A reader of Pocket's events on another server (a replica); it creates
+    nothing there."""
+    assert isinstance(db.datastore, PostgresDatastore)
+    table = pocket.recorder.events_table_name  # type: ignore[attr-defined]
+    return ApplicationRecorder(db.datastore, events_table_name=table)
 
 
 def last_verification(pocket: Pocket) -> Verification | None:
@@ -409,13 +478,17 @@ def last_verification(pocket: Pocket) -> Verification | None:
     return VerificationLog(Database.of(pocket)).last()
 
 
-def replay_balances(pocket: Pocket, position: int) -> dict[UUID, Expected]:
-    """Every wallet's balance from its amounts, up to a position in the log."""
+def replay_balances(
+    pocket: Pocket, position: int, recorder: Recorder | None = None
+) -> dict[UUID, Expected]:
+    """Every wallet's balance from its amounts, up to a position in the log
+    (read by recorder: Pocket's own unless another server's is given)."""
+    recorder = pocket.recorder if recorder is None else recorder
     wallets: dict[UUID, Expected] = {}
     topics = WalletRecords.topics
     after = 0
     while after < position:
-        notifications = pocket.recorder.select_notifications(
+        notifications = recorder.select_notifications(
             start=after, stop=position, limit=1000, inclusive_of_start=False
         )
         if not notifications:

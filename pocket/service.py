@@ -20,9 +20,11 @@ from pocket.application import (
 )
 from pocket.catalog import ProjectionCatalog, live_records
 from pocket.config import Settings
+from pocket.database import Database
 from pocket.domainmodel import Cause, check_text
 from pocket.gate import DatabaseGate
 from pocket.guards import TokenGuard
+from pocket.reads import Reads
 from pocket.runner import PocketRunner
 from pocket.tokens import TokenCache, hash_token, new_token
 from pocket.users import TokenRevoked, User, UserNotFound, UserStore
@@ -88,6 +90,7 @@ class PocketService:
         gate: DatabaseGate,
         tokens: TokenCache,
         admin_token_hash: str | None = None,
+        reads: Reads | None = None,
     ) -> None:
         self.settings = settings
         self.runner = runner
@@ -97,10 +100,13 @@ class PocketService:
         self.gate = gate
         self.tokens = tokens
         self.admin_token_hash = admin_token_hash
+        # Where the reads that may be a little stale go (POCKET_READ_URL).
+        self.reads = Reads(users.db) if reads is None else reads
 
     def close(self) -> None:
         """Stops the followers (after the batch in hand) and closes the pools."""
         self.runner.stop()
+        self.reads.close()
 
     def check_database(self) -> None:
         """Raises, as a request would meet it, unless the database answers now."""
@@ -182,10 +188,15 @@ class PocketService:
     def list_accounts(
         self, after: int, limit: int
     ) -> list[tuple[User, WalletRecord | None]]:
-        """A page of users with their wallets as the projection has them."""
-        users = self.users.page(after, limit)
-        records = live_records(self.users.db, [user.wallet_id for user in users])
-        return [(user, records.get(user.wallet_id)) for user in users]
+        """A page of users with their wallets as the projection has them, from
+        the read server while it keeps up (pocket.reads): it may lag a little."""
+
+        def page(db: Database) -> list[tuple[User, WalletRecord | None]]:
+            users = UserStore(db).page(after, limit)
+            records = live_records(db, [user.wallet_id for user in users])
+            return [(user, records.get(user.wallet_id)) for user in users]
+
+        return self.reads.run(page)
 
     def wallet_as_of(
         self, user: User | int, *, version: int | None, at: datetime | None

@@ -31,5 +31,6 @@ def admin_status() -> Response:
         # Read last: a gate that tripped while the rest was read says so.
         gate={"open": not pocket_service.gate.down.is_set()},
         projections=report["projections"],
+        reads=pocket_service.reads.state(),
         verify=None if verification is None else verification.as_json(),
     )

@@ -279,6 +279,43 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "The last `pocket verify` run, null if none ran.",
                 "oneOf": [ref("Verification"), {"type": "null"}],
             },
+            "reads": {
+                "description": (
+                    "Where the reads that may lag (the admin list of users, "
+                    "`pocket verify`) go: null without POCKET_READ_URL."
+                ),
+                "oneOf": [ref("Reads"), {"type": "null"}],
+            },
+        }
+    ),
+    "Reads": obj(
+        {
+            "url": {"type": "string", "description": "POCKET_READ_URL's servers."},
+            "server": {
+                "type": ["string", "null"],
+                "description": "host:port of the server it reached, null if none.",
+            },
+            "standby": {"type": ["boolean", "null"]},
+            "lag_seconds": {
+                "type": ["number", "null"],
+                "description": (
+                    "How far its replay is behind the primary's commits; null "
+                    "when it cannot know (no link to the primary) or was not "
+                    "reached."
+                ),
+            },
+            "max_lag_seconds": {
+                "type": "number",
+                "description": "POCKET_READ_MAX_LAG_SECONDS.",
+            },
+            "served_by": {
+                "enum": ["read server", "primary"],
+                "description": "Where those reads go now.",
+            },
+            "problem": {
+                "type": ["string", "null"],
+                "description": "Why they go to the primary, null when they do not.",
+            },
         }
     ),
     "Ready": obj({"status": {"const": "ready"}}),

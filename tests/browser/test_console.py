@@ -14,7 +14,7 @@ from playwright.sync_api import Browser, Locator, Page, expect
 
 from tests.browser.conftest import ADMIN_TOKEN, PHONE, Pages, open_pages
 from tests.e2e.processes import Api, PocketProcess, follow, run_pocket, serve
-from tests.pgserver import PostgresServer
+from tests.pgserver import PostgresServer, ReplicatedPair
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 Server = tuple[PocketProcess, Api]
@@ -194,5 +194,50 @@ def test_the_console_shows_the_gate_closed_while_the_database_is_down(
             expect(gate).to_have_attribute("data-open", "true", timeout=30000)
             expect(page.locator("#refreshed")).to_contain_text("Updated")
             expect(names).to_have_text(["Ann"])
+    finally:
+        server.close()
+
+
+def test_the_console_says_which_server_its_list_of_users_comes_from(
+    browser: Browser,
+    screenshots: Path,
+    tmp_path: Path,
+    replicated_postgres: ReplicatedPair,
+) -> None:
+    primary, standby = replicated_postgres
+    url = primary.create_database("pocket_console")
+    env = {
+        "POCKET_DATABASE_URL": url,
+        "POCKET_READ_URL": standby.url_for("pocket_console"),
+        "POCKET_READ_MAX_LAG_SECONDS": "2",
+        "POCKET_ADMIN_TOKEN": ADMIN_TOKEN,
+    }
+    server, api = serve(tmp_path, env)
+    try:
+        with open_pages(browser, api.base_url, screenshots) as pages:
+            page = signed_in(pages)
+            add_users(api, "Ann")
+            names = page.locator("#users tbody [data-label=Name]")
+            expect(names).to_have_text(["Ann"])
+            reads = page.locator("#reads")
+            expect(reads).to_contain_text(
+                re.compile(
+                    rf"Read from the standby 127\.0\.0\.1:{standby.port}, "
+                    r"\d+\.\d s behind the primary \(at most 2 s\)\."
+                )
+            )
+            pages.shot(page, "console-07-reads-on-the-standby")
+            # A standby that stops applying falls behind: the list comes from
+            # the primary, and the console says why.
+            standby.query("SELECT pg_wal_replay_pause()")
+            add_users(api, "Bob")
+            expect(reads).to_contain_text(
+                "Read from the primary: the read server", timeout=15000
+            )
+            expect(reads).to_contain_text("(POCKET_READ_MAX_LAG_SECONDS=2)")
+            expect(names).to_have_text(["Ann", "Bob"])
+            pages.shot(page, "console-08-reads-on-the-primary")
+            standby.query("SELECT pg_wal_replay_resume()")
+            expect(reads).to_contain_text("Read from the standby", timeout=15000)
     finally:
         server.close()

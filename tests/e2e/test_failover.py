@@ -317,6 +317,10 @@ def started_cluster(
     def start(pair: ReplicatedPair) -> tuple[Cluster, str]:
         url, new_primary_url = pocket_database(pair)
         pocket = Cluster(tmp_path, url)
+        # The reads that may lag: on the standby, or whichever server is left.
+        pocket.env["POCKET_READ_URL"] = multi_host_url(
+            pair.standby, pair.primary, database="pocket", attrs="prefer-standby"
+        )
         made.append(pocket)
         pocket.start()
         pocket.sign_up_and_fund()
@@ -382,6 +386,9 @@ def test_a_synchronous_failover_keeps_every_acknowledged_request(
     ]
     assert (name, state, sync) == (STANDBY_NAME, "streaming", "sync")
     assert isinstance(lag, int)
+    reads = pocket.status()["reads"]
+    assert (reads["served_by"], reads["standby"]) == ("read server", True), reads
+    assert reads["server"] == f"127.0.0.1:{standby.port}"
 
     traffic = Traffic(pocket)
     traffic.start()
@@ -446,7 +453,10 @@ def test_a_synchronous_failover_keeps_every_acknowledged_request(
     assert (servers["primary"]["port"], servers["standbys"]) == (standby.port, [])
     checked = pocket.pocket("verify")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "0 mismatch(es)" in checked.stdout
+    # The read URL's standby is the primary now: the reads follow it there.
+    assert f"on the read server at 127.0.0.1:{standby.port}: 0 mismatch(es)" in (
+        checked.stdout
+    )
     assert traffic.acknowledged() > 60
 
 

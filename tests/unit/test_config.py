@@ -167,3 +167,86 @@ def test_every_connection_gets_the_urls_libpq_options() -> None:
 def test_a_single_server_waits_two_seconds_for_a_connection() -> None:
     settings = Settings.from_url("postgresql://ann@db1/wallets")
     assert libpq_options(settings.env) == {"connect_timeout": 2}
+
+
+# POCKET_READ_URL: the reads that may lag a little, on a replica
+
+PRIMARY = "postgresql://ann@db1:5432,db2:5432/wallets"
+
+
+def test_a_read_url_prefers_standbys_and_keeps_its_own_servers() -> None:
+    settings = Settings.from_environ(
+        {
+            "POCKET_DATABASE_URL": PRIMARY,
+            "POCKET_READ_URL": "postgresql://ann@db2:5432,db3:5433/wallets",
+            "POCKET_READ_MAX_LAG_SECONDS": "2.5",
+        }
+    )
+    assert settings.read_env is not None
+    assert settings.read_env["POSTGRES_HOST"] == "db2,db3"
+    assert settings.read_env["POSTGRES_PORT"] == "5432,5433"
+    # libpq tries the standbys first, and takes the primary if none answers.
+    assert settings.read_env["POSTGRES_TARGET_SESSION_ATTRS"] == "prefer-standby"
+    assert settings.read_max_lag_seconds == 2.5
+    assert "db2:5432,db3:5433" in settings.read_description
+    # The writes still find the primary.
+    assert settings.env["POSTGRES_TARGET_SESSION_ATTRS"] == "read-write"
+
+
+def test_a_read_url_may_choose_its_servers_kind() -> None:
+    settings = Settings.from_environ(
+        {
+            "POCKET_DATABASE_URL": PRIMARY,
+            "POCKET_READ_URL": "postgresql://ann@db3/wallets?target_session_attrs=standby",
+        }
+    )
+    assert settings.read_env is not None
+    assert settings.read_env["POSTGRES_TARGET_SESSION_ATTRS"] == "standby"
+
+
+def test_without_a_read_url_every_read_goes_to_the_primary() -> None:
+    settings = Settings.from_environ({"POCKET_DATABASE_URL": PRIMARY})
+    assert settings.read_env is None
+    assert settings.read_max_lag_seconds == 10.0
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"POCKET_READ_URL": "postgresql://db2/wallets"},
+            "POCKET_READ_URL needs POCKET_DATABASE_URL to be a PostgreSQL URL",
+        ),
+        (
+            {"POCKET_DATABASE_URL": PRIMARY, "POCKET_READ_URL": "sqlite:///x.db"},
+            "POCKET_READ_URL must start with postgresql://",
+        ),
+        (
+            {
+                "POCKET_DATABASE_URL": PRIMARY,
+                "POCKET_READ_URL": "postgresql://db2/other",
+            },
+            "POCKET_READ_URL names the database 'other'",
+        ),
+        (
+            {"POCKET_DATABASE_URL": PRIMARY, "POCKET_READ_URL": "postgresql://db2:x/w"},
+            "Bad port in POCKET_READ_URL: 'x'",
+        ),
+        (
+            {
+                "POCKET_DATABASE_URL": PRIMARY,
+                "POCKET_READ_URL": "postgresql://h/w?no=1",
+            },
+            "Bad POCKET_READ_URL",
+        ),
+        (
+            {"POCKET_DATABASE_URL": PRIMARY, "POCKET_READ_MAX_LAG_SECONDS": "-1"},
+            "POCKET_READ_MAX_LAG_SECONDS must be a number of seconds",
+        ),
+    ],
+)
+def test_a_bad_read_url_is_refused_in_one_line(
+    environ: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        Settings.from_environ(environ, cwd=tmp_path)

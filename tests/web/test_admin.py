@@ -28,7 +28,9 @@ def test_the_admin_sees_what_pocket_status_reports(
     answer = client.get("/admin/status", headers=ADMIN)
     assert answer.status_code == 200
     body = answer.get_json()
-    assert list(body) == ["database", "gate", "projections", "verify"]
+    assert list(body) == ["database", "gate", "projections", "reads", "verify"]
+    # Without POCKET_READ_URL every read goes to the primary.
+    assert body["reads"] is None
     assert body["database"] == service.settings.description
     assert body["gate"] == {"open": True}
     report = status(service.pocket)["projections"]

@@ -131,9 +131,23 @@ function showStatus(status, at) {
   showGate(status.gate.open);
   $("projection-list").replaceChildren(...status.projections.map(projectionFacts));
   showVerify(status.verify);
+  showReads(status.reads);
   $("refreshed").textContent = `Updated ${TIME.format(at)}; refreshes every 2 s.`;
   $("refreshed").className = "hint";
   for (const id of ["projections", "users", "verify"]) $(id).classList.remove("stale");
+}
+
+// Where the list of users is read (POCKET_READ_URL): a standby may lag a little.
+function showReads(reads) {
+  const line = $("reads");
+  line.hidden = reads === null;
+  if (reads === null) return;
+  if (reads.served_by === "primary") {
+    line.textContent = `Read from the primary: ${reads.problem ?? "the read server has not answered yet"}.`;
+  } else {
+    const kind = reads.standby ? "standby" : "read server";
+    line.textContent = `Read from the ${kind} ${reads.server}, ${reads.lag_seconds.toFixed(1)} s behind the primary (at most ${reads.max_lag_seconds} s).`;
+  }
 }
 
 function showGate(open) {
@@ -157,7 +171,7 @@ function projectionFacts(p) {
     facts,
     "lag",
     "Lag",
-    `${fmt(p.lag_events)} events, ${p.lag_seconds.toFixed(1)} s${p.lag_events === 0 ? ": caught up" : " behind"}`,
+    `${fmt(p.lag_events)} ${p.lag_events === 1 ? "event" : "events"}, ${p.lag_seconds.toFixed(1)} s${p.lag_events === 0 ? ": caught up" : " behind"}`,
     p.lag_events === 0 ? "good-text" : "warn-text",
   );
   lag.dataset.lagEvents = String(p.lag_events);
