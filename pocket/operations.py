@@ -305,7 +305,7 @@ def format_reads(reads: dict[str, Any]) -> str:
     """Where the reads that may lag go (POCKET_READ_URL), for a person."""
     if reads["served_by"] == "primary":
         why = reads["problem"] or "the read server has not answered yet"
-        return f"Reads: on the primary, for {why}"
+        return f"Reads: on the primary, because {why}"
     kind = "standby" if reads["standby"] else "read server (not a standby)"
     return (
         f"Reads: on the {kind} {reads['server']}, {reads['lag_seconds']:.1f} s "

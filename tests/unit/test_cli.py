@@ -10,7 +10,7 @@ import pytest
 
 from pocket import __version__
 from pocket.cli import build_parser
-from pocket.operations import format_replication
+from pocket.operations import format_reads, format_replication
 from pocket.server import Limits
 
 
@@ -140,3 +140,34 @@ def test_status_names_the_primary_and_each_standby_with_its_lag() -> None:
         "Server: 10.0.0.1:5432, a standby (read-only)",
         "Standby: none streaming from this server",
     ]
+
+
+def test_status_says_where_the_reads_that_may_lag_go() -> None:
+    on_standby = {
+        "url": "PostgreSQL database pocket on db2:5432 as pocket",
+        "server": "10.0.0.2:5432",
+        "standby": True,
+        "lag_seconds": 0.04,
+        "max_lag_seconds": 10.0,
+        "served_by": "read server",
+        "problem": None,
+    }
+    assert format_reads(on_standby) == (
+        "Reads: on the standby 10.0.0.2:5432, 0.0 s behind (at most 10 s)"
+    )
+    primary_left = {**on_standby, "standby": False}
+    assert format_reads(primary_left) == (
+        "Reads: on the read server (not a standby) 10.0.0.2:5432, 0.0 s behind "
+        "(at most 10 s)"
+    )
+    behind = {
+        **on_standby,
+        "lag_seconds": 12.3,
+        "served_by": "primary",
+        "problem": "the read server 10.0.0.2:5432 is 12.3 s behind "
+        "(POCKET_READ_MAX_LAG_SECONDS=10)",
+    }
+    assert format_reads(behind) == (
+        "Reads: on the primary, because the read server 10.0.0.2:5432 is 12.3 s "
+        "behind (POCKET_READ_MAX_LAG_SECONDS=10)"
+    )
