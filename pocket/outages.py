@@ -29,7 +29,7 @@ T = TypeVar("T")
 PATIENCE_SECONDS = 60.0
 # The back-off between attempts: doubling from the first to the longest.
 FIRST_DELAY = 0.1
-LONGEST_DELAY = 2.0
+LONGEST_DELAY = 1.0
 
 
 class GaveUp(Exception):
@@ -89,6 +89,7 @@ class OutageRetry:
         self.leave = leave
         self.failures = 0  # Failed attempts since the last success.
         self.failing_since: float | None = None
+        self.last_reason: str | None = None  # Of the failure before, if any.
         self.pauses: list[float] = []  # Each outage ridden out, in seconds.
 
     def __call__(self, step: Callable[[], T], *, check: bool = False) -> T:
@@ -130,9 +131,13 @@ class OutageRetry:
             for db in self.databases:
                 db.replace_broken_connections()
         delay = min(LONGEST_DELAY, FIRST_DELAY * 2 ** (self.failures - 1), left)
+        reason = describe(error)
+        # libpq's reasons for a multi-host URL run long: said once per outage.
+        said = "the same as before" if reason == self.last_reason else reason
+        self.last_reason = reason
         log.warning(
             "Database outage (%s); trying again in %.1fs, for %.0fs more at most",
-            describe(error),
+            said,
             delay,
             left,
         )
@@ -150,6 +155,7 @@ class OutageRetry:
             )
         self.failures = 0
         self.failing_since = None
+        self.last_reason = None
 
 
 def describe(error: BaseException) -> str:
