@@ -140,3 +140,11 @@ def test_status_names_the_primary_and_each_standby_with_its_lag() -> None:
         "Server: 10.0.0.1:5432, a standby (read-only)",
         "Standby: none streaming from this server",
     ]
+
+
+def test_migrate_waits_out_a_database_outage_for_a_minute_unless_told() -> None:
+    assert build_parser().parse_args(["migrate"]).retry_seconds == 60
+    args = build_parser().parse_args(["migrate", "--retry-seconds", "5"])
+    assert args.retry_seconds == 5
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["migrate", "--retry-seconds", "0"])
