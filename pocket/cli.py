@@ -30,6 +30,7 @@ from pocket.config import ConfigurationError, LogSettings, Settings
 from pocket.database import Database
 from pocket.metrics import registry_for
 from pocket.operations import (
+    MigrationInterrupted,
     MigrationRefused,
     Progress,
     format_status,
@@ -38,6 +39,7 @@ from pocket.operations import (
     status,
     verify,
 )
+from pocket.outages import PATIENCE_SECONDS
 from pocket.preflight import DatabaseDown, DatabaseProblem, check_database, one_line
 from pocket.reads import Reads
 from pocket.runner import PocketRunner, open_runner
@@ -130,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate_parser.add_argument(
         "--batch-size", type=int, default=2000, help="events per transaction (2000)"
+    )
+    migrate_parser.add_argument(
+        "--retry-seconds",
+        metavar="S",
+        type=positive_seconds,
+        default=PATIENCE_SECONDS,
+        help="how long to keep trying while the database fails (a lost link, a "
+        f"failover) before stopping; running again resumes ({PATIENCE_SECONDS:g})",
     )
     migrate_parser.set_defaults(command=run_migrate)
 
@@ -366,7 +376,8 @@ def started(runner: PocketRunner) -> PocketRunner:
 
 
 def run_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    """`pocket migrate`: exit 0 when the version asked for is live, 2 if refused."""
+    """`pocket migrate`: exit 0 when the version asked for is live, 2 if refused
+    or interrupted (the database failed for longer than --retry-seconds)."""
     with closing(open_existing(settings, may_be_old=True)) as pocket:
         try:
             migrate(
@@ -375,8 +386,9 @@ def run_migrate(args: argparse.Namespace, settings: Settings) -> int:
                 keep_old=args.keep_old,
                 batch_size=args.batch_size,
                 progress=Progress(f"Building wallet_records v{args.version}"),
+                patience=args.retry_seconds,
             )
-        except MigrationRefused as error:
+        except (MigrationRefused, MigrationInterrupted) as error:
             print(f"pocket migrate: {error}", file=sys.stderr)
             return 2
     return 0

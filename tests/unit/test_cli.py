@@ -171,3 +171,11 @@ def test_status_says_where_the_reads_that_may_lag_go() -> None:
         "Reads: on the primary, because the read server 10.0.0.2:5432 is 12.3 s "
         "behind (POCKET_READ_MAX_LAG_SECONDS=10)"
     )
+
+
+def test_migrate_waits_out_a_database_outage_for_a_minute_unless_told() -> None:
+    assert build_parser().parse_args(["migrate"]).retry_seconds == 60
+    args = build_parser().parse_args(["migrate", "--retry-seconds", "5"])
+    assert args.retry_seconds == 5
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["migrate", "--retry-seconds", "0"])
