@@ -103,6 +103,7 @@ def active_after(followers: list[PocketProcess], moment: float) -> float:
     """How long after a moment (time.time()) a follower first logged that it
     became active: from the logs, for `pocket status` takes a second or two."""
     stamps = [
+        # Local time, as the log's asctime writes it.
         datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
         for follower in followers
         for line in follower.output.splitlines()
