@@ -29,6 +29,11 @@ from eventsourcing.sqlite import SQLiteDatastore
 
 from pocket.database import connect_kwargs
 
+# True on a server that takes no writes: a standby (always read-only), or a
+# primary fenced with default_transaction_read_only, which a failover manager sets
+# on an old primary before it shuts it down.
+READ_ONLY = "current_setting('transaction_read_only') = 'on'"
+
 
 class ProcessLock(ABC):
     """A named lock that at most one process holds, released when it dies."""
@@ -36,6 +41,9 @@ class ProcessLock(ABC):
     def __init__(self, name: str) -> None:
         self.name = name
         self.held = False
+        # Whether the server last seen takes no writes (a standby, or a primary
+        # fenced read-only in a failover): a lock there is not taken, or given up.
+        self.read_only = False
 
     @abstractmethod
     def try_acquire(self) -> bool:
@@ -43,7 +51,8 @@ class ProcessLock(ABC):
 
     @abstractmethod
     def is_still_held(self) -> bool:
-        """Whether the lock is still ours (a dropped connection loses it)."""
+        """Whether the lock is still ours (a dropped connection loses it, and so
+        does a server that stopped taking writes)."""
 
     @abstractmethod
     def release(self) -> None:
@@ -87,6 +96,8 @@ class AdvisoryLock(ProcessLock):
         # drops (and so forgets) the moment the process dies.
         self.waiting: psycopg.Connection[Any] | None = None
         self.standby_name = f"pocket standby {name} pid="
+        # The server the last attempt to take the lock reached (host, port).
+        self.server: tuple[str, int] | None = None
 
     def try_acquire(self) -> bool:
         if self.held and self.is_still_held():
@@ -99,12 +110,18 @@ class AdvisoryLock(ProcessLock):
                 application_name=f"pocket {self.name} pid={os.getpid()}"[:63],
                 **self.connect_kwargs,
             )
+            # Not on a server that takes no writes: its holder could apply
+            # nothing, and a follower on the primary must be free to take over.
             row = self.conn.execute(
-                "SELECT pg_try_advisory_lock(%s, %s)", self.key
+                f"SELECT CASE WHEN {READ_ONLY} THEN NULL "
+                "ELSE pg_try_advisory_lock(%s, %s) END",
+                self.key,
             ).fetchone()
         except psycopg.Error:
             self._close()
             return False
+        self.server = server_of(self.conn)
+        self.read_only = row is None or row[0] is None
         self.held = bool(row and row[0])
         if self.held:
             self._stop_standing_by()
@@ -116,11 +133,16 @@ class AdvisoryLock(ProcessLock):
         if self.conn is None or not self.held:
             return False
         try:
-            self.conn.execute("SELECT 1")
+            row = self.conn.execute(f"SELECT {READ_ONLY}").fetchone()
         except psycopg.Error:
             self._close()
             return False
-        return True
+        # A primary fenced read-only (or demoted) gets no new events: the lock
+        # there is given up, for a follower on the new primary to take.
+        self.read_only = bool(row and row[0])
+        if self.read_only:
+            self._close()
+        return not self.read_only
 
     def release(self) -> None:
         self._close()
@@ -141,7 +163,10 @@ class AdvisoryLock(ProcessLock):
             except psycopg.Error:
                 self._stop_standing_by()
             else:
-                return True
+                # Seen where the lock is: after a failover, on the new primary.
+                if self.server in (None, server_of(self.waiting)):
+                    return True
+                self._stop_standing_by()
         # application_name holds 63 bytes: the lock's name and the pid fit.
         name = f"{self.standby_name}{os.getpid()}"
         try:
@@ -195,6 +220,11 @@ class AdvisoryLock(ProcessLock):
             "host": str(row[2]) if row[2] is not None else "local",
             "since": row[3].isoformat(),
         }
+
+
+def server_of(conn: psycopg.Connection[Any]) -> tuple[str, int]:
+    """The server a connection reached (of a multi-host URL's, the one it chose)."""
+    return conn.info.host, conn.info.port
 
 
 def pid_in(application_name: str) -> int | None:

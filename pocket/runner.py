@@ -9,6 +9,10 @@ one place:
   PostgreSQL's NOTIFY, on a LISTEN connection that reconnects, or a poll on SQLite;
 - one active follower per version across processes: a lock that the database or
   the kernel releases when its holder dies, the others standing by;
+- a failover followed: a follower whose server stops taking writes (a primary
+  fenced read-only, or demoted) leaves it and gives its lock up, and one that takes
+  the lock starts on fresh connections, which a multi-host URL's
+  target_session_attrs=read-write sends to the primary;
 - the live version: only the live version's projector applies events, and the
   others wait until pocket migrate makes theirs live.
 """
@@ -36,6 +40,7 @@ from pocket.application import Pocket
 from pocket.catalog import ProjectionCatalog
 from pocket.database import Database, connect_kwargs
 from pocket.locks import ProcessLock, process_lock
+from pocket.postgres import refused_as_read_only
 from pocket.system import WalletRecords
 from pocket.walletrecords import ProjectionSwitched
 
@@ -96,6 +101,7 @@ class PocketRunner(MultiThreadedRunner[UUID]):
                 self._lock_for(projector),
                 self.poll_interval or (30.0 if listens else 0.5),
                 self.has_errored,
+                leave_server=self.leave_server,
             )
             self.threads[projector.name] = thread
             pocket.lead(thread)
@@ -103,6 +109,15 @@ class PocketRunner(MultiThreadedRunner[UUID]):
         if isinstance(pocket.recorder, PostgresApplicationRecorder):
             self.listener = Listener(pocket.recorder, self.prompt)
             self.listener.start()
+
+    def leave_server(self) -> None:
+        """Replaces every connection of the applications (their pools, the LISTEN
+        one), for new ones that find the primary: the server they are on took no
+        writes (a fenced old primary), or may be another than the lock's."""
+        for app in self.apps.values():
+            Database.of(app).leave_server()
+        if self.listener is not None:
+            self.listener.listen_again()
 
     def prompt(self) -> None:
         """Wakes every projector (another process saved events)."""
@@ -156,6 +171,8 @@ class ProjectorThread(MultiThreadedRunnerThread[UUID]):
         lock: ProcessLock,
         poll_interval: float,
         has_errored: threading.Event,
+        *,
+        leave_server: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__(follower=projector, has_errored=has_errored)
         self.name = f"pocket-{projector.name}"
@@ -163,6 +180,7 @@ class ProjectorThread(MultiThreadedRunnerThread[UUID]):
         self.catalog = catalog
         self.lock = lock
         self.poll_interval = poll_interval
+        self.leave_server = leave_server
         self.failures = 0
         # What this thread does now (ACTIVE, STANDBY or NOT_LIVE; None until its
         # first round), and how many rounds failed since it started (for metrics).
@@ -215,15 +233,31 @@ class ProjectorThread(MultiThreadedRunnerThread[UUID]):
         if self.lock.held:
             if self.lock.is_still_held():
                 return True
-            log.warning("Lost the follower lock (connection dropped)")
+            if self.lock.read_only:
+                log.warning(
+                    "Gave up the follower lock: the server takes no writes now (a "
+                    "standby, or a primary fenced in a failover); looking for the "
+                    "primary"
+                )
+                self.leave_server()
+            else:
+                log.warning("Lost the follower lock (connection dropped)")
         if self.lock.try_acquire():
             log.info("Active: this follower applies events now")
+            # Fresh connections, found as the lock's was: a pooled one may be on
+            # an old primary fenced read-only, which gets no new events.
+            self.leave_server()
             return True
         return False
 
     def _stand_by(self) -> None:
         """Waits for the lock where `pocket status` sees it; says so once."""
         self.lock.stand_by()
+        if self.lock.read_only:
+            if self.role != STANDBY:
+                log.info("Waiting for a primary: the server takes no writes now")
+            self.role = STANDBY
+            return
         if self.role == STANDBY:
             return
         self.role = STANDBY
@@ -244,12 +278,24 @@ class ProjectorThread(MultiThreadedRunnerThread[UUID]):
         and returns the back-off before the next."""
         self.failures += 1
         self.failed_rounds += 1
+        delay = min(30.0, 0.05 * 2.0 ** min(self.failures, 10))
+        if refused_as_read_only(error):
+            # Nothing here is wrong but the server: expected in a failover, so
+            # one line, no traceback.
+            self.leave_server()
+            self.lock.release()
+            log.warning(
+                "The server refused the batch as read-only (a standby, or a "
+                "primary fenced in a failover): left it and gave up the follower "
+                "lock; looking for the primary again in %.2fs",
+                delay,
+            )
+            return delay
         if is_connection_error(error):
             # Every pooled connection the failure broke is replaced now, not
             # found by one slow retry after another.
             self.catalog.db.replace_broken_connections()
             Database.of(self.projector).replace_broken_connections()
-        delay = min(30.0, 0.05 * 2.0 ** min(self.failures, 10))
         # An IntegrityError means another follower moved the position.
         expected = isinstance(error, IntegrityError | OSError) or is_connection_error(
             error
@@ -286,6 +332,13 @@ class Listener(threading.Thread):
         self.channel = recorder.channel_name
         self.notify = notify
         self.stopping = threading.Event()
+        # Set: leave the server listened on, for the one a new connection finds.
+        self.moving = threading.Event()
+
+    def listen_again(self) -> None:
+        """Reconnects (within a second): after a failover the old server, if it
+        still runs, hears no new events."""
+        self.moving.set()
 
     def run(self) -> None:
         failures = 0
@@ -300,6 +353,7 @@ class Listener(threading.Thread):
 
     def _listen(self) -> None:
         kwargs = connect_kwargs(self.datastore)
+        self.moving.clear()
         with psycopg.connect(autocommit=True, connect_timeout=5, **kwargs) as conn:
             conn.execute(
                 psycopg.sql.SQL("LISTEN {}").format(
@@ -308,7 +362,7 @@ class Listener(threading.Thread):
             )
             # Events written while nobody listened are found by this pull.
             self.notify()
-            while not self.stopping.is_set():
+            while not self.stopping.is_set() and not self.moving.is_set():
                 for _ in conn.notifies(timeout=1.0, stop_after=1):
                     self.notify()
 
