@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 
@@ -45,12 +46,22 @@ def sessions_since(server: PostgresServer, moment: datetime) -> list[int]:
     return [pid for (pid,) in rows]
 
 
+@contextmanager
+def pocket_on(server: PostgresServer, *, follow: bool) -> Iterator[PocketService]:
+    """The service on a new database of the server, its follower running in
+    this process or not; closed afterwards."""
+    url = server.create_database("pocket")
+    pocket_service = bootstrap(Settings.from_url(url), follow=follow)
+    try:
+        yield pocket_service
+    finally:
+        pocket_service.close()
+
+
 @pytest.fixture
 def service(throwaway_postgres: PostgresServer) -> Iterator[PocketService]:
-    url = throwaway_postgres.create_database("pocket")
-    pocket_service = bootstrap(Settings.from_url(url), follow=False)
-    yield pocket_service
-    pocket_service.close()
+    with pocket_on(throwaway_postgres, follow=False) as pocket_service:
+        yield pocket_service
 
 
 def test_a_write_refused_as_read_only_is_a_503_to_resend(
@@ -86,10 +97,8 @@ def test_a_write_refused_as_read_only_is_a_503_to_resend(
 @pytest.fixture
 def following_service(throwaway_postgres: PostgresServer) -> Iterator[PocketService]:
     """The service with its follower running in this process."""
-    url = throwaway_postgres.create_database("pocket")
-    pocket_service = bootstrap(Settings.from_url(url), follow=True)
-    yield pocket_service
-    pocket_service.close()
+    with pocket_on(throwaway_postgres, follow=True) as pocket_service:
+        yield pocket_service
 
 
 def applied(service: PocketService) -> bool:

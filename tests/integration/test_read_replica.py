@@ -52,6 +52,16 @@ def start() -> Iterator[Start]:
         service.close()
 
 
+def with_ann(start: Start, pair: ReplicatedPair) -> tuple[PocketService, FlaskClient]:
+    """A service on the pair with one user, Ann, whom the standby has: the admin
+    list shows her."""
+    service, client = start(pair)
+    sign_up(client, "Ann")
+    wait_until_replayed(*pair)
+    assert listed(client) == ["Ann"]
+    return service, client
+
+
 def sign_up(client: FlaskClient, name: str) -> int:
     answer = client.post("/users", json={"name": name}, headers=ADMIN)
     assert answer.status_code == 201, answer.get_json()
@@ -77,11 +87,8 @@ def reads(client: FlaskClient) -> dict[str, Any]:
 def test_the_admin_list_reads_the_standby_and_the_primary_once_it_lags(
     replicated_postgres: ReplicatedPair, start: Start
 ) -> None:
-    primary, standby = replicated_postgres
-    service, client = start(replicated_postgres)
-    sign_up(client, "Ann")
-    wait_until_replayed(primary, standby)
-    assert listed(client) == ["Ann"]
+    standby = replicated_postgres.standby
+    service, client = with_ann(start, replicated_postgres)
     state = reads(client)
     assert state["served_by"] == "read server", state
     assert (state["server"], state["standby"]) == (f"127.0.0.1:{standby.port}", True)
@@ -122,10 +129,7 @@ def test_a_dead_read_server_sends_the_reads_to_the_primary(
     async_replicated_postgres: ReplicatedPair, start: Start
 ) -> None:
     primary, standby = async_replicated_postgres
-    _, client = start(async_replicated_postgres)
-    sign_up(client, "Ann")
-    wait_until_replayed(primary, standby)
-    assert listed(client) == ["Ann"]
+    _, client = with_ann(start, async_replicated_postgres)
 
     standby.stop("immediate")
     sign_up(client, "Bob")
