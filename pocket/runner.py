@@ -205,8 +205,13 @@ class ProjectorThread(MultiThreadedRunnerThread[UUID]):
                 wait = self._failed(error)
             else:
                 if self.failures:
+                    # Not "recovered" alone: after a read-only refusal it may
+                    # be waiting for a primary, not applying.
+                    now = "applying events" if self.role == ACTIVE else "standing by"
                     log.info(
-                        "Follower recovered after %d failed attempt(s)", self.failures
+                        "Follower answered again after %d failed attempt(s); %s",
+                        self.failures,
+                        now,
                     )
                     self.failures = 0
             self.is_prompted.wait(wait)
