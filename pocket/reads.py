@@ -16,7 +16,9 @@ one connect timeout, not every request.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,10 +29,12 @@ import psycopg
 from eventsourcing.persistence import PersistenceError
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.utils import Environment
+from psycopg.rows import dict_row
 
 from pocket.config import Settings
-from pocket.database import Database
-from pocket.postgres import POSTGRES_DEFAULTS, Factory
+from pocket.database import Database, connect_kwargs
+from pocket.postgres import POSTGRES_DEFAULTS, Factory, libpq_options
+from pocket.preflight import one_line
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -107,6 +111,11 @@ class Reads:
         self.probed_at = float("-inf")
         self.down_until = 0.0
         self._probing = threading.Lock()
+        # The probe's own connection: its failures say PostgreSQL's reason
+        # (the pool's only say it could not get a connection), within libpq's
+        # connect_timeout.
+        self._probe_conn: psycopg.Connection[Any] | None = None
+        self.connect_timeout = 2
 
     @classmethod
     def open(cls, settings: Settings, primary: Database) -> Reads:
@@ -116,12 +125,14 @@ class Reads:
             return cls(primary)
         env = {**POSTGRES_DEFAULTS, **READ_POOL, **settings.read_env}
         datastore = Factory(Environment(env=env)).datastore
-        return cls(
+        reads = cls(
             primary,
             Database(datastore),
             max_lag=settings.read_max_lag_seconds,
             description=settings.read_description,
         )
+        reads.connect_timeout = libpq_options(env)["connect_timeout"]
+        return reads
 
     def run(self, read: Callable[[Database], T], *, any_lag: bool = False) -> T:
         """The read's result from the read server if it may serve it now, else
@@ -170,6 +181,7 @@ class Reads:
 
     def close(self) -> None:
         """Closes the read server's connections."""
+        self._close_probe()
         if self.replica is not None and isinstance(
             self.replica.datastore, PostgresDatastore
         ):
@@ -180,12 +192,13 @@ class Reads:
         if not self._probing.acquire(blocking=False):
             return
         try:
-            assert self.replica is not None
             try:
-                (row,) = self.replica.query(PROBE)
-            except (PersistenceError, psycopg.Error) as error:
+                row = self._probe_connection().execute(PROBE).fetchone()
+            except psycopg.Error as error:
+                self._close_probe()
                 self._failed(error)
                 return
+            assert row is not None
             self.probed_at = self.clock()
             server = ReadServer(
                 row["host"] or "local",
@@ -196,6 +209,26 @@ class Reads:
             self._judge(server)
         finally:
             self._probing.release()
+
+    def _probe_connection(self) -> psycopg.Connection[Any]:
+        conn = self._probe_conn
+        if conn is None or conn.closed:
+            assert self.replica is not None
+            assert isinstance(self.replica.datastore, PostgresDatastore)
+            conn = self._probe_conn = psycopg.connect(
+                autocommit=True,
+                row_factory=dict_row,
+                connect_timeout=self.connect_timeout,
+                application_name=f"pocket read probe pid={os.getpid()}",
+                **connect_kwargs(self.replica.datastore),
+            )
+        return conn
+
+    def _close_probe(self) -> None:
+        conn, self._probe_conn = self._probe_conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
 
     def _judge(self, server: ReadServer) -> None:
         if server.lag_seconds is None:
@@ -218,7 +251,10 @@ class Reads:
         self.server = None
         self.down_until = self.clock() + COOLDOWN_SECONDS
         self.probed_at = float("-inf")  # Asked again once the cooldown ends.
-        reason = " ".join(str(error).split())
+        # libpq's first line says why; the lines after it repeat it for each
+        # address tried, with hints.
+        first = (str(error).strip().splitlines() or [""])[0]
+        reason = one_line(first.removeprefix("connection failed: "))
         self._tell("failed", f"the read server failed ({reason})")
         if self.replica is not None:
             self.replica.replace_broken_connections()

@@ -194,3 +194,29 @@ def test_verify_reads_the_standby_even_behind_and_records_on_the_primary(
 
 def max_position(service: PocketService) -> int:
     return service.pocket.recorder.max_notification_id() or 0
+
+
+def test_a_read_server_that_refuses_connections_is_named_with_postgres_reason(
+    postgres_url: str,
+) -> None:
+    database = postgres_url.rsplit("/", 1)[1]
+    settings = Settings.from_environ(
+        {
+            "POCKET_DATABASE_URL": postgres_url,
+            # Nothing listens on port 1.
+            "POCKET_READ_URL": f"postgresql://postgres@127.0.0.1:1/{database}",
+        }
+    )
+    service = bootstrap(settings)
+    try:
+        state = service.reads.state()
+        assert state is not None
+        assert state["served_by"] == "primary"
+        assert state["problem"] == (
+            'the read server failed (connection to server at "127.0.0.1", '
+            "port 1 failed: Connection refused)"
+        )
+        # The reads are served all the same, by the primary.
+        assert service.list_accounts(0, 10) == []
+    finally:
+        service.close()
