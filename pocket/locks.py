@@ -103,31 +103,61 @@ class AdvisoryLock(ProcessLock):
         if self.held and self.is_still_held():
             return True
         self._close()  # Not release(): a standby stays seen while it tries.
+        # A standby tries on the connection it is seen on: a follower standing
+        # by tries every round, and a new connection each time would fork a
+        # server process for it (about a hundred a second under load, once
+        # every write's NOTIFY woke it).
+        conn = self.waiting
         try:
-            self.conn = psycopg.connect(
-                autocommit=True,
-                connect_timeout=5,
-                application_name=f"pocket {self.name} pid={os.getpid()}"[:63],
-                **self.connect_kwargs,
-            )
+            if conn is None:
+                conn = psycopg.connect(
+                    autocommit=True,
+                    connect_timeout=5,
+                    application_name=self._holder_name,
+                    **self.connect_kwargs,
+                )
             # Not on a server that takes no writes: its holder could apply
             # nothing, and a follower on the primary must be free to take over.
-            row = self.conn.execute(
+            row = conn.execute(
                 f"SELECT CASE WHEN {READ_ONLY} THEN NULL "
                 "ELSE pg_try_advisory_lock(%s, %s) END",
                 self.key,
             ).fetchone()
+            held = bool(row and row[0])
+            if held and conn is self.waiting:
+                # The standby's connection holds the lock now: named as such.
+                conn.execute(
+                    "SELECT set_config('application_name', %s, false)",
+                    [self._holder_name],
+                )
+                self.waiting = None
         except psycopg.Error:
-            self._close()
+            if conn is self.waiting:
+                self._stop_standing_by()
+            elif conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    conn.close()
             return False
-        self.server = server_of(self.conn)
+        self.server = server_of(conn)
         self.read_only = row is None or row[0] is None
-        self.held = bool(row and row[0])
-        if self.held:
+        self.held = held
+        if held:
+            self.conn = conn
             self._stop_standing_by()
+        elif conn is self.waiting:
+            if self.read_only:
+                # Seen on a server that takes no writes: a new connection
+                # finds the primary.
+                self._stop_standing_by()
         else:
-            self._close()
-        return self.held
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+        return held
+
+    @property
+    def _holder_name(self) -> str:
+        # application_name holds 63 bytes.
+        return f"pocket {self.name} pid={os.getpid()}"[:63]
 
     def is_still_held(self) -> bool:
         if self.conn is None or not self.held:
@@ -149,10 +179,13 @@ class AdvisoryLock(ProcessLock):
         self._stop_standing_by()
 
     def _close(self) -> None:
-        self.held = False
+        held, self.held = self.held, False
         if self.conn is not None:
-            # Closing the session releases the lock with it.
+            # Closing the session releases the lock with it, once its server
+            # process has noticed; unlocked first, it is free when this returns.
             with contextlib.suppress(psycopg.Error):
+                if held and not self.conn.closed:
+                    self.conn.execute("SELECT pg_advisory_unlock(%s, %s)", self.key)
                 self.conn.close()
             self.conn = None
 

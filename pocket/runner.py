@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 LOCK_CHECK_SECONDS = 2.0
 # A version that is not live looks again this often (a switch sends no NOTIFY).
 STANDBY_SECONDS = 1.0
+# A follower standing by tries for the lock at least this long apart, however
+# often writes prompt it (its takeover comes at most this much later).
+STANDBY_FLOOR_SECONDS = 0.25
 # What a projector thread does: applies events (it holds its version's lock),
 # waits for the lock (another follower holds it), or waits for its version to
 # become live.
@@ -214,6 +217,11 @@ class ProjectorThread(MultiThreadedRunnerThread[UUID]):
                         now,
                     )
                     self.failures = 0
+            if self.role == STANDBY:
+                # Each write's NOTIFY prompts every thread: a standby tries for
+                # the lock at most this often, not once per write.
+                self.is_stopping.wait(STANDBY_FLOOR_SECONDS)
+                wait = max(0.0, wait - STANDBY_FLOOR_SECONDS)
             self.is_prompted.wait(wait)
         self.lock.release()
 
