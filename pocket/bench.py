@@ -43,7 +43,7 @@ from pocket.application import Pocket
 from pocket.bootstrap import bootstrap, open_catalog, open_pocket
 from pocket.config import Settings
 from pocket.domainmodel import Cause, Wallet
-from pocket.operations import open_builder
+from pocket.migration import open_builder
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 CALLERS = 16

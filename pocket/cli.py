@@ -29,16 +29,13 @@ from pocket.catalog import ProjectionCatalog
 from pocket.config import ConfigurationError, LogSettings, Settings
 from pocket.database import Database
 from pocket.metrics import registry_for
-from pocket.operations import (
+from pocket.migration import (
     MigrationInterrupted,
     MigrationRefused,
     Progress,
-    format_status,
     migrate,
-    replication,
-    status,
-    verify,
 )
+from pocket.operations import format_status, replication, status, verify
 from pocket.outages import PATIENCE_SECONDS
 from pocket.preflight import DatabaseDown, DatabaseProblem, check_database, one_line
 from pocket.reads import Reads

@@ -21,12 +21,8 @@ from pocket.application import Pocket
 from pocket.bootstrap import named_lock, open_catalog, open_pocket
 from pocket.config import Settings
 from pocket.domainmodel import Cause, Wallet
-from pocket.operations import (
-    MigrationInterrupted,
-    MigrationRefused,
-    migrate,
-    verify,
-)
+from pocket.migration import MigrationInterrupted, MigrationRefused, migrate
+from pocket.operations import verify
 from tests.e2e.processes import wait_for
 from tests.integration.test_operations import quiet, readers_see
 from tests.integration.test_read_only import read_only

@@ -19,15 +19,8 @@ from pocket.bootstrap import follower_lock, named_lock, open_catalog, open_pocke
 from pocket.catalog import live_records
 from pocket.config import Settings
 from pocket.database import Database
-from pocket.operations import (
-    MigrationRefused,
-    Progress,
-    format_status,
-    last_verification,
-    migrate,
-    status,
-    verify,
-)
+from pocket.migration import MigrationRefused, Progress, migrate
+from pocket.operations import format_status, last_verification, status, verify
 from pocket.runner import PocketRunner
 from pocket.system import WalletRecordsV2, projector_of, system
 from pocket.walletrecords import LATEST_VERSION, WalletRecord
