@@ -393,17 +393,16 @@ def run_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_status(args: argparse.Namespace, settings: Settings) -> int:
     """`pocket status`: the projections' state, for people or (--json) machines."""
-    with closing(open_existing(settings)) as pocket:
-        reads = Reads.open(settings, Database.of(pocket))
-        try:
-            report = {
-                "database": settings.description,
-                "servers": replication(pocket),
-                "reads": reads.state(),
-                **status(pocket),
-            }
-        finally:
-            reads.close()
+    with (
+        closing(open_existing(settings)) as pocket,
+        closing(Reads.open(settings, Database.of(pocket))) as reads,
+    ):
+        report = {
+            "database": settings.description,
+            "servers": replication(pocket),
+            "reads": reads.state(),
+            **status(pocket),
+        }
     print(json.dumps(report, indent=2) if args.json else format_status(report))
     return 0
 
@@ -412,11 +411,8 @@ def run_verify(args: argparse.Namespace, settings: Settings) -> int:
     """`pocket verify`: exit 1 when wallet_records disagrees with the events."""
     with closing(open_existing(settings)) as pocket:
         print(f"Database: {settings.description}")
-        reads = Reads.open(settings, Database.of(pocket))
-        try:
+        with closing(Reads.open(settings, Database.of(pocket))) as reads:
             return 1 if verify(pocket, reads=reads) else 0
-        finally:
-            reads.close()
 
 
 def open_existing(settings: Settings, *, may_be_old: bool = False) -> Pocket:

@@ -97,6 +97,7 @@ class Reads:
         *,
         max_lag: float = 10.0,
         description: str = "",
+        connect_timeout: int = 2,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.primary = primary
@@ -113,9 +114,9 @@ class Reads:
         self._probing = threading.Lock()
         # The probe's own connection: its failures say PostgreSQL's reason
         # (the pool's only say it could not get a connection), within libpq's
-        # connect_timeout.
+        # connect_timeout for each server of the read URL.
         self._probe_conn: psycopg.Connection[Any] | None = None
-        self.connect_timeout = 2
+        self.connect_timeout = connect_timeout
 
     @classmethod
     def open(cls, settings: Settings, primary: Database) -> Reads:
@@ -125,14 +126,13 @@ class Reads:
             return cls(primary)
         env = {**POSTGRES_DEFAULTS, **READ_POOL, **settings.read_env}
         datastore = Factory(Environment(env=env)).datastore
-        reads = cls(
+        return cls(
             primary,
             Database(datastore),
             max_lag=settings.read_max_lag_seconds,
             description=settings.read_description,
+            connect_timeout=libpq_options(env)["connect_timeout"],
         )
-        reads.connect_timeout = libpq_options(env)["connect_timeout"]
-        return reads
 
     def run(self, read: Callable[[Database], T], *, any_lag: bool = False) -> T:
         """The read's result from the read server if it may serve it now, else
