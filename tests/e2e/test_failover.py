@@ -180,6 +180,22 @@ def send_until_decided(
         send(cluster.api(rng, request.user, server), request)
 
 
+def add_to_each_user(
+    cluster: Cluster, rng: random.Random, amount: str, source: str, within: float
+) -> list[Request]:
+    """One keyed add_money for each user, on the first API process, each sent
+    until acknowledged (within seconds at most)."""
+    requests = [
+        Request(user, "add_money", {"amount": amount, "source": source})
+        for user in range(1, USERS + 1)
+    ]
+    for request in requests:
+        deadline = time.monotonic() + within
+        send_until_decided(cluster, rng, request, deadline, server=0)
+        assert request.outcome == "acknowledged", request
+    return requests
+
+
 def new_request(rng: random.Random) -> Request:
     """An add_money or a transfer of a few units between two of the users."""
     user = rng.randint(1, USERS)
@@ -478,13 +494,7 @@ def test_an_asynchronous_failover_loses_what_the_standby_had_not_received(
     # acknowledges writes it never receives.
     standby.stop()
     rng = random.Random(7)
-    lost = [
-        Request(user, "add_money", {"amount": "1.00", "source": "lost"})
-        for user in range(1, USERS + 1)
-    ]
-    for request in lost:
-        send_until_decided(pocket, rng, request, time.monotonic() + 10, server=0)
-        assert request.outcome == "acknowledged", request
+    lost = add_to_each_user(pocket, rng, "1.00", "lost", within=10)
     primary.kill()
     standby.start()
     failover(primary, standby)
@@ -501,13 +511,7 @@ def test_an_asynchronous_failover_loses_what_the_standby_had_not_received(
     # the lost version. Its next write on each would go on top of that version;
     # the insert refuses a version that does not follow a stored one, so the
     # batch is decided again from the wallet as stored: no gap.
-    afters = [
-        Request(user, "add_money", {"amount": "5.00", "source": "after"})
-        for user in range(1, USERS + 1)
-    ]
-    for request in afters:
-        send_until_decided(pocket, rng, request, time.monotonic() + 20, server=0)
-        assert request.outcome == "acknowledged", request
+    afters = add_to_each_user(pocket, rng, "5.00", "after", within=20)
     gaps = version_gaps(new_primary_url)
     assert gaps == {}
     applied = wallet_events(new_primary_url)
