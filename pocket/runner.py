@@ -243,25 +243,28 @@ class ProjectorThread(MultiThreadedRunnerThread[UUID]):
 
     def _hold_lock(self) -> bool:
         """Takes or keeps the right to apply events; never two followers at once."""
+        gave_up = False
         if self.lock.held:
             if self.lock.is_still_held():
                 return True
-            if self.lock.read_only:
+            gave_up = self.lock.read_only
+            if gave_up:
                 log.warning(
                     "Gave up the follower lock: the server takes no writes now (a "
                     "standby, or a primary fenced in a failover); looking for the "
                     "primary"
                 )
-                self.leave_server()
             else:
                 log.warning("Lost the follower lock (connection dropped)")
-        if self.lock.try_acquire():
+        taken = self.lock.try_acquire()
+        if taken:
             log.info("Active: this follower applies events now")
+        if taken or gave_up:
             # Fresh connections, found as the lock's was: a pooled one may be on
-            # an old primary fenced read-only, which gets no new events.
+            # an old primary fenced read-only, which gets no new events. Once,
+            # when the lock is given up and taken again in the same round.
             self.leave_server()
-            return True
-        return False
+        return taken
 
     def _stand_by(self) -> None:
         """Waits for the lock where `pocket status` sees it; says so once."""
