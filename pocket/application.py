@@ -32,6 +32,7 @@ from eventsourcing.system import Leader
 from eventsourcing.utils import Environment
 from psycopg.sql import Composed
 
+from pocket.deadlines import STALLED_SECONDS
 from pocket.domainmodel import (
     Cause,
     PocketError,
@@ -40,7 +41,13 @@ from pocket.domainmodel import (
     correlation_id,
     transfer,
 )
-from pocket.groupcommit import CommitStats, GroupCommitter
+from pocket.groupcommit import (
+    CommitStats,
+    GroupCommitter,
+    Loaded,
+    WritesHealth,
+    head,
+)
 from pocket.guards import TokenGuard
 from pocket.idempotency import Idempotency, KeyedCommands, idempotency
 from pocket.postgres import (
@@ -104,6 +111,10 @@ class Pocket(Leader[UUID]):
         super().__init__(env)
         # Every command of this process is decided and saved by the group
         # committer, many callers' commands to a transaction.
+        recorder = self.recorder
+        # A commit is interrupted past the commit timeout (PostgreSQL); the
+        # callers waiting behind it are answered sooner (see pocket.groupcommit).
+        timeout = getattr(recorder, "commit_timeout", STALLED_SECONDS)
         self._committer = GroupCommitter(
             self._get,
             self.save,
@@ -112,6 +123,7 @@ class Pocket(Leader[UUID]):
             guard_failed=lambda guard: TokenRevoked(guard.user_id),
             load_many=self._get_many,
             catch_up=self._catch_up,
+            stalled_seconds=min(STALLED_SECONDS, timeout),
         )
         # A keyed command runs once: a rerun is answered from its record, and a
         # key in use right now is refused.
@@ -121,7 +133,6 @@ class Pocket(Leader[UUID]):
         # On PostgreSQL, the committer reads a batch's uncached wallets at once.
         self._latest_states: Composed | None = None
         self._newer_events: Composed | None = None
-        recorder = self.recorder
         if isinstance(recorder, PostgresApplicationRecorder) and self.snapshots:
             self._datastore = recorder.datastore
             self._newer_events = newer_events_statement(
@@ -352,6 +363,12 @@ class Pocket(Leader[UUID]):
         return self._committer.batches, self._committer.commands
 
     @property
+    def writes_health(self) -> WritesHealth:
+        """Whether this process's commands commit now, or since when they have
+        not (the database not confirming them) and why."""
+        return self._committer.health()
+
+    @property
     def commit_stats(self) -> CommitStats:
         """Group commits so far in this process: batch sizes and retries."""
         return self._committer.stats()
@@ -432,39 +449,52 @@ class Pocket(Leader[UUID]):
             raise VersionNotFound(wallet_id, 0)
         return low
 
-    def _get_many(self, wallet_ids: Collection[UUID]) -> dict[UUID, Wallet]:
-        """Many wallets as they are now, in one read on PostgreSQL (each one's
-        latest snapshot and the events after it); elsewhere, or if that read
-        fails, none (the caller then loads each, with the usual retries).
-        Wallets not found are left out."""
+    def _get_many(self, wallet_ids: Collection[UUID]) -> Loaded:
+        """Many wallets as they are now, each with its head (the SHA-256 of its
+        last stored event), in one read on PostgreSQL (each one's latest
+        snapshot and the events from it on); elsewhere, or if that read fails,
+        none (the caller then loads each, with the usual retries). Wallets not
+        found are left out."""
         if self._latest_states is None or not wallet_ids:
             return {}
         assert self.snapshots is not None
         rows = self._read(self._latest_states, {"ids": list(wallet_ids)})
-        events: dict[UUID, list[Any]] = {}
-        for row in rows or ():
-            mapper = self.snapshots.mapper if row["kind"] == 0 else self.mapper
-            events.setdefault(row["originator_id"], []).append(
-                mapper.to_domain_event(stored_event(row))
-            )
-        wallets: dict[UUID, Wallet] = {}
-        for wallet_id, history in events.items():
+        histories: dict[UUID, list[Any]] = {}
+        heads: dict[UUID, bytes] = {}
+        snapshot_versions: dict[UUID, int] = {}
+        for row in rows:
+            wallet_id, version = row["originator_id"], row["originator_version"]
+            if row["kind"] == 0:
+                snapshot_versions[wallet_id] = version
+                event = self.snapshots.mapper.to_domain_event(stored_event(row))
+                histories.setdefault(wallet_id, []).append(event)
+                continue
+            heads[wallet_id] = head(bytes(row["state"]))
+            if version > snapshot_versions.get(wallet_id, 0):
+                event = self.mapper.to_domain_event(stored_event(row))
+                histories.setdefault(wallet_id, []).append(event)
+        loaded: Loaded = {}
+        for wallet_id, history in histories.items():
             wallet = project_aggregate(None, history)
             if isinstance(wallet, Wallet):
-                wallets[wallet_id] = wallet
-        return wallets
+                loaded[wallet_id] = (wallet, heads.get(wallet_id))
+        return loaded
 
-    def _catch_up(self, wallets: dict[UUID, Wallet]) -> None:
+    def _catch_up(self, wallets: dict[UUID, Wallet]) -> dict[UUID, bytes]:
         """Applies to wallets (in place) the events written since they were
-        read, in one read on PostgreSQL; elsewhere, or if that read fails,
-        nothing (a conflict at the save then says they were behind)."""
+        read, in one read on PostgreSQL, and returns the heads of those it
+        advanced; elsewhere, or if that read fails, nothing (a conflict at the
+        save then says they were behind)."""
         if self._newer_events is None or not wallets:
-            return
+            return {}
         ids = list(wallets)
         versions = [wallets[i].version for i in ids]
+        heads: dict[UUID, bytes] = {}
         for row in self._read(self._newer_events, {"ids": ids, "versions": versions}):
             event = self.mapper.to_domain_event(stored_event(row))
             project_aggregate(wallets[row["originator_id"]], [event])
+            heads[row["originator_id"]] = head(bytes(row["state"]))
+        return heads
 
     def _read(self, statement: Composed, params: dict[str, Any]) -> list[Any]:
         """The rows of one read; none if it failed (see _get_many, _catch_up)."""

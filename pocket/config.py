@@ -70,6 +70,10 @@ class Settings:
         else:
             store = cls.from_url(f"sqlite:///{DEFAULT_SQLITE_FILE}", cwd)
         reads = read_store(store, environ.get("POCKET_READ_URL", "").strip())
+        timeout = environ.get(COMMIT_TIMEOUT_KEY, "").strip()
+        if timeout:
+            commit_timeout(timeout)  # Refused here, in one line, if it is bad.
+            store = replace(store, env={**store.env, COMMIT_TIMEOUT_KEY: timeout})
         return replace(
             store,
             read_env=None if reads is None else reads.env,
@@ -163,9 +167,26 @@ class Settings:
 
 # Pocket's own variables beside the library's: libpq parameters of the URL that
 # the library has no variable for, which pocket.postgres passes to every
-# connection.
+# connection; and how long a write may wait for its commit, which it applies.
 TARGET_SESSION_ATTRS_KEY = "POSTGRES_TARGET_SESSION_ATTRS"
 HOST_CONNECT_TIMEOUT_KEY = "POSTGRES_HOST_CONNECT_TIMEOUT"
+COMMIT_TIMEOUT_KEY = "POCKET_COMMIT_TIMEOUT_SECONDS"
+# Its default: a few seconds (a commit takes milliseconds when all is well).
+DEFAULT_COMMIT_TIMEOUT = 5.0
+
+
+def commit_timeout(value: str | None) -> float:
+    """POCKET_COMMIT_TIMEOUT_SECONDS: how long a write waits for its commit
+    (and for its synchronous standby) before it is answered 503; more than 0."""
+    if value is None or not value.strip():
+        return DEFAULT_COMMIT_TIMEOUT
+    duration = seconds(COMMIT_TIMEOUT_KEY, value)
+    if duration == 0:
+        msg = f"{COMMIT_TIMEOUT_KEY} must be more than 0 seconds, not {value!r}"
+        raise ConfigurationError(msg)
+    return duration
+
+
 # libpq's choices for target_session_attrs.
 SESSION_ATTRS = (
     "any",

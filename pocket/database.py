@@ -20,6 +20,8 @@ from eventsourcing.persistence import InterfaceError, OperationalError
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
+from pocket.config import DEFAULT_COMMIT_TIMEOUT
+from pocket.deadlines import CHECK_FIRST, Watchdog
 from pocket.postgres import TOKENS_LOCK, leave_server, replace_broken_connections
 
 Row = dict[str, Any]
@@ -33,20 +35,36 @@ class UnsupportedStore(RuntimeError):
 class Database:
     """Runs SQL written in PostgreSQL's placeholder style on either database."""
 
-    def __init__(self, datastore: PostgresDatastore | SQLiteDatastore) -> None:
+    def __init__(
+        self,
+        datastore: PostgresDatastore | SQLiteDatastore,
+        *,
+        watchdog: Watchdog | None = None,
+        commit_timeout: float = DEFAULT_COMMIT_TIMEOUT,
+    ) -> None:
         self.datastore = datastore
         self.dialect: Dialect = (
             "postgres" if isinstance(datastore, PostgresDatastore) else "sqlite"
         )
+        # What bounds the writes made for a request (see transaction).
+        self.watchdog = watchdog
+        self.commit_timeout = commit_timeout
 
     @classmethod
     def of(cls, app: Application[Any]) -> Database:
-        """The database behind an application's event store."""
+        """The database behind an application's event store, its writes bounded
+        as the application's are (pocket.postgres.Factory)."""
         datastore = getattr(app.factory, "datastore", None)
         if not isinstance(datastore, PostgresDatastore | SQLiteDatastore):
             msg = "Pocket's tables need SQLite or PostgreSQL, not in-memory storage."
             raise UnsupportedStore(msg)
-        return cls(datastore)
+        return cls(
+            datastore,
+            watchdog=getattr(app.factory, "watchdog", None),
+            commit_timeout=getattr(
+                app.factory, "commit_timeout", DEFAULT_COMMIT_TIMEOUT
+            ),
+        )
 
     def replace_broken_connections(self) -> None:
         """Replaces pooled connections a lost link broke (PostgreSQL's only)."""
@@ -60,15 +78,35 @@ class Database:
             leave_server(self.datastore)
 
     @contextmanager
-    def transaction(self, *, commit: bool = True) -> Iterator[Transaction]:
-        """One transaction: committed at the end, rolled back on error."""
+    def transaction(
+        self, *, commit: bool = True, bounded: bool = False
+    ) -> Iterator[Transaction]:
+        """One transaction: committed at the end, rolled back on error.
+
+        bounded, for a request's writes on PostgreSQL: the transaction, its
+        commit included, may take the commit timeout at most, and the commit
+        counts only once confirmed (see pocket.deadlines.Watchdog.write): else
+        WriteNotConfirmed, and whether it was made is not known.
+        """
+        if bounded and commit and self.watchdog is not None:
+            assert isinstance(self.datastore, PostgresDatastore)
+            with (
+                self.datastore.get_connection() as conn,
+                self.watchdog.write(conn, self.commit_timeout, CHECK_FIRST),
+                conn.transaction(),
+            ):
+                yield Transaction(conn.cursor(), self.dialect)
+            return
         with self.datastore.transaction(commit=commit) as cursor:
             # The library wraps sqlite3's cursor; its wrapper hides description.
             yield Transaction(getattr(cursor, "sqlite_cursor", cursor), self.dialect)
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        """Runs one statement in a transaction of its own and returns its rows."""
-        with self.transaction() as tx:
+    def execute(
+        self, sql: str, params: Sequence[Any] = (), *, bounded: bool = False
+    ) -> list[Row]:
+        """Runs one statement in a transaction of its own and returns its rows
+        (bounded: see transaction)."""
+        with self.transaction(bounded=bounded) as tx:
             return tx.execute(sql, params)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:

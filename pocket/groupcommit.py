@@ -10,10 +10,22 @@ another process's newer events fails as a whole, the stale wallets are reloaded
 and the batch is decided again, so a conflict costs a retry, never a wrong answer.
 A refusal (which saves nothing, so cannot conflict) is checked against the
 database before it is given.
+
+Each cached wallet keeps the SHA-256 of the stored event it was last decided or
+loaded at (its head), and a save sends it along: the database refuses, as a
+conflict, events decided on a history it does not hold (one a failover lost),
+so a stale cache costs a retry, never money that is not there.
+
+No wait is unbounded: the commit itself is interrupted past the commit timeout
+(pocket.postgres), and once a commit has been waiting STALLED_SECONDS, the
+callers waiting behind it, and new ones, are answered at once (503), so that a
+database that does not confirm writes (a synchronous standby gone) holds one of
+the server's threads, not all of them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import threading
@@ -25,8 +37,9 @@ from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, Recording
 
+from pocket.deadlines import STALLED_SECONDS, WriteNotConfirmed, WritesStalled
 from pocket.domainmodel import ConcurrencyConflict, PocketError, Wallet
 from pocket.guards import GuardsBroken, TokenGuard
 
@@ -34,6 +47,11 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 # After a conflict, how long batches read their cached wallets' newer events first.
 CONTENDED_SECONDS = 10.0
+# How often a caller waiting for its answer looks whether the commit has stalled.
+WAIT_TICK_SECONDS = 0.05
+# Wallets as a load found them, each with its head: the SHA-256 of the stored
+# state of its last event (None where the load could not tell).
+Loaded = dict[UUID, tuple[Wallet, bytes | None]]
 
 
 @dataclass(eq=False)
@@ -66,12 +84,33 @@ class Command(Generic[R]):
 
 
 @dataclass(frozen=True)
+class WritesHealth:
+    """Whether this process's writes go through: None, or since when (a Unix
+    time) they have not, and why."""
+
+    stuck_since: float | None = None
+    why: str = ""
+
+
+@dataclass(frozen=True)
 class CommitStats:
     """How commits have gone: how many batches held how many commands, and how
     many times a batch met another writer's newer events and was decided again."""
 
     batch_sizes: dict[int, int]
     retries: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one command came to in a batch."""
+
+    outcome: Any
+    failed: bool
+    # What to save beside the wallets' events (an idempotency record), if anything.
+    record: Aggregate | None = None
+    # Answered from an earlier run's record.
+    replayed: bool = False
 
 
 class Retry(Exception):
@@ -103,12 +142,13 @@ class GroupCommitter:
         has_newer_events: Callable[[Wallet], bool],
         *,
         guard_failed: Callable[[TokenGuard], BaseException] | None = None,
-        load_many: Callable[[set[UUID]], dict[UUID, Wallet]] | None = None,
-        catch_up: Callable[[dict[UUID, Wallet]], None] | None = None,
+        load_many: Callable[[set[UUID]], Loaded] | None = None,
+        catch_up: Callable[[dict[UUID, Wallet]], dict[UUID, bytes]] | None = None,
         max_batch: int = 256,
         max_attempts: int = 12,
         cache_size: int = 10_000,
         linger: float = 0.001,
+        stalled_seconds: float = STALLED_SECONDS,
     ) -> None:
         self.load = load
         # Many wallets in one read (where the store can), else one load each.
@@ -126,9 +166,18 @@ class GroupCommitter:
         self.max_batch = max_batch
         self.max_attempts = max_attempts
         self.cache_size = cache_size
-        # Wallets as this process last saved or loaded them; only the leader
-        # (one caller at a time) reads or writes it.
+        # Wallets as this process last saved or loaded them, and their heads
+        # (see the module's docstring); only the leader (one caller at a time)
+        # reads or writes them.
         self.cache: OrderedDict[UUID, Wallet] = OrderedDict()
+        self.heads: dict[UUID, bytes] = {}
+        # Since when (monotonic) the batch being committed has been committing,
+        # and after how long that counts as stalled.
+        self.committing_since: float | None = None
+        self.stalled_seconds = stalled_seconds
+        # The last batch's failure to be confirmed (a Unix time and why), until
+        # a batch goes through.
+        self.unconfirmed: tuple[float, str] | None = None
         self.lock = threading.Lock()
         self.pending: list[Command[Any]] = []
         self.leading = False
@@ -142,15 +191,23 @@ class GroupCommitter:
         self.retries = 0
 
     def run(self, command: Command[R]) -> R:
-        """Runs a command in the next group commit and returns its answer."""
+        """Runs a command in the next group commit and returns its answer.
+
+        Raises WritesStalled if the commit in flight has stalled (the command is
+        not sent), or WriteNotConfirmed if its own commit stalls (it may yet
+        be made: a resend with its key makes it exactly once).
+        """
         with self.lock:
+            if self._stalled():
+                raise WritesStalled(self._stalled_why())
             self.pending.append(command)
             lead = not self.leading
             self.leading = True
         while True:
             if lead:
                 self._lead()
-            command.done.wait()
+            else:
+                self._wait(command)
             if not command.promoted:
                 break
             # The previous leader handed the lead over: commit for the others.
@@ -161,6 +218,42 @@ class GroupCommitter:
             raise command.outcome
         result: R = command.outcome
         return result
+
+    def health(self) -> WritesHealth:
+        """Whether this process's writes go through now."""
+        with self.lock:
+            since = self.committing_since
+            if since is not None and time.monotonic() - since > self.stalled_seconds:
+                started = time.time() - (time.monotonic() - since)
+                return WritesHealth(started, "a commit has not been confirmed yet")
+            if self.unconfirmed is not None:
+                return WritesHealth(*self.unconfirmed)
+        return WritesHealth()
+
+    def _wait(self, command: Command[Any]) -> None:
+        """Waits for the answer, or the lead, for as long as commits go through."""
+        while not command.done.wait(WAIT_TICK_SECONDS):
+            with self.lock:
+                if command.done.is_set() or not self._stalled():
+                    continue
+                if command in self.pending:
+                    # Not sent: it never will be.
+                    self.pending.remove(command)
+                    raise WritesStalled(self._stalled_why())
+            # In the batch being committed: it may yet be made. The caller
+            # hears so now, and its thread is free; the commit goes on.
+            msg = "The database has not confirmed the write yet"
+            raise WriteNotConfirmed(msg)
+
+    def _stalled(self) -> bool:
+        """Whether the commit in flight has been waiting too long (under the lock)."""
+        since = self.committing_since
+        return since is not None and time.monotonic() - since > self.stalled_seconds
+
+    def _stalled_why(self) -> str:
+        assert self.committing_since is not None
+        waited = time.monotonic() - self.committing_since
+        return f"The database has not confirmed a write for {waited:.1f} s"
 
     def stop(self) -> None:
         """Reports how well commits were grouped (there is no thread to stop)."""
@@ -188,8 +281,13 @@ class GroupCommitter:
             batch = self.pending[: self.max_batch]
             del self.pending[: self.max_batch]
             waiting = len(self.pending)
-        if batch:
-            self._commit(batch)
+            self.committing_since = time.monotonic()
+        try:
+            if batch:
+                self._commit(batch)
+        finally:
+            with self.lock:
+                self.committing_since = None
         self.expected = len(batch) + waiting if len(batch) > 1 else 0
         with self.lock:
             if batch:  # Counted under the lock, so that stats() reads them whole.
@@ -231,11 +329,16 @@ class GroupCommitter:
                 pause(attempt)
                 continue
             except Exception as error:  # The database failed: every caller hears.
-                self.cache.clear()  # What was committed is not known.
+                # What was committed is not known.
+                self.cache.clear()
+                self.heads.clear()
+                if isinstance(error, WriteNotConfirmed | WritesStalled):
+                    self.unconfirmed = (time.time(), error.why)
                 for command in batch:
                     if not command.done.is_set():
                         command.fail(error)
                 return
+            self.unconfirmed = None
             return
         for command in batch:
             if not command.done.is_set():
@@ -256,56 +359,83 @@ class GroupCommitter:
         # The batch's wallets that are not cached, read at once: one read per
         # batch, whether one of its wallets is new to this process or fifty.
         missing = {i for c in live for i in c.wallet_ids if i not in self.cache}
-        wallets = self.load_many(missing) if missing and self.load_many else {}
+        loaded = self.load_many(missing) if missing and self.load_many else {}
+        wallets = {wallet_id: wallet for wallet_id, (wallet, _) in loaded.items()}
+        heads = {i: head for i, (_, head) in loaded.items() if head is not None}
         if self.catch_up and time.monotonic() < self.contended_until:
             # Other processes write these wallets too: rather than meet their
             # events as a conflict that fails the whole batch, read them first.
             cache = self.cache
             cached = {i: cache[i] for c in live for i in c.wallet_ids if i in cache}
             if cached:
-                self.catch_up(cached)
+                self.heads.update(self.catch_up(cached))
         from_cache: set[UUID] = set()
-        extra: list[Aggregate] = []
-        answers: list[tuple[Command[Any], Any, bool]] = []
-        guards: list[TokenGuard] = []
-        for command in live:
-            outcome, failed, record = self._decide(command, wallets, from_cache)
-            if record is not None:
-                extra.append(record)
-            if command.guard is not None:
-                guards.append(command.guard)
-            answers.append((command, outcome, failed))
+        decisions = [self._decide(c, wallets, from_cache) for c in live]
+        extra = [d.record for d in decisions if d.record is not None]
+        guards = [c.guard for c in live if c.guard is not None]
+        replayed = any(d.replayed for d in decisions)
         changed = [w for w in wallets.values() if w.pending_events]
-        # Every answer, a refusal or a replay too, waits for its guard: a
-        # batch that writes nothing still sends its guards to be checked.
-        if changed or extra or guards:
+        for wallet_id in from_cache:
+            if wallet_id in self.heads:
+                heads[wallet_id] = self.heads[wallet_id]
+        if changed or extra or guards or replayed:
+            priors = {w.id: heads[w.id] for w in changed if w.id in heads}
             try:
-                self.save(*changed, *extra, **({"guards": guards} if guards else {}))
+                recordings = self._save(changed, extra, guards, priors, replayed)
             except BaseException:
                 self._forget(wallets)
                 raise
+            heads.update(heads_of(recordings, wallets))
         for wallet_id, wallet in wallets.items():
-            self._remember(wallet_id, wallet)
-        for command, outcome, failed in answers:
-            if failed:
-                command.fail(outcome)
+            self._remember(wallet_id, wallet, heads.get(wallet_id))
+        for command, decision in zip(live, decisions, strict=True):
+            if decision.failed:
+                command.fail(decision.outcome)
             else:
-                command.succeed(outcome)
+                command.succeed(decision.outcome)
+
+    def _save(
+        self,
+        changed: list[Wallet],
+        extra: list[Aggregate],
+        guards: list[TokenGuard],
+        priors: dict[UUID, bytes],
+        replayed: bool,
+    ) -> Sequence[Recording[UUID]] | None:
+        """Saves a batch's events and records, with what the insert checks."""
+        kwargs: dict[str, Any] = {}
+        # Every answer, a refusal or a replay too, waits for its guard: a batch
+        # that writes nothing still sends its guards to be checked.
+        if guards:
+            kwargs["guards"] = guards
+        # The heads the changed wallets were decided at (see the module).
+        if priors:
+            kwargs["priors"] = priors
+        # An answer read from an earlier run's record counts only once the
+        # synchronous standbys have that record.
+        if replayed:
+            kwargs["confirm"] = True
+        recordings: Sequence[Recording[UUID]] | None = self.save(
+            *changed, *extra, **kwargs
+        )
+        return recordings
 
     def _decide(
         self,
         command: Command[Any],
         wallets: dict[UUID, Wallet],
         from_cache: set[UUID],
-    ) -> tuple[Any, bool, Aggregate | None]:
+    ) -> Decision:
         """One command against the batch's wallets: its outcome, whether it was
-        refused, and what to save beside its events (its idempotency record)."""
+        refused, what to save beside its events (its idempotency record), and
+        whether it was answered from an earlier run's record."""
         chosen: list[Wallet] = []
         before: list[int] | None = None
         try:
             replayed = command.replay()
             if replayed is not None:
-                return replayed, False, None  # Done before: nothing new to save.
+                # Done before: nothing new to save.
+                return Decision(replayed, failed=False, replayed=True)
             chosen = [self._wallet(i, wallets, from_cache) for i in command.wallet_ids]
             before = [len(w.pending_events) for w in chosen]
             result = command.decide(chosen)
@@ -315,13 +445,13 @@ class GroupCommitter:
                 self._forget(wallets)
                 raise Poisoned(command, error) from error
             self._check_refusal(command, wallets, from_cache)
-            return error, True, None
+            return Decision(error, failed=True)
         except Exception as error:
             self._forget(wallets)
             if before is None:
                 raise  # Loading failed (the database): the batch fails.
             raise Poisoned(command, error) from error
-        return result, False, command.record(result)
+        return Decision(result, failed=False, record=command.record(result))
 
     def _wallet(
         self, wallet_id: UUID, wallets: dict[UUID, Wallet], from_cache: set[UUID]
@@ -352,15 +482,39 @@ class GroupCommitter:
                 self._forget(wallets)
                 raise Retry
 
-    def _remember(self, wallet_id: UUID, wallet: Wallet) -> None:
+    def _remember(self, wallet_id: UUID, wallet: Wallet, head: bytes | None) -> None:
         self.cache[wallet_id] = wallet
         self.cache.move_to_end(wallet_id)
+        if head is None:
+            self.heads.pop(wallet_id, None)
+        else:
+            self.heads[wallet_id] = head
         while len(self.cache) > self.cache_size:
-            self.cache.popitem(last=False)
+            evicted, _ = self.cache.popitem(last=False)
+            self.heads.pop(evicted, None)
 
     def _forget(self, wallets: dict[UUID, Wallet]) -> None:
         for wallet_id in wallets:
             self.cache.pop(wallet_id, None)
+            self.heads.pop(wallet_id, None)
+
+
+def head(state: bytes) -> bytes:
+    """A stored event's identity, as the insert function checks it: the SHA-256
+    of its stored state (which holds its timestamp and its cause)."""
+    return hashlib.sha256(state).digest()
+
+
+def heads_of(
+    recordings: Sequence[Recording[UUID]] | None, wallets: dict[UUID, Wallet]
+) -> dict[UUID, bytes]:
+    """The heads of the wallets a save just recorded, from its recordings."""
+    heads: dict[UUID, bytes] = {}
+    for recording in recordings or ():
+        wallet_id = recording.notification.originator_id
+        if isinstance(wallet_id, UUID) and wallet_id in wallets:
+            heads[wallet_id] = head(recording.notification.state)
+    return heads
 
 
 def pause(attempt: int) -> None:

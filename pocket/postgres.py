@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from eventsourcing.persistence import (
@@ -39,7 +40,18 @@ from psycopg.errors import UndefinedFunction
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier, Literal
 
-from pocket.config import HOST_CONNECT_TIMEOUT_KEY, TARGET_SESSION_ATTRS_KEY
+from pocket.config import (
+    COMMIT_TIMEOUT_KEY,
+    HOST_CONNECT_TIMEOUT_KEY,
+    TARGET_SESSION_ATTRS_KEY,
+    commit_timeout,
+)
+from pocket.deadlines import (
+    Watch,
+    Watchdog,
+    WriteNotConfirmed,
+    WritesStalled,
+)
 from pocket.guards import GuardsBroken, TokenGuard, parse_user_ids
 
 # The advisory lock between committing commands (shared, in the insert function)
@@ -52,6 +64,13 @@ INSERT_ATTEMPTS = 2
 SETTLE_SECONDS = 5.0
 # The SQLSTATE the insert function raises when a command's guard does not hold.
 GUARD_SQLSTATE = "PKG01"
+# A statement cancelled (by the watchdog, past its deadline): it was rolled back.
+CANCELED_SQLSTATE = "57014"
+# A small transaction of Pocket's own that writes WAL, so that its commit waits
+# for the synchronous standbys as any write's does: once it returns (without a
+# WARNING), they have everything committed before it. (txid_current() alone
+# would not wait: a transaction that writes no WAL skips the wait.)
+CONFIRM_CALL = "pg_logical_emit_message(true, 'pocket', 'confirm')"
 
 # Connection settings Pocket chooses unless the environment says otherwise.
 POSTGRES_DEFAULTS = {
@@ -63,6 +82,21 @@ POSTGRES_DEFAULTS = {
 # one, a server that drops packets would hold every new connection for minutes,
 # and the servers after it in a multi-host URL would never be tried.
 HOST_CONNECT_TIMEOUT = "2"
+
+
+# A link to a server that has gone silent (a partition, a dead machine) is found
+# dead within seconds, not the kernel's minutes to hours: keep-alive probes after
+# 3 s of silence, every second, and the link dropped once nothing it sent (data
+# or probe) has been acknowledged for 6 s. A read in flight when the link goes
+# silent fails within about 6 s; watched writes are interrupted sooner, at the
+# commit timeout (see pocket.deadlines).
+DEAD_LINK_OPTIONS = {
+    "keepalives": 1,
+    "keepalives_idle": 3,
+    "keepalives_interval": 1,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 6_000,
+}
 
 
 # The SQLSTATE of a statement refused because the server takes no writes (a
@@ -192,7 +226,8 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
         self.create_insert_function_statement = SQL(
             "CREATE OR REPLACE FUNCTION {function}("
             "ids {id_type}[], versions bigint[], topics text[], states bytea[], "
-            "guard_users bigint[], guard_hashes text[]) "
+            "guard_users bigint[], guard_hashes text[], "
+            "prior_ids {id_type}[], prior_hashes bytea[], confirm boolean) "
             "RETURNS SETOF bigint LANGUAGE plpgsql AS $$ "
             "DECLARE broken bigint[]; BEGIN "
             "IF cardinality(guard_users) > 0 THEN "
@@ -204,20 +239,28 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
             "IF broken IS NOT NULL THEN RAISE EXCEPTION 'Tokens replaced' "
             "USING ERRCODE = {guard_state}, DETAIL = array_to_string(broken, ','); "
             "END IF; END IF; "
-            "IF cardinality(ids) = 0 THEN RETURN; END IF; "
+            # Answers given from what is stored (a keyed command's earlier
+            # result) count only once the synchronous standbys have it too.
+            "IF cardinality(ids) = 0 THEN "
+            "IF confirm THEN PERFORM {confirm_call}; END IF; RETURN; END IF; "
             "PERFORM set_config('lock_timeout', {timeout}, true); "
             "LOCK TABLE {table} IN EXCLUSIVE MODE; "
-            # Each aggregate's first new version must follow one stored: a
-            # process whose cached wallet holds an event the database lost (an
-            # asynchronous standby promoted) would otherwise write on top of
-            # it and leave a gap. Refused as a conflict, the batch is decided
-            # again from the wallets as stored.
+            # Each aggregate's first new version must follow the stored event
+            # it was decided on: the one whose SHA-256 the caller gives (else,
+            # when it knows none, any stored one). A process whose cached
+            # wallet holds an event the database lost (a failover) would
+            # otherwise decide on money that is not there, and write on top of
+            # it, or of another process's event of the same number. Refused as
+            # a conflict, the batch is decided again from the wallets as stored.
             "IF EXISTS (SELECT 1 FROM (SELECT n.id, min(n.version) AS version "
             "FROM unnest(ids, versions) AS n(id, version) GROUP BY n.id) AS f "
+            "LEFT JOIN unnest(prior_ids, prior_hashes) AS p(id, hash) "
+            "ON p.id = f.id "
             "WHERE f.version > 1 AND NOT EXISTS (SELECT 1 FROM {table} AS e "
             "WHERE e.originator_id = f.id "
-            "AND e.originator_version = f.version - 1)) THEN "
-            "RAISE EXCEPTION 'A new version does not follow a stored one' "
+            "AND e.originator_version = f.version - 1 "
+            "AND (p.hash IS NULL OR sha256(e.state) = p.hash))) THEN "
+            "RAISE EXCEPTION 'A new version does not follow the stored one' "
             "USING ERRCODE = 'unique_violation'; END IF; "
             "NOTIFY {channel}; "
             "RETURN QUERY INSERT INTO {table} "
@@ -233,9 +276,11 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
             timeout=Literal(f"{datastore.lock_timeout}s"),
             table=Identifier(datastore.schema, events_table_name),
             channel=Identifier(self.channel_name),
+            confirm_call=SQL(CONFIRM_CALL),
         )
         self.insert_call_statement = SQL(
-            "SELECT * FROM {function}(%s, %s, %s, %s, %s, %s) AS notification_id"
+            "SELECT * FROM {function}(%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "AS notification_id"
         ).format(function=function)
         # Ends a backend (if it is still that backend) and says whether it was
         # still there; pg_stat_activity forgets a backend only after its
@@ -250,6 +295,10 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
         # Whether Pocket may create its insert function (the library's
         # CREATE_TABLE setting, which the factory passes on).
         self.may_create_function = True
+        # How long a write may wait for its commit, and who interrupts it then
+        # (the factory passes its own on).
+        self.commit_timeout = commit_timeout(None)
+        self.watchdog = Watchdog()
         self.find_written_statement = SQL(
             "SELECT originator_id, originator_version, notification_id, state "
             "FROM {table} WHERE (originator_id, originator_version) IN "
@@ -281,24 +330,52 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
     ) -> Sequence[int] | None:
         """Inserts events in one transaction; returns their notification ids.
 
+        Besides the events, kwargs may give: guards (checked first, see
+        pocket.guards); priors, the SHA-256 of the stored event each aggregate's
+        new events were decided on (see the insert function); and confirm, to
+        make sure, even with no events to insert, that the synchronous standbys
+        have everything committed so far (an answer read from the store).
+
+        A write is answered only once its commit is confirmed: a commit whose
+        wait for the synchronous standby was cut short (by the watchdog, past
+        the commit timeout, or by anyone: the server then sends a WARNING) is
+        on the primary alone, and raises WriteNotConfirmed.
+
         A link lost after the statement was sent leaves its outcome unknown: the
         server may have committed before the reply was lost, or may still be
-        waiting for the table lock and commit later. So before anything is
-        looked at or retried, the statement's backend is terminated and waited
-        for: once it has gone, its transaction has ended one way or the other,
-        for good. Only then does a look at the table say whether the events are
-        in, and only when they are not is the insert tried once more.
+        waiting (for the table lock, or for the standby) and commit later. So
+        before anything is looked at or retried, the statement's backend is
+        terminated and waited for: once it has gone, its transaction has ended
+        one way or the other, for good. Only then does a look at the table say
+        whether the events are in; if they are, they count only once the
+        standbys are known to have them too (_confirm); if not, the insert is
+        tried once more.
         """
         if kwargs.get("tracking") is not None:
             # Not Pocket's application recorder's job (it records no tracking).
             raise NotImplementedError
         guards: Sequence[TokenGuard] = kwargs.get("guards") or ()
-        if not stored_events and not guards:
+        priors: Mapping[UUID, bytes] = kwargs.get("priors") or {}
+        confirm = bool(kwargs.get("confirm"))
+        if not stored_events and not guards and not confirm:
             return []
+        arrays = (
+            [e.originator_id for e in stored_events],
+            [e.originator_version for e in stored_events],
+            [e.topic for e in stored_events],
+            [e.state for e in stored_events],
+            [g.user_id for g in guards],
+            [g.token_hash for g in guards],
+            list(priors),
+            list(priors.values()),
+            confirm,
+        )
         for attempt in range(1, INSERT_ATTEMPTS + 1):
             in_doubt: list[Backend] = []
             try:
-                return self._insert(stored_events, guards, in_doubt)
+                return self._insert(arrays, in_doubt)
+            except (WriteNotConfirmed, WritesStalled):
+                raise  # Operational errors, but never to be tried again blind.
             except (InterfaceError, OperationalError):
                 if attempt == INSERT_ATTEMPTS:
                     raise
@@ -307,6 +384,7 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
                     self._settle(in_doubt[0])
                     written = self._already_written(stored_events)
                     if written is not None:
+                        self._confirm()
                         return written
                 else:
                     # Refused before it ran (no connection, a lock timeout):
@@ -314,44 +392,30 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
                     time.sleep(0.1)
         raise AssertionError  # pragma: no cover
 
-    def _insert(
-        self,
-        stored_events: Sequence[StoredEvent],
-        guards: Sequence[TokenGuard],
-        in_doubt: list[Backend],
-    ) -> list[int]:
-        """One call of the insert function.
+    def _insert(self, arrays: tuple[Any, ...], in_doubt: list[Backend]) -> list[int]:
+        """One call of the insert function, watched.
 
         On failure, in_doubt names the backend whose transaction may yet commit:
         the one the call was sent to, unless that backend answered with an error
         (an implicit transaction that fails is rolled back).
         """
-        arrays = (
-            [e.originator_id for e in stored_events],
-            [e.originator_version for e in stored_events],
-            [e.topic for e in stored_events],
-            [e.state for e in stored_events],
-            [g.user_id for g in guards],
-            [g.token_hash for g in guards],
-        )
         for attempt in range(2):
             try:
                 with self.datastore.get_connection() as conn:
                     backend = self._backend_of(conn)
-                    try:
-                        with conn.cursor() as curs:
-                            curs.execute(
-                                self.insert_call_statement, arrays, prepare=True
-                            )
-                            return [row["notification_id"] for row in curs.fetchall()]
-                    except psycopg.Error as error:
-                        if error.sqlstate == GUARD_SQLSTATE:
-                            # Refused before anything was written.
-                            detail = error.diag.message_detail
-                            raise GuardsBroken(parse_user_ids(detail)) from None
-                        if conn.broken or conn.closed:
-                            in_doubt.append(backend)
-                        raise
+                    with self._watched(conn) as watch:
+                        try:
+                            with conn.cursor() as curs:
+                                curs.execute(
+                                    self.insert_call_statement, arrays, prepare=True
+                                )
+                                rows = curs.fetchall()
+                        except psycopg.Error as error:
+                            self._refused(error, watch)
+                            if conn.broken or conn.closed:
+                                in_doubt.append(backend)
+                            raise
+                    return [row["notification_id"] for row in rows]
             except ProgrammingError as error:
                 # The server refused the call before running it: nothing was
                 # inserted. Tables made without Pocket lack the function.
@@ -359,6 +423,45 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
                     raise
             self._create_insert_function()
         raise AssertionError  # pragma: no cover
+
+    def _refused(self, error: psycopg.Error, watch: Watch) -> None:
+        """Raises what a failed insert means, where it means more than its error."""
+        if error.sqlstate == GUARD_SQLSTATE:
+            # Refused before anything was written.
+            detail = error.diag.message_detail
+            raise GuardsBroken(parse_user_ids(detail)) from None
+        if not watch.fired:
+            return
+        seconds = f"{self.commit_timeout:g} s"
+        if error.sqlstate == CANCELED_SQLSTATE:
+            # Cancelled before its commit (waiting for the table lock, behind a
+            # commit that waits for the standby): rolled back.
+            msg = f"The database did not take the write within {seconds}"
+            raise WritesStalled(msg) from error
+        # The cancel did not reach the server, and the link was cut: the write
+        # may still commit. Its time is up, so it is not settled here.
+        msg = f"The database did not answer within {seconds}"
+        raise WriteNotConfirmed(msg) from error
+
+    def _confirm(self) -> None:
+        """Returns once the synchronous standbys have everything committed so far
+        (at once where there are none); raises WriteNotConfirmed if that is not
+        known within the commit timeout."""
+        try:
+            with self.datastore.get_connection() as conn, self._watched(conn):
+                conn.execute(f"SELECT {CONFIRM_CALL}")
+        except WriteNotConfirmed:
+            raise
+        except PersistenceError as error:
+            msg = f"Could not make sure the standby has the write ({error})"
+            raise WriteNotConfirmed(msg) from error
+
+    def _watched(
+        self, conn: Connection[Any]
+    ) -> contextlib.AbstractContextManager[Watch]:
+        """What the block writes on conn, bounded by the commit timeout (see
+        Watchdog.write)."""
+        return self.watchdog.write(conn, self.commit_timeout)
 
     def _backend_of(self, conn: Connection[Any]) -> Backend:
         """Which server process a pooled connection talks to (asked once)."""
@@ -437,11 +540,13 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
 
 def libpq_options(env: Mapping[str, str]) -> dict[str, Any]:
     """The libpq parameters Pocket adds to the library's (dbname, host, port,
-    user, password): the URL's target_session_attrs, if any, and connect_timeout.
-    Pocket's own variables, see pocket.config."""
+    user, password): the URL's target_session_attrs, if any, connect_timeout, and
+    TCP settings that find a dead link within seconds. Pocket's own variables,
+    see pocket.config."""
     get = env.get
     options: dict[str, Any] = {
-        "connect_timeout": int(get(HOST_CONNECT_TIMEOUT_KEY) or HOST_CONNECT_TIMEOUT)
+        "connect_timeout": int(get(HOST_CONNECT_TIMEOUT_KEY) or HOST_CONNECT_TIMEOUT),
+        **DEAD_LINK_OPTIONS,
     }
     attrs = get(TARGET_SESSION_ATTRS_KEY)
     if attrs:
@@ -465,12 +570,18 @@ class Factory(PostgresFactory):
         kwargs = self.datastore.pool.kwargs
         assert isinstance(kwargs, dict)
         kwargs.update(libpq_options(self.env))
+        # Shared by the recorder and Pocket's own tables (pocket.database).
+        self.commit_timeout = commit_timeout(self.env.get(COMMIT_TIMEOUT_KEY))
+        self.watchdog = Watchdog()
 
     def application_recorder(self) -> ApplicationRecorder:
-        """The events recorder, told whether it may create its insert function."""
+        """The events recorder, told whether it may create its insert function,
+        how long a write may wait for its commit, and who interrupts it then."""
         recorder = super().application_recorder()
         assert isinstance(recorder, ApplicationRecorder)
         recorder.may_create_function = self.env_create_table()
+        recorder.commit_timeout = self.commit_timeout
+        recorder.watchdog = self.watchdog
         return recorder
 
 
@@ -478,7 +589,9 @@ def latest_states_statement(
     datastore: PostgresDatastore, events_table: str, snapshots_table: str
 ) -> Composed:
     """One statement for many aggregates' current states: each one's latest
-    snapshot (kind 0) and its events after it (kind 1), in order."""
+    snapshot (kind 0) and its events from the snapshot's own on (kind 1), in
+    order. The event the snapshot was taken at is read for its identity (the
+    aggregate's head, see pocket.groupcommit), not applied again."""
     # LATERAL subqueries, so that each aggregate's latest snapshot and its
     # events after it are found by index ranges, however long its history.
     return SQL(
@@ -493,7 +606,7 @@ def latest_states_statement(
         "SELECT 1, e.originator_id, e.originator_version, e.topic, e.state "
         "FROM snap CROSS JOIN LATERAL (SELECT originator_id, originator_version, "
         "topic, state FROM {events} WHERE originator_id = snap.originator_id "
-        "AND originator_version > coalesce(snap.originator_version, 0)) AS e "
+        "AND originator_version >= coalesce(snap.originator_version, 0)) AS e "
         "ORDER BY originator_id, kind, originator_version"
     ).format(
         id_type=Identifier(datastore.originator_id_type),

@@ -68,6 +68,7 @@ class UserStore:
             "(name, wallet_id, wallet_opened, created_at, updated_at, token_hash)"
             " VALUES (%s, %s, false, %s, %s, %s) RETURNING *",
             [name, wallet_id, now, now, token_hash],
+            bounded=True,
         )
         return to_user(rows[0])
 
@@ -85,7 +86,7 @@ class UserStore:
         if replacing is not None:
             sql += " AND token_hash = %s"
             params.append(replacing)
-        with self.db.transaction() as tx:
+        with self.db.transaction(bounded=True) as tx:
             tx.lock_tokens()
             tx.execute(sql, params)
             return tx.rowcount == 1
@@ -114,7 +115,9 @@ class UserStore:
     def mark_wallet_opened(self, user_id: int) -> None:
         """Records that the user's wallet exists in the event store."""
         self.db.execute(
-            "UPDATE users SET wallet_opened = true WHERE id = %s", [user_id]
+            "UPDATE users SET wallet_opened = true WHERE id = %s",
+            [user_id],
+            bounded=True,
         )
 
     def pending_wallets(self, limit: int = 1000) -> list[User]:

@@ -13,6 +13,7 @@ from eventsourcing.persistence import InterfaceError, OperationalError, Persiste
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from pocket.deadlines import RESEND, WriteNotConfirmed, WritesStalled
 from pocket.domainmodel import PocketError
 from pocket.postgres import refused_as_read_only
 from pocket.web.context import service
@@ -83,8 +84,13 @@ def http_error(error: HTTPException) -> tuple[Response, int]:
 
 
 def persistence_error(error: PersistenceError) -> tuple[Response, int]:
-    """The database could not be reached, or refused a write as read-only (a
-    failover under way): 503, the client may retry."""
+    """The database could not be reached, refused a write as read-only (a
+    failover under way), or did not confirm a write in time: 503, the client may
+    retry."""
+    if isinstance(error, WriteNotConfirmed | WritesStalled):
+        # The database answers, but does not confirm writes (its synchronous
+        # standby is gone, say): reads go on, so the gate stays open.
+        return unavailable(str(error))
     if refused_as_read_only(error):
         # Nothing was written. The pool leaves that server: the next requests
         # connect to the primary, or meet the gate while there is none.
@@ -95,10 +101,12 @@ def persistence_error(error: PersistenceError) -> tuple[Response, int]:
         service().gate.trip()
     message = "The database is unavailable; try again shortly."
     if request.method == "POST":
-        message += (
-            " Whether the change was made is not known: send it again with"
-            " the same Idempotency-Key, and it is made exactly once."
-        )
+        message += f" {RESEND}"
+    return unavailable(message)
+
+
+def unavailable(message: str) -> tuple[Response, int]:
+    """A 503 the client may retry a second later."""
     response, status = api_error(ServiceUnavailable(message))
     response.headers["Retry-After"] = "1"
     return response, status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -170,20 +171,28 @@ def test_a_batch_reads_its_uncached_wallets_in_one_read(
     writer = Pocket(env=dict(postgres_settings.env))
     short = writer.create_wallet("short")
     long = writer.create_wallet("long")  # snapshots at 100 and 200, events after
+    snapped = writer.create_wallet("snapped")  # a snapshot at 100, nothing after
     writer.add_money(short, Decimal("1.10"), "API")
     for _ in range(230):
         writer.add_money(long, Decimal("0.01"), "API")
     writer.draw_money(long, Decimal("0.05"), "ATM")
+    for _ in range(99):
+        writer.add_money(snapped, Decimal("0.01"), "API")
     writer.close()
     cold = Pocket(env=dict(postgres_settings.env))  # a new process: nothing cached
     try:
         missing = uuid4()
-        read = cold._get_many({short, long, missing})
-        assert set(read) == {short, long}  # what does not exist is left out
-        for wallet_id, wallet in read.items():
+        read = cold._get_many({short, long, snapped, missing})
+        assert set(read) == {short, long, snapped}  # what does not exist is left out
+        for wallet_id, (wallet, head) in read.items():
             loaded = cold._get(wallet_id)
             assert (wallet.balance, wallet.version) == (loaded.balance, loaded.version)
-        assert (read[long].balance, read[long].version) == (Decimal("2.25"), 232)
+            # Each comes with its head: the SHA-256 of its last stored event,
+            # read even when a snapshot stands for it.
+            (last,) = cold.recorder.select_events(wallet_id, gt=wallet.version - 1)
+            assert head == hashlib.sha256(last.state).digest()
+        assert (read[long][0].balance, read[long][0].version) == (Decimal("2.25"), 232)
+        assert read[snapped][0].version == 100
     finally:
         cold.close()
 

@@ -17,6 +17,7 @@ import pytest
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, OperationalError
 
+from pocket.deadlines import WriteNotConfirmed
 from pocket.domainmodel import (
     Cause,
     CommandRecord,
@@ -40,6 +41,11 @@ class Store:
         self.loads: Counter[UUID] = Counter()
         self.checks = 0  # how often has_newer_events was asked
         self.faults: dict[UUID, list[Exception]] = {}
+        # What each save was asked to check beside the aggregates (guards,
+        # priors, confirm), and an error the next save with nothing to save
+        # raises (a confirmation that fails).
+        self.save_kwargs: list[dict[str, Any]] = []
+        self.confirm_fault: Exception | None = None
         self.lock = threading.Lock()
 
     # What the committer is given
@@ -51,9 +57,12 @@ class Store:
             assert isinstance(wallet, Wallet)
             return copy.deepcopy(wallet)
 
-    def save(self, *aggregates: Aggregate) -> None:
+    def save(self, *aggregates: Aggregate, **kwargs: Any) -> None:
         with self.lock:
             self.saves.append([a.id for a in aggregates])
+            self.save_kwargs.append(kwargs)
+            if not aggregates and self.confirm_fault is not None:
+                raise self.confirm_fault
             # As Pocket.save does, events leave the aggregates before the insert.
             changes = [(a, a.collect_events()) for a in aggregates]
             for aggregate in aggregates:
@@ -377,6 +386,28 @@ def test_a_replayed_command_is_answered_from_its_record_and_saves_nothing(
     assert decided == []
     assert store.saves == [[b]]
     assert store.loads[a] == 0
+
+
+def test_a_replay_alone_is_answered_only_once_the_store_confirms_its_record(
+    committer: GroupCommitter, store: Store
+) -> None:
+    a = store.wallet()
+    replayed = command([a], lambda _: None, replay=lambda: Decimal("42.00"))
+    assert committer.run(replayed) == Decimal("42.00")
+    # Nothing to save, but the save is still made, to confirm: the record read
+    # may be on the primary alone (a commit whose standby wait was cut short).
+    assert store.saves == [[]]
+    assert store.save_kwargs == [{"confirm": True}]
+
+
+def test_a_replay_whose_record_is_not_confirmed_is_not_answered(
+    committer: GroupCommitter, store: Store
+) -> None:
+    a = store.wallet()
+    store.confirm_fault = WriteNotConfirmed("The standby did not answer")
+    replayed = command([a], lambda _: None, replay=lambda: Decimal("42.00"))
+    with pytest.raises(WriteNotConfirmed):
+        committer.run(replayed)
 
 
 def test_a_commands_record_is_saved_with_its_events(
