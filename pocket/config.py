@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -181,7 +182,7 @@ def commit_timeout(value: str | None) -> float:
     if value is None or not value.strip():
         return DEFAULT_COMMIT_TIMEOUT
     duration = seconds(COMMIT_TIMEOUT_KEY, value)
-    if duration == 0:
+    if not 0 < duration < math.inf:
         msg = f"{COMMIT_TIMEOUT_KEY} must be more than 0 seconds, not {value!r}"
         raise ConfigurationError(msg)
     return duration

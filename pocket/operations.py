@@ -30,6 +30,7 @@ from pocket.walletrecords import (
     record_from_row,
     table_of,
 )
+from pocket.writes import format_writes
 
 Out = Callable[[str], None]
 log = logging.getLogger(__name__)
@@ -185,6 +186,8 @@ def format_status(report: dict[str, Any]) -> str:
     lines = [f"Database: {report['database']}"] if "database" in report else []
     if report.get("servers"):
         lines += format_replication(report["servers"])
+    if report.get("writes"):
+        lines.append(format_writes(report["writes"]))
     if report.get("reads"):
         lines.append(format_reads(report["reads"]))
     for p in report["projections"]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from http import HTTPStatus
+from typing import Any
 from uuid import uuid4
 
 from pocket.application import (
@@ -29,6 +30,7 @@ from pocket.runner import PocketRunner
 from pocket.tokens import TokenCache, hash_token, new_token
 from pocket.users import TokenRevoked, User, UserNotFound, UserStore
 from pocket.walletrecords import WalletRecord
+from pocket.writes import writes_report
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,11 @@ class PocketService:
         """Raises, as a request would meet it, unless the database answers now."""
         self.gate.check()
         self.users.db.query("SELECT 1 AS ok")
+
+    def writes(self) -> dict[str, Any]:
+        """Whether writes are being confirmed now, and if not, since when and
+        why (pocket.writes)."""
+        return writes_report(self.pocket.writes_health, self.users.db)
 
     # Who is asking
 

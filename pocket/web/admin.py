@@ -16,8 +16,8 @@ bp = Blueprint("admin", __name__)
 @bp.get("/admin/status")
 @access(Access.ADMIN)
 def admin_status() -> Response:
-    """The projections as `pocket status --json` reports them, the 503 gate and
-    the last `pocket verify` (admin)."""
+    """The projections as `pocket status --json` reports them, the 503 gate,
+    whether writes are being confirmed, and the last `pocket verify` (admin)."""
     pocket_service = service()
     try:
         report = status(pocket_service.pocket)
@@ -32,5 +32,6 @@ def admin_status() -> Response:
         gate={"open": not pocket_service.gate.down.is_set()},
         projections=report["projections"],
         reads=pocket_service.reads.state(),
+        writes=pocket_service.writes(),
         verify=None if verification is None else verification.as_json(),
     )

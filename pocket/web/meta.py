@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from pocket.web.auth import Access, access
 from pocket.web.context import service
+from pocket.web.errors import ServiceUnavailable
 from pocket.web.openapi import openapi_document
 
 bp = Blueprint("meta", __name__)
@@ -23,8 +24,17 @@ def health() -> Response:
 @bp.get("/health/ready")
 @access(Access.PUBLIC)
 def ready() -> Response:
-    """Ready to serve: the database answers (else 503, as any request would get)."""
+    """Ready to serve: the database answers (else 503, as any request would get)
+    and confirms writes (else 503, saying why: reads are still served)."""
     service().check_database()
+    writes = service().writes()
+    if not writes["confirmed"]:
+        since = writes["stuck_since"]
+        raise ServiceUnavailable(
+            f"Writes are not being confirmed: {writes['why']}"
+            + (f", since {since}" if since else "")
+            + ". Reads are served; writes are answered 503 until this clears."
+        )
     return jsonify(status="ready")
 
 

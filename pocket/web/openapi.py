@@ -286,6 +286,44 @@ SCHEMAS: dict[str, Schema] = {
                 ),
                 "oneOf": [ref("Reads"), {"type": "null"}],
             },
+            "writes": ref("Writes"),
+        }
+    ),
+    "Writes": obj(
+        {
+            "confirmed": {
+                "type": "boolean",
+                "description": (
+                    "Whether the database confirms writes now. False while a "
+                    "commit waits for a synchronous standby that is not there: "
+                    "writes are then answered 503, reads still served."
+                ),
+            },
+            "stuck_since": {
+                **TIMESTAMP,
+                "type": ["string", "null"],
+                "description": "When this server's writes stopped being confirmed.",
+            },
+            "why": {"type": ["string", "null"], "description": "Why, for a person."},
+            "database": {
+                "description": "What the primary says (null on SQLite).",
+                "oneOf": [ref("CommitWaits"), {"type": "null"}],
+            },
+        }
+    ),
+    "CommitWaits": obj(
+        {
+            "synchronous_standby_names": {"type": "string"},
+            "synchronous_commit": {"type": "string"},
+            "synchronous_standbys_streaming": {
+                "type": ["integer", "null"],
+                "description": "null when the role cannot see them (pg_monitor).",
+            },
+            "commits_waiting": {
+                "type": "integer",
+                "description": "Sessions whose commit waits for a standby now.",
+            },
+            "oldest_wait_seconds": {"type": "number"},
         }
     ),
     "Reads": obj(
@@ -473,12 +511,19 @@ def openapi_document() -> dict[str, Any]:
                 )
             },
             "/health/ready": {
-                "get": operation(
-                    "Ready to serve: the database answers (it is asked)",
-                    ("200", "Ready.", "Ready"),
-                    ("503",),
-                    secured=False,
-                )
+                "get": {
+                    **operation(
+                        "Ready to serve: the database answers and confirms writes",
+                        ("200", "Ready.", "Ready"),
+                        ("503",),
+                        secured=False,
+                    ),
+                    "description": (
+                        "503 while the database cannot be reached, and while it "
+                        "does not confirm writes (a synchronous standby gone): "
+                        "the message says why. Reads are still served then."
+                    ),
+                }
             },
             "/metrics": {
                 "get": {

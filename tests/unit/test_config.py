@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from eventsourcing.utils import Environment
 
-from pocket.config import ConfigurationError, Settings
+from pocket.config import ConfigurationError, Settings, commit_timeout
 from pocket.database import connect_kwargs
 from pocket.postgres import Factory, libpq_options
 
@@ -166,7 +166,40 @@ def test_every_connection_gets_the_urls_libpq_options() -> None:
 
 def test_a_single_server_waits_two_seconds_for_a_connection() -> None:
     settings = Settings.from_url("postgresql://ann@db1/wallets")
-    assert libpq_options(settings.env) == {"connect_timeout": 2}
+    assert libpq_options(settings.env)["connect_timeout"] == 2
+
+
+def test_every_connection_finds_a_silent_link_dead_within_seconds() -> None:
+    options = libpq_options(Settings.from_url("postgresql://ann@db1/wallets").env)
+    # Keep-alive probes after 3 s of silence, and the link dropped once what it
+    # sent has gone unacknowledged for 6 s: not the kernel's two hours.
+    assert options["keepalives"] == 1
+    assert options["keepalives_idle"] == 3
+    assert options["tcp_user_timeout"] == 6000
+
+
+def test_the_commit_timeout_is_five_seconds_unless_set() -> None:
+    assert commit_timeout(None) == 5.0
+    settings = Settings.from_environ(
+        {
+            "POCKET_DATABASE_URL": "postgresql://ann@db1/wallets",
+            "POCKET_COMMIT_TIMEOUT_SECONDS": "2.5",
+        }
+    )
+    assert commit_timeout(settings.env["POCKET_COMMIT_TIMEOUT_SECONDS"]) == 2.5
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "nan", "inf"])
+def test_a_commit_timeout_that_is_not_a_positive_duration_is_refused(
+    value: str,
+) -> None:
+    with pytest.raises(ConfigurationError, match="POCKET_COMMIT_TIMEOUT_SECONDS"):
+        Settings.from_environ(
+            {
+                "POCKET_DATABASE_URL": "postgresql://ann@db1/wallets",
+                "POCKET_COMMIT_TIMEOUT_SECONDS": value,
+            }
+        )
 
 
 # POCKET_READ_URL: the reads that may lag a little, on a replica

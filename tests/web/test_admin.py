@@ -28,9 +28,19 @@ def test_the_admin_sees_what_pocket_status_reports(
     answer = client.get("/admin/status", headers=ADMIN)
     assert answer.status_code == 200
     body = answer.get_json()
-    assert list(body) == ["database", "gate", "projections", "reads", "verify"]
+    assert list(body) == [
+        "database",
+        "gate",
+        "projections",
+        "reads",
+        "writes",
+        "verify",
+    ]
     # Without POCKET_READ_URL every read goes to the primary.
     assert body["reads"] is None
+    # With no synchronous standby to wait for, writes are confirmed.
+    assert body["writes"]["confirmed"] is True
+    assert body["writes"]["why"] is None
     assert body["database"] == service.settings.description
     assert body["gate"] == {"open": True}
     report = status(service.pocket)["projections"]

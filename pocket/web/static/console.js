@@ -129,6 +129,7 @@ function failed(why) {
 function showStatus(status, at) {
   $("database").textContent = status.database;
   showGate(status.gate.open);
+  showWrites(status.writes);
   $("projection-list").replaceChildren(...status.projections.map(projectionFacts));
   showVerify(status.verify);
   showReads(status.reads);
@@ -147,6 +148,20 @@ function showReads(reads) {
   } else {
     const kind = reads.standby ? "standby" : "read server";
     line.textContent = `Read from the ${kind} ${reads.server}, ${reads.lag_seconds.toFixed(1)} s behind the primary (at most ${reads.max_lag_seconds} s).`;
+  }
+}
+
+// Whether the database confirms writes (a synchronous standby gone stops them).
+function showWrites(writes) {
+  const badge = $("writes");
+  badge.textContent = writes.confirmed ? "confirmed" : "stuck: answering 503";
+  badge.className = `badge ${writes.confirmed ? "good" : "bad"}`;
+  badge.dataset.confirmed = String(writes.confirmed);
+  const why = $("writes-why");
+  why.hidden = writes.confirmed;
+  if (!writes.confirmed) {
+    const since = writes.stuck_since ? ` since ${TIME.format(new Date(writes.stuck_since))}` : "";
+    why.textContent = `Writes are not being confirmed${since}: ${writes.why}. Reads are still served.`;
   }
 }
 
