@@ -101,6 +101,18 @@ class Api:
         body: Any = None,
         headers: Mapping[str, str] | None = None,
     ) -> tuple[int, dict[str, Any]]:
+        status, answer, _ = self.exchange(method, path, body, headers)
+        return status, answer
+
+    def exchange(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 30,
+    ) -> tuple[int, dict[str, Any], Mapping[str, str]]:
+        """A request's status, JSON body and headers."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(  # noqa: S310 - the URL is our own server
             self.base_url + path, data=data, method=method, headers=dict(headers or {})
@@ -110,10 +122,11 @@ class Api:
         if self.token is not None:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-                return response.status, json.loads(response.read())
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+                answer = json.loads(response.read())
+                return response.status, answer, dict(response.headers.items())
         except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
+            return error.code, json.loads(error.read()), dict(error.headers.items())
 
     def post(
         self, path: str, body: Any, headers: Mapping[str, str] | None = None
