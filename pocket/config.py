@@ -14,9 +14,12 @@ from urllib.parse import unquote
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from pocket.ratelimit import PERIODS, Rate
+
 DEFAULT_SQLITE_FILE = "pocket.db"
 MIN_ADMIN_TOKEN_LENGTH = 16
 LOG_FORMATS = ("text", "json")
+DEFAULT_SIGNUP_RATE = "10/minute"
 SQLITE_MODULE = "eventsourcing.sqlite"
 POSTGRES_MODULE = "eventsourcing.postgres"
 
@@ -36,6 +39,10 @@ class Settings:
     admin_token: str | None = None
     # Whether anyone may sign up (POST /users) without the admin token.
     open_signup: bool = True
+    # How often one client address may sign up without it (None: no limit).
+    signup_rate: Rate | None = field(
+        default_factory=lambda: signup_rate(DEFAULT_SIGNUP_RATE)
+    )
     # How long a checked token is trusted without asking the database again.
     token_cache_seconds: float = 2.0
     # Where reads that may be a little stale go (POCKET_READ_URL), as the
@@ -85,6 +92,9 @@ class Settings:
             ),
             admin_token=admin_token(environ.get("POCKET_ADMIN_TOKEN", "")),
             open_signup=signup(environ.get("POCKET_SIGNUP", "open")),
+            signup_rate=signup_rate(
+                environ.get("POCKET_SIGNUP_RATE", DEFAULT_SIGNUP_RATE)
+            ),
             token_cache_seconds=seconds(
                 "POCKET_TOKEN_CACHE_SECONDS",
                 environ.get("POCKET_TOKEN_CACHE_SECONDS", "2"),
@@ -319,6 +329,23 @@ def signup(value: str) -> bool:
         msg = f"POCKET_SIGNUP must be open or closed, not {value!r}"
         raise ConfigurationError(msg)
     return choice == "open"
+
+
+def signup_rate(value: str) -> Rate | None:
+    """POCKET_SIGNUP_RATE: `<count>/<second|minute|hour>` per client address, or
+    `off` (or `0`) for no limit."""
+    text = value.strip().lower()
+    if text in ("off", "0"):
+        return None
+    count, _, unit = text.partition("/")
+    counted = count.isascii() and count.isdigit() and int(count) > 0
+    if not counted or unit not in PERIODS:
+        msg = (
+            "POCKET_SIGNUP_RATE must be <count>/second, /minute or /hour "
+            f"(such as {DEFAULT_SIGNUP_RATE}), or off, not {value!r}"
+        )
+        raise ConfigurationError(msg)
+    return Rate(int(count), PERIODS[unit])
 
 
 def seconds(name: str, value: str) -> float:

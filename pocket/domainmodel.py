@@ -321,19 +321,52 @@ def check_amount(amount: object) -> Decimal:
     return value.quantize(CENT)
 
 
+# The characters a text (a name, a source, a destination, a description) may
+# not hold, by Unicode category. Control characters (NUL above all) and lone
+# surrogates cannot be stored faithfully as text in every database. Format
+# characters are invisible, and some reorder what is shown around them (the
+# bidirectional overrides, embeddings, isolates and marks): with them a name
+# shows as another (U+202E and "nimda" shows "admin"), or two names that differ
+# look the same. Line and paragraph separators break the line a text is shown on.
+REFUSED_CATEGORIES = {
+    "Cc": "a control character",
+    "Cs": "a lone surrogate",
+    "Cf": "an invisible formatting character (such as a bidirectional control "
+    "or a zero-width space), with which a text can show as another",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+}
+# Letters that are drawn as blank space, another way to look like nothing.
+BLANK_LETTERS = dict.fromkeys(
+    "\u115f\u1160\u3164\uffa0", "a letter that shows as blank"
+)
+
+
+def refused_character(char: str) -> str | None:
+    """Why a text may not hold this character, or None when it may."""
+    return BLANK_LETTERS.get(char) or REFUSED_CATEGORIES.get(unicodedata.category(char))
+
+
 def check_text(field: str, value: object) -> str:
-    """Returns a valid source, destination or name, or raises InvalidText."""
+    """Returns a valid source, destination, name or description, or raises
+    InvalidText."""
     if not isinstance(value, str):
         raise InvalidText(field, "must be a string.")
     if not value.strip():
         raise InvalidText(field, "must not be empty.")
     if len(value) > MAX_TEXT_LENGTH:
         raise InvalidText(field, f"must be at most {MAX_TEXT_LENGTH} characters.")
-    # Control characters (NUL above all) and lone surrogates cannot be stored
-    # faithfully as text in every database, so they are refused at the door.
-    if any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
-        raise InvalidText(field, "must not contain control characters.")
+    for char in value:
+        why = refused_character(char)
+        if why is not None:
+            raise InvalidText(field, f"must not contain {code_point(char)}, {why}.")
     return value
+
+
+def code_point(char: str) -> str:
+    """A character as a person can find it: U+202E (RIGHT-TO-LEFT OVERRIDE)."""
+    name = unicodedata.name(char, "")
+    return f"U+{ord(char):04X}" + (f" ({name})" if name else "")
 
 
 class PocketError(Exception):

@@ -85,6 +85,9 @@ class JsonErrorTask(ErrorTask):  # type: ignore[misc]
         body = (json.dumps(error_body) + "\n").encode()
         self.status = f"{status.value} {status.phrase}"
         self.response_headers.append(("Content-Type", "application/json"))
+        # As every answer of the app's says (pocket.web.pages): a browser must
+        # not guess another type, whoever made the answer.
+        self.response_headers.append(("X-Content-Type-Options", "nosniff"))
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)

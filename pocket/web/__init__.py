@@ -44,6 +44,7 @@ def create_app(service: PocketService) -> Flask:
     auth.init_app(app)
     handlers.init_app(app)
     pages.init_app(app)
+    users.init_app(app)
     for blueprint in (users.bp, money.bp, history.bp, meta.bp, admin.bp, pages.bp):
         app.register_blueprint(blueprint)
     # Static files (the pages' scripts and styles, vendored libraries) are public.

@@ -6,6 +6,7 @@ document and the README's errors table (by a test) all follow the catalogue.
 
 from __future__ import annotations
 
+import math
 from http import HTTPStatus
 from typing import ClassVar, TypeVar
 
@@ -27,6 +28,8 @@ class ApiError(Exception):
     status: ClassVar[HTTPStatus] = HTTPStatus.INTERNAL_SERVER_ERROR
     code: ClassVar[str | None] = None
     message: ClassVar[str | None] = None  # None: each error brings its own
+    # Whole seconds for a Retry-After header, when the error has one.
+    retry_after: int | None = None
 
     def __init__(
         self, message: str | None = None, fields: dict[str, str] | None = None
@@ -105,6 +108,19 @@ class ValidationFailed(ApiError):
 
     def __init__(self, fields: dict[str, str]) -> None:
         super().__init__(fields=fields)
+
+
+class TooManySignups(ApiError):
+    """Too many sign-ups from this client address (POCKET_SIGNUP_RATE); retry
+    after `Retry-After` seconds."""
+
+    status = HTTPStatus.TOO_MANY_REQUESTS
+    code = "too_many_signups"
+
+    def __init__(self, seconds: float) -> None:
+        self.retry_after = max(1, math.ceil(seconds))
+        unit = "second" if self.retry_after == 1 else "seconds"
+        super().__init__(f"Too many sign-ups; try again in {self.retry_after} {unit}.")
 
 
 class HeadersTooLarge(ApiError):

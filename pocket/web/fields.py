@@ -9,15 +9,18 @@ from decimal import Decimal
 from typing import Any
 
 from pocket.domainmodel import (
+    BLANK_LETTERS,
     MAX_AMOUNT,
     MAX_TEXT_LENGTH,
+    REFUSED_CATEGORIES,
     InvalidAmount,
     InvalidText,
     check_amount,
     check_text,
+    refused_character,
 )
 from pocket.users import MAX_USER_ID
-from pocket.web.body import Field, JSONNumber
+from pocket.web.body import Field, JSONNumber, Schema
 
 AMOUNT_SHAPE = re.compile(r"-?[0-9]+(\.[0-9]+)?", re.ASCII)
 DIGITS = re.compile(r"[0-9]{1,19}", re.ASCII)
@@ -76,15 +79,48 @@ AMOUNT = Field(
         "examples": [20, "20.50"],
     },
 )
-TEXT = Field(
-    check_text,
-    {
+
+
+def text_schema() -> Schema:
+    """TEXT's JSON schema, from the rule check_text applies (refused_character).
+
+    The pattern names the refused characters of the Basic Multilingual Plane as
+    \\uXXXX ranges, which ECMA-262 and Python read alike. It cannot name those
+    beyond it portably (a pattern without the u flag sees surrogate pairs), nor
+    lone surrogates: the description says they are refused all the same.
+    """
+    refused = "".join(
+        f"\\u{first:04x}" if first == last else f"\\u{first:04x}-\\u{last:04x}"
+        for first, last in refused_bmp_ranges()
+    )
+    kinds = dict.fromkeys([*REFUSED_CATEGORIES.values(), *BLANK_LETTERS.values()])
+    return {
         "type": "string",
         "minLength": 1,
         "maxLength": MAX_TEXT_LENGTH,
-        "pattern": r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$",
-    },
-)
+        "pattern": f"^[^{refused}]*[^{refused}\\s][^{refused}]*$",
+        "description": (
+            "Not blank, and without any of these: " + "; ".join(kinds) + ". The "
+            "pattern names them where it can; they are refused everywhere."
+        ),
+    }
+
+
+def refused_bmp_ranges() -> list[tuple[int, int]]:
+    """The code points below U+10000 (but the surrogates) that a text may not
+    hold, as (first, last) ranges."""
+    ranges: list[tuple[int, int]] = []
+    for point in (*range(0xD800), *range(0xE000, 0x10000)):
+        if refused_character(chr(point)) is None:
+            continue
+        if ranges and ranges[-1][1] == point - 1:
+            ranges[-1] = (ranges[-1][0], point)
+        else:
+            ranges.append((point, point))
+    return ranges
+
+
+TEXT = Field(check_text, text_schema())
 USER_ID = Field(
     user_id_value, {"type": "integer", "minimum": 1, "maximum": MAX_USER_ID}
 )

@@ -56,7 +56,10 @@ def answer(
 def api_error(error: ApiError) -> tuple[Response, int]:
     """Errors raised by the HTTP layer itself."""
     code = error.code or http_code(error.status)
-    return answer(error.status, code, str(error), error.fields)
+    response, status = answer(error.status, code, str(error), error.fields)
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response, status
 
 
 def domain_error(error: PocketError) -> tuple[Response, int]:

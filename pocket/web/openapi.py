@@ -13,6 +13,7 @@ from functools import cache
 from typing import Any
 
 from pocket import __version__
+from pocket.config import DEFAULT_SIGNUP_RATE
 from pocket.web.body import NO_FIELDS, Body, Schema
 from pocket.web.errors import catalogue
 from pocket.web.money import ADD_MONEY, DRAW_MONEY, NEW_TRANSFER
@@ -415,6 +416,18 @@ def answer(description: str, schema: Schema, media_type: str = JSON) -> Schema:
     }
 
 
+# Headers that every answer of an error status carries, beside X-Request-Id.
+ERROR_HEADERS: dict[int, dict[str, Schema]] = {
+    429: {
+        "Retry-After": {
+            "description": "Seconds to wait before trying again.",
+            "required": True,
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    }
+}
+
+
 def error_responses() -> dict[str, Schema]:
     """One response per status in the catalogue of errors, naming its codes."""
     whens: dict[int, dict[str, dict[str, None]]] = defaultdict(
@@ -431,9 +444,9 @@ def error_responses() -> dict[str, Schema]:
         narrowed = {
             "properties": {"error": {"properties": {"code": {"enum": [*codes]}}}}
         }
-        responses[f"E{status}"] = answer(
-            description, {"allOf": [ref("Error"), narrowed]}
-        )
+        response = answer(description, {"allOf": [ref("Error"), narrowed]})
+        response["headers"].update(ERROR_HEADERS.get(status, {}))
+        responses[f"E{status}"] = response
     return responses
 
 
@@ -570,8 +583,15 @@ def openapi_document() -> dict[str, Any]:
                     **operation(
                         "Sign up a user (opens their wallet; returns their token)",
                         ("201", "Created.", "NewAccount"),
-                        ("400", "401", "404", "413", "415", "422", "503"),
+                        ("400", "401", "404", "413", "415", "422", "429", "503"),
                         body=NEW_USER,
+                    ),
+                    "description": (
+                        "Without the admin token, each client address may sign "
+                        "up so often (POCKET_SIGNUP_RATE, by default "
+                        f"{DEFAULT_SIGNUP_RATE}); past that, 429 "
+                        "`too_many_signups` with Retry-After, and nobody is "
+                        "created."
                     ),
                     "security": [{}, {"bearer": []}],
                 },

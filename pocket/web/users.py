@@ -1,21 +1,31 @@
-"""Users: sign-up, the admin's list, one user and their wallet, a new token."""
+"""Users: sign-up (limited per client address), the admin's list, one user and
+their wallet, a new token."""
 
 from __future__ import annotations
 
 from http import HTTPStatus
 
-from flask import Blueprint, Response, g, jsonify
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
+from pocket.ratelimit import RateLimiter
 from pocket.service import Principal
 from pocket.web.auth import Access, access
 from pocket.web.body import Body, read_optional_body
 from pocket.web.context import service, target
+from pocket.web.errors import TooManySignups
 from pocket.web.fields import TEXT
 from pocket.web.json_views import account_json, record_json, user_json
 from pocket.web.query import cursor, cursor_arg, page_limit
 
 bp = Blueprint("users", __name__)
 NEW_USER = Body("NewUser", name=TEXT)
+SIGNUPS = "pocket.signups"
+
+
+def init_app(app: Flask) -> None:
+    """Limits this app's sign-ups per client address, as the settings say."""
+    rate = app.extensions["pocket"].settings.signup_rate
+    app.extensions[SIGNUPS] = None if rate is None else RateLimiter(rate)
 
 
 @bp.post("/users")
@@ -24,12 +34,28 @@ def create_user() -> tuple[Response, int]:
     """Signs up a user, which opens their wallet; the token is shown this once."""
     body = NEW_USER.read()
     principal: Principal | None = g.principal
+    by_admin = principal is not None and principal.is_admin
+    if not by_admin:
+        check_signup_rate()
     account, token = service().create_user(
-        body["name"],
-        correlation_id=g.request_id,
-        by_admin=principal is not None and principal.is_admin,
+        body["name"], correlation_id=g.request_id, by_admin=by_admin
     )
     return jsonify(**account_json(account), token=token), HTTPStatus.CREATED
+
+
+def check_signup_rate() -> None:
+    """Counts a sign-up against the client's address; TooManySignups when over.
+
+    The address is the connection's: behind a proxy, the proxy's (a header
+    such as X-Forwarded-For is the client's to forge), so every client shares
+    one limit there; see the README.
+    """
+    limiter: RateLimiter | None = current_app.extensions[SIGNUPS]
+    if limiter is None:
+        return
+    wait = limiter.take(request.remote_addr or "")
+    if wait:
+        raise TooManySignups(wait)
 
 
 @bp.get("/users")

@@ -119,7 +119,9 @@ def test_two_hundred_slow_clients_for_twenty_seconds_do_not_stop_normal_requests
     # The test process itself holds ATTACKERS sockets, plus its own files.
     assert file_descriptors_for(ATTACKERS + 100) == ATTACKERS + 100
     url = request.getfixturevalue(f"{backend}_url")
-    server, api = serve(tmp_path, {"POCKET_DATABASE_URL": url})
+    # The normal client signs up again and again, from one address.
+    env = {"POCKET_DATABASE_URL": url, "POCKET_SIGNUP_RATE": "off"}
+    server, api = serve(tmp_path, env)
     attacker = SlowLoris(port_of(api), ATTACKERS)
     try:
         attacker.start()
@@ -273,6 +275,45 @@ def test_a_request_that_is_not_http_is_refused_with_json_400(
     )
     assert (status, content_type) == (400, "application/json")
     assert body["error"]["code"] == "bad_request"
+
+
+# What waitress answers itself, before the app sees a request.
+BIG_HEADERS = b"GET /health HTTP/1.1\r\nHost: pocket\r\nX-Big: "
+SERVER_ANSWERS = {
+    "not HTTP": (
+        b"GET /health HTTP/1.1\r\nNo colon here\r\n\r\n",
+        (400, "bad_request"),
+    ),
+    "body too large": (
+        b"POST /users HTTP/1.1\r\nHost: pocket\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % (MAX_BODY_BYTES + 1),
+        (413, "payload_too_large"),
+    ),
+    # Exactly the limit: all of it read when the server answers (see above).
+    "headers too large": (
+        BIG_HEADERS.ljust(MAX_HEADER_BYTES, b"a"),
+        (431, "request_header_fields_too_large"),
+    ),
+    "unknown transfer encoding": (
+        b"POST /users HTTP/1.1\r\nHost: pocket\r\nTransfer-Encoding: gzip\r\n\r\n",
+        (501, "not_implemented"),
+    ),
+}
+
+
+@pytest.mark.parametrize("what", SERVER_ANSWERS)
+def test_the_answers_the_server_makes_itself_are_never_sniffed(
+    strict: Server, what: str
+) -> None:
+    data, (status, code) = SERVER_ANSWERS[what]
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as sock:
+        sock.sendall(data)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == status
+        assert response.getheader("Content-Type") == "application/json"
+        assert response.getheader("X-Content-Type-Options") == "nosniff"
+        assert json.loads(response.read())["error"]["code"] == code
 
 
 def test_connections_over_the_limit_wait_for_a_free_one_and_the_limit_is_logged(

@@ -8,9 +8,16 @@ from pathlib import Path
 import pytest
 from eventsourcing.utils import Environment
 
-from pocket.config import ConfigurationError, Settings, commit_timeout
+from pocket import config
+from pocket.config import (
+    DEFAULT_SIGNUP_RATE,
+    ConfigurationError,
+    Settings,
+    commit_timeout,
+)
 from pocket.database import connect_kwargs
 from pocket.postgres import Factory, libpq_options
+from pocket.ratelimit import Rate
 
 
 def test_unset_means_an_sqlite_file_in_the_current_directory(tmp_path: Path) -> None:
@@ -283,3 +290,48 @@ def test_a_bad_read_url_is_refused_in_one_line(
 ) -> None:
     with pytest.raises(ConfigurationError, match=re.escape(message)):
         Settings.from_environ(environ, cwd=tmp_path)
+
+
+# POCKET_SIGNUP_RATE: how often one client address may sign up.
+
+
+def test_sign_ups_are_limited_by_default_to_the_documented_rate() -> None:
+    assert Settings.from_environ({}).signup_rate == Rate(10, 60.0)
+    assert str(Settings.from_environ({}).signup_rate) == DEFAULT_SIGNUP_RATE
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert f"| `POCKET_SIGNUP_RATE` | `{DEFAULT_SIGNUP_RATE}` |" in readme
+
+
+@pytest.mark.parametrize(
+    ("value", "rate"),
+    [
+        ("5/hour", Rate(5, 3600.0)),
+        (" 2/Second ", Rate(2, 1.0)),
+        ("100/minute", Rate(100, 60.0)),
+        ("off", None),
+        ("OFF", None),
+        ("0", None),
+    ],
+)
+def test_a_sign_up_rate_is_a_count_per_period_or_off(
+    value: str, rate: Rate | None
+) -> None:
+    assert Settings.from_environ({"POCKET_SIGNUP_RATE": value}).signup_rate == rate
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "10", "10/day", "0/minute", "-1/minute", "ten/minute", "\uff11/minute"],
+)
+def test_a_sign_up_rate_pocket_cannot_read_is_refused(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="POCKET_SIGNUP_RATE"):
+        Settings.from_environ({"POCKET_SIGNUP_RATE": value})
+
+
+def test_every_pocket_variable_read_here_is_in_the_readme_s_table() -> None:
+    read = set(re.findall(r'"(POCKET_\w+)"', Path(config.__file__).read_text()))
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(POCKET_\w+)` \|", table, re.MULTILINE))
+    assert "POCKET_SIGNUP_RATE" in read
+    assert read <= documented

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 from uuid import uuid4
@@ -151,6 +152,41 @@ def test_texts_that_cannot_be_stored_faithfully_are_refused(text: Any) -> None:
 
 def test_a_text_of_255_characters_is_accepted() -> None:
     assert check_text("source", "é" * 255) == "é" * 255
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("\u202enimda", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+        ("Ann\u202a", "U+202A (LEFT-TO-RIGHT EMBEDDING)"),
+        ("Ann\u2066x", "U+2066 (LEFT-TO-RIGHT ISOLATE)"),
+        ("Ann\u2069", "U+2069 (POP DIRECTIONAL ISOLATE)"),
+        ("\u200eAnn", "U+200E (LEFT-TO-RIGHT MARK)"),
+        ("\u200fAnn", "U+200F (RIGHT-TO-LEFT MARK)"),
+        ("\u061cAnn", "U+061C (ARABIC LETTER MARK)"),
+        ("ad\u200bmin", "U+200B (ZERO WIDTH SPACE)"),
+        ("ad\u200dmin", "U+200D (ZERO WIDTH JOINER)"),
+        ("Ann\u2060", "U+2060 (WORD JOINER)"),
+        ("\ufeffAnn", "U+FEFF (ZERO WIDTH NO-BREAK SPACE)"),
+        ("Ann\U000e0041", "U+E0041 (TAG LATIN CAPITAL LETTER A)"),
+        ("Ann\u2028Bob", "U+2028 (LINE SEPARATOR)"),
+        ("Ann\u3164", "U+3164 (HANGUL FILLER)"),
+        ("Ann\tBob", "U+0009"),
+    ],
+)
+def test_a_text_that_could_show_as_another_is_refused_naming_the_character(
+    text: str, named: str
+) -> None:
+    with pytest.raises(InvalidText, match=re.escape(named)) as refused:
+        check_text("name", text)
+    assert refused.value.field == "name"
+
+
+@pytest.mark.parametrize(
+    "text", ["Zoë Ångström", "محمد", "שלום", "山田 太郎", "O'Brien-Smith", "Ann 🙂"]
+)
+def test_names_in_any_script_are_accepted(text: str) -> None:
+    assert check_text("name", text) == text
 
 
 def send(sender: Wallet, receiver: Wallet, amount: str) -> None:

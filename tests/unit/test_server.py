@@ -6,6 +6,7 @@ instants: nothing here waits for a clock.
 
 from __future__ import annotations
 
+import json
 import logging
 import resource
 import socket
@@ -177,6 +178,29 @@ def test_the_keep_alive_limit_is_logged_at_info_not_as_a_warning(
     assert line.levelno == logging.INFO
     assert "Closed 1 connection " in line.getMessage()
     assert "--keepalive-timeout" in line.getMessage()
+
+
+def fails(_: object, start_response: StartResponse) -> Iterable[bytes]:
+    raise RuntimeError("a fault of the app's")
+
+
+def test_the_server_s_own_500_for_an_app_that_fails_is_json_and_never_sniffed(
+    server: LimitedServer,
+) -> None:
+    server.application = fails
+    ours, theirs = socket.socketpair()
+    with theirs:
+        channel = LimitedChannel(
+            server, ours, ("203.0.113.7", 4242), server.adj, map=server._map
+        )
+        channel.received(GET)
+        answer(channel)
+        head, _, body = theirs.recv(65536).partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "HTTP/1.1 500 Internal Server Error"
+    assert "Content-Type: application/json" in lines
+    assert "X-Content-Type-Options: nosniff" in lines
+    assert json.loads(body)["error"]["code"] == "internal_error"
 
 
 INFINITY = resource.RLIM_INFINITY

@@ -235,6 +235,16 @@ BAD_TEXTS: list[Any] = [
     "x" * 256,
     "a\x00b",
     "\ud800",
+    # What would let a text show as another: bidirectional controls (an override,
+    # an isolate, a mark), invisible characters, a line break, a blank letter.
+    "\u202enimda",
+    "Ann\u2067",
+    "\u200fAnn",
+    "ad\u200bmin",
+    "Ann\u2060",
+    "\ufeffAnn",
+    "Ann\u2028Bob",
+    "\u3164",
 ]
 
 

@@ -466,6 +466,11 @@ def test_a_retried_transfer_moves_money_once(
         ({"to_user_id": 2, "amount": "0"}, 422, "validation_failed"),
         ({"to_user_id": 2}, 422, "validation_failed"),
         ({"to_user_id": 2, "amount": "1", "description": ""}, 422, "validation_failed"),
+        (
+            {"to_user_id": 2, "amount": "1", "description": "rent\u202e09.99"},
+            422,
+            "validation_failed",
+        ),
         ({"to_user_id": 2, "amount": "1", "from_user_id": 3}, 422, "validation_failed"),
     ],
 )

@@ -18,6 +18,7 @@ from schemathesis import APIOperation, GenerationMode, checks
 
 from pocket.bootstrap import bootstrap
 from pocket.config import Settings
+from pocket.domainmodel import InvalidText, check_text
 from pocket.web import create_app
 
 ADMIN_TOKEN = "operator-secret-0123456789"
@@ -91,6 +92,30 @@ def test_every_body_is_parsed_as_its_schema_says(app: Flask) -> None:
         unknown = client.open(url, method=method, json={"x": 1}, headers=admin)
         assert unknown.status_code == 422, path
         assert "x" in unknown.get_json()["error"]["fields"]
+
+
+def test_the_text_pattern_refuses_what_the_parser_refuses_and_nothing_else(
+    app: Flask,
+) -> None:
+    """Every character of the Basic Multilingual Plane but the surrogates, inside
+    a name: the document's pattern and check_text agree on each."""
+    document = app.test_client().get("/openapi.json").get_json()
+    schema = document["components"]["schemas"]["NewUser"]["properties"]["name"]
+    pattern = re.compile(schema["pattern"])
+    disagree = []
+    for point in (*range(0xD800), *range(0xE000, 0x10000)):
+        text = f"a{chr(point)}b"
+        try:
+            check_text("name", text)
+        except InvalidText:
+            parsed = False
+        else:
+            parsed = True
+        if parsed != bool(pattern.fullmatch(text)):
+            disagree.append(f"U+{point:04X}")
+    assert disagree == []
+    assert not pattern.fullmatch(" \u3000 ")  # Blank: refused by both.
+    assert "invisible formatting character" in schema["description"]
 
 
 def fund_two_users(app: Flask) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
@@ -19,6 +20,7 @@ from pocket.web import create_app
 STATIC = Path(pocket.web.__file__).with_name("static")
 PAGES = {"/": "wallet.html", "/console": "console.html"}
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"  # a name, never fetched
+JSON = "application/json"
 
 
 def named_by(file: Path) -> list[str]:
@@ -75,9 +77,33 @@ def test_the_pages_files_are_served_with_their_types_and_never_sniffed(
         assert answer.headers["X-Content-Type-Options"] == "nosniff"
 
 
-def test_the_api_is_never_sniffed_either(client: FlaskClient) -> None:
-    for path in ("/health", "/nothing-here"):
-        assert client.get(path).headers["X-Content-Type-Options"] == "nosniff"
+# Answers of every kind the app makes: JSON, text, pages, and errors from a
+# view, from the rules, and from Flask itself. (The server's own answers, made
+# before the app sees a request, are tested against the real server in
+# tests/e2e/test_slow_clients.py.)
+ANSWERS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "json": ("GET", "/health", {}),
+    "created": ("POST", "/users", {"json": {"name": "Ann"}}),
+    "metrics": ("GET", "/metrics", {}),
+    "document": ("GET", "/openapi.json", {}),
+    "docs": ("GET", "/docs", {}),
+    "head": ("HEAD", "/health", {}),
+    "options": ("OPTIONS", "/users", {}),
+    "malformed json": ("POST", "/users", {"data": "{", "content_type": JSON}),
+    "unauthorized": ("GET", "/users/1", {}),
+    "not found": ("GET", "/nothing-here", {}),
+    "method not allowed": ("DELETE", "/health", {}),
+    "too large": ("POST", "/users", {"data": "x" * 2**21, "content_type": JSON}),
+    "not json": ("POST", "/users", {"data": "x", "content_type": "text/plain"}),
+    "invalid": ("POST", "/users", {"json": {"name": ""}}),
+}
+
+
+@pytest.mark.parametrize("kind", ANSWERS)
+def test_the_api_is_never_sniffed_either(client: FlaskClient, kind: str) -> None:
+    method, path, options = ANSWERS[kind]
+    answer = client.open(path, method=method, **options)
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
 
 
 def test_no_page_has_inline_script_or_style() -> None:
