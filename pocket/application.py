@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Collection, Sequence
+from contextlib import nullcontext
 from datetime import datetime
 from decimal import Decimal
 from http import HTTPStatus
@@ -32,7 +34,7 @@ from eventsourcing.system import Leader
 from eventsourcing.utils import Environment
 from psycopg.sql import Composed
 
-from pocket.deadlines import STALLED_SECONDS
+from pocket.deadlines import STALLED_SECONDS, WritesStalled
 from pocket.domainmodel import (
     Cause,
     PocketError,
@@ -115,6 +117,7 @@ class Pocket(Leader[UUID]):
         # A commit is interrupted past the commit timeout (PostgreSQL); the
         # callers waiting behind it are answered sooner (see pocket.groupcommit).
         timeout = getattr(recorder, "commit_timeout", STALLED_SECONDS)
+        watchdog = getattr(recorder, "watchdog", None)
         self._committer = GroupCommitter(
             self._get,
             self.save,
@@ -124,6 +127,11 @@ class Pocket(Leader[UUID]):
             load_many=self._get_many,
             catch_up=self._catch_up,
             stalled_seconds=min(STALLED_SECONDS, timeout),
+            deadline=(
+                nullcontext
+                if watchdog is None
+                else functools.partial(watchdog.deadline, timeout)
+            ),
         )
         # A keyed command runs once: a rerun is answered from its record, and a
         # key in use right now is refused.
@@ -497,12 +505,24 @@ class Pocket(Leader[UUID]):
         return heads
 
     def _read(self, statement: Composed, params: dict[str, Any]) -> list[Any]:
-        """The rows of one read; none if it failed (see _get_many, _catch_up)."""
+        """The rows of one read; none if it failed (see _get_many, _catch_up).
+
+        A command's reads are bounded by the commit timeout as its write is:
+        one that does not answer in time (a server gone silent, a lock held
+        elsewhere) fails the batch with WritesStalled, nothing written, rather
+        than falling back to reading each wallet, which would wait as long.
+        """
         try:
             with self._datastore.get_connection() as conn, conn.cursor() as curs:
                 curs.execute(statement, params)
                 return curs.fetchall()
         except (PersistenceError, psycopg.Error):
+            recorder = self.recorder
+            assert isinstance(recorder, PostgresApplicationRecorder)
+            expired = recorder.watchdog.expired()
+            if expired is not None:
+                msg = f"The database did not answer within {expired.seconds:g} s"
+                raise WritesStalled(msg) from None
             return []
 
     def _has_newer_events(self, wallet: Wallet) -> bool:

@@ -91,8 +91,9 @@ class Database:
         if bounded and commit and self.watchdog is not None:
             assert isinstance(self.datastore, PostgresDatastore)
             with (
+                self.watchdog.deadline(self.commit_timeout),
                 self.datastore.get_connection() as conn,
-                self.watchdog.write(conn, self.commit_timeout, CHECK_FIRST),
+                self.watchdog.write(conn, CHECK_FIRST),
                 conn.transaction(),
             ):
                 yield Transaction(conn.cursor(), self.dialect)

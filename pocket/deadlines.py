@@ -69,12 +69,28 @@ class WritesStalled(OperationalError):
         self.why = why
 
 
+@dataclass(frozen=True)
+class Deadline:
+    """When a thread's database work must be done by (monotonic), and the
+    seconds it was given, for messages."""
+
+    at: float
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        """Whether it has passed."""
+        return time.monotonic() >= self.at
+
+
 @dataclass(eq=False)
 class Watch:
     """One statement (or transaction) being watched on one connection."""
 
     conn: psycopg.Connection[Any]
     deadline: float
+    # The time it was given, for messages.
+    seconds: float = 0.0
     # Set when the deadline passed and the watchdog interrupted the statement.
     fired: bool = False
     # Set while the watchdog is interrupting: the watch's owner waits for it to
@@ -104,6 +120,8 @@ class Watchdog:
         # earlier deadline: a statement that ends costs it nothing).
         self._wake_at = float("inf")
         self._thread: threading.Thread | None = None
+        # Each thread's deadline, and the watches on the connections it holds.
+        self._local = threading.local()
 
     @contextlib.contextmanager
     def watch(self, conn: psycopg.Connection[Any], seconds: float) -> Iterator[Watch]:
@@ -129,30 +147,77 @@ class Watchdog:
                         self._ended.wait()
 
     @contextlib.contextmanager
-    def write(
-        self, conn: psycopg.Connection[Any], seconds: float, advice: str = RESEND
-    ) -> Iterator[Watch]:
-        """Watches a write on conn (a statement, or a transaction to its commit):
-        raises WriteNotConfirmed after the block if its commit was not confirmed,
-        because the watchdog interrupted it or its server cut short its wait
-        for the synchronous standby (a WARNING, whoever cancelled it). A
-        connection the watchdog interrupted is closed, never used again."""
-        warnings = WarningsSeen()
-        conn.add_notice_handler(warnings)
-        with self.watch(conn, seconds) as watch:
+    def deadline(self, seconds: float) -> Iterator[None]:
+        """Bounds every connection this thread takes from a bounded pool (see
+        bound) until the block ends, by seconds from now at most (or sooner,
+        within a block of its own that ends sooner)."""
+        local = self._local
+        previous = getattr(local, "deadline", None)
+        mine = Deadline(time.monotonic() + seconds, seconds)
+        local.deadline = mine if previous is None or mine.at < previous.at else previous
+        try:
+            yield
+        finally:
+            local.deadline = previous
+
+    def expired(self) -> Deadline | None:
+        """This thread's deadline, if it has one and it has passed."""
+        current: Deadline | None = getattr(self._local, "deadline", None)
+        return current if current is not None and current.passed else None
+
+    @contextlib.contextmanager
+    def bound(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        """Watches conn until this thread's deadline, if it has one (a pool's
+        connection, from when it is taken to when it is returned). A connection
+        the watchdog interrupted is closed, never used again."""
+        current: Deadline | None = getattr(self._local, "deadline", None)
+        if current is None:
+            yield
+            return
+        watches = self._thread_watches()
+        with self.watch(conn, current.at - time.monotonic()) as watch:
+            watch.seconds = current.seconds
+            watches[id(conn)] = watch
             try:
-                yield watch
+                yield
             finally:
+                del watches[id(conn)]
                 if watch.spent:
                     conn.close()
-                else:
-                    conn.remove_notice_handler(warnings)
-        if watch.fired:
-            msg = f"The database did not confirm the write within {seconds:g} s"
+
+    def watch_of(self, conn: psycopg.Connection[Any]) -> Watch | None:
+        """The watch on conn in this thread, if it is bounded."""
+        return self._thread_watches().get(id(conn))
+
+    @contextlib.contextmanager
+    def write(
+        self, conn: psycopg.Connection[Any], advice: str = RESEND
+    ) -> Iterator[None]:
+        """A write on a bounded conn (a statement, or a transaction to its
+        commit): raises WriteNotConfirmed after the block if its commit was
+        not confirmed, because the watchdog interrupted it or its server cut
+        short its wait for the synchronous standby (a WARNING, whoever
+        cancelled it)."""
+        warnings = WarningsSeen()
+        conn.add_notice_handler(warnings)
+        try:
+            yield
+        finally:
+            if not conn.closed:
+                conn.remove_notice_handler(warnings)
+        watch = self.watch_of(conn)
+        if watch is not None and watch.fired:
+            msg = f"The database did not confirm the write within {watch.seconds:g} s"
             raise WriteNotConfirmed(msg, advice)
         if warnings.count:
             msg = "The database cut short the write's wait for its standby"
             raise WriteNotConfirmed(msg, advice)
+
+    def _thread_watches(self) -> dict[int, Watch]:
+        watches: dict[int, Watch] | None = getattr(self._local, "watches", None)
+        if watches is None:
+            watches = self._local.watches = {}
+        return watches
 
     def _run(self) -> None:
         while True:

@@ -32,6 +32,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from uuid import UUID
@@ -149,6 +150,7 @@ class GroupCommitter:
         cache_size: int = 10_000,
         linger: float = 0.001,
         stalled_seconds: float = STALLED_SECONDS,
+        deadline: Callable[[], AbstractContextManager[object]] = nullcontext,
     ) -> None:
         self.load = load
         # Many wallets in one read (where the store can), else one load each.
@@ -175,6 +177,9 @@ class GroupCommitter:
         # and after how long that counts as stalled.
         self.committing_since: float | None = None
         self.stalled_seconds = stalled_seconds
+        # What bounds the database work of one batch (its reads and its save):
+        # pocket.deadlines on PostgreSQL.
+        self.deadline = deadline
         # The last batch's failure to be confirmed (a Unix time and why), until
         # a batch goes through.
         self.unconfirmed: tuple[float, str] | None = None
@@ -303,6 +308,11 @@ class GroupCommitter:
                 self.leading = False
 
     def _commit(self, batch: list[Command[Any]]) -> None:
+        """Decides and saves a batch within its deadline."""
+        with self.deadline():
+            self._commit_all(batch)
+
+    def _commit_all(self, batch: list[Command[Any]]) -> None:
         """Decides and saves a batch, retrying it whole; isolates a stubborn one."""
         attempt = 0
         while attempt < self.max_attempts:
@@ -324,7 +334,7 @@ class GroupCommitter:
                 if len(batch) > 1 and attempt >= 2:
                     # Let each command meet its own conflict alone.
                     for command in batch:
-                        self._commit([command])
+                        self._commit_all([command])
                     return
                 pause(attempt)
                 continue

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -134,7 +134,14 @@ def once_more(method: Any) -> Any:
     def retried(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return unwrapped(self, *args, **kwargs)
-        except (InterfaceError, OperationalError):
+        except (InterfaceError, OperationalError) as error:
+            # Within a command whose time is up (see pocket.deadlines), a read
+            # that failed is not tried again: the command fails, unmade.
+            watchdog: Watchdog | None = getattr(self, "watchdog", None)
+            expired = None if watchdog is None else watchdog.expired()
+            if expired is not None:
+                msg = f"The database did not answer within {expired.seconds:g} s"
+                raise WritesStalled(msg) from error
             replace_broken_connections(self.datastore)
             return unwrapped(self, *args, **kwargs)
 
@@ -142,13 +149,15 @@ def once_more(method: Any) -> Any:
 
 
 def replace_broken_connections(datastore: PostgresDatastore) -> None:
-    """Replaces the pool's idle connections that no longer work.
+    """Replaces the pool's idle connections, which a lost link may have broken.
 
     A server restart or a network failure breaks every pooled connection at
     once; without this, each would be found broken by a request of its own.
+    They are replaced without being tried: trying one on a link that has gone
+    silent (a partition) waits until TCP gives up on it, one after another.
     """
     with contextlib.suppress(Exception):
-        datastore.pool.check()
+        datastore.pool.drain()
 
 
 @dataclass(frozen=True)
@@ -393,17 +402,22 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
         raise AssertionError  # pragma: no cover
 
     def _insert(self, arrays: tuple[Any, ...], in_doubt: list[Backend]) -> list[int]:
-        """One call of the insert function, watched.
+        """One call of the insert function, bounded by the commit timeout (or
+        the caller's deadline, if sooner: see pocket.deadlines).
 
         On failure, in_doubt names the backend whose transaction may yet commit:
         the one the call was sent to, unless that backend answered with an error
         (an implicit transaction that fails is rolled back).
         """
+        watchdog = self.watchdog
         for attempt in range(2):
             try:
-                with self.datastore.get_connection() as conn:
+                with (
+                    watchdog.deadline(self.commit_timeout),
+                    self.datastore.get_connection() as conn,
+                ):
                     backend = self._backend_of(conn)
-                    with self._watched(conn) as watch:
+                    with watchdog.write(conn):
                         try:
                             with conn.cursor() as curs:
                                 curs.execute(
@@ -411,7 +425,7 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
                                 )
                                 rows = curs.fetchall()
                         except psycopg.Error as error:
-                            self._refused(error, watch)
+                            self._refused(error, watchdog.watch_of(conn))
                             if conn.broken or conn.closed:
                                 in_doubt.append(backend)
                             raise
@@ -424,15 +438,15 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
             self._create_insert_function()
         raise AssertionError  # pragma: no cover
 
-    def _refused(self, error: psycopg.Error, watch: Watch) -> None:
+    def _refused(self, error: psycopg.Error, watch: Watch | None) -> None:
         """Raises what a failed insert means, where it means more than its error."""
         if error.sqlstate == GUARD_SQLSTATE:
             # Refused before anything was written.
             detail = error.diag.message_detail
             raise GuardsBroken(parse_user_ids(detail)) from None
-        if not watch.fired:
+        if watch is None or not watch.fired:
             return
-        seconds = f"{self.commit_timeout:g} s"
+        seconds = f"{watch.seconds:g} s"
         if error.sqlstate == CANCELED_SQLSTATE:
             # Cancelled before its commit (waiting for the table lock, behind a
             # commit that waits for the standby): rolled back.
@@ -447,21 +461,19 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
         """Returns once the synchronous standbys have everything committed so far
         (at once where there are none); raises WriteNotConfirmed if that is not
         known within the commit timeout."""
+        watchdog = self.watchdog
         try:
-            with self.datastore.get_connection() as conn, self._watched(conn):
+            with (
+                watchdog.deadline(self.commit_timeout),
+                self.datastore.get_connection() as conn,
+                watchdog.write(conn),
+            ):
                 conn.execute(f"SELECT {CONFIRM_CALL}")
         except WriteNotConfirmed:
             raise
         except PersistenceError as error:
             msg = f"Could not make sure the standby has the write ({error})"
             raise WriteNotConfirmed(msg) from error
-
-    def _watched(
-        self, conn: Connection[Any]
-    ) -> contextlib.AbstractContextManager[Watch]:
-        """What the block writes on conn, bounded by the commit timeout (see
-        Watchdog.write)."""
-        return self.watchdog.write(conn, self.commit_timeout)
 
     def _backend_of(self, conn: Connection[Any]) -> Backend:
         """Which server process a pooled connection talks to (asked once)."""
@@ -573,6 +585,7 @@ class Factory(PostgresFactory):
         # Shared by the recorder and Pocket's own tables (pocket.database).
         self.commit_timeout = commit_timeout(self.env.get(COMMIT_TIMEOUT_KEY))
         self.watchdog = Watchdog()
+        bound_connections(self.datastore, self.watchdog)
 
     def application_recorder(self) -> ApplicationRecorder:
         """The events recorder, told whether it may create its insert function,
@@ -583,6 +596,22 @@ class Factory(PostgresFactory):
         recorder.commit_timeout = self.commit_timeout
         recorder.watchdog = self.watchdog
         return recorder
+
+
+def bound_connections(datastore: PostgresDatastore, watchdog: Watchdog) -> None:
+    """Makes every connection the datastore hands out (the library's reads and
+    writes, and Pocket's) watched until its thread's deadline, if it has one:
+    a command's work (its reads, its insert) is bounded by the commit timeout
+    as a whole (see pocket.deadlines). The library has no hook for this, so its
+    get_connection is wrapped, on this datastore alone."""
+    take = datastore.get_connection
+
+    @contextlib.contextmanager
+    def get_connection() -> Iterator[Connection[DictRow]]:
+        with take() as conn, watchdog.bound(conn):
+            yield conn
+
+    datastore.get_connection = get_connection  # type: ignore[method-assign]
 
 
 def latest_states_statement(

@@ -132,12 +132,24 @@ class Replica:
 
 
 class PostgresServer:
-    """One PostgreSQL server in a folder of its own, on a port of its own."""
+    """One PostgreSQL server in a folder of its own, on a port of its own: on
+    127.0.0.1, or on an address of a network namespace it runs in (a host the
+    test can cut off, see tests.netns)."""
 
-    def __init__(self, folder: Path, bindir: Path, port: int) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        bindir: Path,
+        port: int,
+        host: str = "127.0.0.1",
+        netns: list[str] | None = None,
+    ) -> None:
         self.folder = folder
         self.bindir = bindir
         self.port = port
+        self.host = host
+        # The command prefix that runs a program in the server's namespace.
+        self.netns = netns or []
         self.data = folder / "data"
         self.sockets = folder / "sockets"
         self.log = folder / "postgres.log"
@@ -152,7 +164,7 @@ class PostgresServer:
 
     def url_for(self, database: str) -> str:
         """The superuser's URL for one database on this server."""
-        return f"postgresql://{OWNER}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{OWNER}@{self.host}:{self.port}/{database}"
 
     @property
     def is_running(self) -> bool:
@@ -173,6 +185,10 @@ class PostgresServer:
             *("--encoding", "UTF8", "--no-locale", "--no-sync"),
         )
         self._configure("postgresql.conf", "Pocket's tests", FAST_SETTINGS)
+        if self.host != "127.0.0.1":
+            # Trust the clients on the other side of the namespace's link.
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {self.host}/24 trust\n")
 
     def allow_replication(self) -> None:
         """Lets standbys stream from this server: the settings, and trust for
@@ -217,7 +233,7 @@ class PostgresServer:
         # leave it to init): after a kill -9 it is reaped at once, and no zombie
         # holding its pid makes the next start think it still runs.
         postgres = [str(self.bindir / "postgres"), "-D", str(self.data)]
-        where = ["-p", str(self.port), "-h", "127.0.0.1", "-k", str(self.sockets)]
+        where = ["-p", str(self.port), "-h", self.host, "-k", str(self.sockets)]
         with self.log.open("ab") as log:
             self._postmaster = subprocess.Popen(
                 self._as_owner([*postgres, *where]),
@@ -416,12 +432,13 @@ class PostgresServer:
         )
 
     def _as_owner(self, command: list[str]) -> list[str]:
-        """The command as OWNER when we are root; setpriv execs rather than
-        forks, so the process started is the command itself."""
+        """The command as OWNER when we are root, in the server's namespace if
+        it has one; setpriv and `ip netns exec` exec rather than fork, so the
+        process started is the command itself."""
         if os.geteuid() != 0:
-            return command
+            return [*self.netns, *command]
         user = ["--reuid", OWNER, "--regid", OWNER, "--init-groups"]
-        return ["setpriv", *user, "--", *command]
+        return [*self.netns, "setpriv", *user, "--", *command]
 
     def _own(self, path: Path) -> None:
         if os.geteuid() == 0:
