@@ -103,13 +103,20 @@ def patroni() -> Iterator[PatroniCluster]:
     """A throwaway Patroni cluster (etcd, two nodes in synchronous mode, HAProxy
     in front), its leader and synchronous standby running; stopped and removed
     afterwards. Skipped without the binaries, unless POCKET_REQUIRE_PATRONI=1."""
-    problem = patroni_problem()
-    if problem is not None:
-        if REQUIRE_PATRONI:
-            pytest.fail(f"POCKET_REQUIRE_PATRONI=1 but {problem}")
-        pytest.skip(problem)
+    require_patroni()
     with patroni_cluster() as cluster:
         yield cluster
+
+
+def require_patroni() -> None:
+    """Skips (or, with POCKET_REQUIRE_PATRONI=1, fails) when no Patroni cluster
+    can be started here."""
+    problem = patroni_problem()
+    if problem is None:
+        return
+    if REQUIRE_PATRONI:
+        pytest.fail(f"POCKET_REQUIRE_PATRONI=1 but {problem}")
+    pytest.skip(problem)
 
 
 @pytest.fixture

@@ -303,6 +303,12 @@ class HAProxy(Daemon):
             return False
         return row is not None and row[0] is False
 
+    def routes_only_to_primary(self) -> bool:
+        """Whether several connections in a row all reach the primary. HAProxy
+        counts every server up when it starts, until checks have failed `fall`
+        times; meanwhile it sends every other connection to the standby."""
+        return all(self.routes_to_primary() for _ in range(2 * len(self.nodes)))
+
 
 class PatroniCluster:
     """etcd, two Patroni nodes and HAProxy, in one folder."""
@@ -331,7 +337,7 @@ class PatroniCluster:
         second.start()
         self.wait_until_healthy(timeout)
         self.haproxy.start()
-        wait_until(self.haproxy.routes_to_primary, 30, f"HAProxy\n{self.logs()}")
+        wait_until(self.haproxy.routes_only_to_primary, 30, f"HAProxy\n{self.logs()}")
 
     def leader(self) -> PatroniNode | None:
         """The node whose Patroni says it is the primary, if exactly one does."""
