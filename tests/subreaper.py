@@ -3,10 +3,10 @@ reaped here, not left as zombies.
 
 Patroni starts PostgreSQL the way pg_ctl does, leaving the postmaster to init.
 Here init may be a process that never reaps (this machine's does not): a
-postmaster killed by a test would stay a zombie, whose pid Patroni still takes
-for a running server, and Patroni would never notice the crash. Run under this
-script, the orphaned postmaster becomes this process's child instead, and its
-death is seen at once, as under a real init.
+postmaster killed by a test would stay a zombie, which psutil, and so Patroni,
+still counts as a running process, and the crash would not be seen as one.
+Run under this script, the orphaned postmaster becomes this process's child
+instead, and its death is seen at once, as under a real init.
 
     python tests/subreaper.py PIDFILE COMMAND [ARG...]
 
