@@ -1,6 +1,6 @@
 """Fixtures shared by every layer: backends as parametrized settings, a throwaway
-PostgreSQL server for fault tests, and the guard that the shared one is never
-restarted."""
+PostgreSQL server (or Patroni cluster) for fault tests, and the guard that the
+shared one is never restarted."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 
 from pocket.bench import scratch_postgres
 from pocket.config import Settings
+from tests.patroni import PatroniCluster, patroni_cluster, patroni_problem
 from tests.pgserver import (
     PostgresServer,
     ReplicatedPair,
@@ -27,6 +28,8 @@ ADMIN_URL = os.environ.get(
     "POCKET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REQUIRE_POSTGRES = os.environ.get("POCKET_REQUIRE_POSTGRES") == "1"
+# CI installs Patroni, etcd and HAProxy: there, their absence fails the tests.
+REQUIRE_PATRONI = os.environ.get("POCKET_REQUIRE_PATRONI") == "1"
 
 
 def postgres_problem() -> str | None:
@@ -93,6 +96,27 @@ def async_replicated_postgres() -> Iterator[ReplicatedPair]:
     skip_or_fail(replication_problem())
     with replicated_pair(synchronous=False) as pair:
         yield pair
+
+
+@pytest.fixture
+def patroni() -> Iterator[PatroniCluster]:
+    """A throwaway Patroni cluster (etcd, two nodes in synchronous mode, HAProxy
+    in front), its leader and synchronous standby running; stopped and removed
+    afterwards. Skipped without the binaries, unless POCKET_REQUIRE_PATRONI=1."""
+    require_patroni()
+    with patroni_cluster() as cluster:
+        yield cluster
+
+
+def require_patroni() -> None:
+    """Skips (or, with POCKET_REQUIRE_PATRONI=1, fails) when no Patroni cluster
+    can be started here."""
+    problem = patroni_problem()
+    if problem is None:
+        return
+    if REQUIRE_PATRONI:
+        pytest.fail(f"POCKET_REQUIRE_PATRONI=1 but {problem}")
+    pytest.skip(problem)
 
 
 @pytest.fixture

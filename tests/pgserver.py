@@ -21,7 +21,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -36,6 +35,7 @@ from psycopg.abc import Query
 from psycopg.conninfo import make_conninfo
 
 from pocket.bench import free_port
+from tests.proctree import kill_postmaster
 
 OWNER = "postgres"  # initdb and postgres refuse to run as root
 
@@ -266,14 +266,8 @@ class PostgresServer:
         have gone too, so the next start() finds no one holding its shared memory."""
         if self._postmaster is None or not self.is_running:
             return
-        # Stopped first, so that it forks no backend between the count of its
-        # children and its death: one forked then would outlive it unseen and
-        # could still answer on its connection after the "crash".
-        os.kill(self._postmaster.pid, signal.SIGSTOP)
-        children = _children(self._postmaster.pid)
-        self._postmaster.kill()
+        kill_postmaster(self._postmaster.pid, timeout)
         self._postmaster.wait(timeout)
-        _wait_gone(children, timeout)
 
     def connect(
         self, *, autocommit: bool = False, connect_timeout: int = 5
@@ -573,33 +567,3 @@ def multi_host_url(
 def _quoted(value: str) -> str:
     """A value as postgresql.conf writes strings: in single quotes, doubled."""
     return "'" + value.replace("'", "''") + "'"
-
-
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is pid (the postmaster's backends, its workers)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    """Whether the process runs (a zombie nobody reaped yet does not count)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _wait_gone(pids: list[int], timeout: float) -> None:
-    """Waits for the processes to end; kills the ones that will not."""
-    deadline = time.monotonic() + timeout
-    while any(map(_alive, pids)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    # A backend that missed its postmaster's death: finish the crash.
-    for pid in filter(_alive, pids):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)

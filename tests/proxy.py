@@ -4,7 +4,9 @@ Armed with a marker (bytes a request is known to carry, such as a transfer's
 description inside its events), it forwards the statement that carries the marker
 up to its Sync message, so the server runs and may commit it, then cuts both
 sides of that connection: the client never hears how it ended. It can also
-refuse new connections, to stand for a database nobody can reach.
+refuse new connections, to stand for a database nobody can reach, and fall
+silent as a network partition does: whatever it forwards (PostgreSQL, or the
+HTTP of etcd and Patroni), nothing crosses any more and nobody is told.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class Proxy:
         self.links: set[Link] = set()
         self.trap: Trap | None = None
         self.refusing = False
+        self.partitioned = False
+        # Connections taken while partitioned: held open, never read or answered.
+        self.held: list[socket.socket] = []
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -63,6 +68,14 @@ class Proxy:
         with self.lock:
             self.refusing = refusing
 
+    def partition(self) -> None:
+        """From now on nothing crosses, either way, and nobody is told: bytes on
+        open links are dropped (and so is a side's closing), new connections
+        are taken and left unanswered. Like a partition, seen from either side
+        as silence until its own timeouts; there is no healing it."""
+        with self.lock:
+            self.partitioned = True
+
     def cut_all(self) -> None:
         """Drops every open link, as a network failure would."""
         with self.lock:
@@ -75,6 +88,12 @@ class Proxy:
         self.closed = True
         with contextlib.suppress(OSError):
             self.listener.close()
+        with self.lock:
+            self.partitioned = False  # the links' ends close now, as they should
+            held, self.held = self.held, []
+        for sock in held:
+            with contextlib.suppress(OSError):
+                sock.close()
         self.cut_all()
 
     def take_trap(self, data: bytes) -> Trap | None:
@@ -94,6 +113,10 @@ class Proxy:
                 return
             if self.refusing:
                 client.close()
+                continue
+            if self.partitioned:
+                with self.lock:
+                    self.held.append(client)
                 continue
             try:
                 server = socket.create_connection(self.target, timeout=5)
@@ -151,6 +174,10 @@ class Link:
         try:
             while not self.ended.is_set():
                 data = self.client.recv(65536)
+                if self.proxy.partitioned:
+                    if not data:
+                        return  # the other side must not hear of it
+                    continue
                 if not data:
                     break
                 end = self._cut_point(data)
@@ -171,6 +198,10 @@ class Link:
         try:
             while not self.ended.is_set():
                 data = self.server.recv(65536)
+                if self.proxy.partitioned:
+                    if not data:
+                        return
+                    continue
                 if not data:
                     break
                 self.client.sendall(data)

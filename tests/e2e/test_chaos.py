@@ -1,5 +1,6 @@
 """Chaos: several API processes and followers under money traffic, while servers
-and followers are killed, links to the database are cut and the database restarts.
+and followers are killed, links to the database are cut and the database goes
+down: a throwaway server restarts, or a Patroni cluster fails over.
 
 Every acknowledged request is applied exactly once, every refused one not at all,
 a request sent once without a key at most once; money is conserved, no balance is
@@ -14,6 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -33,6 +35,7 @@ from tests.e2e.processes import (
     serve,
     wait_for,
 )
+from tests.patroni import PatroniCluster
 from tests.pgserver import PostgresServer
 from tests.proxy import Proxy
 
@@ -144,8 +147,46 @@ def client(
             request.outcome = send(cluster, rng, request)
 
 
+@dataclass
+class Database:
+    """The database under chaos: how it goes down (and comes back), and the URL
+    of Pocket's database on its primary, for the checks afterwards."""
+
+    go_down: Callable[[random.Random], None]
+    primary_url: Callable[[], str]
+
+
+def restarted(server: PostgresServer, url: str) -> Database:
+    """A single server that stops and starts again."""
+
+    def go_down(rng: random.Random) -> None:
+        server.stop(mode=rng.choice(["fast", "immediate"]))
+        time.sleep(rng.uniform(0.5, 2.0))
+        server.start()
+
+    return Database(go_down, lambda: url)
+
+
+def failed_over(patroni: PatroniCluster, database: str) -> Database:
+    """A Patroni cluster whose leader's postmaster is killed: Patroni promotes
+    the synchronous standby, and the old leader rejoins as its standby."""
+
+    def go_down(rng: random.Random) -> None:
+        # A synchronous standby to fail over to (the last failover's old leader,
+        # once it has rejoined).
+        leader, _ = patroni.wait_until_healthy(60)
+        leader.kill_postmaster()
+
+    def primary_url() -> str:
+        leader = patroni.leader()
+        assert leader is not None, patroni.logs()
+        return leader.postgres.url_for(database)
+
+    return Database(go_down, primary_url)
+
+
 def chaos(
-    cluster: Cluster, database: PostgresServer, proxy: Proxy, stop: threading.Event
+    cluster: Cluster, database: Database, proxy: Proxy, stop: threading.Event
 ) -> Counter[str]:
     """Kills, cuts and restarts things until stopped; counts what it did."""
     rng = random.Random(20261127)
@@ -167,9 +208,7 @@ def chaos(
         elif act == "cut":
             proxy.cut_all()
         else:
-            database.stop(mode=rng.choice(["fast", "immediate"]))
-            time.sleep(rng.uniform(0.5, 2.0))
-            database.start()
+            database.go_down(rng)
         done[act] += 1
     stop.set()
     return done
@@ -223,10 +262,35 @@ def test_every_acknowledged_request_is_applied_once_through_chaos(
 ) -> None:
     direct = throwaway_postgres.create_database("pocket_chaos")
     proxy = Proxy("127.0.0.1", throwaway_postgres.port)
+    database = restarted(throwaway_postgres, direct)
+    run_chaos(tmp_path, proxy, proxy.url("pocket_chaos"), database)
+
+
+def test_every_acknowledged_request_is_applied_once_through_patroni_failovers(
+    tmp_path: Path, patroni: PatroniCluster
+) -> None:
+    first, _ = patroni.wait_until_healthy()
+    first.postgres.create_database("pocket_chaos")
+    proxy = Proxy("127.0.0.1", patroni.haproxy.port)
+    done = run_chaos(
+        tmp_path, proxy, proxy.url("pocket_chaos"), failed_over(patroni, "pocket_chaos")
+    )
+    # It did fail over, as often as the database went down: each promotion
+    # starts a new timeline.
+    leader = patroni.leader()
+    assert leader is not None
+    status = leader.status() or {}
+    assert status.get("timeline") == 1 + done["database"], (done, status)
+
+
+def run_chaos(
+    tmp_path: Path, proxy: Proxy, url: str, database: Database
+) -> Counter[str]:
+    """Pocket's processes on a URL through the proxy, clients under chaos, and the
+    checks afterwards on the database's primary; returns what chaos did."""
     # Pocket's processes reach the database through the proxy, whose links are
     # cut now and then; the test's own checks go direct.
-    cluster = Cluster(tmp_path, {"POCKET_DATABASE_URL": proxy.url("pocket_chaos")})
-    settings = Settings.from_url(direct)
+    cluster = Cluster(tmp_path, {"POCKET_DATABASE_URL": url})
     try:
         for _ in range(3):
             cluster.start_server()
@@ -242,7 +306,7 @@ def test_every_acknowledged_request_is_applied_once_through_chaos(
         ]
         for thread in clients:
             thread.start()
-        done = chaos(cluster, throwaway_postgres, proxy, stop)
+        done = chaos(cluster, database, proxy, stop)
         for thread in clients:
             thread.join(60)
         requests = [request for batch in sent for request in batch]
@@ -256,6 +320,8 @@ def test_every_acknowledged_request_is_applied_once_through_chaos(
                 request.outcome = send(cluster, calm, request)
                 time.sleep(0 if request.outcome != "unknown" else 0.2)
 
+        direct = database.primary_url()
+        settings = Settings.from_url(direct)
         outcomes = Counter(
             (r.key is not None, r.outcome) for r in requests if r.outcome != "unsent"
         )
@@ -284,6 +350,8 @@ def test_every_acknowledged_request_is_applied_once_through_chaos(
         assert {"server", "cut", "database"} <= set(done), done
         assert outcomes[(True, "acknowledged")] > 100, outcomes
         assert outcomes[(False, "acknowledged")] > 20, outcomes
+        print(f"\n[chaos] {dict(done)}; outcomes (keyed, outcome): {dict(outcomes)}")
+        return done
     finally:
         cluster.close()
         proxy.close()
