@@ -67,6 +67,8 @@ class Command(Generic[R]):
     record: Callable[[R], Aggregate | None]
     # What must still hold when the batch commits (the caller's token), if anything.
     guard: TokenGuard | None = None
+    # The stored aggregate an earlier run's result is read from (its record).
+    record_id: UUID | None = None
     outcome: Any = None
     failed: bool = False
     # Set (with done) when this command's caller must lead the next commit.
@@ -383,15 +385,19 @@ class GroupCommitter:
         decisions = [self._decide(c, wallets, from_cache) for c in live]
         extra = [d.record for d in decisions if d.record is not None]
         guards = [c.guard for c in live if c.guard is not None]
-        replayed = any(d.replayed for d in decisions)
+        answered = [
+            c.record_id
+            for c, d in zip(live, decisions, strict=True)
+            if d.replayed and c.record_id is not None
+        ]
         changed = [w for w in wallets.values() if w.pending_events]
         for wallet_id in from_cache:
             if wallet_id in self.heads:
                 heads[wallet_id] = self.heads[wallet_id]
-        if changed or extra or guards or replayed:
+        if changed or extra or guards or answered:
             priors = {w.id: heads[w.id] for w in changed if w.id in heads}
             try:
-                recordings = self._save(changed, extra, guards, priors, replayed)
+                recordings = self._save(changed, extra, guards, priors, answered)
             except BaseException:
                 self._forget(wallets)
                 raise
@@ -410,7 +416,7 @@ class GroupCommitter:
         extra: list[Aggregate],
         guards: list[TokenGuard],
         priors: dict[UUID, bytes],
-        replayed: bool,
+        answered: list[UUID],
     ) -> Sequence[Recording[UUID]] | None:
         """Saves a batch's events and records, with what the insert checks."""
         kwargs: dict[str, Any] = {}
@@ -421,10 +427,10 @@ class GroupCommitter:
         # The heads the changed wallets were decided at (see the module).
         if priors:
             kwargs["priors"] = priors
-        # An answer read from an earlier run's record counts only once the
-        # synchronous standbys have that record.
-        if replayed:
-            kwargs["confirm"] = True
+        # An answer read from an earlier run's record counts only if the
+        # server that commits holds it, and once its synchronous standbys do.
+        if answered:
+            kwargs["answered"] = answered
         recordings: Sequence[Recording[UUID]] | None = self.save(
             *changed, *extra, **kwargs
         )

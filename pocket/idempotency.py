@@ -78,6 +78,7 @@ class KeyedCommands:
             replay=lambda: self.replay(key),
             record=lambda result: self.record(key, result),
             guard=guard,
+            record_id=CommandRecord.id_for(key.command_id),
         )
 
     def replay(self, key: Idempotency) -> Result | None:

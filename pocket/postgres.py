@@ -236,7 +236,7 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
             "CREATE OR REPLACE FUNCTION {function}("
             "ids {id_type}[], versions bigint[], topics text[], states bytea[], "
             "guard_users bigint[], guard_hashes text[], "
-            "prior_ids {id_type}[], prior_hashes bytea[], confirm boolean) "
+            "prior_ids {id_type}[], prior_hashes bytea[], answered_ids {id_type}[]) "
             "RETURNS SETOF bigint LANGUAGE plpgsql AS $$ "
             "DECLARE broken bigint[]; BEGIN "
             "IF cardinality(guard_users) > 0 THEN "
@@ -248,10 +248,20 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
             "IF broken IS NOT NULL THEN RAISE EXCEPTION 'Tokens replaced' "
             "USING ERRCODE = {guard_state}, DETAIL = array_to_string(broken, ','); "
             "END IF; END IF; "
-            # Answers given from what is stored (a keyed command's earlier
-            # result) count only once the synchronous standbys have it too.
-            "IF cardinality(ids) = 0 THEN "
-            "IF confirm THEN PERFORM {confirm_call}; END IF; RETURN; END IF; "
+            # Answers read from stored aggregates (keyed commands' earlier
+            # results) count only if this server holds them (a process may read
+            # one server and write another: two primaries for a moment in a
+            # failover) and, once the transaction commits, its synchronous
+            # standbys have them too: with nothing to insert, a message in the
+            # WAL makes the commit wait for them.
+            "IF cardinality(answered_ids) > 0 THEN "
+            "IF EXISTS (SELECT 1 FROM unnest(answered_ids) AS a(id) "
+            "WHERE NOT EXISTS (SELECT 1 FROM {table} AS e "
+            "WHERE e.originator_id = a.id)) THEN "
+            "RAISE EXCEPTION 'An answer was read from what this server does not hold' "
+            "USING ERRCODE = 'unique_violation'; END IF; "
+            "IF cardinality(ids) = 0 THEN PERFORM {confirm_call}; END IF; END IF; "
+            "IF cardinality(ids) = 0 THEN RETURN; END IF; "
             "PERFORM set_config('lock_timeout', {timeout}, true); "
             "LOCK TABLE {table} IN EXCLUSIVE MODE; "
             # Each aggregate's first new version must follow the stored event
@@ -341,9 +351,10 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
 
         Besides the events, kwargs may give: guards (checked first, see
         pocket.guards); priors, the SHA-256 of the stored event each aggregate's
-        new events were decided on (see the insert function); and confirm, to
-        make sure, even with no events to insert, that the synchronous standbys
-        have everything committed so far (an answer read from the store).
+        new events were decided on; and answered, the ids of stored aggregates
+        an answer was read from (keyed commands' records), which the server must
+        hold, and its synchronous standbys once this commits (see the insert
+        function).
 
         A write is answered only once its commit is confirmed: a commit whose
         wait for the synchronous standby was cut short (by the watchdog, past
@@ -357,16 +368,16 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
         terminated and waited for: once it has gone, its transaction has ended
         one way or the other, for good. Only then does a look at the table say
         whether the events are in; if they are, they count only once the
-        standbys are known to have them too (_confirm); if not, the insert is
-        tried once more.
+        standbys are known to have them too (see _already_written); if not, the
+        insert is tried once more.
         """
         if kwargs.get("tracking") is not None:
             # Not Pocket's application recorder's job (it records no tracking).
             raise NotImplementedError
         guards: Sequence[TokenGuard] = kwargs.get("guards") or ()
         priors: Mapping[UUID, bytes] = kwargs.get("priors") or {}
-        confirm = bool(kwargs.get("confirm"))
-        if not stored_events and not guards and not confirm:
+        answered: Sequence[UUID] = kwargs.get("answered") or ()
+        if not stored_events and not guards and not answered:
             return []
         arrays = (
             [e.originator_id for e in stored_events],
@@ -377,7 +388,7 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
             [g.token_hash for g in guards],
             list(priors),
             list(priors.values()),
-            confirm,
+            list(answered),
         )
         for attempt in range(1, INSERT_ATTEMPTS + 1):
             in_doubt: list[Backend] = []
@@ -393,7 +404,6 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
                     self._settle(in_doubt[0])
                     written = self._already_written(stored_events)
                     if written is not None:
-                        self._confirm()
                         return written
                 else:
                     # Refused before it ran (no connection, a lock timeout):
@@ -457,24 +467,6 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
         msg = f"The database did not answer within {seconds}"
         raise WriteNotConfirmed(msg) from error
 
-    def _confirm(self) -> None:
-        """Returns once the synchronous standbys have everything committed so far
-        (at once where there are none); raises WriteNotConfirmed if that is not
-        known within the commit timeout."""
-        watchdog = self.watchdog
-        try:
-            with (
-                watchdog.deadline(self.commit_timeout),
-                self.datastore.get_connection() as conn,
-                watchdog.write(conn),
-            ):
-                conn.execute(f"SELECT {CONFIRM_CALL}")
-        except WriteNotConfirmed:
-            raise
-        except PersistenceError as error:
-            msg = f"Could not make sure the standby has the write ({error})"
-            raise WriteNotConfirmed(msg) from error
-
     def _backend_of(self, conn: Connection[Any]) -> Backend:
         """Which server process a pooled connection talks to (asked once)."""
         backend = self._backends.get(conn)
@@ -516,9 +508,20 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
     ) -> list[int] | None:
         """The batch's notification ids if it was committed; None if not.
 
-        Raises IntegrityError if another writer holds some of its versions.
+        Found, they count only once the synchronous standbys are known to have
+        them: the transaction that finds them also writes a message to the WAL,
+        so its commit waits for the standbys, on the very server that holds
+        them (raises WriteNotConfirmed past the commit timeout). Raises
+        IntegrityError if another writer holds some of its versions.
         """
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+        watchdog = self.watchdog
+        with (
+            watchdog.deadline(self.commit_timeout),
+            self.datastore.get_connection() as conn,
+            watchdog.write(conn),
+            conn.transaction(),
+            conn.cursor() as curs,
+        ):
             curs.execute(
                 self.find_written_statement,
                 (
@@ -530,6 +533,8 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
                 (row["originator_id"], row["originator_version"]): row
                 for row in curs.fetchall()
             }
+            if rows:
+                curs.execute(f"SELECT {CONFIRM_CALL}")
         if not rows:
             return None
         found = [

@@ -134,6 +134,7 @@ def command(
     *,
     replay: Callable[[], Decimal | None] = no_replay,
     record: Callable[[Decimal], Aggregate | None] = no_record,
+    record_id: UUID | None = None,
 ) -> Command[Decimal]:
     """A command that changes its wallets and answers the first one's balance."""
 
@@ -141,7 +142,7 @@ def command(
         change(wallets)
         return wallets[0].balance
 
-    return Command(wallet_ids, decide, replay, record)
+    return Command(wallet_ids, decide, replay, record, record_id=record_id)
 
 
 def add(wallet_id: UUID, amount: str) -> Command[Decimal]:
@@ -380,24 +381,32 @@ def test_a_replayed_command_is_answered_from_its_record_and_saves_nothing(
 ) -> None:
     a, b = store.wallet(), store.wallet()
     decided: list[object] = []
-    replayed = command([a], decided.append, replay=lambda: Decimal("42.00"))
+    record_id = uuid4()
+    replayed = command(
+        [a], decided.append, replay=lambda: Decimal("42.00"), record_id=record_id
+    )
     answers = together(committer, [replayed, add(b, "1")])
     assert answers == [Decimal("42.00"), Decimal("1.00")]
     assert decided == []
     assert store.saves == [[b]]
     assert store.loads[a] == 0
+    # The record it was answered from is named, for the store to check it holds.
+    assert store.save_kwargs == [{"answered": [record_id]}]
 
 
 def test_a_replay_alone_is_answered_only_once_the_store_confirms_its_record(
     committer: GroupCommitter, store: Store
 ) -> None:
-    a = store.wallet()
-    replayed = command([a], lambda _: None, replay=lambda: Decimal("42.00"))
+    a, record_id = store.wallet(), uuid4()
+    replayed = command(
+        [a], lambda _: None, replay=lambda: Decimal("42.00"), record_id=record_id
+    )
     assert committer.run(replayed) == Decimal("42.00")
     # Nothing to save, but the save is still made, to confirm: the record read
-    # may be on the primary alone (a commit whose standby wait was cut short).
+    # may be on the primary alone (a commit whose standby wait was cut short),
+    # or on another server than the one that commits.
     assert store.saves == [[]]
-    assert store.save_kwargs == [{"confirm": True}]
+    assert store.save_kwargs == [{"answered": [record_id]}]
 
 
 def test_a_replay_whose_record_is_not_confirmed_is_not_answered(
@@ -405,7 +414,9 @@ def test_a_replay_whose_record_is_not_confirmed_is_not_answered(
 ) -> None:
     a = store.wallet()
     store.confirm_fault = WriteNotConfirmed("The standby did not answer")
-    replayed = command([a], lambda _: None, replay=lambda: Decimal("42.00"))
+    replayed = command(
+        [a], lambda _: None, replay=lambda: Decimal("42.00"), record_id=uuid4()
+    )
     with pytest.raises(WriteNotConfirmed):
         committer.run(replayed)
 

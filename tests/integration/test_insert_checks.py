@@ -1,0 +1,104 @@
+"""What the insert function checks before it writes, on real PostgreSQL: that new
+events follow the very event they were decided on (its SHA-256, not just its
+number), that an answer read from a stored record is read from this server, and
+that such an answer, with nothing to insert, still waits for the synchronous
+standby (on a throwaway primary whose standby is stopped)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from decimal import Decimal
+from uuid import UUID, uuid4
+
+import pytest
+from eventsourcing.persistence import IntegrityError, StoredEvent
+
+from pocket.application import Pocket
+from pocket.bootstrap import open_pocket
+from pocket.config import Settings
+from pocket.deadlines import WriteNotConfirmed
+from pocket.domainmodel import Cause
+from pocket.postgres import ApplicationRecorder
+from tests.pgserver import ReplicatedPair
+
+
+@pytest.fixture
+def pocket(postgres_settings: Settings) -> Iterator[Pocket]:
+    app = open_pocket(postgres_settings)
+    yield app
+    app.close()
+
+
+def recorder_of(pocket: Pocket) -> ApplicationRecorder:
+    recorder = pocket.recorder
+    assert isinstance(recorder, ApplicationRecorder)
+    return recorder
+
+
+def next_event(pocket: Pocket, wallet_id: UUID, amount: str) -> StoredEvent:
+    """The stored form of the wallet's next event (adding amount), unsaved."""
+    wallet = pocket._get(wallet_id)
+    wallet.add_money(Decimal(amount), "check", Cause())
+    (event,) = wallet.collect_events()
+    return pocket.mapper.to_stored_event(event)
+
+
+def head_of(pocket: Pocket, wallet_id: UUID) -> bytes:
+    """The SHA-256 of the wallet's last stored event."""
+    version = pocket._get(wallet_id).version
+    (last,) = pocket.recorder.select_events(wallet_id, gt=version - 1)
+    return hashlib.sha256(last.state).digest()
+
+
+def test_new_events_must_follow_the_very_event_they_were_decided_on(
+    pocket: Pocket,
+) -> None:
+    wallet_id = pocket.create_wallet("ann")
+    pocket.add_money(wallet_id, Decimal(10), "pay")
+    recorder = recorder_of(pocket)
+    event = next_event(pocket, wallet_id, "1")
+    # Decided on another event of the same number (one a failover lost, say):
+    # refused, as a conflict.
+    with pytest.raises(IntegrityError):
+        recorder.insert_events([event], priors={wallet_id: b"\0" * 32})
+    assert pocket.get_wallet(wallet_id).version == 2
+    # Decided on the stored one: written.
+    recorder.insert_events([event], priors={wallet_id: head_of(pocket, wallet_id)})
+    assert pocket.get_wallet(wallet_id).balance == Decimal("11.00")
+    # With no head known, a stored predecessor is enough, as before.
+    recorder.insert_events([next_event(pocket, wallet_id, "2")])
+    assert pocket.get_wallet(wallet_id).balance == Decimal("13.00")
+
+
+def test_an_answer_read_from_a_record_this_server_does_not_hold_is_refused(
+    pocket: Pocket,
+) -> None:
+    wallet_id = pocket.create_wallet("ann")
+    recorder = recorder_of(pocket)
+    with pytest.raises(IntegrityError):
+        recorder.insert_events([], answered=[uuid4()])
+    # A record it holds (here: the wallet's own first event) passes.
+    assert recorder.insert_events([], answered=[wallet_id]) == []
+
+
+def test_an_answer_alone_waits_for_the_synchronous_standby(
+    replicated_postgres: ReplicatedPair,
+) -> None:
+    primary, standby = replicated_postgres
+    url = primary.create_database("pocket")
+    settings = Settings.from_environ(
+        {"POCKET_DATABASE_URL": url, "POCKET_COMMIT_TIMEOUT_SECONDS": "1"}
+    )
+    app = open_pocket(settings)
+    try:
+        wallet_id = app.create_wallet("ann")
+        standby.stop()
+        # Nothing to insert, but the answer read from wallet_id counts only
+        # once the standby has it: it does not, in time.
+        with pytest.raises(WriteNotConfirmed):
+            recorder_of(app).insert_events([], answered=[wallet_id])
+        # Reading alone waits for nothing.
+        assert app.get_wallet(wallet_id).version == 1
+    finally:
+        app.close()
