@@ -102,6 +102,8 @@ class CommitStats:
 
     batch_sizes: dict[int, int]
     retries: int
+    # Batches answered 503 because the database did not confirm them in time.
+    unconfirmed: int = 0
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,7 @@ class GroupCommitter:
         # The last batch's failure to be confirmed (a Unix time and why), until
         # a batch goes through.
         self.unconfirmed: tuple[float, str] | None = None
+        self.unconfirmed_batches = 0
         self.lock = threading.Lock()
         self.pending: list[Command[Any]] = []
         self.leading = False
@@ -275,7 +278,9 @@ class GroupCommitter:
     def stats(self) -> CommitStats:
         """How commits have gone so far in this process."""
         with self.lock:
-            return CommitStats(dict(self.batch_sizes), self.retries)
+            return CommitStats(
+                dict(self.batch_sizes), self.retries, self.unconfirmed_batches
+            )
 
     def _lead(self) -> None:
         """Commits one batch of waiting commands, then passes the lead on."""
@@ -346,6 +351,7 @@ class GroupCommitter:
                 self.heads.clear()
                 if isinstance(error, WriteNotConfirmed | WritesStalled):
                     self.unconfirmed = (time.time(), error.why)
+                    self.unconfirmed_batches += 1
                 for command in batch:
                     if not command.done.is_set():
                         command.fail(error)

@@ -12,6 +12,7 @@ two small reads), never on a request.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -60,6 +61,13 @@ class PocketCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         if self.commits:
             yield from commit_metrics(self.pocket.commit_stats)
+            stuck_since = self.pocket.writes_health.stuck_since
+            yield GaugeMetricFamily(
+                "pocket_writes_stuck_seconds",
+                "How long this process's writes have not been confirmed by the "
+                "database (a synchronous standby gone, a partition); 0 while they are.",
+                value=0.0 if stuck_since is None else time.time() - stuck_since,
+            )
         if self.gate is not None:
             yield from gate_metrics(self.gate)
         threads = self.runner.threads.values()
@@ -155,6 +163,12 @@ def commit_metrics(stats: CommitStats) -> Iterator[Metric]:
         "Batches decided again after meeting another writer's newer events "
         "(optimistic concurrency conflicts).",
         value=stats.retries,
+    )
+    yield CounterMetricFamily(
+        "pocket_group_commit_unconfirmed",
+        "Batches answered 503 because the database did not confirm them within "
+        "POCKET_COMMIT_TIMEOUT_SECONDS (whether they were made is not known).",
+        value=stats.unconfirmed,
     )
 
 

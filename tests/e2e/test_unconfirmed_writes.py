@@ -231,6 +231,15 @@ def probe_reads(wallets: Wallets, stop: threading.Event, probes: list[Probe]) ->
         time.sleep(0.05)
 
 
+def metric_values(api: Api) -> dict[str, float]:
+    """The unlabelled samples of a server's /metrics."""
+    url = api.base_url + "/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310
+        text = answer.read().decode()
+    samples = (line.split(" ") for line in text.splitlines() if line[:1] != "#")
+    return {sample[0]: float(sample[1]) for sample in samples if len(sample) == 2}
+
+
 @dataclass
 class Write:
     """One keyed add_money: its user, amount, key, and first answer."""
@@ -312,9 +321,12 @@ def test_a_dead_synchronous_standby_never_freezes_the_api(
     unready = [p for p in probes if p.path == "/health/ready" and p.status == 503]
     assert unready, probes
     assert "synchronous standby" in unready[-1].message
-    # So did pocket status.
+    # So did pocket status, and the metrics.
     assert status.returncode == 0, status.stderr
     assert "Writes: stuck, waiting for the synchronous standby" in status.stdout
+    metrics = metric_values(wallets.api)
+    assert metrics["pocket_group_commit_unconfirmed_total"] >= 1
+    assert metrics["pocket_writes_stuck_seconds"] > 0
 
     # The standby comes back: each resent key moves its money exactly once.
     standby.start()

@@ -33,7 +33,9 @@ def exposed(metrics: list[Metric]) -> list[str]:
 
 
 def test_batch_sizes_become_a_cumulative_histogram_and_retries_a_counter() -> None:
-    stats = CommitStats(batch_sizes={1: 5, 3: 2, 16: 1, 300: 1}, retries=4)
+    stats = CommitStats(
+        batch_sizes={1: 5, 3: 2, 16: 1, 300: 1}, retries=4, unconfirmed=2
+    )
     lines = exposed(list(commit_metrics(stats)))
     assert lines == [
         'pocket_group_commit_batch_size_bucket{le="1"} 5.0',
@@ -49,6 +51,7 @@ def test_batch_sizes_become_a_cumulative_histogram_and_retries_a_counter() -> No
         "pocket_group_commit_batch_size_count 9.0",
         "pocket_group_commit_batch_size_sum 327.0",
         "pocket_group_commit_retries_total 4.0",
+        "pocket_group_commit_unconfirmed_total 2.0",
     ]
 
 
