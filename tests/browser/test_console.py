@@ -242,3 +242,39 @@ def test_the_console_says_which_server_its_list_of_users_comes_from(
             expect(reads).to_contain_text("Read from the standby", timeout=15000)
     finally:
         server.close()
+
+
+def test_the_console_shows_writes_stuck_while_the_synchronous_standby_is_gone(
+    browser: Browser,
+    screenshots: Path,
+    tmp_path: Path,
+    replicated_postgres: ReplicatedPair,
+) -> None:
+    primary, standby = replicated_postgres
+    url = primary.create_database("pocket_console")
+    env = {"POCKET_DATABASE_URL": url, "POCKET_ADMIN_TOKEN": ADMIN_TOKEN}
+    server, api = serve(tmp_path, env)
+    try:
+        with open_pages(browser, api.base_url, screenshots) as pages:
+            page = signed_in(pages)
+            add_users(api, "Ann")
+            writes, why = page.locator("#writes"), page.locator("#writes-why")
+            expect(writes).to_have_attribute("data-confirmed", "true")
+            expect(writes).to_have_text("confirmed")
+            expect(why).to_be_hidden()
+            standby.kill()
+            expect(writes).to_have_attribute("data-confirmed", "false", timeout=15000)
+            expect(writes).to_have_text("stuck: answering 503")
+            expect(why).to_contain_text(
+                "Writes are not being confirmed: waiting for the synchronous "
+                "standby (synchronous_standby_names = 'FIRST 1 (\"standby\")'; "
+                "none is streaming). Reads are still served."
+            )
+            # The list of users still comes: reads are served.
+            expect(page.locator("#users tbody [data-label=Name]")).to_have_text(["Ann"])
+            pages.shot(page, "console-09-writes-stuck")
+            standby.start()
+            expect(writes).to_have_attribute("data-confirmed", "true", timeout=30000)
+            expect(why).to_be_hidden()
+    finally:
+        server.close()
