@@ -528,6 +528,18 @@ def failover(
     standby.promote()
 
 
+def fail_over_to_a_stopped_standby(
+    primary: PostgresServer, standby: PostgresServer
+) -> None:
+    """The primary crashes while its standby is stopped, and the standby,
+    started again, is promoted: what the primary wrote while the standby was
+    away (acknowledged or not) is not on the new primary."""
+    primary.kill()
+    primary.fenced = f"it was failed over to the server on port {standby.port}"
+    standby.start()
+    standby.promote()
+
+
 def wait_until_replayed(
     primary: PostgresServer, standby: PostgresServer, timeout: float = 30
 ) -> None:

@@ -26,6 +26,7 @@ from tests.e2e.processes import Api, PocketProcess, serve
 from tests.pgserver import (
     PostgresServer,
     ReplicatedPair,
+    fail_over_to_a_stopped_standby,
     multi_host_url,
     wait_until_replayed,
 )
@@ -62,10 +63,7 @@ def two_processes(tmp_path: Path) -> Iterator[Any]:
         assert status == 201, body
         user_id, token = body["user"]["id"], body["token"]
         a, b = a.as_user(token), b.as_user(token)
-        assert send(a, user_id, "add_money", {"amount": "10", "source": "pay"}) == (
-            200,
-            "10.00",
-        )
+        assert add(a, user_id, "10") == (200, "10.00")
         return Processes(a, b, user_id, started)
 
     yield start
@@ -94,13 +92,14 @@ def send(
     return status, wallet.get("balance", answer.get("error", {}).get("code", ""))
 
 
-def promote_without_the_last_writes(pair: ReplicatedPair) -> None:
-    """The primary dies and the standby, stopped before the last writes and
-    never given them, is promoted."""
-    pair.primary.kill()
-    pair.primary.fenced = "failed over to the standby"
-    pair.standby.start()
-    pair.standby.promote()
+def add(api: Api, user_id: int, amount: str) -> tuple[int, str]:
+    """A keyed add_money, sent until decided: its status and balance (or code)."""
+    return send(api, user_id, "add_money", {"amount": amount, "source": "pay"})
+
+
+def draw(api: Api, user_id: int, amount: str) -> tuple[int, str]:
+    """A keyed draw_money, sent until decided: its status and balance (or code)."""
+    return send(api, user_id, "draw_money", {"amount": amount, "destination": "x"})
 
 
 def movements(server: PostgresServer) -> list[str]:
@@ -121,37 +120,19 @@ def test_an_asynchronous_failover_never_lets_a_stale_cache_pay_out(
 ) -> None:
     pair = async_replicated_postgres
     processes = two_processes(pair)
-    user_id = processes.user_id
+    a, b, ann = processes.a, processes.b, processes.user_id
     wait_until_replayed(pair.primary, pair.standby)
     # A adds 100 (version 3, balance 110, in A's cache); the standby never has it.
     pair.standby.stop()
-    assert send(
-        processes.a, user_id, "add_money", {"amount": "100", "source": "a"}
-    ) == (
-        200,
-        "110.00",
-    )
-    promote_without_the_last_writes(pair)
+    assert add(a, ann, "100") == (200, "110.00")
+    fail_over_to_a_stopped_standby(*pair)
     # B writes a different version 3 on the new primary.
-    assert send(processes.b, user_id, "add_money", {"amount": "1", "source": "b"}) == (
-        200,
-        "11.00",
-    )
+    assert add(b, ann, "1") == (200, "11.00")
     # A decides a draw of 100 on its cached 110: refused once the database says
     # its version 3 is not the one A holds.
-    assert send(
-        processes.a, user_id, "draw_money", {"amount": "100", "destination": "x"}
-    ) == (
-        409,
-        "insufficient_funds",
-    )
+    assert draw(a, ann, "100") == (409, "insufficient_funds")
     assert movements(pair.standby) == ["+10.00", "+1.00"]
-    assert send(
-        processes.a, user_id, "draw_money", {"amount": "11", "destination": "x"}
-    ) == (
-        200,
-        "0.00",
-    )
+    assert draw(a, ann, "11") == (200, "0.00")
 
 
 def test_a_synchronous_failover_never_lets_a_stale_cache_pay_out(
@@ -159,32 +140,16 @@ def test_a_synchronous_failover_never_lets_a_stale_cache_pay_out(
 ) -> None:
     pair = replicated_postgres
     processes = two_processes(pair, POCKET_COMMIT_TIMEOUT_SECONDS="2")
-    user_id = processes.user_id
+    a, b, ann = processes.a, processes.b, processes.user_id
     pair.standby.stop()
     # A adds 100: committed on the primary, never confirmed by the standby.
-    status, _ = send(
-        processes.a, user_id, "add_money", {"amount": "100", "source": "a"}
-    )
-    assert status == 503
+    assert add(a, ann, "100")[0] == 503
     # B reads the wallet for a command it refuses (nothing to commit, so
     # nothing waits for the standby): B caches version 3, balance 110.
-    assert send(
-        processes.b, user_id, "draw_money", {"amount": "500", "destination": "x"}
-    ) == (
-        409,
-        "insufficient_funds",
-    )
-    promote_without_the_last_writes(pair)
+    assert draw(b, ann, "500") == (409, "insufficient_funds")
+    fail_over_to_a_stopped_standby(*pair)
     # A (whose cache was dropped with the 503) writes a different version 3.
-    assert send(processes.a, user_id, "add_money", {"amount": "1", "source": "a2"}) == (
-        200,
-        "11.00",
-    )
+    assert add(a, ann, "1") == (200, "11.00")
     # B decides a draw of 100 on its cached 110: refused.
-    assert send(
-        processes.b, user_id, "draw_money", {"amount": "100", "destination": "x"}
-    ) == (
-        409,
-        "insufficient_funds",
-    )
+    assert draw(b, ann, "100") == (409, "insufficient_funds")
     assert movements(pair.standby) == ["+10.00", "+1.00"]

@@ -28,7 +28,12 @@ import psycopg
 import pytest
 
 from tests.e2e.processes import Api, PocketProcess, run_pocket, serve
-from tests.pgserver import STANDBY_NAME, PostgresServer, ReplicatedPair
+from tests.pgserver import (
+    STANDBY_NAME,
+    PostgresServer,
+    ReplicatedPair,
+    fail_over_to_a_stopped_standby,
+)
 from tests.proxy import Proxy
 
 pytestmark = pytest.mark.e2e
@@ -152,10 +157,7 @@ def test_a_write_settled_on_the_primary_alone_is_not_acknowledged_and_fails_over
     assert "not known" in body["error"]["message"]
     assert marked(primary, marker) == 1
     # The primary dies; the standby, which never had the write, takes over.
-    primary.kill()
-    primary.fenced = "failed over to the standby"
-    standby.start()
-    standby.promote()
+    fail_over_to_a_stopped_standby(primary, standby)
     ((user_id, user),) = wallets.users.items()
     path = f"/users/{user_id}/add_money"
     status, body, headers = resend(user, path, {"amount": "100", "source": marker}, key)
