@@ -582,7 +582,7 @@ class Factory(PostgresFactory):
         options too: with target_session_attrs=read-write each new connection
         goes to whichever server of a multi-host URL is the primary now.
         Pocket's own connections (locks, LISTEN, probes) copy the pool's
-        settings (pocket.database.connect_kwargs), so they follow it as well."""
+        settings (connect_kwargs), so they follow it as well."""
         super().__init__(env)
         kwargs = self.datastore.pool.kwargs
         assert isinstance(kwargs, dict)
@@ -617,6 +617,17 @@ def bound_connections(datastore: PostgresDatastore, watchdog: Watchdog) -> None:
             yield conn
 
     datastore.get_connection = get_connection  # type: ignore[method-assign]
+
+
+def connect_kwargs(datastore: PostgresDatastore) -> dict[str, Any]:
+    """The library pool's connection settings, for a connection of one's own
+    (LISTEN, an advisory lock, a probe): the same servers, database, user and
+    target_session_attrs, with psycopg's default rows; the caller gives its own
+    connect_timeout."""
+    pool_kwargs = datastore.pool.kwargs
+    assert isinstance(pool_kwargs, dict)
+    mine = ("row_factory", "connect_timeout")
+    return {k: v for k, v in pool_kwargs.items() if k not in mine}
 
 
 def latest_states_statement(
