@@ -130,6 +130,27 @@ def test_a_pooler_that_keeps_sessions_between_clients_is_refused(
     assert "server_reset_query = DISCARD ALL" in line
 
 
+def test_a_pooler_with_no_server_process_to_spare_is_waited_for_like_a_database_down(
+    tmp_path: Path, pooled_postgres: PostgresServer, pgbouncer: StartPgBouncer
+) -> None:
+    bouncer = pgbouncer("session", default_pool_size="1")
+    env = {"POCKET_DATABASE_URL": bouncer.url_for(new_database(pooled_postgres))}
+    result = run_pocket(tmp_path, env, "status", timeout=30)
+    assert result.returncode == 2
+    line = one_line_error(result.stderr)
+    assert "left a second connection without an answer for 5s" in line
+    server = PocketProcess(["serve", "--port", str(free_port())], tmp_path, env, "s")
+    try:
+        wait_for(
+            lambda: server.output.count("without an answer") >= 2,
+            timeout=30,
+            what="two attempts, each saying why",
+        )
+        assert server.process.poll() is None  # still waiting
+    finally:
+        server.close()
+
+
 class TableLock:
     """Another session holding the events table's lock, so that an insert sent
     meanwhile waits (and could commit after Pocket looked for it)."""
