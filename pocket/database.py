@@ -204,17 +204,6 @@ class Transaction:
         self.cursor.executemany(sql, list(rows))
 
 
-def connect_kwargs(datastore: PostgresDatastore) -> dict[str, Any]:
-    """The library pool's connection settings, for a connection of one's own
-    (LISTEN, an advisory lock, a probe): the same servers, database, user and
-    target_session_attrs, with psycopg's default rows; the caller gives its own
-    connect_timeout."""
-    pool_kwargs = datastore.pool.kwargs
-    assert isinstance(pool_kwargs, dict)
-    mine = ("row_factory", "connect_timeout")
-    return {k: v for k, v in pool_kwargs.items() if k not in mine}
-
-
 def _sqlite_param(value: Any) -> Any:
     if isinstance(value, UUID | Decimal):
         return str(value)

@@ -12,8 +12,8 @@ from eventsourcing.persistence import OperationalError
 from eventsourcing.postgres import PostgresDatastore
 
 from pocket.application import Pocket
-from pocket.database import Database, connect_kwargs
-from pocket.postgres import replace_broken_connections
+from pocket.database import Database
+from pocket.postgres import connect_kwargs, replace_broken_connections
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import secrets
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -53,6 +53,13 @@ from pocket.deadlines import (
     WritesStalled,
 )
 from pocket.guards import GuardsBroken, TokenGuard, parse_user_ids
+from pocket.pooling import (
+    MARKER_HOLDER,
+    TAKE_MARKER,
+    PoolerProblem,
+    ProbeTimedOut,
+    check_sessions,
+)
 
 # The advisory lock between committing commands (shared, in the insert function)
 # and replacing a token (exclusive: pocket.database.Transaction.lock_tokens).
@@ -62,6 +69,11 @@ TOKENS_LOCK = "pocket-tokens"
 INSERT_ATTEMPTS = 2
 # How long to wait for the backend of a lost insert to end.
 SETTLE_SECONDS = 5.0
+# How long the check that a connection keeps its server process may take
+# (pocket.pooling), out of SETTLE_SECONDS.
+SESSIONS_CHECK_SECONDS = 2.0
+# The connect timeout of the check's own connections, in whole seconds.
+SESSIONS_CHECK_CONNECT_TIMEOUT = 2
 # The SQLSTATE the insert function raises when a command's guard does not hold.
 GUARD_SQLSTATE = "PKG01"
 # A statement cancelled (by the watchdog, past its deadline): it was rolled back.
@@ -162,10 +174,12 @@ def replace_broken_connections(datastore: PostgresDatastore) -> None:
 
 @dataclass(frozen=True)
 class Backend:
-    """One server process, told apart from a later one that reuses its pid."""
+    """The server process a pooled connection was given, and the marker it took
+    for that connection (the objid of a session advisory lock, unique while
+    held: see pocket.pooling), which tells it apart from any other."""
 
     pid: int
-    started: datetime | None
+    marker: int
 
 
 class OutcomeUnknown(OperationalError):
@@ -301,16 +315,44 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
             "SELECT * FROM {function}(%s, %s, %s, %s, %s, %s, %s, %s, %s) "
             "AS notification_id"
         ).format(function=function)
-        # Ends a backend (if it is still that backend) and says whether it was
-        # still there; pg_stat_activity forgets a backend only after its
-        # transaction has ended and its locks are released.
+        # Asks which server process a pooled connection talks to, and has it
+        # take a marker: a session advisory lock on a key drawn for that
+        # connection, taken only if nobody holds it (so that while it is held,
+        # no other session holds the same one).
+        self.mark_statement = SQL(
+            f"SELECT pg_backend_pid() AS pid, {TAKE_MARKER} AS marked"
+        )
+        # Ends the server process that holds a connection's marker, and says
+        # whether one still did. Why the holder can only be the server process
+        # a lost statement of that connection went to, in the same session:
+        # - The marker is unique (above), and a session holds it from the
+        #   connection's first use until the session ends (pg_locks forgets
+        #   it only once its transaction has ended and its locks are gone).
+        # - With no pooler, a server process serves one connection for life.
+        #   Through a pooler, it serves one client connection for that
+        #   connection's life only in session mode, and the pooler resets it
+        #   before another client gets it (DISCARD ALL), which releases the
+        #   marker: a server process handed on holds no marker of Pocket's
+        #   connection. A pooler per transaction (or one that does not reset)
+        #   would hand the marked process to another client: _terminate
+        #   first checks, once, that the connections keep their server
+        #   process (pocket.pooling), and ends nothing if they do not. So do
+        #   Pocket's commands at start (pocket.preflight).
+        # - The look at pg_locks and the signal are one statement, a moment
+        #   apart; a pooler that let the process go in between would first
+        #   have to reset it and then hand it over, each a round trip to it.
+        # Its pid and backend_start would not do: through a pooler, the
+        # process a connection was first given may serve another client now.
         self.terminate_statement = SQL(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE pid = %s AND backend_start IS NOT DISTINCT FROM %s"
+            f"SELECT pg_terminate_backend(pid) FROM ({MARKER_HOLDER}) AS holder"
         )
         self._backends: weakref.WeakKeyDictionary[Connection[Any], Backend] = (
             weakref.WeakKeyDictionary()
         )
+        # Why the connections cannot be shown to keep their server process
+        # (pocket.pooling), once found; None while that is not known to fail.
+        self._sessions_problem: str | None = None
+        self._sessions_checked = False
         # Whether Pocket may create its insert function (the library's
         # CREATE_TABLE setting, which the factory passes on).
         self.may_create_function = True
@@ -468,17 +510,61 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
         raise WriteNotConfirmed(msg) from error
 
     def _backend_of(self, conn: Connection[Any]) -> Backend:
-        """Which server process a pooled connection talks to (asked once)."""
+        """Which server process a pooled connection talks to, marked as that
+        connection's (asked once per connection)."""
         backend = self._backends.get(conn)
-        if backend is None:
-            row = conn.execute(
-                "SELECT pg_backend_pid() AS pid, (SELECT backend_start FROM "
-                "pg_stat_activity WHERE pid = pg_backend_pid()) AS started"
-            ).fetchone()
+        while backend is None:
+            marker = secrets.randbelow(2**31)
+            row = conn.execute(self.mark_statement, [marker]).fetchone()
             assert row is not None
-            backend = Backend(int(row["pid"]), row["started"])
-            self._backends[conn] = backend
+            if row["marked"]:  # Else another session holds that key: draw again.
+                backend = Backend(int(row["pid"]), marker)
+                self._backends[conn] = backend
         return backend
+
+    def _terminate(self, conn: Connection[Any], backend: Backend) -> Any:
+        """Ends the server process that a connection's lost statement went to,
+        if it still serves that connection; a row while it was still there.
+
+        Raises OperationalError, and ends nothing, unless the connections are
+        known to keep their server process (see terminate_statement).
+        """
+        self._check_sessions()
+        return conn.execute(self.terminate_statement, [backend.marker]).fetchone()
+
+    def _check_sessions(self) -> None:
+        """Raises OperationalError unless Pocket's connections to this database
+        have been found to keep their server process (asked at most once while
+        it holds; a pooler's refusal is remembered)."""
+        if self._sessions_checked:
+            return
+        if self._sessions_problem is None:
+            try:
+                check_sessions(self._own_connection, SESSIONS_CHECK_SECONDS)
+            except PoolerProblem as problem:
+                self._sessions_problem = f"the database {problem}"
+            except (ProbeTimedOut, psycopg.Error) as error:
+                msg = (
+                    "Could not make sure that connections keep their server "
+                    f"process ({type(error).__name__}: {error})"
+                )
+                raise OperationalError(msg) from None
+            else:
+                self._sessions_checked = True
+                return
+        msg = (
+            "Cannot tell which server process a lost write went to: "
+            f"{self._sessions_problem}"
+        )
+        raise OperationalError(msg)
+
+    def _own_connection(self) -> Connection[Any]:
+        """A connection outside the pool, as the pool makes them."""
+        return psycopg.connect(
+            autocommit=True,
+            connect_timeout=SESSIONS_CHECK_CONNECT_TIMEOUT,
+            **connect_kwargs(self.datastore),
+        )
 
     def _settle(self, backend: Backend) -> None:
         """Ends the backend a lost statement went to, and waits until it is gone.
@@ -492,9 +578,7 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
             try:
                 with self.datastore.get_connection() as conn:
                     while time.monotonic() < deadline:
-                        row = conn.execute(
-                            self.terminate_statement, [backend.pid, backend.started]
-                        ).fetchone()
+                        row = self._terminate(conn, backend)
                         if row is None:
                             return
                         time.sleep(0.02)
@@ -582,7 +666,7 @@ class Factory(PostgresFactory):
         options too: with target_session_attrs=read-write each new connection
         goes to whichever server of a multi-host URL is the primary now.
         Pocket's own connections (locks, LISTEN, probes) copy the pool's
-        settings (pocket.database.connect_kwargs), so they follow it as well."""
+        settings (connect_kwargs), so they follow it as well."""
         super().__init__(env)
         kwargs = self.datastore.pool.kwargs
         assert isinstance(kwargs, dict)
@@ -617,6 +701,17 @@ def bound_connections(datastore: PostgresDatastore, watchdog: Watchdog) -> None:
             yield conn
 
     datastore.get_connection = get_connection  # type: ignore[method-assign]
+
+
+def connect_kwargs(datastore: PostgresDatastore) -> dict[str, Any]:
+    """The library pool's connection settings, for a connection of one's own
+    (LISTEN, an advisory lock, a probe): the same servers, database, user and
+    target_session_attrs, with psycopg's default rows; the caller gives its own
+    connect_timeout."""
+    pool_kwargs = datastore.pool.kwargs
+    assert isinstance(pool_kwargs, dict)
+    mine = ("row_factory", "connect_timeout")
+    return {k: v for k, v in pool_kwargs.items() if k not in mine}
 
 
 def latest_states_statement(

@@ -3,7 +3,8 @@
 The library's connection pool reports any failure to connect as "couldn't get a
 connection after 3.00 sec"; an operator needs PostgreSQL's own reason, and needs
 to know whether waiting helps (the server is down or starting) or not (the
-database or role does not exist, the password is wrong).
+database or role does not exist, the password is wrong, a connection pooler
+shares server processes between clients in a way Pocket cannot work with).
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
 from pocket.config import Settings
+from pocket.pooling import PoolerProblem, ProbeTimedOut, check_sessions
 from pocket.postgres import POSTGRES_DEFAULTS, libpq_options
 
 # What PostgreSQL says when it is there but cannot take connections yet (or any
@@ -47,6 +50,16 @@ class NoPocketHere(DatabaseProblem):
     """The database exists but holds no Pocket tables."""
 
 
+class PoolerRefused(DatabaseRefused):
+    """The connection goes through a connection pooler whose mode Pocket cannot
+    work with (pocket.pooling)."""
+
+
+# How long the check that connections keep their server process may wait for
+# an answer (a pooler in session mode with a full pool makes it wait).
+SESSIONS_CHECK_SECONDS = 5.0
+
+
 def check_database(
     settings: Settings, *, must_hold_pocket: bool = False, may_be_old: bool = False
 ) -> None:
@@ -67,11 +80,14 @@ def check_database(
 def check_postgres(
     settings: Settings, must_hold_pocket: bool, may_be_old: bool
 ) -> None:
-    """Connects once, as the library would, and reports PostgreSQL's reason."""
+    """Connects as the library would, and reports PostgreSQL's reason; makes
+    sure the connections keep their server process (pocket.pooling)."""
     env = {**POSTGRES_DEFAULTS, **os.environ, **settings.env}
     schema = env.get("POSTGRES_SCHEMA", "").strip() or "public"
-    try:
-        with psycopg.connect(
+
+    def connect() -> psycopg.Connection[Any]:
+        return psycopg.connect(
+            autocommit=True,
             dbname=env.get("POSTGRES_DBNAME", ""),
             host=env.get("POSTGRES_HOST", ""),
             port=env.get("POSTGRES_PORT", "5432"),
@@ -80,13 +96,26 @@ def check_postgres(
             # The pool's: each server of a multi-host URL in turn, for the
             # primary when target_session_attrs says so.
             **libpq_options(env),
-        ) as conn:
-            if not must_hold_pocket:
-                return
+        )
+
+    try:
+        check_sessions(connect, SESSIONS_CHECK_SECONDS)
+        if not must_hold_pocket:
+            return
+        with connect() as conn:
             row = conn.execute(
                 "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
                 [f'"{schema}".pocket_events', f'"{schema}".pocket_projections'],
             ).fetchone()
+    except PoolerProblem as problem:
+        raise PoolerRefused(f"{settings.description} {problem}") from None
+    except ProbeTimedOut:
+        msg = (
+            f"{settings.description} left a second connection without an answer "
+            f"for {SESSIONS_CHECK_SECONDS:g}s (a connection pooler whose pool "
+            "is full?)"
+        )
+        raise DatabaseDown(msg) from None
     except psycopg.Error as error:
         reason = one_line(str(error).removeprefix("connection failed: "))
         if "FATAL" in reason and not any(p in reason for p in PASSING_REFUSALS):

@@ -32,8 +32,13 @@ from eventsourcing.utils import Environment
 from psycopg.rows import dict_row
 
 from pocket.config import Settings
-from pocket.database import Database, connect_kwargs
-from pocket.postgres import POSTGRES_DEFAULTS, Factory, libpq_options
+from pocket.database import Database
+from pocket.postgres import (
+    POSTGRES_DEFAULTS,
+    Factory,
+    connect_kwargs,
+    libpq_options,
+)
 from pocket.preflight import one_line
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ from flask import Flask
 from pocket import logs
 from pocket.bootstrap import bootstrap
 from pocket.config import LogSettings, Settings
+from pocket.preflight import check_database
 from pocket.web import create_app
 
 
@@ -29,6 +30,10 @@ def app() -> Flask:
     and the rest, as `pocket serve` reads them), with no follower."""
     log_settings = LogSettings.from_environ()
     logs.configure(log_settings.level, log_settings.format)
-    service = bootstrap(Settings.from_environ(), follow=False)
+    settings = Settings.from_environ()
+    # As `pocket serve` does first: PostgreSQL's own reason for a refusal, and
+    # no start through a pooler that shares server processes (pocket.pooling).
+    check_database(settings)
+    service = bootstrap(settings, follow=False)
     atexit.register(service.close)
     return create_app(service)

@@ -1,11 +1,12 @@
 """Fixtures shared by every layer: backends as parametrized settings, a throwaway
-PostgreSQL server (or Patroni cluster) for fault tests, and the guard that the
-shared one is never restarted."""
+PostgreSQL server (or Patroni cluster) for fault tests (and PgBouncers in front
+of a server), and the guard that the shared one is never restarted."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from pocket.bench import scratch_postgres
 from pocket.config import Settings
 from tests.patroni import PatroniCluster, patroni_cluster, patroni_problem
+from tests.pgbouncer import PgBouncer, PoolMode, pgbouncer_problem, throwaway_pgbouncer
 from tests.pgserver import (
     PostgresServer,
     ReplicatedPair,
@@ -30,6 +32,8 @@ ADMIN_URL = os.environ.get(
 REQUIRE_POSTGRES = os.environ.get("POCKET_REQUIRE_POSTGRES") == "1"
 # CI installs Patroni, etcd and HAProxy: there, their absence fails the tests.
 REQUIRE_PATRONI = os.environ.get("POCKET_REQUIRE_PATRONI") == "1"
+# CI installs pgbouncer: there, the pooler tests must fail without it, not skip.
+REQUIRE_PGBOUNCER = os.environ.get("POCKET_REQUIRE_PGBOUNCER") == "1"
 
 
 def postgres_problem() -> str | None:
@@ -76,6 +80,42 @@ def throwaway_postgres() -> Iterator[PostgresServer]:
     skip_or_fail(server_problem())
     with throwaway_server() as server:
         yield server
+
+
+def require_pgbouncer() -> None:
+    """Skips (or, with POCKET_REQUIRE_PGBOUNCER=1, fails) when no throwaway
+    PgBouncer (and throwaway PostgreSQL server behind it) can be started."""
+    problem = pgbouncer_problem()
+    if problem is not None and REQUIRE_PGBOUNCER:
+        pytest.fail(f"POCKET_REQUIRE_PGBOUNCER=1 but {problem}")
+    skip_or_fail(problem or server_problem())
+
+
+@pytest.fixture(scope="module")
+def pooled_postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server that a module's tests put PgBouncers in
+    front of; stopped and removed after the module."""
+    require_pgbouncer()
+    with throwaway_server() as server:
+        yield server
+
+
+StartPgBouncer = Callable[..., PgBouncer]
+
+
+@pytest.fixture
+def pgbouncer(pooled_postgres: PostgresServer) -> Iterator[StartPgBouncer]:
+    """Starts PgBouncers in front of the module's throwaway server:
+    pgbouncer("session", server_reset_query=""), the keywords being lines of
+    its configuration; each one stopped and removed after the test."""
+    with contextlib.ExitStack() as stack:
+
+        def start(mode: PoolMode, **settings: str) -> PgBouncer:
+            return stack.enter_context(
+                throwaway_pgbouncer(pooled_postgres.port, mode, settings=settings)
+            )
+
+        yield start
 
 
 @pytest.fixture

@@ -98,14 +98,7 @@ def server_problem() -> str | None:
     """Why no throwaway server can be started here, or None when one can."""
     if find_bindir() is None:
         return "no PostgreSQL binaries (initdb, pg_ctl, postgres) on this machine"
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam(OWNER)
-        except KeyError:
-            return f"running as root and there is no {OWNER!r} user to run PostgreSQL"
-        if shutil.which("setpriv") is None:
-            return f"running as root and no setpriv to run PostgreSQL as {OWNER!r}"
-    return None
+    return owner_problem()
 
 
 def replication_problem() -> str | None:
@@ -407,9 +400,9 @@ class PostgresServer:
 
     def _prepare_folder(self) -> None:
         """The folder and the socket directory, OWNER's."""
-        self._own(self.folder)
+        own(self.folder)
         self.sockets.mkdir(exist_ok=True)
-        self._own(self.sockets)
+        own(self.sockets)
 
     def _configure(self, file: str, title: str, settings: dict[str, str]) -> None:
         """Appends settings to a configuration file of the data directory; the
@@ -426,17 +419,37 @@ class PostgresServer:
         )
 
     def _as_owner(self, command: list[str]) -> list[str]:
-        """The command as OWNER when we are root, in the server's namespace if
-        it has one; setpriv and `ip netns exec` exec rather than fork, so the
+        """The command as OWNER when we are root (see as_owner), in the server's
+        namespace if it has one; `ip netns exec` execs rather than forks, so the
         process started is the command itself."""
-        if os.geteuid() != 0:
-            return [*self.netns, *command]
-        user = ["--reuid", OWNER, "--regid", OWNER, "--init-groups"]
-        return [*self.netns, "setpriv", *user, "--", *command]
+        return [*self.netns, *as_owner(command)]
 
-    def _own(self, path: Path) -> None:
-        if os.geteuid() == 0:
-            shutil.chown(path, OWNER, OWNER)
+
+def as_owner(command: list[str]) -> list[str]:
+    """The command as OWNER when we are root; setpriv execs rather than
+    forks, so the process started is the command itself."""
+    if os.geteuid() != 0:
+        return command
+    user = ["--reuid", OWNER, "--regid", OWNER, "--init-groups"]
+    return ["setpriv", *user, "--", *command]
+
+
+def own(path: Path) -> None:
+    """Gives a path to OWNER when we are root (its daemons write there)."""
+    if os.geteuid() == 0:
+        shutil.chown(path, OWNER, OWNER)
+
+
+def owner_problem() -> str | None:
+    """Why a daemon cannot be run as OWNER here, or None when it can."""
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam(OWNER)
+        except KeyError:
+            return f"running as root and there is no {OWNER!r} user to run it as"
+        if shutil.which("setpriv") is None:
+            return f"running as root and no setpriv to run it as {OWNER!r}"
+    return None
 
 
 def new_server(bindir: Path | None = None) -> PostgresServer:

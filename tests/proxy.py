@@ -3,10 +3,12 @@
 Armed with a marker (bytes a request is known to carry, such as a transfer's
 description inside its events), it forwards the statement that carries the marker
 up to its Sync message, so the server runs and may commit it, then cuts both
-sides of that connection: the client never hears how it ended. It can also
-refuse new connections, to stand for a database nobody can reach, and fall
-silent as a network partition does: whatever it forwards (PostgreSQL, or the
-HTTP of etcd and Patroni), nothing crosses any more and nobody is told.
+sides of that connection: the client never hears how it ended. Or it cuts before
+forwarding any of that statement, so the server (or a pooler) never sees it and
+finds its connection idle when it ends. It can also refuse new connections, to
+stand for a database nobody can reach, and fall silent as a network partition
+does: whatever it forwards (PostgreSQL, or the HTTP of etcd and Patroni), nothing
+crosses any more and nobody is told.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class Trap:
     markers: tuple[bytes, ...]
     # Then refuse every connection, as if the database had become unreachable.
     isolate: bool = False
+    # Whether the statement that carries the marker goes through before the cut.
+    forward: bool = True
     sprung: threading.Event = field(default_factory=threading.Event)
 
 
@@ -53,12 +57,13 @@ class Proxy:
         """A PostgreSQL URL that goes through this proxy."""
         return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
 
-    def arm(self, marker: str, *, isolate: bool = False) -> Trap:
-        """Cuts the next link that carries marker, once the statement is sent;
-        with isolate, every other link too, and refuses new ones from then on."""
+    def arm(self, marker: str, *, isolate: bool = False, forward: bool = True) -> Trap:
+        """Cuts the next link that carries marker, once the statement is sent
+        (with forward=False, before any of it is); with isolate, every other
+        link too, and refuses new ones from then on."""
         raw = marker.encode()
         # Parameters may travel in text form, where bytea is written as hex.
-        trap = Trap((raw, raw.hex().encode()), isolate)
+        trap = Trap((raw, raw.hex().encode()), isolate, forward)
         with self.lock:
             self.trap = trap
         return trap
@@ -218,6 +223,11 @@ class Link:
             if self.trap is not None:
                 found = [self.sent.find(m) for m in self.trap.markers]
                 self.trap_at = min(at for at in found if at >= 0)
+        if self.trap is not None and not self.trap.forward:
+            # Up to the end of the exchange before the statement's, if that
+            # much is still here to send; nothing more.
+            before = self.sent.rfind(SYNC, 0, self.trap_at)
+            return max(0, before + len(SYNC) - offset) if before >= 0 else 0
         if self.trap is not None:
             sync = self.sent.find(SYNC, self.trap_at)
             if sync >= 0:

@@ -15,8 +15,7 @@ from pocket.config import (
     Settings,
     commit_timeout,
 )
-from pocket.database import connect_kwargs
-from pocket.postgres import Factory, libpq_options
+from pocket.postgres import Factory, connect_kwargs, libpq_options
 from pocket.ratelimit import Rate
 
 
