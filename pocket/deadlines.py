@@ -160,6 +160,11 @@ class Watchdog:
         finally:
             local.deadline = previous
 
+    def current(self) -> Deadline | None:
+        """This thread's deadline, if it has one."""
+        deadline: Deadline | None = getattr(self._local, "deadline", None)
+        return deadline
+
     def expired(self) -> Deadline | None:
         """This thread's deadline, if it has one and it has passed."""
         current: Deadline | None = getattr(self._local, "deadline", None)

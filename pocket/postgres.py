@@ -570,9 +570,13 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
         """Ends the backend a lost statement went to, and waits until it is gone.
 
         Raises OutcomeUnknown when that cannot be done (the server cannot be
-        reached, or the backend does not go).
+        reached, or the backend does not go) within SETTLE_SECONDS, or by the
+        deadline of the command it is for, if that comes first.
         """
         deadline = time.monotonic() + SETTLE_SECONDS
+        command = self.watchdog.current()
+        if command is not None:
+            deadline = min(deadline, command.at)
         last: Exception | None = None
         while time.monotonic() < deadline:
             try:
