@@ -44,7 +44,7 @@ from pocket.server import Limits, build_server
 from pocket.system import VERSIONS, system
 from pocket.walletrecords import LATEST_VERSION
 from pocket.web import create_app
-from pocket.writes import writes_report
+from pocket.writes import commit_waits, writes_report
 
 log = logging.getLogger("pocket")
 T = TypeVar("T")
@@ -401,7 +401,7 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
         report = {
             "database": settings.description,
             "servers": replication(pocket),
-            "writes": writes_report(None, Database.of(pocket)),
+            "writes": writes_report(None, commit_waits(Database.of(pocket))),
             "reads": reads.state(),
             **status(pocket),
         }

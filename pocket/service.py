@@ -30,7 +30,7 @@ from pocket.runner import PocketRunner
 from pocket.tokens import TokenCache, hash_token, new_token
 from pocket.users import TokenRevoked, User, UserNotFound, UserStore
 from pocket.walletrecords import WalletRecord
-from pocket.writes import writes_report
+from pocket.writes import commit_waits, writes_report
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,8 @@ class PocketService:
     def writes(self) -> dict[str, Any]:
         """Whether writes are being confirmed now, and if not, since when and
         why (pocket.writes)."""
-        return writes_report(self.pocket.writes_health, self.users.db)
+        waits = commit_waits(self.users.db)
+        return writes_report(self.pocket.writes_health, waits)
 
     # Who is asking
 

@@ -59,11 +59,8 @@ def stalled_by_standby(waits: dict[str, Any] | None) -> bool:
     )
 
 
-def why_stuck(waits: dict[str, Any] | None) -> str:
-    """Why commits are not confirmed, in a sentence's words."""
-    if not stalled_by_standby(waits):
-        return "the database is not confirming commits"
-    assert waits is not None
+def why_stuck(waits: dict[str, Any]) -> str:
+    """Why commits wait for a synchronous standby, in a sentence's words."""
     names = waits["synchronous_standby_names"]
     streaming = waits["synchronous_standbys_streaming"]
     seen = (
@@ -79,21 +76,29 @@ def why_stuck(waits: dict[str, Any] | None) -> str:
     )
 
 
-def writes_report(health: WritesHealth | None, db: Database) -> dict[str, Any]:
+def writes_report(
+    health: WritesHealth | None, waits: dict[str, Any] | None
+) -> dict[str, Any]:
     """Whether writes go through, for /health/ready, /admin/status and status:
     this process's view (health; None in a process that does not write) and
-    the database's."""
-    waits = commit_waits(db)
+    the database's (commit_waits)."""
     stuck_since = None if health is None else health.stuck_since
-    stuck = stuck_since is not None or stalled_by_standby(waits)
+    by_standby = stalled_by_standby(waits)
+    why = None
+    if by_standby and waits is not None:
+        why = why_stuck(waits)
+    elif health is not None and stuck_since is not None:
+        # The database does not say why (its standbys hidden without
+        # pg_monitor, or not the cause): what this process saw.
+        why = health.why[:1].lower() + health.why[1:]
     return {
-        "confirmed": not stuck,
+        "confirmed": why is None,
         "stuck_since": (
             None
             if stuck_since is None
             else datetime.fromtimestamp(stuck_since, UTC).isoformat()
         ),
-        "why": why_stuck(waits) if stuck else None,
+        "why": why,
         "database": waits,
     }
 

@@ -10,8 +10,10 @@ import pytest
 
 from pocket import __version__
 from pocket.cli import build_parser
+from pocket.groupcommit import WritesHealth
 from pocket.operations import format_reads, format_replication
 from pocket.server import Limits
+from pocket.writes import format_writes, writes_report
 
 
 def test_serve_s_limits_default_to_the_server_s_defaults() -> None:
@@ -170,6 +172,44 @@ def test_status_says_where_the_reads_that_may_lag_go() -> None:
     assert format_reads(behind) == (
         "Reads: on the primary, because the read server 10.0.0.2:5432 is 12.3 s "
         "behind (POCKET_READ_MAX_LAG_SECONDS=10)"
+    )
+
+
+def test_status_says_whether_writes_are_confirmed_and_if_not_why() -> None:
+    waits = {
+        "synchronous_standby_names": "FIRST 1 (db2)",
+        "synchronous_commit": "on",
+        "synchronous_standbys_streaming": 1,
+        "commits_waiting": 0,
+        "oldest_wait_seconds": 0.0,
+    }
+    healthy = writes_report(None, waits)
+    assert healthy["confirmed"] is True
+    assert format_writes(healthy) == (
+        "Writes: confirmed by the synchronous standby (1 streaming; "
+        "synchronous_standby_names = 'FIRST 1 (db2)')"
+    )
+    gone = {**waits, "synchronous_standbys_streaming": 0, "commits_waiting": 3}
+    gone["oldest_wait_seconds"] = 4.21
+    stuck = writes_report(None, gone)
+    assert stuck["confirmed"] is False
+    assert format_writes(stuck) == (
+        "Writes: stuck, waiting for the synchronous standby "
+        "(synchronous_standby_names = 'FIRST 1 (db2)'; none is streaming); "
+        "3 commit(s) waiting, the oldest for 4.2 s"
+    )
+    # A process whose own commits stalled says so even where the database's
+    # view is hidden (no pg_monitor) or points elsewhere.
+    hidden = {**waits, "synchronous_standbys_streaming": None}
+    mine = writes_report(
+        WritesHealth(0.0, "a commit has not been confirmed yet"), hidden
+    )
+    assert mine["confirmed"] is False
+    assert mine["stuck_since"] == "1970-01-01T00:00:00+00:00"
+    assert mine["why"] == "a commit has not been confirmed yet"
+    alone = writes_report(None, None)
+    assert format_writes(alone) == (
+        "Writes: confirmed by this server alone (no synchronous standby)"
     )
 
 
