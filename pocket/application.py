@@ -56,6 +56,7 @@ from pocket.postgres import (
     POSTGRES_DEFAULTS,
     latest_states_statement,
     newer_events_statement,
+    replace_connections,
 )
 from pocket.postgres import ApplicationRecorder as PostgresApplicationRecorder
 from pocket.postgres import Factory as PostgresFactory
@@ -460,9 +461,8 @@ class Pocket(Leader[UUID]):
     def _get_many(self, wallet_ids: Collection[UUID]) -> Loaded:
         """Many wallets as they are now, each with its head (the SHA-256 of its
         last stored event), in one read on PostgreSQL (each one's latest
-        snapshot and the events from it on); elsewhere, or if that read fails,
-        none (the caller then loads each, with the usual retries). Wallets not
-        found are left out."""
+        snapshot and the events from it on); elsewhere none (the caller then
+        loads each). Wallets not found are left out."""
         if self._latest_states is None or not wallet_ids:
             return {}
         assert self.snapshots is not None
@@ -488,42 +488,62 @@ class Pocket(Leader[UUID]):
                 loaded[wallet_id] = (wallet, heads.get(wallet_id))
         return loaded
 
-    def _catch_up(self, wallets: dict[UUID, Wallet]) -> dict[UUID, bytes]:
+    def _catch_up(
+        self, wallets: dict[UUID, Wallet], heads: dict[UUID, bytes]
+    ) -> tuple[dict[UUID, bytes], set[UUID]]:
         """Applies to wallets (in place) the events written since they were
-        read, in one read on PostgreSQL, and returns the heads of those it
-        advanced; elsewhere, or if that read fails, nothing (a conflict at the
-        save then says they were behind)."""
+        read, in one read on PostgreSQL; returns the heads of those it advanced,
+        and the wallets it found stale: the stored event of their version is
+        not the one their head names (a failover lost it), so events after it
+        would be applied to a history the database does not hold. Elsewhere,
+        nothing (a conflict at the save then says they were behind)."""
         if self._newer_events is None or not wallets:
-            return {}
+            return {}, set()
         ids = list(wallets)
         versions = [wallets[i].version for i in ids]
-        heads: dict[UUID, bytes] = {}
-        for row in self._read(self._newer_events, {"ids": ids, "versions": versions}):
-            event = self.mapper.to_domain_event(stored_event(row))
-            project_aggregate(wallets[row["originator_id"]], [event])
-            heads[row["originator_id"]] = head(bytes(row["state"]))
-        return heads
+        rows = self._read(self._newer_events, {"ids": ids, "versions": versions})
+        by_wallet: dict[UUID, list[Any]] = {}
+        for row in rows:
+            by_wallet.setdefault(row["originator_id"], []).append(row)
+        advanced: dict[UUID, bytes] = {}
+        stale: set[UUID] = set()
+        for wallet_id, wallet in wallets.items():
+            found = by_wallet.get(wallet_id, [])
+            if not found or head(bytes(found[0]["state"])) != heads.get(wallet_id):
+                stale.add(wallet_id)
+                continue
+            for row in found[1:]:
+                event = self.mapper.to_domain_event(stored_event(row))
+                project_aggregate(wallet, [event])
+                advanced[wallet_id] = head(bytes(row["state"]))
+        return advanced, stale
 
     def _read(self, statement: Composed, params: dict[str, Any]) -> list[Any]:
-        """The rows of one read; none if it failed (see _get_many, _catch_up).
+        """The rows of one read of a command's (see _get_many, _catch_up), tried
+        once more after a lost link, as the library's reads are.
 
         A command's reads are bounded by the commit timeout as its write is:
         one that does not answer in time (a server gone silent, a lock held
-        elsewhere) fails the batch with WritesStalled, nothing written, rather
-        than falling back to reading each wallet, which would wait as long.
+        elsewhere) fails the batch with WritesStalled, nothing written, and is
+        not tried again. A read that fails is never made up for by reading each
+        wallet alone: that would know no wallet's head (see pocket.groupcommit).
         """
-        try:
-            with self._datastore.get_connection() as conn, conn.cursor() as curs:
-                curs.execute(statement, params)
-                return curs.fetchall()
-        except (PersistenceError, psycopg.Error):
-            recorder = self.recorder
-            assert isinstance(recorder, PostgresApplicationRecorder)
-            expired = recorder.watchdog.expired()
-            if expired is not None:
-                msg = f"The database did not answer within {expired.seconds:g} s"
-                raise WritesStalled(msg) from None
-            return []
+        recorder = self.recorder
+        assert isinstance(recorder, PostgresApplicationRecorder)
+        for attempt in range(2):
+            try:
+                with self._datastore.get_connection() as conn, conn.cursor() as curs:
+                    curs.execute(statement, params)
+                    return curs.fetchall()
+            except (PersistenceError, psycopg.Error):
+                expired = recorder.watchdog.expired()
+                if expired is not None:
+                    msg = f"The database did not answer within {expired.seconds:g} s"
+                    raise WritesStalled(msg) from None
+                if attempt:
+                    raise
+                replace_connections(self._datastore)
+        raise AssertionError  # pragma: no cover
 
     def _has_newer_events(self, wallet: Wallet) -> bool:
         return any(True for _ in self.events.get(wallet.id, gt=wallet.version, limit=1))

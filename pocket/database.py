@@ -22,7 +22,7 @@ from eventsourcing.sqlite import SQLiteDatastore
 
 from pocket.config import DEFAULT_COMMIT_TIMEOUT
 from pocket.deadlines import CHECK_FIRST, Watchdog
-from pocket.postgres import TOKENS_LOCK, leave_server, replace_broken_connections
+from pocket.postgres import TOKENS_LOCK, replace_connections
 
 Row = dict[str, Any]
 Dialect = Literal["postgres", "sqlite"]
@@ -69,13 +69,13 @@ class Database:
     def replace_broken_connections(self) -> None:
         """Replaces pooled connections a lost link broke (PostgreSQL's only)."""
         if isinstance(self.datastore, PostgresDatastore):
-            replace_broken_connections(self.datastore)
+            replace_connections(self.datastore)
 
     def leave_server(self) -> None:
         """Replaces every pooled connection, for the server refused a write as
-        read-only (PostgreSQL's only; see pocket.postgres.leave_server)."""
+        read-only (PostgreSQL's only; see pocket.postgres.replace_connections)."""
         if isinstance(self.datastore, PostgresDatastore):
-            leave_server(self.datastore)
+            replace_connections(self.datastore)
 
     @contextmanager
     def transaction(

@@ -10,7 +10,7 @@ watchdog cancels it: the server stops waiting, and a commit that was waiting for
 its standby stays committed on the primary alone, with a WARNING. If the cancel
 cannot reach the server, the watchdog shuts the connection's socket, and the
 waiting thread returns with a lost link. Either way the connection is not used
-again (see Watch.spent), so a late cancel can never hit another statement.
+again (see bound), so a late cancel can never hit another statement.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 CANCEL_SECONDS = 1.0
 # Default of POCKET_COMMIT_TIMEOUT_SECONDS: the longest a write waits for its commit.
 COMMIT_TIMEOUT_SECONDS = 5.0
+# The SQLSTATE of a statement cancelled (by the watchdog): it was rolled back.
+CANCELED_SQLSTATE = "57014"
 # Once a commit has waited this long, the writes waiting for it (and new ones)
 # are answered at once rather than holding the server's threads (see
 # pocket.groupcommit): a commit takes milliseconds when all is well.
@@ -96,12 +98,6 @@ class Watch:
     # Set while the watchdog is interrupting: the watch's owner waits for it to
     # finish before it lets the connection go.
     interrupting: bool = False
-
-    @property
-    def spent(self) -> bool:
-        """Whether the connection must be closed rather than used again: a cancel
-        sent to it could still arrive during a later statement."""
-        return self.fired
 
 
 class Watchdog:
@@ -180,15 +176,22 @@ class Watchdog:
             yield
             return
         watches = self._thread_watches()
-        with self.watch(conn, current.at - time.monotonic()) as watch:
-            watch.seconds = current.seconds
-            watches[id(conn)] = watch
-            try:
-                yield
-            finally:
-                del watches[id(conn)]
-                if watch.spent:
-                    conn.close()
+        watch = None
+        try:
+            with self.watch(conn, current.at - time.monotonic()) as watch:
+                watch.seconds = current.seconds
+                watches[id(conn)] = watch
+                try:
+                    yield
+                finally:
+                    del watches[id(conn)]
+        finally:
+            # Only now is fired final (the watch is out of the watchdog's sight
+            # and any interrupter has finished): a connection a cancel was sent
+            # to never goes back to the pool, where it could meet a later
+            # statement of another request.
+            if watch is not None and watch.fired:
+                conn.close()
 
     def watch_of(self, conn: psycopg.Connection[Any]) -> Watch | None:
         """The watch on conn in this thread, if it is bounded."""
@@ -207,6 +210,20 @@ class Watchdog:
         conn.add_notice_handler(warnings)
         try:
             yield
+        except psycopg.Error as error:
+            watch = self.watch_of(conn)
+            if watch is None or not watch.fired:
+                raise
+            within = f"within {watch.seconds:g} s"
+            if error.sqlstate == CANCELED_SQLSTATE:
+                # Cancelled before its commit (waiting for a lock, say): the
+                # transaction was rolled back.
+                msg = f"The database did not take the write {within}"
+                raise WritesStalled(msg) from error
+            # The cancel did not reach the server and the link was cut: the
+            # write may still commit.
+            msg = f"The database did not answer {within}"
+            raise WriteNotConfirmed(msg, advice) from error
         finally:
             if not conn.closed:
                 conn.remove_notice_handler(warnings)

@@ -13,7 +13,7 @@ from eventsourcing.postgres import PostgresDatastore
 
 from pocket.application import Pocket
 from pocket.database import Database
-from pocket.postgres import connect_kwargs, replace_broken_connections
+from pocket.postgres import connect_kwargs, replace_connections
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,6 @@ def database_probe(pocket: Pocket) -> Callable[[], None] | None:
             conn.execute("SELECT 1")
         # Back: the pool's connections from before are dead; the next requests
         # must not each find one of them.
-        replace_broken_connections(datastore)
+        replace_connections(datastore)
 
     return probe

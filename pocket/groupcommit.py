@@ -148,7 +148,11 @@ class GroupCommitter:
         *,
         guard_failed: Callable[[TokenGuard], BaseException] | None = None,
         load_many: Callable[[set[UUID]], Loaded] | None = None,
-        catch_up: Callable[[dict[UUID, Wallet]], dict[UUID, bytes]] | None = None,
+        catch_up: Callable[
+            [dict[UUID, Wallet], dict[UUID, bytes]],
+            tuple[dict[UUID, bytes], set[UUID]],
+        ]
+        | None = None,
         max_batch: int = 256,
         max_attempts: int = 12,
         cache_size: int = 10_000,
@@ -177,8 +181,8 @@ class GroupCommitter:
         # reads or writes them.
         self.cache: OrderedDict[UUID, Wallet] = OrderedDict()
         self.heads: dict[UUID, bytes] = {}
-        # Since when (monotonic) the batch being committed has been committing,
-        # and after how long that counts as stalled.
+        # Since when (monotonic) the save in flight has been waiting, and after
+        # how long that counts as stalled (never, where nothing bounds saves).
         self.committing_since: float | None = None
         self.stalled_seconds = stalled_seconds
         # What bounds the database work of one batch (its reads and its save):
@@ -293,13 +297,8 @@ class GroupCommitter:
             batch = self.pending[: self.max_batch]
             del self.pending[: self.max_batch]
             waiting = len(self.pending)
-            self.committing_since = time.monotonic()
-        try:
-            if batch:
-                self._commit(batch)
-        finally:
-            with self.lock:
-                self.committing_since = None
+        if batch:
+            self._commit(batch)
         self.expected = len(batch) + waiting if len(batch) > 1 else 0
         with self.lock:
             if batch:  # Counted under the lock, so that stats() reads them whole.
@@ -374,19 +373,16 @@ class GroupCommitter:
 
     def _attempt(self, batch: list[Command[Any]]) -> None:
         live = [c for c in batch if not c.done.is_set()]
+        if self.catch_up and time.monotonic() < self.contended_until:
+            # Other processes write these wallets too: rather than meet their
+            # events as a conflict that fails the whole batch, read them first.
+            self._catch_up({i for c in live for i in c.wallet_ids if i in self.cache})
         # The batch's wallets that are not cached, read at once: one read per
         # batch, whether one of its wallets is new to this process or fifty.
         missing = {i for c in live for i in c.wallet_ids if i not in self.cache}
         loaded = self.load_many(missing) if missing and self.load_many else {}
         wallets = {wallet_id: wallet for wallet_id, (wallet, _) in loaded.items()}
         heads = {i: head for i, (_, head) in loaded.items() if head is not None}
-        if self.catch_up and time.monotonic() < self.contended_until:
-            # Other processes write these wallets too: rather than meet their
-            # events as a conflict that fails the whole batch, read them first.
-            cache = self.cache
-            cached = {i: cache[i] for c in live for i in c.wallet_ids if i in cache}
-            if cached:
-                self.heads.update(self.catch_up(cached))
         from_cache: set[UUID] = set()
         decisions = [self._decide(c, wallets, from_cache) for c in live]
         extra = [d.record for d in decisions if d.record is not None]
@@ -416,6 +412,19 @@ class GroupCommitter:
             else:
                 command.succeed(decision.outcome)
 
+    def _catch_up(self, wallet_ids: set[UUID]) -> None:
+        """Brings cached wallets up to date with the events written since; a
+        wallet whose cached head is not the stored event of its version (a
+        failover lost it), or is not known, is dropped from the cache, to be
+        read whole."""
+        cached = {i: self.cache[i] for i in wallet_ids if i in self.heads}
+        assert self.catch_up is not None
+        advanced, stale = self.catch_up(cached, self.heads)
+        self.heads.update(advanced)
+        for wallet_id in wallet_ids - cached.keys() | stale:
+            self.cache.pop(wallet_id, None)
+            self.heads.pop(wallet_id, None)
+
     def _save(
         self,
         changed: list[Wallet],
@@ -437,9 +446,18 @@ class GroupCommitter:
         # server that commits holds it, and once its synchronous standbys do.
         if answered:
             kwargs["answered"] = answered
-        recordings: Sequence[Recording[UUID]] | None = self.save(
-            *changed, *extra, **kwargs
-        )
+        # The save is timed: once it has waited stalled_seconds (a commit that
+        # waits for a standby that is gone), the callers behind it are
+        # answered at once (see _wait).
+        with self.lock:
+            self.committing_since = time.monotonic()
+        try:
+            recordings: Sequence[Recording[UUID]] | None = self.save(
+                *changed, *extra, **kwargs
+            )
+        finally:
+            with self.lock:
+                self.committing_since = None
         return recordings
 
     def _decide(

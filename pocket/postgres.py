@@ -47,7 +47,6 @@ from pocket.config import (
     commit_timeout,
 )
 from pocket.deadlines import (
-    Watch,
     Watchdog,
     WriteNotConfirmed,
     WritesStalled,
@@ -76,8 +75,6 @@ SESSIONS_CHECK_SECONDS = 2.0
 SESSIONS_CHECK_CONNECT_TIMEOUT = 2
 # The SQLSTATE the insert function raises when a command's guard does not hold.
 GUARD_SQLSTATE = "PKG01"
-# A statement cancelled (by the watchdog, past its deadline): it was rolled back.
-CANCELED_SQLSTATE = "57014"
 # A small transaction of Pocket's own that writes WAL, so that its commit waits
 # for the synchronous standbys as any write's does: once it returns (without a
 # WARNING), they have everything committed before it. (txid_current() alone
@@ -128,15 +125,6 @@ def refused_as_read_only(error: BaseException) -> bool:
     return False
 
 
-def leave_server(datastore: PostgresDatastore) -> None:
-    """Replaces every pooled connection, idle ones now, those in use when they
-    are returned: after a read-only refusal, the server they are connected to
-    refuses every write on each of them, and new ones find the primary (with
-    target_session_attrs=read-write, the default of a multi-host URL)."""
-    with contextlib.suppress(Exception):
-        datastore.pool.drain()
-
-
 def once_more(method: Any) -> Any:
     """The library's method without its own retries, retried once on a lost link
     (after the pool has replaced every connection that link's loss broke)."""
@@ -154,19 +142,24 @@ def once_more(method: Any) -> Any:
             if expired is not None:
                 msg = f"The database did not answer within {expired.seconds:g} s"
                 raise WritesStalled(msg) from error
-            replace_broken_connections(self.datastore)
+            replace_connections(self.datastore)
             return unwrapped(self, *args, **kwargs)
 
     return retried
 
 
-def replace_broken_connections(datastore: PostgresDatastore) -> None:
-    """Replaces the pool's idle connections, which a lost link may have broken.
+def replace_connections(datastore: PostgresDatastore) -> None:
+    """Replaces every pooled connection: idle ones now, those in use when they
+    are returned.
 
-    A server restart or a network failure breaks every pooled connection at
-    once; without this, each would be found broken by a request of its own.
-    They are replaced without being tried: trying one on a link that has gone
-    silent (a partition) waits until TCP gives up on it, one after another.
+    After a lost link (a server restart, a failover, a network cut), which
+    breaks every pooled connection at once: without this, each would be found
+    broken by a request of its own. They are replaced without being tried:
+    trying one on a link that has gone silent (a partition) waits until TCP
+    gives up on it, one after another. And after a read-only refusal: the
+    server they are connected to refuses every write on each of them, and new
+    ones find the primary (with target_session_attrs=read-write, the default of
+    a multi-host URL).
     """
     with contextlib.suppress(Exception):
         datastore.pool.drain()
@@ -215,6 +208,9 @@ class SerializedSchema(PostgresAggregateRecorder):
 
 class AggregateRecorder(SerializedSchema):
     """Snapshots: the library's recorder with bounded retries."""
+
+    # Who bounds commands (the factory's): see once_more.
+    watchdog: Watchdog | None = None
 
     insert_events = once_more(PostgresAggregateRecorder.insert_events)
     select_events = once_more(PostgresAggregateRecorder.select_events)
@@ -311,10 +307,14 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
             channel=Identifier(self.channel_name),
             confirm_call=SQL(CONFIRM_CALL),
         )
+        # Each argument typed: the function's earlier signatures may still be
+        # there (a database from before), and untyped empty arrays would not
+        # say which one is meant.
         self.insert_call_statement = SQL(
-            "SELECT * FROM {function}(%s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "AS notification_id"
-        ).format(function=function)
+            "SELECT * FROM {function}(%s::{id_type}[], %s::bigint[], %s::text[], "
+            "%s::bytea[], %s::bigint[], %s::text[], %s::{id_type}[], %s::bytea[], "
+            "%s::{id_type}[]) AS notification_id"
+        ).format(function=function, id_type=Identifier(datastore.originator_id_type))
         # Asks which server process a pooled connection talks to, and has it
         # take a marker: a session advisory lock on a key drawn for that
         # connection, taken only if nobody holds it (so that while it is held,
@@ -343,8 +343,11 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
         #   have to reset it and then hand it over, each a round trip to it.
         # Its pid and backend_start would not do: through a pooler, the
         # process a connection was first given may serve another client now.
+        # The pid too: after a failover the settle may run on another server,
+        # where the marker's number could be another process's.
         self.terminate_statement = SQL(
-            f"SELECT pg_terminate_backend(pid) FROM ({MARKER_HOLDER}) AS holder"
+            f"SELECT pg_terminate_backend(pid) FROM ({MARKER_HOLDER}) AS holder "
+            "WHERE pid = %s"
         )
         self._backends: weakref.WeakKeyDictionary[Connection[Any], Backend] = (
             weakref.WeakKeyDictionary()
@@ -441,7 +444,7 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
             except (InterfaceError, OperationalError):
                 if attempt == INSERT_ATTEMPTS:
                     raise
-                replace_broken_connections(self.datastore)
+                replace_connections(self.datastore)
                 if in_doubt:
                     self._settle(in_doubt[0])
                     written = self._already_written(stored_events)
@@ -469,6 +472,13 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
                     self.datastore.get_connection() as conn,
                 ):
                     backend = self._backend_of(conn)
+                    expired = watchdog.expired()
+                    if expired is not None:
+                        # No time left: not sent, so surely not made.
+                        msg = (
+                            f"The database did not answer within {expired.seconds:g} s"
+                        )
+                        raise WritesStalled(msg)
                     with watchdog.write(conn):
                         try:
                             with conn.cursor() as curs:
@@ -477,7 +487,10 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
                                 )
                                 rows = curs.fetchall()
                         except psycopg.Error as error:
-                            self._refused(error, watchdog.watch_of(conn))
+                            if error.sqlstate == GUARD_SQLSTATE:
+                                # Refused before anything was written.
+                                users = parse_user_ids(error.diag.message_detail)
+                                raise GuardsBroken(users) from None
                             if conn.broken or conn.closed:
                                 in_doubt.append(backend)
                             raise
@@ -489,25 +502,6 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
                     raise
             self._create_insert_function()
         raise AssertionError  # pragma: no cover
-
-    def _refused(self, error: psycopg.Error, watch: Watch | None) -> None:
-        """Raises what a failed insert means, where it means more than its error."""
-        if error.sqlstate == GUARD_SQLSTATE:
-            # Refused before anything was written.
-            detail = error.diag.message_detail
-            raise GuardsBroken(parse_user_ids(detail)) from None
-        if watch is None or not watch.fired:
-            return
-        seconds = f"{watch.seconds:g} s"
-        if error.sqlstate == CANCELED_SQLSTATE:
-            # Cancelled before its commit (waiting for the table lock, behind a
-            # commit that waits for the standby): rolled back.
-            msg = f"The database did not take the write within {seconds}"
-            raise WritesStalled(msg) from error
-        # The cancel did not reach the server, and the link was cut: the write
-        # may still commit. Its time is up, so it is not settled here.
-        msg = f"The database did not answer within {seconds}"
-        raise WriteNotConfirmed(msg) from error
 
     def _backend_of(self, conn: Connection[Any]) -> Backend:
         """Which server process a pooled connection talks to, marked as that
@@ -530,7 +524,8 @@ class ApplicationRecorder(SerializedSchema, PostgresApplicationRecorder):
         known to keep their server process (see terminate_statement).
         """
         self._check_sessions()
-        return conn.execute(self.terminate_statement, [backend.marker]).fetchone()
+        params = [backend.marker, backend.pid]
+        return conn.execute(self.terminate_statement, params).fetchone()
 
     def _check_sessions(self) -> None:
         """Raises OperationalError unless Pocket's connections to this database
@@ -680,6 +675,14 @@ class Factory(PostgresFactory):
         self.watchdog = Watchdog()
         bound_connections(self.datastore, self.watchdog)
 
+    def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
+        """The snapshots recorder, told who bounds commands: its reads are not
+        tried again once a command's deadline has passed (see once_more)."""
+        recorder = super().aggregate_recorder(purpose)
+        assert isinstance(recorder, AggregateRecorder)
+        recorder.watchdog = self.watchdog
+        return recorder
+
     def application_recorder(self) -> ApplicationRecorder:
         """The events recorder, told whether it may create its insert function,
         how long a write may wait for its commit, and who interrupts it then."""
@@ -749,13 +752,15 @@ def latest_states_statement(
 
 
 def newer_events_statement(datastore: PostgresDatastore, events_table: str) -> Composed:
-    """One statement for many aggregates' events after the versions given."""
+    """One statement for many aggregates' events from the versions given on: the
+    event at the version given is read for its identity (is it the one the
+    caller holds?), the ones after it to be applied."""
     return SQL(
         "SELECT e.originator_id, e.originator_version, e.topic, e.state "
         "FROM unnest(%(ids)s::{id_type}[], %(versions)s::bigint[]) AS k(id, version) "
         "CROSS JOIN LATERAL (SELECT originator_id, originator_version, topic, state "
         "FROM {events} WHERE originator_id = k.id "
-        "AND originator_version > k.version) AS e "
+        "AND originator_version >= k.version) AS e "
         "ORDER BY e.originator_id, e.originator_version"
     ).format(
         id_type=Identifier(datastore.originator_id_type),

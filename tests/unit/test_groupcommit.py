@@ -17,7 +17,7 @@ import pytest
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, OperationalError
 
-from pocket.deadlines import WriteNotConfirmed
+from pocket.deadlines import WriteNotConfirmed, WritesStalled
 from pocket.domainmodel import (
     Cause,
     CommandRecord,
@@ -456,3 +456,54 @@ def test_each_batch_is_counted_by_its_size_and_each_retry_once(
     assert stats.batch_sizes == {1: 3, 3: 1}
     assert stats.retries == 1
     assert (committer.batches, committer.commands) == (4, 6)
+
+
+# A database that does not confirm commits (a synchronous standby gone)
+
+
+def test_callers_behind_a_save_that_stalls_are_answered_at_once(store: Store) -> None:
+    committer = GroupCommitter(
+        store.load, store.save, store.has_newer_events, stalled_seconds=0.1
+    )
+    a, b = store.wallet(), store.wallet()
+    saving, release = threading.Event(), threading.Event()
+
+    def stalled_save(*aggregates: Aggregate, **kwargs: Any) -> None:
+        saving.set()
+        release.wait(10)
+        store.save(*aggregates, **kwargs)
+
+    committer.save = stalled_save
+    first = Caller(partial(committer.run, add(a, "1")))
+    first.start()
+    assert saving.wait(10)
+    started = time.monotonic()
+    # Waiting behind the stalled save (or arriving after it stalled): answered
+    # without being sent, so that the server's thread is free.
+    second = Caller(partial(committer.run, add(b, "2")))
+    second.start()
+    assert isinstance(second.answer(), WritesStalled)
+    assert time.monotonic() - started < 1
+    with pytest.raises(WritesStalled):
+        committer.run(add(b, "3"))
+    assert committer.health().stuck_since is not None
+    release.set()
+    assert first.answer() == Decimal("1.00")
+    assert store.balance(b) == Decimal(0)
+    assert committer.health().stuck_since is None
+
+
+def test_a_slow_read_is_not_a_stalled_commit(store: Store) -> None:
+    committer = GroupCommitter(
+        store.load, store.save, store.has_newer_events, stalled_seconds=0.1
+    )
+    a, b = store.wallet(), store.wallet()
+    load = store.load
+
+    def slow_load(wallet_id: UUID) -> Wallet:
+        time.sleep(0.3)  # a busy database, say: reads are not what stalls
+        return load(wallet_id)
+
+    committer.load = slow_load
+    answers = together(committer, [add(a, "1"), add(b, "2")])
+    assert answers == [Decimal("1.00"), Decimal("2.00")]
