@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import replace
 from types import FrameType
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 from wsgiref.simple_server import WSGIServer
 
 from eventsourcing.persistence import InterfaceError, OperationalError
@@ -52,16 +52,19 @@ T = TypeVar("T")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `pocket` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    command: Callable[[argparse.Namespace, Settings], int] = args.command
+    name = command.__name__.removeprefix("run_")
+    if unknown:  # Said of the command they were given to, not of `pocket`.
+        refuse(f"pocket {name}", f"unrecognized arguments: {' '.join(unknown)}")
     try:
         log_settings = LogSettings.from_environ()
         logs.configure(log_settings.level, log_settings.format)
         settings = Settings.from_environ()
     except ConfigurationError as error:
-        parser.error(str(error))
-    command: Callable[[argparse.Namespace, Settings], int] = args.command
-    name = command.__name__.removeprefix("run_")
+        # The environment is wrong, not the command line: no usage block.
+        logs.say(f"pocket {name}: {error}", error=True)
+        return 2
     try:
         return command(args, settings)
     except (DatabaseProblem, CannotListen) as problem:
@@ -71,17 +74,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a mistake on the command line is one line on stderr, exit
+    2, as the commands' other refusals are: what is wrong and where to read
+    more, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        """Exits 2 after one line naming the command, the mistake and --help."""
+        refuse(self.prog, message)
+
+
+def refuse(prog: str, message: str) -> NoReturn:
+    """A mistake on the command line, in one line; exit 2."""
+    print(f"{prog}: {message} (see {prog} --help)", file=sys.stderr)
+    sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line's grammar."""
-    parser = argparse.ArgumentParser(prog="pocket", description=__doc__)
+    parser = OneLineParser(prog="pocket", description=__doc__)
     parser.add_argument("--version", action="version", version=f"pocket {__version__}")
     commands = parser.add_subparsers(required=True, metavar="command")
 
     serve_parser = commands.add_parser("serve", help="serve the HTTP API")
     serve_parser.add_argument("--host", default="127.0.0.1")
-    serve_parser.add_argument("--port", type=int, default=5000)
+    serve_parser.add_argument("--port", type=port_number, default=5000)
     serve_parser.add_argument(
-        "--threads", type=int, default=8, help="requests handled at once (8)"
+        "--threads", type=positive_int, default=8, help="requests handled at once (8)"
     )
     serve_parser.add_argument(
         "--no-follower",
@@ -96,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     follow_parser.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         default=1000,
         help="events per transaction, at most (1000)",
     )
@@ -129,7 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-old", action="store_true", help="keep the old version's tables"
     )
     migrate_parser.add_argument(
-        "--batch-size", type=int, default=2000, help="events per transaction (2000)"
+        "--batch-size",
+        type=positive_int,
+        default=2000,
+        help="events per transaction (2000)",
     )
     migrate_parser.add_argument(
         "--retry-seconds",
@@ -169,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a server where the benchmark may create and drop databases",
     )
     defaults = bench.Sizes()
-    bench_parser.add_argument("--commands", type=int, default=defaults.commands)
+    bench_parser.add_argument(
+        "--commands", type=positive_int, default=defaults.commands
+    )
     bench_parser.add_argument(
         "--http-seconds",
         type=positive_int,
@@ -178,12 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_parser.add_argument(
         "--events",
-        type=int,
+        type=positive_int,
         default=defaults.events,
         help="events to catch up and rebuild",
     )
     bench_parser.add_argument(
-        "--history-events", type=int, default=defaults.history_events
+        "--history-events", type=positive_int, default=defaults.history_events
     )
     bench_parser.add_argument("--json", action="store_true", help="print JSON")
     bench_parser.set_defaults(command=run_bench)

@@ -109,11 +109,7 @@ class Settings:
             return cls._sqlite(url, cwd or Path.cwd())
         if scheme in ("postgresql", "postgres"):
             return cls._postgres(url, "POCKET_DATABASE_URL")
-        msg = (
-            f"POCKET_DATABASE_URL must start with sqlite:/// or postgresql://, "
-            f"not {scheme}://"
-        )
-        raise ConfigurationError(msg)
+        raise wrong_scheme("POCKET_DATABASE_URL", url, "sqlite:/// or postgresql://")
 
     @classmethod
     def _sqlite(cls, url: str, cwd: Path) -> Settings:
@@ -221,8 +217,7 @@ def read_store(store: Settings, url: str) -> Settings | None:
         raise ConfigurationError(msg)
     scheme = url.split(":", 1)[0].lower()
     if scheme not in ("postgresql", "postgres"):
-        msg = f"POCKET_READ_URL must start with postgresql://, not {scheme}://"
-        raise ConfigurationError(msg)
+        raise wrong_scheme("POCKET_READ_URL", url, "postgresql://", POSTGRES_EXAMPLE)
     reads = Settings._postgres(url, "POCKET_READ_URL", default_attrs="prefer-standby")
     if reads.env["POSTGRES_DBNAME"] != store.env["POSTGRES_DBNAME"]:
         msg = (
@@ -232,6 +227,34 @@ def read_store(store: Settings, url: str) -> Settings | None:
         )
         raise ConfigurationError(msg)
     return reads
+
+
+# What a database URL looks like, for a value that is not one.
+POSTGRES_EXAMPLE = "postgresql://user:password@host:5432/pocket"
+URL_EXAMPLES = (
+    "sqlite:///pocket.db (a file in the current folder), "
+    "sqlite:////var/lib/pocket/pocket.db (an absolute path) or "
+    f"{POSTGRES_EXAMPLE}"
+)
+SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def wrong_scheme(
+    variable: str, url: str, expected: str, examples: str = URL_EXAMPLES
+) -> ConfigurationError:
+    """The error for a URL of a database Pocket does not use, or for a value
+    that is no URL at all (a bare file name, say), saying what one looks like.
+    A value that may hold a password (an @) is not repeated."""
+    scheme = SCHEME.match(url)
+    if scheme is not None:
+        msg = f"{variable} must start with {expected}, not {scheme.group()}"
+        return ConfigurationError(msg)
+    shown = f"={url!r}" if "@" not in url else ""
+    msg = (
+        f"{variable}{shown} is not a URL (it does not start with {expected}): "
+        f"a database URL looks like {examples}"
+    )
+    return ConfigurationError(msg)
 
 
 def url_params(url: str, variable: str = "POCKET_DATABASE_URL") -> dict[str, str]:

@@ -154,3 +154,52 @@ def test_a_wrong_password_is_one_line_and_no_waiting(
     assert result.returncode == 2
     line = one_line_error(result.stderr)
     assert 'password authentication failed for user "keeper"' in line
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["serve", "--port", "99999"], "--port"),
+        (["serve", "--port", "http"], "--port"),
+        (["serve", "--threads", "0"], "--threads"),
+        (["serve", "--connection-limit", "lots"], "--connection-limit"),
+        (["follow", "--batch-size", "0"], "--batch-size"),
+        (["migrate", "--batch-size", "-1"], "--batch-size"),
+        (["serve", "--no-such-option"], "--no-such-option"),
+    ],
+)
+def test_a_bad_option_is_one_line_and_exit_2_before_anything_starts(
+    tmp_path: Path, args: list[str], option: str
+) -> None:
+    result = run_pocket(tmp_path, {}, *args, timeout=30)
+    assert result.returncode == 2
+    line = one_line_error(result.stderr)
+    assert line.startswith(f"pocket {args[0]}: ")
+    assert option in line
+    assert f"pocket {args[0]} --help" in line  # where to read what it takes
+    assert list(tmp_path.iterdir()) == []  # no database opened
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        (
+            {"POCKET_DATABASE_URL": "pocket.db"},
+            "POCKET_DATABASE_URL='pocket.db' is not a URL",
+        ),
+        ({"POCKET_DATABASE_URL": "mysql://h/db"}, "not mysql://"),
+        ({"POCKET_LOG_LEVEL": "loud"}, "POCKET_LOG_LEVEL must be"),
+        ({"POCKET_ADMIN_TOKEN": "short"}, "POCKET_ADMIN_TOKEN must be at least"),
+    ],
+)
+@pytest.mark.parametrize("command", ["serve", "status"])
+def test_a_configuration_error_is_one_line_without_the_usage(
+    tmp_path: Path, env: dict[str, str], says: str, command: str
+) -> None:
+    result = run_pocket(tmp_path, env, command, timeout=30)
+    assert result.returncode == 2
+    line = one_line_error(result.stderr)
+    assert line.startswith(f"pocket {command}: ")
+    assert says in line
+    assert "usage:" not in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -141,6 +141,42 @@ def test_a_bad_url_is_refused_in_one_line(url: str, message: str) -> None:
     assert "\n" not in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("pocket.db", "'pocket.db'"),
+        ("/var/lib/pocket/pocket.db", "'/var/lib/pocket/pocket.db'"),
+        ("localhost:5432/pocket", "'localhost:5432/pocket'"),
+    ],
+)
+def test_a_url_without_a_scheme_is_called_that_with_what_a_url_looks_like(
+    url: str, shown: str
+) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        Settings.from_environ({"POCKET_DATABASE_URL": url})
+    message = str(refused.value)
+    assert message.startswith(f"POCKET_DATABASE_URL={shown} is not a URL")
+    assert "://" not in message.split(" is not a URL")[0]
+    assert "sqlite:///pocket.db" in message
+    assert "postgresql://user:password@host:5432/pocket" in message
+    assert "\n" not in message
+
+
+def test_a_url_without_a_scheme_that_may_hold_a_password_is_not_shown() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        Settings.from_environ({"POCKET_DATABASE_URL": "ann:hunter2@db/pocket"})
+    assert "hunter2" not in str(refused.value)
+    assert "is not a URL" in str(refused.value)
+
+
+def test_a_url_of_another_database_names_its_scheme() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        Settings.from_url("mysql://h/pocket")
+    assert str(refused.value).startswith(
+        "POCKET_DATABASE_URL must start with sqlite:/// or postgresql://, not mysql://"
+    )
+
+
 def test_a_refused_url_does_not_show_its_password() -> None:
     with pytest.raises(ConfigurationError) as refused:
         Settings.from_url("postgresql://ann:hunter 2@h/db")
