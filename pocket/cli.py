@@ -336,6 +336,11 @@ def follow(args: argparse.Namespace, settings: Settings) -> int:
     """Follows Pocket's log until SIGTERM or SIGINT, between two transactions."""
     if args.metrics_port is not None:  # Before waiting for the database.
         check_port(args.metrics_host, args.metrics_port)
+    if settings.is_sqlite:
+        # Run in the wrong folder, it would make a new pocket.db and follow that:
+        # the file is pocket serve's to make (a PostgreSQL database is named, and
+        # may be followed before pocket serve first starts on it).
+        check_database(settings, must_hold_pocket=True, may_be_old=True)
     runner = when_database_answers(
         settings,
         lambda: started(

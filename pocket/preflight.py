@@ -65,7 +65,8 @@ def check_database(
 ) -> None:
     """Raises a DatabaseProblem saying why the database cannot be used.
 
-    With must_hold_pocket (for operator commands: status, verify, migrate), a
+    With must_hold_pocket (for operator commands: status, verify, migrate;
+    and follow on SQLite, where a missing file means the wrong folder), a
     database without Pocket's events is a problem too, and nothing is created
     to find that out; and one without the projection catalogue (made by
     Pocket versions before it existed) unless may_be_old.
@@ -149,7 +150,10 @@ def check_sqlite(
             raise DatabaseRefused(msg)
         return
     if not path.is_file():
-        msg = f"No Pocket database at {path} (SQLite): there is no such file"
+        msg = (
+            f"No Pocket database at {path} (SQLite): there is no such file (pocket "
+            "serve makes it; run this in its folder or set POCKET_DATABASE_URL)"
+        )
         raise NoPocketHere(msg)
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:

@@ -93,6 +93,32 @@ def test_reading_commands_create_no_sqlite_database(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_follow_in_a_folder_without_a_database_refuses_and_creates_none(
+    tmp_path: Path,
+) -> None:
+    result = run_pocket(tmp_path, {}, "follow", timeout=30)
+    assert result.returncode == 2
+    line = one_line_error(result.stderr)
+    assert line.startswith(
+        f"pocket follow: No Pocket database at {tmp_path / 'pocket.db'}"
+    )
+    assert "pocket serve makes it" in line  # what to do instead
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_follow_follows_the_sqlite_database_pocket_serve_made(tmp_path: Path) -> None:
+    server, _ = serve(tmp_path, {})
+    try:
+        follower = PocketProcess(["follow"], tmp_path, {}, "follow")
+        try:
+            wait_for(lambda: "Following" in follower.output, what="the follower")
+            assert f"SQLite database {tmp_path / 'pocket.db'}" in follower.output
+        finally:
+            follower.close()
+    finally:
+        server.close()
+
+
 def tables(url: str) -> list[str]:
     with psycopg.connect(url) as conn:
         rows = conn.execute(

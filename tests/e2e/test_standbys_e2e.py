@@ -12,6 +12,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from pocket.bootstrap import open_pocket
+from pocket.config import Settings
 from tests.e2e.processes import PocketProcess, follow, run_pocket, serve, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -20,6 +22,10 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(params=["sqlite", "postgres"])
 def env(request: pytest.FixtureRequest) -> dict[str, str]:
     url = request.getfixturevalue(f"{request.param}_url")
+    if request.param == "sqlite":
+        # pocket follow follows an SQLite file that is there (pocket serve
+        # makes it); it makes none.
+        open_pocket(Settings.from_url(url)).close()
     return {"POCKET_DATABASE_URL": url}
 
 
