@@ -384,12 +384,20 @@ def follow_until_stopped(runner: PocketRunner, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info(
-        "Following %s from position %s", settings.description, runner.live_position()
+        "Following %s from %s", settings.description, where(runner.live_position())
     )
     stopping.wait()
     runner.stop_threads()
-    log.info("Stopped at position %s", runner.live_position())
+    log.info("Stopped at %s", where(runner.live_position()))
     return 0
+
+
+def where(position: int | None) -> str:
+    """A projection's place in Pocket's log, for a person: None is no position
+    yet, because no event has been applied."""
+    if position is None:
+        return "the start of the log (no event applied yet)"
+    return f"position {position}"
 
 
 def started(runner: PocketRunner) -> PocketRunner:

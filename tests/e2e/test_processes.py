@@ -93,6 +93,22 @@ def test_the_seed_session_on_postgres_with_a_separate_follower(
         server.close()
 
 
+def test_a_follower_of_a_log_with_nothing_applied_says_so_not_none(
+    tmp_path: Path,
+) -> None:
+    server, _ = serve(tmp_path, {}, "--no-follower")  # makes ./pocket.db
+    follower = follow(tmp_path, {})
+    try:
+        assert follower.terminate() == 0
+        said = follower.output
+        assert "from the start of the log (no event applied yet)" in said
+        assert "Stopped at the start of the log (no event applied yet)" in said
+        assert "position None" not in said
+    finally:
+        follower.close()
+        server.close()
+
+
 def test_writes_need_no_follower_and_are_caught_up_later(
     tmp_path: Path, postgres_url: str
 ) -> None:
