@@ -156,7 +156,7 @@ def test_a_url_without_a_scheme_is_called_that_with_what_a_url_looks_like(
         Settings.from_environ({"POCKET_DATABASE_URL": url})
     message = str(refused.value)
     assert message.startswith(f"POCKET_DATABASE_URL={shown} is not a URL")
-    assert "://" not in message.split(" is not a URL")[0]
+    assert "://" not in message.split(" is not a URL", maxsplit=1)[0]
     assert "sqlite:///pocket.db" in message
     assert "postgresql://user:password@host:5432/pocket" in message
     assert "\n" not in message
