@@ -1,9 +1,13 @@
 # The two commands a new user needs: `make run` and `make test`. Both create the
 # virtual environment on first use, so a fresh clone needs only python3 and make.
+# One venv, two stamps: `make run` (and the operator commands) install what Pocket
+# needs to run; `make test`, `make lint` and `make bench` add the development
+# extra (pytest, mypy, Playwright, ...: about ten times the size) to the same venv.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+RUNTIME := $(VENV)/.runtime-stamp
+DEV := $(VENV)/.dev-stamp
 HOST ?= 127.0.0.1
 PORT ?= 5000
 # Where the browser tests save their screenshots (tests/browser).
@@ -11,28 +15,39 @@ POCKET_SCREENSHOTS ?= build/screenshots
 
 .PHONY: run test lint format bench status verify migrate follow clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
-	touch $(STAMP)
 
-run: $(STAMP)
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check -e .
+	touch $(RUNTIME)
+
+# The development extra holds the runtime packages too: both stamps are true.
+$(DEV): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(RUNTIME) $(DEV)
+
+run: $(RUNTIME)
 	$(BIN)/pocket serve --host $(HOST) --port $(PORT)
 
 # The other `pocket` commands, on the same data as `make run` (or the database
 # POCKET_DATABASE_URL names); ARGS passes options: make migrate ARGS="--version 1".
-status verify migrate follow bench: $(STAMP)
+status verify migrate follow: $(RUNTIME)
 	$(BIN)/pocket $@ $(ARGS)
 
-test: $(STAMP)
+# pocket bench compares waitress with granian, a development package.
+bench: $(DEV)
+	$(BIN)/pocket $@ $(ARGS)
+
+test: $(DEV)
 	POCKET_SCREENSHOTS=$(POCKET_SCREENSHOTS) $(BIN)/pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check pocket tests tools
 	$(BIN)/ruff format --check pocket tests tools
 	$(BIN)/mypy
 
-format: $(STAMP)
+format: $(DEV)
 	$(BIN)/ruff check --fix pocket tests tools
 	$(BIN)/ruff format pocket tests tools
 
