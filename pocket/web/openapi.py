@@ -455,6 +455,7 @@ def operation(
     success: tuple[str, str, str | Schema],
     errors: tuple[str, ...],
     *,
+    tag: str,
     body: Body | None = None,
     body_required: bool = True,
     parameters: tuple[Schema, ...] = (),
@@ -469,7 +470,7 @@ def operation(
     for code in errors:
         responses[code] = {"$ref": f"#/components/responses/E{code}"}
     responses.setdefault("422", {"$ref": "#/components/responses/E422"})
-    spec: Schema = {"summary": summary, "responses": responses}
+    spec: Schema = {"tags": [tag], "summary": summary, "responses": responses}
     spec["parameters"] = [*parameters, REQUEST_ID]
     if body is not None:
         spec["requestBody"] = {
@@ -481,10 +482,11 @@ def operation(
     return spec
 
 
-def html_page(summary: str) -> Schema:
+def html_page(summary: str, tag: str = "pages") -> Schema:
     """A page for people: public HTML, which calls the API for its data."""
     return {
         "get": {
+            "tags": [tag],
             "summary": summary,
             "security": [],
             "responses": {
@@ -498,6 +500,31 @@ def html_page(summary: str) -> Schema:
 
 
 MONEY_ERRORS = ("400", "401", "404", "409", "413", "415", "422", "503")
+
+# Swagger UI shows the operations grouped by these, in this order.
+TAGS = [
+    {"name": "users", "description": "Signing up, a user and their wallet, tokens."},
+    {
+        "name": "money",
+        "description": (
+            "Moving money in, out and between wallets, and closing one "
+            "(send an Idempotency-Key)."
+        ),
+    },
+    {
+        "name": "history",
+        "description": "A wallet's past: its transactions, and the wallet as it was.",
+    },
+    {
+        "name": "admin",
+        "description": "The operator's (POCKET_ADMIN_TOKEN): users and status.",
+    },
+    {"name": "pages", "description": "The wallet page and the operator console."},
+    {
+        "name": "meta",
+        "description": "Health, readiness, metrics and this document.",
+    },
+]
 
 
 @cache
@@ -514,70 +541,8 @@ def openapi_document() -> dict[str, Any]:
             ),
         },
         "security": [{"bearer": []}],
+        "tags": TAGS,
         "paths": {
-            "/health": {
-                "get": operation(
-                    "The server is up (the database is not asked)",
-                    ("200", "Up.", "Health"),
-                    (),
-                    secured=False,
-                )
-            },
-            "/health/ready": {
-                "get": {
-                    **operation(
-                        "Ready to serve: the database answers and confirms writes",
-                        ("200", "Ready.", "Ready"),
-                        ("503",),
-                        secured=False,
-                    ),
-                    "description": (
-                        "503 while the database cannot be reached, and while it "
-                        "does not confirm writes (a synchronous standby gone): "
-                        "the message says why. Reads are still served then."
-                    ),
-                }
-            },
-            "/metrics": {
-                "get": {
-                    **operation(
-                        "This process's metrics, for Prometheus",
-                        ("200", "The metrics.", {"type": "string"}),
-                        (),
-                        secured=False,
-                        media_type="text/plain",
-                    ),
-                    "description": (
-                        "Prometheus' text format (version 0.0.4): requests, "
-                        "latency and refusals by route, group commits, the 503 "
-                        "gate, the projection's lag and this process's "
-                        "followers. Public, like /health: no user, wallet or "
-                        "amount appears in it."
-                    ),
-                }
-            },
-            "/openapi.json": {
-                "get": {
-                    "summary": "This document",
-                    "security": [],
-                    "responses": {
-                        "200": {
-                            "description": "The OpenAPI document.",
-                            "content": {
-                                "application/json": {"schema": {"type": "object"}}
-                            },
-                        }
-                    },
-                }
-            },
-            "/docs": html_page("This document, rendered for people (Swagger UI)"),
-            "/": html_page(
-                "The wallet page: sign up or in, the balance, the history, "
-                "moving money (its data needs the user's token)"
-            ),
-            "/console": html_page(
-                "The operator console (its data needs the admin token)"
-            ),
             "/users": {
                 "post": {
                     **operation(
@@ -585,6 +550,7 @@ def openapi_document() -> dict[str, Any]:
                         ("201", "Created.", "NewAccount"),
                         ("400", "401", "404", "413", "415", "422", "429", "503"),
                         body=NEW_USER,
+                        tag="users",
                     ),
                     "description": (
                         "Without the admin token, each client address may sign "
@@ -600,6 +566,7 @@ def openapi_document() -> dict[str, Any]:
                     ("200", "A page of users.", "AccountPage"),
                     ("401", "404", "422", "503"),
                     parameters=(LIMIT, AFTER),
+                    tag="admin",
                 ),
             },
             "/users/{user_id}": {
@@ -608,6 +575,7 @@ def openapi_document() -> dict[str, Any]:
                     ("200", "The user and wallet.", "Account"),
                     ("401", "404", "503"),
                     parameters=(USER_ID,),
+                    tag="users",
                 )
             },
             "/users/{user_id}/token": {
@@ -618,6 +586,7 @@ def openapi_document() -> dict[str, Any]:
                     body=NO_FIELDS,
                     body_required=False,
                     parameters=(USER_ID,),
+                    tag="users",
                 )
             },
             "/users/{user_id}/add_money": {
@@ -627,6 +596,7 @@ def openapi_document() -> dict[str, Any]:
                     MONEY_ERRORS,
                     body=ADD_MONEY,
                     parameters=(USER_ID, IDEMPOTENCY_KEY),
+                    tag="money",
                 )
             },
             "/users/{user_id}/draw_money": {
@@ -636,6 +606,7 @@ def openapi_document() -> dict[str, Any]:
                     MONEY_ERRORS,
                     body=DRAW_MONEY,
                     parameters=(USER_ID, IDEMPOTENCY_KEY),
+                    tag="money",
                 )
             },
             "/users/{user_id}/transfers": {
@@ -645,6 +616,7 @@ def openapi_document() -> dict[str, Any]:
                     MONEY_ERRORS,
                     body=NEW_TRANSFER,
                     parameters=(USER_ID, IDEMPOTENCY_KEY),
+                    tag="money",
                 )
             },
             "/users/{user_id}/close": {
@@ -655,6 +627,7 @@ def openapi_document() -> dict[str, Any]:
                     body=NO_FIELDS,
                     body_required=False,
                     parameters=(USER_ID, IDEMPOTENCY_KEY),
+                    tag="money",
                 )
             },
             "/users/{user_id}/transactions": {
@@ -663,6 +636,7 @@ def openapi_document() -> dict[str, Any]:
                     ("200", "A page of transactions.", "TransactionPage"),
                     ("401", "404", "422", "503"),
                     parameters=(USER_ID, LIMIT, AFTER),
+                    tag="history",
                 )
             },
             "/users/{user_id}/wallet": {
@@ -685,6 +659,7 @@ def openapi_document() -> dict[str, Any]:
                             "schema": {"type": "string", "format": "date-time"},
                         },
                     ),
+                    tag="history",
                 )
             },
             "/admin/status": {
@@ -693,6 +668,7 @@ def openapi_document() -> dict[str, Any]:
                         "The projections, the 503 gate and the last verify (admin)",
                         ("200", "The service's state.", "AdminStatus"),
                         ("401", "404", "503"),
+                        tag="admin",
                     ),
                     "description": (
                         "What the operator console shows. While the database is "
@@ -700,6 +676,75 @@ def openapi_document() -> dict[str, Any]:
                         "`service_unavailable` as every endpoint that needs the "
                         "database does."
                     ),
+                }
+            },
+            "/": html_page(
+                "The wallet page: sign up or in, the balance, the history, "
+                "moving money (its data needs the user's token)"
+            ),
+            "/console": html_page(
+                "The operator console (its data needs the admin token)"
+            ),
+            "/docs": html_page(
+                "This document, rendered for people (Swagger UI)", tag="meta"
+            ),
+            "/health": {
+                "get": operation(
+                    "The server is up (the database is not asked)",
+                    ("200", "Up.", "Health"),
+                    (),
+                    secured=False,
+                    tag="meta",
+                )
+            },
+            "/health/ready": {
+                "get": {
+                    **operation(
+                        "Ready to serve: the database answers and confirms writes",
+                        ("200", "Ready.", "Ready"),
+                        ("503",),
+                        secured=False,
+                        tag="meta",
+                    ),
+                    "description": (
+                        "503 while the database cannot be reached, and while it "
+                        "does not confirm writes (a synchronous standby gone): "
+                        "the message says why. Reads are still served then."
+                    ),
+                }
+            },
+            "/metrics": {
+                "get": {
+                    **operation(
+                        "This process's metrics, for Prometheus",
+                        ("200", "The metrics.", {"type": "string"}),
+                        (),
+                        secured=False,
+                        media_type="text/plain",
+                        tag="meta",
+                    ),
+                    "description": (
+                        "Prometheus' text format (version 0.0.4): requests, "
+                        "latency and refusals by route, group commits, the 503 "
+                        "gate, the projection's lag and this process's "
+                        "followers. Public, like /health: no user, wallet or "
+                        "amount appears in it."
+                    ),
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "tags": ["meta"],
+                    "summary": "This document",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The OpenAPI document.",
+                            "content": {
+                                "application/json": {"schema": {"type": "object"}}
+                            },
+                        }
+                    },
                 }
             },
         },

@@ -188,3 +188,36 @@ def run_generated_cases(
         )
 
     check()
+
+
+TAGS = ["users", "money", "history", "admin", "pages", "meta"]
+
+
+def test_every_operation_is_under_one_declared_tag_in_a_reading_order(
+    app: Flask,
+) -> None:
+    """Swagger UI groups by tag ("default" when there is none), in the order of
+    the document's tags: the users first, then money and history, the admin's,
+    the pages, and health and the like last."""
+    document = app.test_client().get("/openapi.json").get_json()
+    declared = [tag["name"] for tag in document["tags"]]
+    assert declared == TAGS
+    assert all(tag.get("description") for tag in document["tags"])
+    used = set()
+    for path, operations in document["paths"].items():
+        for method, spec in operations.items():
+            assert len(spec.get("tags", [])) == 1, (method, path)
+            used.add(spec["tags"][0])
+    assert used == set(TAGS)
+    # Read as JSON too, the document starts with the users, not with /health.
+    assert next(iter(document["paths"])) == "/users"
+
+
+def test_money_and_history_are_tagged_as_such(app: Flask) -> None:
+    paths = app.test_client().get("/openapi.json").get_json()["paths"]
+    assert paths["/users/{user_id}/add_money"]["post"]["tags"] == ["money"]
+    assert paths["/users/{user_id}/transactions"]["get"]["tags"] == ["history"]
+    assert paths["/admin/status"]["get"]["tags"] == ["admin"]
+    assert paths["/health"]["get"]["tags"] == ["meta"]
+    assert paths["/users"]["get"]["tags"] == ["admin"]  # the admin's list
+    assert paths["/users"]["post"]["tags"] == ["users"]

@@ -129,3 +129,16 @@ def test_every_file_a_page_or_script_names_is_there() -> None:
     files = pages_files()
     assert all(file.is_file() for file in files), files
     assert {file.suffix for file in files} == {".html", ".js", ".css", ".svg"}
+
+
+@pytest.mark.parametrize("path", [*PAGES, "/docs"])
+def test_every_page_names_an_icon_that_is_served(
+    client: FlaskClient, path: str
+) -> None:
+    """Without one, a browser asks for /favicon.ico, which is not there."""
+    html = client.get(path).get_data(as_text=True)
+    icon = re.search(r'<link rel="icon" href="(/static/[^"]+)" type="([^"]+)">', html)
+    assert icon is not None, path
+    answer = client.get(icon.group(1))
+    assert answer.status_code == 200
+    assert answer.mimetype == icon.group(2) == "image/svg+xml"

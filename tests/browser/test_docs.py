@@ -1,0 +1,44 @@
+"""/docs in headless Chromium, against a real `pocket serve`: the operations
+grouped by what they are for, users first, and nothing asked for that is missing."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import Response, expect
+
+from tests.browser.conftest import Pages
+from tests.e2e.processes import Api, PocketProcess
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+Server = tuple[PocketProcess, Api]
+
+
+def test_the_docs_group_the_operations_by_tag_users_first_with_an_icon(
+    pages: Pages, server: Server
+) -> None:
+    answers: list[Response] = []
+    page = pages.open("/docs")
+    page.on("response", lambda answer: answers.append(answer))
+    page.reload()
+    sections = page.locator(".opblock-tag-section h3.opblock-tag")
+    expect(sections).to_have_count(6)
+    names = [tag.get_attribute("data-tag") for tag in sections.all()]
+    assert names == ["users", "money", "history", "admin", "pages", "meta"]
+    expect(page.locator("h3.opblock-tag[data-tag=default]")).to_have_count(0)
+    money = page.locator(".opblock-tag-section").nth(1)
+    expect(money.locator(".opblock-summary-path")).to_have_text(
+        [
+            "/users/{user_id}/add_money",
+            "/users/{user_id}/draw_money",
+            "/users/{user_id}/transfers",
+            "/users/{user_id}/close",
+        ]
+    )
+    # The tab's icon is this server's, and everything the page asked for is there.
+    icon = page.evaluate("document.querySelector('link[rel=icon]').href")
+    assert icon == f"{server[1].base_url}/static/favicon.svg"
+    fetched = page.request.get(icon)
+    assert fetched.status == 200
+    assert fetched.headers["content-type"].startswith("image/svg+xml")
+    assert [a.url for a in answers if a.status >= 400] == []
+    pages.shot(page, "docs-01-tags")
