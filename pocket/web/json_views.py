@@ -1,5 +1,6 @@
 """What users, wallets, transfers and transactions look like as JSON: money as
-strings with two places, ids as strings or integers as the API documents them."""
+strings with two places; a user's id an integer wherever it appears, wallet and
+transfer ids UUID strings."""
 
 from __future__ import annotations
 
@@ -29,11 +30,18 @@ def user_json(user: User) -> dict[str, Any]:
     }
 
 
+def user_id(text: str) -> int:
+    """A user's id as the API shows it: the users table's integer. The wallet
+    aggregate and its events keep it as text (as the seed did); every wallet is
+    opened for a row of the users table, so the text is that row's id."""
+    return int(text)
+
+
 def wallet_json(wallet: WalletInfo) -> dict[str, Any]:
     """A wallet as the API shows it."""
     return {
         "aggregate_id": str(wallet.aggregate_id),
-        "user_id": wallet.user_id,
+        "user_id": user_id(wallet.user_id),
         "balance": money(wallet.balance),
         "version": wallet.version,
         "closed": wallet.closed,
@@ -46,7 +54,7 @@ def record_json(record: WalletRecord | None) -> dict[str, Any] | None:
         return None
     row: dict[str, Any] = {
         "aggregate_id": str(record.aggregate_id),
-        "user_id": record.user_id,
+        "user_id": user_id(record.user_id),
         "balance": money(record.balance),
         "version": record.version,
     }
@@ -86,9 +94,11 @@ def transaction_json(transaction: HistoryEntry) -> dict[str, Any]:
     if transaction.destination is not None:
         entry["destination"] = transaction.destination
     if transaction.transfer_id is not None:
+        counterparty = transaction.counterparty_user_id
+        assert counterparty is not None  # A transfer's events name both sides.
         entry["transfer_id"] = str(transaction.transfer_id)
         entry["counterparty"] = {
-            "user_id": transaction.counterparty_user_id,
+            "user_id": user_id(counterparty),
             "wallet_id": str(transaction.counterparty_wallet_id),
         }
         entry["description"] = transaction.description

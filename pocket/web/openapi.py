@@ -30,6 +30,11 @@ MONEY_OUT: Schema = {
 }
 TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
 UUID_STRING: Schema = {"type": "string", "format": "uuid"}
+USER_ID_OUT: Schema = {
+    "type": "integer",
+    "minimum": 1,
+    "description": "A user's id, as in User.id.",
+}
 
 
 def ref(name: str) -> Schema:
@@ -59,7 +64,7 @@ SCHEMAS: dict[str, Schema] = {
     "Wallet": obj(
         {
             "aggregate_id": UUID_STRING,
-            "user_id": {"type": "string"},
+            "user_id": USER_ID_OUT,
             "balance": MONEY_OUT,
             "version": {"type": "integer", "minimum": 1},
             "closed": {"type": "boolean"},
@@ -68,7 +73,7 @@ SCHEMAS: dict[str, Schema] = {
     "WalletAsOf": obj(
         {
             "aggregate_id": UUID_STRING,
-            "user_id": {"type": "string"},
+            "user_id": USER_ID_OUT,
             "balance": MONEY_OUT,
             "version": {"type": "integer", "minimum": 1},
             "closed": {"type": "boolean"},
@@ -81,7 +86,7 @@ SCHEMAS: dict[str, Schema] = {
             obj(
                 {
                     "aggregate_id": UUID_STRING,
-                    "user_id": {"type": "string"},
+                    "user_id": USER_ID_OUT,
                     "balance": MONEY_OUT,
                     "version": {"type": "integer", "minimum": 1},
                     "closed": {
@@ -129,9 +134,7 @@ SCHEMAS: dict[str, Schema] = {
             "source": {"type": "string"},
             "destination": {"type": "string"},
             "transfer_id": UUID_STRING,
-            "counterparty": obj(
-                {"user_id": {"type": "string"}, "wallet_id": UUID_STRING}
-            ),
+            "counterparty": obj({"user_id": USER_ID_OUT, "wallet_id": UUID_STRING}),
             "description": {"type": "string"},
             "actor": {
                 "type": ["string", "null"],
@@ -163,8 +166,8 @@ SCHEMAS: dict[str, Schema] = {
     "Transfer": obj(
         {
             "id": UUID_STRING,
-            "from_user_id": {"type": "integer"},
-            "to_user_id": {"type": "integer"},
+            "from_user_id": USER_ID_OUT,
+            "to_user_id": USER_ID_OUT,
             "amount": MONEY_OUT,
             "description": {"type": "string"},
             "date": TIMESTAMP,

@@ -65,7 +65,7 @@ def test_the_seed_session(client: FlaskClient) -> None:
     assert user["name"] == "Gabriela"
     assert wallet == {
         "aggregate_id": wallet["aggregate_id"],
-        "user_id": str(user["id"]),
+        "user_id": user["id"],
         "balance": "0.00",
         "version": 1,
         "closed": False,

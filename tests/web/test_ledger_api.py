@@ -182,6 +182,37 @@ def test_the_user_list_shows_the_projections_balances(
     assert projected["users"][0]["wallet"]["balance"] == "5.00"
 
 
+def test_a_user_id_is_the_same_json_integer_wherever_it_appears(
+    client: FlaskClient, service: PocketService
+) -> None:
+    ann, bob = sign_up(client, "Ann", "9"), sign_up(client, "Bob")
+    sent = client.post(
+        f"/users/{ann.id}/transfers",
+        json={"to_user_id": bob.id, "amount": "4"},
+        headers=ann.auth,
+    ).get_json()
+    assert (sent["user"]["id"], sent["wallet"]["user_id"]) == (ann.id, ann.id)
+    assert (sent["transfer"]["from_user_id"], sent["transfer"]["to_user_id"]) == (
+        ann.id,
+        bob.id,
+    )
+    got = client.get(f"/users/{bob.id}", headers=bob.auth).get_json()
+    assert got["wallet"]["user_id"] == bob.id
+    then = client.get(f"/users/{bob.id}/wallet?version=1", headers=bob.auth)
+    assert then.get_json()["wallet"]["user_id"] == bob.id
+    history = client.get(f"/users/{bob.id}/transactions", headers=bob.auth)
+    (received,) = history.get_json()["transactions"]
+    assert received["counterparty"]["user_id"] == ann.id
+    live = service.catalog.live_version()
+    with closing(projector_of(service.pocket, live)) as projector:
+        projector.catch_up("Pocket")
+    listed = client.get("/users", headers=ADMIN).get_json()["users"]
+    assert [(e["user"]["id"], e["wallet"]["user_id"]) for e in listed] == [
+        (ann.id, ann.id),
+        (bob.id, bob.id),
+    ]
+
+
 def test_closed_sign_up_needs_the_admin(sql_settings: Settings) -> None:
     settings = replace(sql_settings, admin_token=ADMIN_TOKEN, open_signup=False)
     closed = bootstrap(settings)
@@ -432,8 +463,8 @@ def test_a_transfer_shows_in_both_histories(client: FlaskClient) -> None:
     into = client.get(f"/users/{bob.id}/transactions", headers=bob.auth).get_json()
     assert out["transactions"][-1]["type"] == "OUT"
     assert into["transactions"][-1]["type"] == "IN"
-    assert out["transactions"][-1]["counterparty"]["user_id"] == str(bob.id)
-    assert into["transactions"][-1]["counterparty"]["user_id"] == str(ann.id)
+    assert out["transactions"][-1]["counterparty"]["user_id"] == bob.id
+    assert into["transactions"][-1]["counterparty"]["user_id"] == ann.id
     transfer_id = body["transfer"]["id"]
     assert out["transactions"][-1]["transfer_id"] == transfer_id
     assert into["transactions"][-1]["transfer_id"] == transfer_id
