@@ -25,6 +25,7 @@ from pocket.database import Database
 from pocket.domainmodel import Cause, check_text
 from pocket.gate import DatabaseGate
 from pocket.guards import TokenGuard
+from pocket.history import page_newest_first
 from pocket.reads import Reads
 from pocket.runner import PocketRunner
 from pocket.tokens import TokenCache, hash_token, new_token
@@ -214,9 +215,17 @@ class PocketService:
         wallet = self.pocket.get_wallet(user.wallet_id, version=version, at=at)
         return Account(user, wallet)
 
-    def history(self, user: User | int, after: int, limit: int) -> HistoryPage:
-        """A page of a user's transactions."""
+    def history(
+        self, user: User | int, after: int, limit: int, *, newest_first: bool = False
+    ) -> HistoryPage:
+        """A page of a user's transactions, oldest first or newest first, from
+        where the previous page ended (after is its last entry's position; 0
+        for the first page)."""
         user = self.user(user)
+        if newest_first:
+            return page_newest_first(
+                self.pocket, user.wallet_id, before=after, limit=limit
+            )
         return self.pocket.history(user.wallet_id, after=after, limit=limit)
 
     # Money

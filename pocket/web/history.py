@@ -9,22 +9,42 @@ from pocket.web.auth import Access, access
 from pocket.web.context import service, target
 from pocket.web.errors import invalid
 from pocket.web.json_views import money, transaction_json, user_json, wallet_json
-from pocket.web.query import cursor, cursor_arg, int_arg, moment_arg, page_limit
+from pocket.web.query import (
+    choice_arg,
+    cursor,
+    cursor_arg,
+    int_arg,
+    moment_arg,
+    page_limit,
+)
 
 bp = Blueprint("history", __name__)
 
 
+# The orders a history may be read in (?order=), the default first; each has
+# cursors of its own kind, so that one order's cursor is refused by the other.
+ORDERS = {"oldest": "t", "newest": "tn"}
+
+
 @bp.get("/users/<int:user_id>/transactions")
-@access(Access.OWNER, query=("limit", "after"))
+@access(Access.OWNER, query=("limit", "after", "order"))
 def transactions(user_id: int) -> Response:
-    """A page of the user's money movements, oldest first, with running balances."""
+    """A page of the user's money movements, with running balances: oldest first,
+    or newest first with ?order=newest."""
     limit = page_limit()
-    page = service().history(target(user_id), after=cursor_arg("t"), limit=limit)
+    order = choice_arg("order", tuple(ORDERS))
+    kind = ORDERS[order]
+    page = service().history(
+        target(user_id),
+        after=cursor_arg(kind),
+        limit=limit,
+        newest_first=order == "newest",
+    )
     last = page.transactions[-1].id if page.transactions else None
     return jsonify(
         balance=money(page.wallet.balance),
         transactions=[transaction_json(t) for t in page.transactions],
-        next=cursor("t", last) if page.has_more and last is not None else None,
+        next=cursor(kind, last) if page.has_more and last is not None else None,
     )
 
 

@@ -159,7 +159,10 @@ SCHEMAS: dict[str, Schema] = {
             "transactions": {"type": "array", "items": ref("Transaction")},
             "next": {
                 "type": ["string", "null"],
-                "description": "Pass as ?after= for the next page; null at the end.",
+                "description": (
+                    "Pass as ?after= (with the same order) for the next page; "
+                    "null at the end."
+                ),
             },
         }
     ),
@@ -408,6 +411,17 @@ AFTER: Schema = {
     "description": "The opaque cursor from the previous page's next.",
     "schema": {"type": "string"},
 }
+ORDER: Schema = {
+    "name": "order",
+    "in": "query",
+    "required": False,
+    "description": (
+        "oldest: the first movement first (the default); newest: the latest "
+        "first, as the wallet page shows them. A cursor (next) is for the order "
+        "that gave it: the other order refuses it with 422."
+    ),
+    "schema": {"enum": ["oldest", "newest"], "default": "oldest"},
+}
 
 
 def answer(description: str, schema: Schema, media_type: str = JSON) -> Schema:
@@ -635,10 +649,10 @@ def openapi_document() -> dict[str, Any]:
             },
             "/users/{user_id}/transactions": {
                 "get": operation(
-                    "The wallet's money movements, oldest first, paged",
+                    "The wallet's money movements, paged: oldest or newest first",
                     ("200", "A page of transactions.", "TransactionPage"),
                     ("401", "404", "422", "503"),
-                    parameters=(USER_ID, LIMIT, AFTER),
+                    parameters=(USER_ID, LIMIT, AFTER, ORDER),
                     tag="history",
                 )
             },

@@ -35,6 +35,14 @@ def page_limit() -> int:
     return int_arg("limit", 1, HISTORY_PAGE_MAX)
 
 
+def choice_arg(name: str, choices: tuple[str, ...]) -> str:
+    """A query parameter that must be one of choices (the first when absent)."""
+    text = request.args.get(name, choices[0])
+    if text not in choices:
+        raise invalid(name, f"Must be {' or '.join(choices)}.")
+    return text
+
+
 def int_arg(name: str, low: int, high: int) -> int:
     """A query parameter that must be an integer in [low, high]."""
     text = request.args[name]

@@ -95,15 +95,15 @@ def test_a_person_signs_up_adds_and_draws_and_sees_a_refusal_beside_the_amount(
     expect(page.locator("#draw-amount")).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#balance")).to_have_text("15.00")
 
-    rows = page.locator("#history tbody tr")
+    rows = page.locator("#history tbody tr")  # newest first
     expect(rows).to_have_count(2)
-    expect(rows.nth(0)).to_contain_text("IN")
-    expect(rows.nth(0)).to_contain_text("+20.00")
-    expect(rows.nth(0).locator("[data-label='Balance after']")).to_have_text("20.00")
-    expect(rows.nth(1)).to_contain_text("OUT")
-    expect(rows.nth(1)).to_contain_text("\N{MINUS SIGN}5.00")
-    expect(rows.nth(1).locator("[data-label='Balance after']")).to_have_text("15.00")
-    expect(rows.nth(1)).to_contain_text(f"by user:{user_id}")
+    expect(rows.nth(1)).to_contain_text("IN")
+    expect(rows.nth(1)).to_contain_text("+20.00")
+    expect(rows.nth(1).locator("[data-label='Balance after']")).to_have_text("20.00")
+    expect(rows.nth(0)).to_contain_text("OUT")
+    expect(rows.nth(0)).to_contain_text("\N{MINUS SIGN}5.00")
+    expect(rows.nth(0).locator("[data-label='Balance after']")).to_have_text("15.00")
+    expect(rows.nth(0)).to_contain_text(f"by user:{user_id}")
     pages.shot(page, "wallet-02-refused-draw")
 
     owner = server[1].as_user(token)
@@ -141,16 +141,16 @@ def test_a_transfer_reaches_the_second_user(pages: Pages, server: Server) -> Non
     expect(page.locator("#send .form-message")).to_have_text(
         f"Sent 12.50 to user {bob_id}. Balance: 17.50."
     )
-    last = page.locator("#history tbody tr").last
-    expect(last).to_contain_text(f"to user {bob_id} (“lunch”)")
-    expect(last).to_contain_text("\N{MINUS SIGN}12.50")
+    latest = page.locator("#history tbody tr").first
+    expect(latest).to_contain_text(f"to user {bob_id} (“lunch”)")
+    expect(latest).to_contain_text("\N{MINUS SIGN}12.50")
     pages.shot(page, "wallet-03-transfer-sent")
 
     page.get_by_role("button", name="Sign out").click()
     expect(page.locator("#signed-out")).to_be_visible()
     sign_in(page, bob_id, bob_token)
     expect(page.locator("#balance")).to_have_text("12.50")
-    received = page.locator("#history tbody tr").last
+    received = page.locator("#history tbody tr").first
     expect(received).to_contain_text(f"from user {ann_id} (“lunch”)")
     expect(received).to_contain_text("+12.50")
     pages.shot(page, "wallet-04-transfer-received")
@@ -161,23 +161,50 @@ def test_the_history_is_shown_page_by_page_as_the_api_pages_it(
 ) -> None:
     amounts = [f"{n}.00" for n in range(1, 24)]
     user_id, token, owner = new_user(server[1], "Pager", *amounts)
-    everything = history(owner, user_id)
+    latest_first = history(owner, user_id)[::-1]
     page = pages.open("/")
     sign_in(page, user_id, token)
     ids = page.locator("#history tbody tr td[data-label='#']")
-    expect(ids).to_have_text([str(t["id"]) for t in everything[:10]])
+    expect(ids).to_have_text([str(t["id"]) for t in latest_first[:10]])
     expect(page.get_by_role("button", name="Previous")).to_be_disabled()
 
     page.get_by_role("button", name="Next").click()
-    expect(ids).to_have_text([str(t["id"]) for t in everything[10:20]])
+    expect(ids).to_have_text([str(t["id"]) for t in latest_first[10:20]])
     expect(page.locator("#history-page")).to_have_text("Page 2")
     page.get_by_role("button", name="Next").click()
-    expect(ids).to_have_text([str(t["id"]) for t in everything[20:]])
+    expect(ids).to_have_text([str(t["id"]) for t in latest_first[20:]])
     expect(page.get_by_role("button", name="Next")).to_be_disabled()
     pages.shot(page, "wallet-05-history-last-page")
 
     page.get_by_role("button", name="Previous").click()
-    expect(ids).to_have_text([str(t["id"]) for t in everything[10:20]])
+    expect(ids).to_have_text([str(t["id"]) for t in latest_first[10:20]])
+
+
+def test_the_latest_movements_come_first_and_a_new_one_shows_at_the_top(
+    pages: Pages, server: Server
+) -> None:
+    amounts = [f"{n}.00" for n in range(1, 24)]
+    user_id, token, owner = new_user(server[1], "Latest", *amounts)
+    everything = history(owner, user_id)
+    page = pages.open("/", viewport=PHONE)
+    sign_in(page, user_id, token)
+    expect(page.locator("#history-title")).to_contain_text("newest first")
+    ids = page.locator("#history tbody tr td[data-label='#']")
+    expect(ids).to_have_count(10)
+    expect(ids.first).to_have_text(str(everything[-1]["id"]))
+    expect(page.locator("#history tbody tr").first).to_contain_text("+23.00")
+    # A page of entries is about a screen and a half of a phone, not ten.
+    height = page.locator("#history").evaluate("t => t.offsetHeight")
+    assert height <= 2 * PHONE["height"]
+    pages.shot(page, "wallet-05a-phone-history-newest-first")
+
+    page.get_by_role("button", name="Next").click()
+    expect(page.locator("#history-page")).to_have_text("Page 2")
+    submit(page, "add", amount="0.50", source="API")
+    # Moving money shows the first page again, the new entry at its top.
+    expect(page.locator("#history-page")).to_have_text("Page 1")
+    expect(page.locator("#history tbody tr").first).to_contain_text("+0.50")
+    expect(ids.first).to_have_text(str(everything[-1]["id"] + 1))
 
 
 def test_the_chart_is_drawn_from_the_whole_history(

@@ -617,6 +617,81 @@ def test_history_pages_follow_the_cursor(client: FlaskClient) -> None:
     assert pages == 3
 
 
+def walk(client: FlaskClient, caller: Caller, query: str) -> list[list[int]]:
+    """The ids of each page of a user's transactions, following the cursors."""
+    pages: list[list[int]] = []
+    url = f"/users/{caller.id}/transactions?{query}"
+    while url:
+        answer = client.get(url, headers=caller.auth)
+        assert answer.status_code == 200, answer.get_json()
+        page = answer.get_json()
+        pages.append([t["id"] for t in page["transactions"]])
+        after = page["next"]
+        url = f"/users/{caller.id}/transactions?{query}&after={after}" if after else ""
+    return pages
+
+
+def test_history_newest_first_pages_back_through_the_same_entries(
+    client: FlaskClient,
+) -> None:
+    ann = sign_up(client, money="30")
+    for n in range(1, 23):
+        action, field = (
+            ("draw_money", "destination") if n % 3 else ("add_money", "source")
+        )
+        client.post(
+            f"/users/{ann.id}/{action}",
+            json={"amount": "1", field: "x"},
+            headers=ann.auth,
+        )
+    oldest = walk(client, ann, "limit=10")
+    newest = walk(client, ann, "limit=10&order=newest")
+    assert [len(page) for page in newest] == [10, 10, 3]
+    everything = [i for page in oldest for i in page]
+    assert [i for page in newest for i in page] == everything[::-1]
+    assert walk(client, ann, "limit=10&order=oldest") == oldest  # the default
+
+
+def test_a_newest_first_cursor_still_points_at_the_same_page_after_new_entries(
+    client: FlaskClient,
+) -> None:
+    ann = sign_up(client)
+    for _ in range(5):
+        client.post(
+            f"/users/{ann.id}/add_money",
+            json={"amount": "1", "source": "x"},
+            headers=ann.auth,
+        )
+    url = f"/users/{ann.id}/transactions?limit=2&order=newest"
+    first = client.get(url, headers=ann.auth).get_json()
+    assert [t["balance"] for t in first["transactions"]] == ["5.00", "4.00"]
+    client.post(
+        f"/users/{ann.id}/add_money",
+        json={"amount": "1", "source": "x"},
+        headers=ann.auth,
+    )
+    second = client.get(f"{url}&after={first['next']}", headers=ann.auth).get_json()
+    assert [t["balance"] for t in second["transactions"]] == ["3.00", "2.00"]
+    assert second["balance"] == "6.00"  # the balance now, beside the older page
+
+
+def test_a_cursor_is_for_the_order_that_gave_it(client: FlaskClient) -> None:
+    ann = sign_up(client)
+    for _ in range(3):
+        client.post(
+            f"/users/{ann.id}/add_money",
+            json={"amount": "1", "source": "x"},
+            headers=ann.auth,
+        )
+    base = f"/users/{ann.id}/transactions?limit=1"
+    oldest = client.get(base, headers=ann.auth).get_json()["next"]
+    newest = client.get(f"{base}&order=newest", headers=ann.auth).get_json()["next"]
+    for url in (f"{base}&order=newest&after={oldest}", f"{base}&after={newest}"):
+        answer = client.get(url, headers=ann.auth)
+        assert answer.status_code == 422
+        assert set(answer.get_json()["error"]["fields"]) == {"after"}
+
+
 @pytest.mark.parametrize(
     "query",
     [
@@ -629,13 +704,17 @@ def test_history_pages_follow_the_cursor(client: FlaskClient) -> None:
         "after=dTEuMQ",  # a user-list cursor, not a transactions one
         "after=dDEuOTk5OTk5OTk5OTk5OTk5OTk5OQ",  # past the largest bigint
         "after=",
+        "order=",
+        "order=latest",
+        "order=NEWEST",
+        "order=newest&order=oldest",
     ],
 )
 def test_bad_paging_parameters_are_422(client: FlaskClient, query: str) -> None:
     ann = sign_up(client)
     answer = client.get(f"/users/{ann.id}/transactions?{query}", headers=ann.auth)
     assert answer.status_code == 422
-    assert set(answer.get_json()["error"]["fields"]) <= {"limit", "after"}
+    assert set(answer.get_json()["error"]["fields"]) <= {"limit", "after", "order"}
 
 
 def test_the_wallet_as_of_a_version_and_a_moment(client: FlaskClient) -> None:

@@ -221,3 +221,12 @@ def test_money_and_history_are_tagged_as_such(app: Flask) -> None:
     assert paths["/health"]["get"]["tags"] == ["meta"]
     assert paths["/users"]["get"]["tags"] == ["admin"]  # the admin's list
     assert paths["/users"]["post"]["tags"] == ["users"]
+
+
+def test_the_history_s_order_is_documented_with_the_default_unchanged(
+    app: Flask,
+) -> None:
+    paths = app.test_client().get("/openapi.json").get_json()["paths"]
+    parameters = paths["/users/{user_id}/transactions"]["get"]["parameters"]
+    (order,) = [p for p in parameters if p["name"] == "order"]
+    assert order["schema"] == {"enum": ["oldest", "newest"], "default": "oldest"}

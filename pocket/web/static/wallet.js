@@ -7,6 +7,8 @@ import { drawChart } from "./chart.js";
 import { clearMessages, handleForm, showMessage } from "./forms.js";
 
 const SESSION = "pocket.session";
+// Ten entries: about a screen and a half on a phone (each is a card there), the
+// latest first, so that nobody pages to the end for what just happened.
 const PAGE = 10;
 const CHART_PAGE = 500;
 const CHART_PAGES = 20; // At most 10,000 entries in the chart.
@@ -142,11 +144,11 @@ function showAccount(data) {
   $("close-section").hidden = wallet.closed;
 }
 
-// The history, a page at a time (the API's own pages and cursors)
+// The history, newest first, a page at a time (the API's own pages and cursors)
 
 async function showHistoryPage() {
   const after = pages[pageIndex];
-  const query = `?limit=${PAGE}${after ? `&after=${encodeURIComponent(after)}` : ""}`;
+  const query = `?order=newest&limit=${PAGE}${after ? `&after=${encodeURIComponent(after)}` : ""}`;
   const result = await api("GET", userPath(`/transactions${query}`));
   if (!answered(result)) return;
   const { transactions, next } = result.data;
@@ -223,7 +225,7 @@ $("history-next").addEventListener("click", async () => {
   }
 });
 
-// The chart: every page of the history, walked with the API's cursors
+// The chart: every page of the history, oldest first, walked with the API's cursors
 
 async function showChart() {
   const entries = [];
@@ -283,8 +285,11 @@ window.addEventListener("resize", () => {
   resizing = requestAnimationFrame(drawCharted);
 });
 
+/** After money moved: the account, and the history's first page, where it shows. */
 async function refresh(data) {
   showAccount(data);
+  pages.length = 1;
+  pageIndex = 0;
   await Promise.all([showHistoryPage(), showChart()]);
 }
 
