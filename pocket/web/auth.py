@@ -26,6 +26,11 @@ MAX_REQUEST_ID_LENGTH = 128
 IDEMPOTENCY_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
 REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID_LENGTH}}}")
 VISIBLE_ASCII = "visible ASCII characters (letters, digits, punctuation; no spaces)"
+# The 401 of an admin's route on a server started without POCKET_ADMIN_TOKEN,
+# where "not valid" would send the operator looking for a typo.
+NO_ADMIN_ACCESS = (
+    "This server has no admin token: set POCKET_ADMIN_TOKEN and restart it."
+)
 
 View = TypeVar("View", bound=Callable[..., Any])
 
@@ -79,7 +84,14 @@ def check_access(level: Access) -> Principal | None:
     open_signup = level is Access.SIGNUP and service().settings.open_signup
     if open_signup and header is None:
         return None
-    principal = authenticate(header)
+    try:
+        principal = authenticate(header)
+    except Unauthorized:
+        if level is Access.ADMIN and service().settings.admin_token is None:
+            # Whoever sends a token here means it for the admin's: say that no
+            # token can be (it tells nobody more than that there is no admin).
+            raise Unauthorized(NO_ADMIN_ACCESS) from None
+        raise
     if level is Access.OWNER:
         user_id = (request.view_args or {}).get("user_id")
         if not (isinstance(user_id, int) and principal.may_act_for(user_id)):

@@ -104,6 +104,24 @@ def test_the_console_shows_users_the_projection_and_the_last_verify(
     pages.shot(page, "console-01-overview")
 
 
+def test_the_console_says_so_when_the_server_has_no_admin_token(
+    browser: Browser, screenshots: Path, tmp_path: Path
+) -> None:
+    process, api = serve(tmp_path, {})  # no POCKET_ADMIN_TOKEN
+    try:
+        with open_pages(browser, api.base_url, screenshots) as pages:
+            page = pages.open("/console")
+            page.get_by_label("Admin token").fill(ADMIN_TOKEN)
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.locator("#admin-token-error")).to_have_text(
+                "This server has no admin token: set POCKET_ADMIN_TOKEN and restart it."
+            )
+            expect(page.locator("#signed-in")).to_be_hidden()
+            pages.shot(page, "console-00-no-admin-token")
+    finally:
+        process.close()
+
+
 def test_the_console_pages_through_the_users(pages: Pages, server: Server) -> None:
     # Signed up by the admin: more than one address may sign up in a minute.
     add_users(server[1].as_user(ADMIN_TOKEN), *(f"User {n}" for n in range(1, 26)))

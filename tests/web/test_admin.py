@@ -3,12 +3,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
+import pytest
 from flask.testing import FlaskClient
 
+from pocket.bootstrap import bootstrap
+from pocket.config import Settings
 from pocket.operations import last_verification, status, verify
 from pocket.service import PocketService
+from pocket.web import create_app
 from tests.web.test_ledger_api import ADMIN
 
 
@@ -82,3 +88,50 @@ def test_only_the_admin_may_see_it(client: FlaskClient) -> None:
     answer = client.get("/admin/status", headers={"Authorization": f"Bearer {token}"})
     assert answer.status_code == 404
     assert answer.get_json()["error"]["code"] == "not_found"
+
+
+@pytest.fixture
+def client_without_admin(sql_settings: Settings) -> Iterator[FlaskClient]:
+    """A server started without POCKET_ADMIN_TOKEN."""
+    service = bootstrap(replace(sql_settings, admin_token=None))
+    yield create_app(service).test_client()
+    service.close()
+
+
+NO_ADMIN_TOKEN = (
+    "This server has no admin token: set POCKET_ADMIN_TOKEN and restart it."
+)
+
+
+@pytest.mark.parametrize("path", ["/admin/status", "/users"])
+@pytest.mark.parametrize("header", ["Bearer operator-secret-0123456789", None])
+def test_without_an_admin_token_the_admin_s_routes_say_so(
+    client_without_admin: FlaskClient, path: str, header: str | None
+) -> None:
+    headers = {} if header is None else {"Authorization": header}
+    answer = client_without_admin.get(path, headers=headers)
+    assert answer.status_code == 401
+    assert answer.get_json()["error"] == {
+        "code": "unauthorized",
+        "message": NO_ADMIN_TOKEN,
+    }
+
+
+def test_without_an_admin_token_a_user_s_routes_answer_as_before(
+    client_without_admin: FlaskClient,
+) -> None:
+    answer = client_without_admin.get(
+        "/users/1", headers={"Authorization": "Bearer operator-secret-0123456789"}
+    )
+    assert answer.status_code == 401
+    assert answer.get_json()["error"]["message"] == "The bearer token is not valid."
+
+
+def test_with_an_admin_token_a_wrong_one_is_only_not_valid(
+    client: FlaskClient,
+) -> None:
+    answer = client.get(
+        "/admin/status", headers={"Authorization": "Bearer not-the-admin-token"}
+    )
+    assert answer.status_code == 401
+    assert answer.get_json()["error"]["message"] == "The bearer token is not valid."
