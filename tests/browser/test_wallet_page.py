@@ -110,6 +110,51 @@ def test_a_person_signs_up_adds_and_draws_and_sees_a_refusal_beside_the_amount(
     assert [t["balance"] for t in history(owner, user_id)] == ["20.00", "15.00"]
 
 
+def test_a_refusal_beside_a_field_goes_once_a_later_submission_is_made(
+    pages: Pages, server: Server
+) -> None:
+    page = pages.open("/")
+    sign_up(page, "Tidy")
+    submit(page, "draw", amount="500", destination="API")
+    refused = page.locator("#draw-amount-error")
+    expect(refused).to_contain_text("insufficient", ignore_case=True)
+    page.get_by_role("button", name="Close my wallet").click()
+    expect(page.locator("#close-confirm-error")).to_have_text(
+        "Tick the box to confirm."
+    )
+    # The refusals were true then; after money moves they are not.
+    submit(page, "add", amount="1000", source="API")
+    expect(page.locator("#balance")).to_have_text("1000.00")
+    expect(refused).to_be_hidden()
+    expect(page.locator("#draw-amount")).not_to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#close-confirm-error")).to_be_hidden()
+    expect(page.locator("#add .form-message")).to_have_text(
+        "Added 1000.00. Balance: 1000.00."
+    )
+    pages.shot(page, "wallet-02a-old-refusals-gone")
+    # ...and the success note, once the next submission is made elsewhere.
+    submit(page, "draw", amount="1", destination="API")
+    expect(page.locator("#balance")).to_have_text("999.00")
+    expect(page.locator("#add .form-message")).to_be_hidden()
+
+
+def test_a_submission_elsewhere_keeps_the_note_of_one_whose_outcome_is_unknown(
+    pages: Pages, server: Server
+) -> None:
+    page = pages.open("/")
+    sign_up(page, "Unsure")
+    pages.expected.append(re.compile(r"net::ERR_TIMED_OUT"))
+    page.route(re.compile(r"/add_money$"), lambda route: route.abort("timedout"))
+    submit(page, "add", amount="7", source="API")
+    unknown = page.locator("#add .form-message")
+    expect(unknown).to_contain_text("No answer from the server")
+    page.unroute(re.compile(r"/add_money$"))
+    submit(page, "draw", amount="500", destination="API")
+    expect(page.locator("#draw-amount-error")).to_be_visible()
+    # Still true: the add may or may not have happened; a resend says which.
+    expect(unknown).to_contain_text("No answer from the server")
+
+
 def test_an_amount_goes_out_as_typed_and_the_api_judges_it(
     pages: Pages, server: Server
 ) -> None:

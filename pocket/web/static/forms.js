@@ -1,6 +1,7 @@
 // Form submissions: one request at a time per form (its button disabled while it
 // is in flight), an Idempotency-Key per submission that a resend of the same
-// submission keeps, and the API's messages shown beside the fields they name.
+// submission keeps, and the API's messages shown beside the fields they name,
+// until the next submission.
 
 import { NoAnswer, errorOf, newKey, outcomeUnknown } from "./api.js";
 
@@ -35,6 +36,9 @@ export function handleForm(form, { send, done, fieldFor = {}, check = null }) {
     } finally {
       busy = false;
       setBusy(form, false);
+      // Whether it is not known if the submission happened: its note stands
+      // until it is sent again (see clearOthers).
+      form.toggleAttribute("data-outcome-unknown", pending !== null);
     }
   });
 
@@ -68,6 +72,22 @@ export function handleForm(form, { send, done, fieldFor = {}, check = null }) {
     }
   }
 }
+
+/**
+ * What a form said of its last submission (a refusal beside a field, a success)
+ * is only true until the next submission, in any form: money may have moved
+ * since. A form whose last outcome is unknown keeps its note: the resend it asks
+ * for still stands. (The submitted form clears its own, in handleForm.)
+ */
+function clearOthers(event) {
+  for (const form of document.forms) {
+    if (form !== event.target && !form.hasAttribute("data-outcome-unknown")) {
+      clearMessages(form);
+    }
+  }
+}
+
+document.addEventListener("submit", clearOthers, true);
 
 /** The form's named fields as strings, as typed (checkboxes: "on" or ""). */
 function valuesOf(form) {

@@ -344,15 +344,6 @@ handleForm($("close"), {
   fieldFor: { wallet_not_empty: "confirm" },
 });
 
-// A message saying what a submission did is only true until the next one.
-document.addEventListener(
-  "submit",
-  () => {
-    for (const note of document.querySelectorAll(".form-message[data-kind=ok]")) note.hidden = true;
-  },
-  true,
-);
-
 // A read that got no answer (paging, loading) says so; the page stays as it was.
 window.addEventListener("unhandledrejection", (event) => {
   if (event.reason instanceof NoAnswer) {
