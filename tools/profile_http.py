@@ -1,4 +1,5 @@
-"""Where a POST add_money's CPU goes in `pocket serve`: the breakdown in the README.
+"""Where a POST add_money's CPU goes in `pocket serve`: the breakdown in
+docs/performance.md.
 
 Starts `pocket serve --no-follower --threads 16` on a scratch PostgreSQL database,
 drives it with wrk (16 connections, 64 users, a random one per request), measures

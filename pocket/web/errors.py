@@ -1,7 +1,7 @@
 """The catalogue of errors the API answers with, each class with its status, code
 and message: Pocket's rules' own (`PocketError` and its subclasses, declared where
 they are raised) and the HTTP layer's, declared here. The handlers, the OpenAPI
-document and the README's errors table (by a test) all follow the catalogue.
+document and the errors table in docs/api.md (by a test) all follow the catalogue.
 """
 
 from __future__ import annotations
