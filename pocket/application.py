@@ -52,14 +52,10 @@ from pocket.groupcommit import (
 )
 from pocket.guards import TokenGuard
 from pocket.idempotency import Idempotency, KeyedCommands, idempotency
-from pocket.postgres import (
-    POSTGRES_DEFAULTS,
-    latest_states_statement,
-    newer_events_statement,
-    replace_connections,
-)
-from pocket.postgres import ApplicationRecorder as PostgresApplicationRecorder
-from pocket.postgres import Factory as PostgresFactory
+from pocket.postgres import PocketPostgresFactory
+from pocket.postgres_events import PocketEventsRecorder
+from pocket.postgres_pool import POSTGRES_DEFAULTS, replace_connections
+from pocket.postgres_reads import latest_states_statement, newer_events_statement
 from pocket.results import (
     HistoryEntry,
     HistoryPage,
@@ -68,7 +64,7 @@ from pocket.results import (
     WalletInfo,
     to_history_entry,
 )
-from pocket.sqlite import Factory as SQLiteFactory
+from pocket.sqlite import PocketSQLiteFactory
 from pocket.users import TokenRevoked
 
 # What the application answers is defined in pocket.results, so that the modules
@@ -126,7 +122,7 @@ class Pocket(Leader[UUID]):
             max_attempts=self.max_attempts,
             guard_failed=lambda guard: TokenRevoked(guard.user_id),
             load_many=self._get_many,
-            catch_up=self._catch_up,
+            refresh=self._refresh,
             stalled_seconds=min(STALLED_SECONDS, timeout),
             deadline=(
                 nullcontext
@@ -142,7 +138,7 @@ class Pocket(Leader[UUID]):
         # On PostgreSQL, the committer reads a batch's uncached wallets at once.
         self._latest_states: Composed | None = None
         self._newer_events: Composed | None = None
-        if isinstance(recorder, PostgresApplicationRecorder) and self.snapshots:
+        if isinstance(recorder, PocketEventsRecorder) and self.snapshots:
             self._datastore = recorder.datastore
             self._newer_events = newer_events_statement(
                 recorder.datastore, recorder.events_table_name
@@ -157,9 +153,9 @@ class Pocket(Leader[UUID]):
         """The library's factory, with bounded retries on PostgreSQL."""
         module = env.get("PERSISTENCE_MODULE")
         if module == "eventsourcing.postgres":
-            return PostgresFactory(env)
+            return PocketPostgresFactory(env)
         if module == "eventsourcing.sqlite":
-            return SQLiteFactory(env)
+            return PocketSQLiteFactory(env)
         return super().construct_factory(env)
 
     # Commands: each gets its wallets, decides with the domain model, and saves.
@@ -350,7 +346,7 @@ class Pocket(Leader[UUID]):
         entries = [h for e in events if (h := to_history_entry(e)) is not None]
         return HistoryPage(wallet, entries[:limit], len(entries) > limit)
 
-    def transactions(self, wallet_id: UUID) -> list[HistoryEntry]:
+    def movements(self, wallet_id: UUID) -> list[HistoryEntry]:
         """Every movement of money in and out of a wallet, oldest first."""
         self._get(wallet_id)
         return [
@@ -488,7 +484,7 @@ class Pocket(Leader[UUID]):
                 loaded[wallet_id] = (wallet, heads.get(wallet_id))
         return loaded
 
-    def _catch_up(
+    def _refresh(
         self, wallets: dict[UUID, Wallet], heads: dict[UUID, bytes]
     ) -> tuple[dict[UUID, bytes], set[UUID]]:
         """Applies to wallets (in place) the events written since they were
@@ -519,7 +515,7 @@ class Pocket(Leader[UUID]):
         return advanced, stale
 
     def _read(self, statement: Composed, params: dict[str, Any]) -> list[Any]:
-        """The rows of one read of a command's (see _get_many, _catch_up), tried
+        """The rows of one read of a command's (see _get_many, _refresh), tried
         once more after a lost link, as the library's reads are.
 
         A command's reads are bounded by the commit timeout as its write is:
@@ -529,7 +525,7 @@ class Pocket(Leader[UUID]):
         wallet alone: that would know no wallet's head (see pocket.groupcommit).
         """
         recorder = self.recorder
-        assert isinstance(recorder, PostgresApplicationRecorder)
+        assert isinstance(recorder, PocketEventsRecorder)
         for attempt in range(2):
             try:
                 with self._datastore.get_connection() as conn, conn.cursor() as curs:

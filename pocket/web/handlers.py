@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from pocket.deadlines import RESEND, WriteNotConfirmed, WritesStalled
 from pocket.domainmodel import PocketError
-from pocket.postgres import refused_as_read_only
+from pocket.postgres_pool import refused_as_read_only
 from pocket.web.context import service
 from pocket.web.errors import (
     BY_STATUS,

@@ -190,7 +190,7 @@ def test_a_transfer_between_users_names_both(service: PocketService) -> None:
     sender, result = service.transfer(alice.user.id, bob.user.id, Decimal("12.50"), "x")
     assert sender.wallet.balance == Decimal("17.50")
     assert result.receiver.balance == Decimal("12.50")
-    (received,) = service.pocket.transactions(bob.user.wallet_id)
+    (received,) = service.pocket.movements(bob.user.wallet_id)
     assert received.counterparty_user_id == str(alice.user.id)
     assert received.transfer_id == result.id
 
