@@ -8,7 +8,6 @@ from collections.abc import Callable, Collection, Sequence
 from contextlib import nullcontext
 from datetime import datetime
 from decimal import Decimal
-from http import HTTPStatus
 from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
@@ -35,13 +34,14 @@ from eventsourcing.utils import Environment
 from psycopg.sql import Composed
 
 from pocket.deadlines import STALLED_SECONDS, WritesStalled
-from pocket.domainmodel import (
-    Cause,
-    PocketError,
-    Wallet,
-    check_amount,
-    correlation_id,
-    transfer,
+from pocket.domainmodel import Cause, Wallet, check_amount, correlation_id, transfer
+from pocket.errors import (
+    CommandInFlight,
+    IdempotencyKeyReused,
+    TokenRevoked,
+    VersionNotFound,
+    WalletAlreadyExists,
+    WalletNotFound,
 )
 from pocket.groupcommit import (
     CommitStats,
@@ -65,23 +65,17 @@ from pocket.results import (
     to_history_entry,
 )
 from pocket.sqlite import PocketSQLiteFactory
-from pocket.users import TokenRevoked
 
 # What the application answers is defined in pocket.results, so that the modules
 # the application uses can build it without importing the application; callers
 # import it from here, as before.
 __all__ = [
     "HISTORY_PAGE_MAX",
-    "CommandInFlight",
     "HistoryEntry",
     "HistoryPage",
-    "IdempotencyKeyReused",
     "Pocket",
     "TransferInfo",
-    "VersionNotFound",
-    "WalletAlreadyExists",
     "WalletInfo",
-    "WalletNotFound",
 ]
 
 HISTORY_PAGE_MAX = 500
@@ -558,48 +552,3 @@ def stored_event(row: dict[str, Any]) -> StoredEvent:
 def new_cause() -> Cause:
     """The cause of a change made with no request around it."""
     return Cause(actor="system", correlation_id=correlation_id())
-
-
-class WalletNotFound(PocketError, LookupError):
-    """No wallet has this id."""
-
-    status = HTTPStatus.NOT_FOUND
-    code = "wallet_not_found"
-
-    def __init__(self, wallet_id: UUID) -> None:
-        super().__init__(f"There is no wallet {wallet_id}.")
-        self.wallet_id = wallet_id
-
-
-class VersionNotFound(PocketError, LookupError):
-    """The wallet had no such version (or did not exist at that moment)."""
-
-    status = HTTPStatus.NOT_FOUND
-    code = "version_not_found"
-    message = "The wallet had no such version, or did not exist yet then."
-
-    def __init__(self, wallet_id: UUID, version: int) -> None:
-        super().__init__(f"Wallet {wallet_id} has no version {version}.")
-        self.wallet_id = wallet_id
-        self.version = version
-
-
-class WalletAlreadyExists(PocketError):
-    """A wallet with this id was already created."""
-
-
-class IdempotencyKeyReused(PocketError, ValueError):
-    """The command id was already used for a different command."""
-
-    status = HTTPStatus.UNPROCESSABLE_ENTITY
-    code = "idempotency_key_reused"
-    message = "This Idempotency-Key was used for a different request."
-    field = "Idempotency-Key"
-
-
-class CommandInFlight(PocketError):
-    """A command with this id is running right now; its result is not known yet."""
-
-    status = HTTPStatus.CONFLICT
-    code = "idempotency_key_in_flight"
-    message = "A request with this Idempotency-Key is still running."

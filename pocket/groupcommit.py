@@ -41,7 +41,8 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording
 
 from pocket.deadlines import STALLED_SECONDS, WriteNotConfirmed, WritesStalled
-from pocket.domainmodel import ConcurrencyConflict, PocketError, Wallet
+from pocket.domainmodel import Wallet
+from pocket.errors import ConcurrencyConflict, PocketError
 from pocket.guards import GuardsBroken, TokenGuard
 
 log = logging.getLogger(__name__)

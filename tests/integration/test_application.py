@@ -11,14 +11,16 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from pocket.application import (
-    Pocket,
+from pocket.application import Pocket
+from pocket.bootstrap import bootstrap
+from pocket.config import Settings
+from pocket.domainmodel import Wallet
+from pocket.errors import (
+    InsufficientFunds,
+    InvalidAmount,
     WalletAlreadyExists,
     WalletNotFound,
 )
-from pocket.bootstrap import bootstrap
-from pocket.config import Settings
-from pocket.domainmodel import InsufficientFunds, InvalidAmount, Wallet
 from pocket.service import PocketService
 
 

@@ -19,7 +19,8 @@ from psycopg.conninfo import conninfo_to_dict
 from pocket.application import Pocket
 from pocket.bootstrap import bootstrap, open_pocket
 from pocket.config import Settings
-from pocket.domainmodel import Cause, InsufficientFunds, Wallet
+from pocket.domainmodel import Cause, Wallet
+from pocket.errors import InsufficientFunds
 from pocket.groupcommit import Command, GroupCommitter
 from pocket.postgres_events import PocketEventsRecorder
 from pocket.tokens import TokenCache

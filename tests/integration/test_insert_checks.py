@@ -21,7 +21,8 @@ from pocket.bootstrap import open_pocket
 from pocket.config import Settings
 from pocket.database import Database
 from pocket.deadlines import WriteNotConfirmed, WritesStalled
-from pocket.domainmodel import Cause, InsufficientFunds
+from pocket.domainmodel import Cause
+from pocket.errors import InsufficientFunds
 from pocket.groupcommit import Loaded
 from pocket.postgres_events import PocketEventsRecorder
 from tests.pgserver import ReplicatedPair

@@ -16,15 +16,16 @@ from uuid import UUID, uuid4
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from pocket.application import (
+from pocket.application import Pocket, WalletInfo
+from pocket.config import Settings
+from pocket.domainmodel import Cause
+from pocket.errors import (
     CommandInFlight,
     IdempotencyKeyReused,
-    Pocket,
+    InsufficientFunds,
     VersionNotFound,
-    WalletInfo,
+    WalletClosed,
 )
-from pocket.config import Settings
-from pocket.domainmodel import Cause, InsufficientFunds, WalletClosed
 
 
 @pytest.fixture

@@ -11,13 +11,17 @@ from uuid import uuid4
 
 import pytest
 
-from pocket.application import WalletNotFound
 from pocket.bootstrap import bootstrap
 from pocket.config import Settings
-from pocket.domainmodel import InvalidText
-from pocket.service import PocketService, RecipientNotFound
+from pocket.errors import (
+    InvalidText,
+    RecipientNotFound,
+    TokenRevoked,
+    UserNotFound,
+    WalletNotFound,
+)
+from pocket.service import PocketService
 from pocket.tokens import hash_token
-from pocket.users import TokenRevoked, UserNotFound
 
 
 @pytest.fixture
