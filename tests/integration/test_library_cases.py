@@ -34,9 +34,9 @@ from eventsourcing.utils import Environment, get_topic
 from psycopg.conninfo import conninfo_to_dict
 
 from pocket import walletrecords_postgres, walletrecords_sqlite
-from pocket.bench import scratch_postgres
 from pocket.postgres_events import PocketEventsRecorder, SnapshotsRecorder
 from tests.conftest import ADMIN_URL, require_postgres
+from tools.scratch import scratch_postgres
 
 pytestmark = pytest.mark.postgres
 
