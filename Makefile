@@ -21,8 +21,13 @@ run: $(STAMP)
 
 # The other `pocket` commands, on the same data as `make run` (or the database
 # POCKET_DATABASE_URL names); ARGS passes options: make migrate ARGS="--version 1".
-status verify migrate follow bench: $(STAMP)
+status verify migrate follow: $(STAMP)
 	$(BIN)/pocket $@ $(ARGS)
+
+# The benchmark, from this checkout (it does not ship with the package): make
+# bench ARGS="--tiny --backend sqlite".
+bench: $(STAMP)
+	$(BIN)/python -m tools.bench $(ARGS)
 
 test: $(STAMP)
 	POCKET_SCREENSHOTS=$(POCKET_SCREENSHOTS) $(BIN)/pytest $(PYTEST_ARGS)

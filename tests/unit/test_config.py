@@ -15,7 +15,8 @@ from pocket.config import (
     Settings,
     commit_timeout,
 )
-from pocket.postgres import Factory, connect_kwargs, libpq_options
+from pocket.postgres import PocketPostgresFactory
+from pocket.postgres_pool import connect_kwargs, libpq_options
 from pocket.ratelimit import Rate
 from tests.docs import README, page, section
 
@@ -153,7 +154,7 @@ def test_every_connection_gets_the_urls_libpq_options() -> None:
     settings = Settings.from_url(
         "postgresql://ann@db1:5432,db2:5433/wallets?connect_timeout=4"
     )
-    factory = Factory(Environment(env=settings.env))
+    factory = PocketPostgresFactory(Environment(env=settings.env))
     try:
         pooled = factory.datastore.pool.kwargs
         assert isinstance(pooled, dict)

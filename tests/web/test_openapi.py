@@ -18,7 +18,8 @@ from schemathesis import APIOperation, GenerationMode, checks
 
 from pocket.bootstrap import bootstrap
 from pocket.config import Settings
-from pocket.domainmodel import InvalidText, check_text
+from pocket.domainmodel import check_text
+from pocket.errors import InvalidText
 from pocket.web import create_app
 from tests.docs import page, section
 
