@@ -8,7 +8,6 @@ from collections.abc import Callable, Collection, Sequence
 from contextlib import nullcontext
 from datetime import datetime
 from decimal import Decimal
-from http import HTTPStatus
 from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
@@ -35,13 +34,14 @@ from eventsourcing.utils import Environment
 from psycopg.sql import Composed
 
 from pocket.deadlines import STALLED_SECONDS, WritesStalled
-from pocket.domainmodel import (
-    Cause,
-    PocketError,
-    Wallet,
-    check_amount,
-    correlation_id,
-    transfer,
+from pocket.domainmodel import Cause, Wallet, check_amount, correlation_id, transfer
+from pocket.errors import (
+    CommandInFlight,
+    IdempotencyKeyReused,
+    TokenRevoked,
+    VersionNotFound,
+    WalletAlreadyExists,
+    WalletNotFound,
 )
 from pocket.groupcommit import (
     CommitStats,
@@ -52,14 +52,10 @@ from pocket.groupcommit import (
 )
 from pocket.guards import TokenGuard
 from pocket.idempotency import Idempotency, KeyedCommands, idempotency
-from pocket.postgres import (
-    POSTGRES_DEFAULTS,
-    latest_states_statement,
-    newer_events_statement,
-    replace_connections,
-)
-from pocket.postgres import ApplicationRecorder as PostgresApplicationRecorder
-from pocket.postgres import Factory as PostgresFactory
+from pocket.postgres import PocketPostgresFactory
+from pocket.postgres_events import PocketEventsRecorder
+from pocket.postgres_pool import POSTGRES_DEFAULTS, replace_connections
+from pocket.postgres_reads import latest_states_statement, newer_events_statement
 from pocket.results import (
     HistoryEntry,
     HistoryPage,
@@ -68,24 +64,18 @@ from pocket.results import (
     WalletInfo,
     to_history_entry,
 )
-from pocket.sqlite import Factory as SQLiteFactory
-from pocket.users import TokenRevoked
+from pocket.sqlite import PocketSQLiteFactory
 
 # What the application answers is defined in pocket.results, so that the modules
 # the application uses can build it without importing the application; callers
 # import it from here, as before.
 __all__ = [
     "HISTORY_PAGE_MAX",
-    "CommandInFlight",
     "HistoryEntry",
     "HistoryPage",
-    "IdempotencyKeyReused",
     "Pocket",
     "TransferInfo",
-    "VersionNotFound",
-    "WalletAlreadyExists",
     "WalletInfo",
-    "WalletNotFound",
 ]
 
 HISTORY_PAGE_MAX = 500
@@ -126,7 +116,7 @@ class Pocket(Leader[UUID]):
             max_attempts=self.max_attempts,
             guard_failed=lambda guard: TokenRevoked(guard.user_id),
             load_many=self._get_many,
-            catch_up=self._catch_up,
+            refresh=self._refresh,
             stalled_seconds=min(STALLED_SECONDS, timeout),
             deadline=(
                 nullcontext
@@ -142,7 +132,7 @@ class Pocket(Leader[UUID]):
         # On PostgreSQL, the committer reads a batch's uncached wallets at once.
         self._latest_states: Composed | None = None
         self._newer_events: Composed | None = None
-        if isinstance(recorder, PostgresApplicationRecorder) and self.snapshots:
+        if isinstance(recorder, PocketEventsRecorder) and self.snapshots:
             self._datastore = recorder.datastore
             self._newer_events = newer_events_statement(
                 recorder.datastore, recorder.events_table_name
@@ -157,9 +147,9 @@ class Pocket(Leader[UUID]):
         """The library's factory, with bounded retries on PostgreSQL."""
         module = env.get("PERSISTENCE_MODULE")
         if module == "eventsourcing.postgres":
-            return PostgresFactory(env)
+            return PocketPostgresFactory(env)
         if module == "eventsourcing.sqlite":
-            return SQLiteFactory(env)
+            return PocketSQLiteFactory(env)
         return super().construct_factory(env)
 
     # Commands: each gets its wallets, decides with the domain model, and saves.
@@ -350,7 +340,7 @@ class Pocket(Leader[UUID]):
         entries = [h for e in events if (h := to_history_entry(e)) is not None]
         return HistoryPage(wallet, entries[:limit], len(entries) > limit)
 
-    def transactions(self, wallet_id: UUID) -> list[HistoryEntry]:
+    def movements(self, wallet_id: UUID) -> list[HistoryEntry]:
         """Every movement of money in and out of a wallet, oldest first."""
         self._get(wallet_id)
         return [
@@ -488,7 +478,7 @@ class Pocket(Leader[UUID]):
                 loaded[wallet_id] = (wallet, heads.get(wallet_id))
         return loaded
 
-    def _catch_up(
+    def _refresh(
         self, wallets: dict[UUID, Wallet], heads: dict[UUID, bytes]
     ) -> tuple[dict[UUID, bytes], set[UUID]]:
         """Applies to wallets (in place) the events written since they were
@@ -519,7 +509,7 @@ class Pocket(Leader[UUID]):
         return advanced, stale
 
     def _read(self, statement: Composed, params: dict[str, Any]) -> list[Any]:
-        """The rows of one read of a command's (see _get_many, _catch_up), tried
+        """The rows of one read of a command's (see _get_many, _refresh), tried
         once more after a lost link, as the library's reads are.
 
         A command's reads are bounded by the commit timeout as its write is:
@@ -529,7 +519,7 @@ class Pocket(Leader[UUID]):
         wallet alone: that would know no wallet's head (see pocket.groupcommit).
         """
         recorder = self.recorder
-        assert isinstance(recorder, PostgresApplicationRecorder)
+        assert isinstance(recorder, PocketEventsRecorder)
         for attempt in range(2):
             try:
                 with self._datastore.get_connection() as conn, conn.cursor() as curs:
@@ -562,48 +552,3 @@ def stored_event(row: dict[str, Any]) -> StoredEvent:
 def new_cause() -> Cause:
     """The cause of a change made with no request around it."""
     return Cause(actor="system", correlation_id=correlation_id())
-
-
-class WalletNotFound(PocketError, LookupError):
-    """No wallet has this id."""
-
-    status = HTTPStatus.NOT_FOUND
-    code = "wallet_not_found"
-
-    def __init__(self, wallet_id: UUID) -> None:
-        super().__init__(f"There is no wallet {wallet_id}.")
-        self.wallet_id = wallet_id
-
-
-class VersionNotFound(PocketError, LookupError):
-    """The wallet had no such version (or did not exist at that moment)."""
-
-    status = HTTPStatus.NOT_FOUND
-    code = "version_not_found"
-    message = "The wallet had no such version, or did not exist yet then."
-
-    def __init__(self, wallet_id: UUID, version: int) -> None:
-        super().__init__(f"Wallet {wallet_id} has no version {version}.")
-        self.wallet_id = wallet_id
-        self.version = version
-
-
-class WalletAlreadyExists(PocketError):
-    """A wallet with this id was already created."""
-
-
-class IdempotencyKeyReused(PocketError, ValueError):
-    """The command id was already used for a different command."""
-
-    status = HTTPStatus.UNPROCESSABLE_ENTITY
-    code = "idempotency_key_reused"
-    message = "This Idempotency-Key was used for a different request."
-    field = "Idempotency-Key"
-
-
-class CommandInFlight(PocketError):
-    """A command with this id is running right now; its result is not known yet."""
-
-    status = HTTPStatus.CONFLICT
-    code = "idempotency_key_in_flight"
-    message = "A request with this Idempotency-Key is still running."

@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import signal
 import socket
 import sys
@@ -22,7 +21,7 @@ from wsgiref.simple_server import WSGIServer
 from eventsourcing.persistence import InterfaceError, OperationalError
 from prometheus_client import start_http_server
 
-from pocket import __version__, bench, logs
+from pocket import __version__, logs
 from pocket.application import Pocket
 from pocket.bootstrap import bootstrap, open_pocket
 from pocket.catalog import ProjectionCatalog
@@ -173,44 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="recompute every balance from the events and compare"
     )
     verify_parser.set_defaults(command=run_verify)
-
-    bench_parser = commands.add_parser(
-        "bench", help="measure throughput and latency, each beside its baseline"
-    )
-    bench_parser.add_argument(
-        "--tiny",
-        action="store_true",
-        help="tiny sizes: checks it runs, figures mean nothing",
-    )
-    bench_parser.add_argument(
-        "--backend", choices=["sqlite", "postgres", "both"], default="both"
-    )
-    bench_parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get("POCKET_BENCH_POSTGRES_URL", bench.DEFAULT_ADMIN_URL),
-        help="a server where the benchmark may create and drop databases",
-    )
-    defaults = bench.Sizes()
-    bench_parser.add_argument(
-        "--commands", type=positive_int, default=defaults.commands
-    )
-    bench_parser.add_argument(
-        "--http-seconds",
-        type=positive_int,
-        default=defaults.http_seconds,
-        help=f"each wrk run, in whole seconds ({defaults.http_seconds})",
-    )
-    bench_parser.add_argument(
-        "--events",
-        type=positive_int,
-        default=defaults.events,
-        help="events to catch up and rebuild",
-    )
-    bench_parser.add_argument(
-        "--history-events", type=positive_int, default=defaults.history_events
-    )
-    bench_parser.add_argument("--json", action="store_true", help="print JSON")
-    bench_parser.set_defaults(command=run_bench)
     return parser
 
 
@@ -479,32 +440,6 @@ def when_database_answers(settings: Settings, build: Callable[[], T]) -> T:
         log.warning("Database unreachable (%s); trying again in %.1fs", reason, delay)
         time.sleep(delay)
         delay = min(delay * 2, 10.0)
-
-
-def run_bench(args: argparse.Namespace, _: Settings) -> int:
-    """`pocket bench`: prints the table (or JSON) of figures and baselines."""
-    sizes = (
-        bench.TINY
-        if args.tiny
-        else bench.Sizes(
-            commands=args.commands,
-            http_seconds=args.http_seconds,
-            events=args.events,
-            history_events=args.history_events,
-        )
-    )
-    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
-    results = bench.run(
-        sizes,
-        backends,
-        args.postgres_url,
-        out=lambda line: print(line, file=sys.stderr, flush=True),
-    )
-    if args.json:
-        print(json.dumps({r.backend: r.figures for r in results}, indent=2))
-    else:
-        print(bench.report(results, sizes))
-    return 0
 
 
 def raise_system_exit(signum: int, _: FrameType | None) -> None:

@@ -22,7 +22,8 @@ from eventsourcing.sqlite import SQLiteDatastore
 
 from pocket.config import DEFAULT_COMMIT_TIMEOUT
 from pocket.deadlines import CHECK_FIRST, Watchdog
-from pocket.postgres import TOKENS_LOCK, replace_connections
+from pocket.postgres_events import TOKENS_LOCK
+from pocket.postgres_pool import replace_connections
 
 Row = dict[str, Any]
 Dialect = Literal["postgres", "sqlite"]
@@ -53,7 +54,7 @@ class Database:
     @classmethod
     def of(cls, app: Application[Any]) -> Database:
         """The database behind an application's event store, its writes bounded
-        as the application's are (pocket.postgres.Factory)."""
+        as the application's are (pocket.postgres.PocketPostgresFactory)."""
         datastore = getattr(app.factory, "datastore", None)
         if not isinstance(datastore, PostgresDatastore | SQLiteDatastore):
             msg = "Pocket's tables need SQLite or PostgreSQL, not in-memory storage."
@@ -73,7 +74,7 @@ class Database:
 
     def leave_server(self) -> None:
         """Replaces every pooled connection, for the server refused a write as
-        read-only (PostgreSQL's only; see pocket.postgres.replace_connections)."""
+        read-only (PostgreSQL's only; see pocket.postgres_pool.replace_connections)."""
         if isinstance(self.datastore, PostgresDatastore):
             replace_connections(self.datastore)
 

@@ -1,4 +1,5 @@
-"""The wallet aggregate: its events, its rules, and the errors those rules raise."""
+"""The wallet aggregate: its events and its rules (whose refusals are declared,
+with every error a caller hears of, in pocket.errors)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,19 @@ import random
 import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal
-from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
+
+from pocket.errors import (
+    InsufficientFunds,
+    InvalidAmount,
+    InvalidText,
+    SameWallet,
+    WalletClosed,
+    WalletNotEmpty,
+)
 
 CENT = Decimal("0.01")
 ZERO = Decimal("0.00")
@@ -367,101 +376,3 @@ def code_point(char: str) -> str:
     """A character as a person can find it: U+202E (RIGHT-TO-LEFT OVERRIDE)."""
     name = unicodedata.name(char, "")
     return f"U+{ord(char):04X}" + (f" ({name})" if name else "")
-
-
-class PocketError(Exception):
-    """Base class for the errors Pocket's rules raise.
-
-    Each class says how a caller is answered, so that a new error is declared in
-    one place: its HTTP status, its code, and a fixed message (None: the error's
-    own text); `field` names the request field a validation error is about. A
-    class with no code is a fault of ours, not the caller's.
-    """
-
-    status: ClassVar[HTTPStatus] = HTTPStatus.INTERNAL_SERVER_ERROR
-    code: ClassVar[str | None] = None
-    message: ClassVar[str | None] = None
-    field: str | None = None
-
-
-class InvalidAmount(PocketError, ValueError):
-    """The amount breaks the money rules."""
-
-    status = HTTPStatus.UNPROCESSABLE_ENTITY
-    code = "validation_failed"
-    field = "amount"
-
-
-class InvalidText(PocketError, ValueError):
-    """A text field (source, destination, name) breaks the text rules."""
-
-    status = HTTPStatus.UNPROCESSABLE_ENTITY
-    code = "validation_failed"
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field.capitalize()} {problem}")
-        self.field = field
-
-
-class InsufficientFunds(PocketError):
-    """Drawing would take the wallet below zero."""
-
-    status = HTTPStatus.CONFLICT
-    code = "insufficient_funds"
-
-    def __init__(self, balance: Decimal, amount: Decimal) -> None:
-        super().__init__(
-            f"Insufficient funds: the balance is {balance:.2f}, "
-            f"{amount:.2f} was asked for."
-        )
-        self.balance = balance
-        self.amount = amount
-
-
-class WalletClosed(PocketError):
-    """The wallet is closed: no money goes in or out."""
-
-    status = HTTPStatus.CONFLICT
-    code = "wallet_closed"
-
-    def __init__(self, wallet_id: UUID, user_id: str = "", role: str = "") -> None:
-        which = f"The {role} wallet" if role else "The wallet"
-        owner = f", user {user_id}'s," if user_id else ""
-        super().__init__(f"{which}{owner} is closed: no money goes in or out of it.")
-        self.wallet_id = wallet_id
-        self.user_id = user_id
-        self.role = role
-
-
-class WalletNotEmpty(PocketError):
-    """Only an empty wallet can be closed."""
-
-    status = HTTPStatus.CONFLICT
-    code = "wallet_not_empty"
-
-    def __init__(self, balance: Decimal) -> None:
-        super().__init__(
-            f"Only an empty wallet can be closed; this one holds {balance:.2f}."
-        )
-        self.balance = balance
-
-
-class SameWallet(PocketError, ValueError):
-    """A transfer must go to another wallet."""
-
-    status = HTTPStatus.UNPROCESSABLE_ENTITY
-    code = "validation_failed"
-    message = "A transfer must go to another user."
-    field = "to_user_id"
-
-    def __init__(self, wallet_id: UUID) -> None:
-        super().__init__("A transfer must go to another wallet.")
-        self.wallet_id = wallet_id
-
-
-class ConcurrencyConflict(PocketError):
-    """Other writers kept changing the wallet; the command was not applied."""
-
-    status = HTTPStatus.CONFLICT
-    code = "concurrent_update"
-    message = "The wallet kept changing under this request; try again."

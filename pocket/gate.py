@@ -13,7 +13,7 @@ from eventsourcing.postgres import PostgresDatastore
 
 from pocket.application import Pocket
 from pocket.database import Database
-from pocket.postgres import connect_kwargs, replace_connections
+from pocket.postgres_pool import connect_kwargs, replace_connections
 
 log = logging.getLogger(__name__)
 

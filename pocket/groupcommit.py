@@ -41,7 +41,8 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording
 
 from pocket.deadlines import STALLED_SECONDS, WriteNotConfirmed, WritesStalled
-from pocket.domainmodel import ConcurrencyConflict, PocketError, Wallet
+from pocket.domainmodel import Wallet
+from pocket.errors import ConcurrencyConflict, PocketError
 from pocket.guards import GuardsBroken, TokenGuard
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class GroupCommitter:
         *,
         guard_failed: Callable[[TokenGuard], BaseException] | None = None,
         load_many: Callable[[set[UUID]], Loaded] | None = None,
-        catch_up: Callable[
+        refresh: Callable[
             [dict[UUID, Wallet], dict[UUID, bytes]],
             tuple[dict[UUID, bytes], set[UUID]],
         ]
@@ -165,8 +166,8 @@ class GroupCommitter:
         self.load_many = load_many
         # Brings cached wallets up to date with events written elsewhere, in one
         # read: used while another process writes the same wallets.
-        self.catch_up = catch_up
-        # Until when (monotonic) batches catch their cached wallets up first: a
+        self.refresh = refresh
+        # Until when (monotonic) batches refresh their cached wallets first: a
         # conflict says another process is writing this process's wallets.
         self.contended_until = 0.0
         self.save = save
@@ -373,10 +374,10 @@ class GroupCommitter:
 
     def _attempt(self, batch: list[Command[Any]]) -> None:
         live = [c for c in batch if not c.done.is_set()]
-        if self.catch_up and time.monotonic() < self.contended_until:
+        if self.refresh and time.monotonic() < self.contended_until:
             # Other processes write these wallets too: rather than meet their
             # events as a conflict that fails the whole batch, read them first.
-            self._catch_up({i for c in live for i in c.wallet_ids if i in self.cache})
+            self._refresh({i for c in live for i in c.wallet_ids if i in self.cache})
         # The batch's wallets that are not cached, read at once: one read per
         # batch, whether one of its wallets is new to this process or fifty.
         missing = {i for c in live for i in c.wallet_ids if i not in self.cache}
@@ -412,14 +413,14 @@ class GroupCommitter:
             else:
                 command.succeed(decision.outcome)
 
-    def _catch_up(self, wallet_ids: set[UUID]) -> None:
+    def _refresh(self, wallet_ids: set[UUID]) -> None:
         """Brings cached wallets up to date with the events written since; a
         wallet whose cached head is not the stored event of its version (a
         failover lost it), or is not known, is dropped from the cache, to be
         read whole."""
         cached = {i: self.cache[i] for i in wallet_ids if i in self.heads}
-        assert self.catch_up is not None
-        advanced, stale = self.catch_up(cached, self.heads)
+        assert self.refresh is not None
+        advanced, stale = self.refresh(cached, self.heads)
         self.heads.update(advanced)
         for wallet_id in wallet_ids - cached.keys() | stale:
             self.cache.pop(wallet_id, None)

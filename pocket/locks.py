@@ -27,7 +27,7 @@ import psycopg
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
-from pocket.postgres import connect_kwargs
+from pocket.postgres_pool import connect_kwargs
 
 # True on a server that takes no writes: a standby (always read-only), or a
 # primary fenced with default_transaction_read_only, which a failover manager sets

@@ -19,7 +19,7 @@ from pocket.bootstrap import follower_lock, named_lock
 from pocket.catalog import ProjectionCatalog, read_live_version
 from pocket.database import Database, Transaction
 from pocket.domainmodel import ZERO, Wallet
-from pocket.postgres import ApplicationRecorder
+from pocket.postgres_events import PocketEventsRecorder
 from pocket.reads import Reads
 from pocket.system import WalletRecords
 from pocket.verifications import Verification, VerificationLog
@@ -312,12 +312,12 @@ def read_server_of(tx: Transaction) -> str:
     return f" on {kind} at {row['host'] or 'local'}:{row['port']}"
 
 
-def events_reader(pocket: Pocket, db: Database) -> ApplicationRecorder:
+def events_reader(pocket: Pocket, db: Database) -> PocketEventsRecorder:
     """A reader of Pocket's events on another server (a replica); it creates
     nothing there."""
     assert isinstance(db.datastore, PostgresDatastore)
     table = pocket.recorder.events_table_name  # type: ignore[attr-defined]
-    return ApplicationRecorder(db.datastore, events_table_name=table)
+    return PocketEventsRecorder(db.datastore, events_table_name=table)
 
 
 def last_verification(pocket: Pocket) -> Verification | None:

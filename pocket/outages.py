@@ -18,7 +18,7 @@ import psycopg
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 
 from pocket.database import Database
-from pocket.postgres import refused_as_read_only
+from pocket.postgres_pool import refused_as_read_only
 from pocket.preflight import one_line
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def is_outage(error: BaseException) -> bool:
         return True
     if refused_as_read_only(error):
         return True
-    # A recorder retries once on a lost link (pocket.postgres.once_more). If the
+    # A recorder retries once on a lost link (pocket.postgres_pool.once_more). If the
     # lost attempt had committed, the retry finds the position moved by it and
     # raises IntegrityError: the step was done, and reading the position again
     # says so.

@@ -18,7 +18,7 @@ import psycopg
 
 from pocket.config import Settings
 from pocket.pooling import PoolerProblem, ProbeTimedOut, check_sessions
-from pocket.postgres import POSTGRES_DEFAULTS, libpq_options
+from pocket.postgres_pool import POSTGRES_DEFAULTS, libpq_options
 
 # What PostgreSQL says when it is there but cannot take connections yet (or any
 # more): waiting helps. Every other refusal from the server is for good.

@@ -33,12 +33,8 @@ from psycopg.rows import dict_row
 
 from pocket.config import Settings
 from pocket.database import Database
-from pocket.postgres import (
-    POSTGRES_DEFAULTS,
-    Factory,
-    connect_kwargs,
-    libpq_options,
-)
+from pocket.postgres import PocketPostgresFactory
+from pocket.postgres_pool import POSTGRES_DEFAULTS, connect_kwargs, libpq_options
 from pocket.preflight import one_line
 
 log = logging.getLogger(__name__)
@@ -130,7 +126,7 @@ class Reads:
         if settings.read_env is None:
             return cls(primary)
         env = {**POSTGRES_DEFAULTS, **READ_POOL, **settings.read_env}
-        datastore = Factory(Environment(env=env)).datastore
+        datastore = PocketPostgresFactory(Environment(env=env)).datastore
         return cls(
             primary,
             Database(datastore),

@@ -40,7 +40,7 @@ from pocket.application import Pocket
 from pocket.catalog import ProjectionCatalog
 from pocket.database import Database
 from pocket.locks import ProcessLock, process_lock
-from pocket.postgres import connect_kwargs, refused_as_read_only
+from pocket.postgres_pool import connect_kwargs, refused_as_read_only
 from pocket.system import WalletRecords
 from pocket.walletrecords import ProjectionSwitched
 

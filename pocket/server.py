@@ -27,6 +27,7 @@ from pocket.web.errors import (
     INTERNAL_ERROR_MESSAGE,
     MAX_BODY_BYTES,
     TOO_LARGE_MESSAGE,
+    error_body,
     http_code,
 )
 
@@ -78,11 +79,9 @@ class JsonErrorTask(ErrorTask):  # type: ignore[misc]
     def execute(self) -> None:
         error = self.request.error
         status = HTTPStatus(error.code)
-        error_body = {
-            "error": {"code": http_code(status), "message": message(status, error)}
-        }
+        answer = error_body(http_code(status), message(status, error))
         # Ends with a newline, as every JSON answer of the API's does.
-        body = (json.dumps(error_body) + "\n").encode()
+        body = (json.dumps(answer) + "\n").encode()
         self.status = f"{status.value} {status.phrase}"
         self.response_headers.append(("Content-Type", "application/json"))
         # As every answer of the app's says (pocket.web.pages): a browser must

@@ -9,27 +9,27 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from http import HTTPStatus
 from typing import Any
 from uuid import uuid4
 
-from pocket.application import (
-    HistoryPage,
-    TransferInfo,
-    WalletAlreadyExists,
-    WalletInfo,
-)
+from pocket.application import HistoryPage, TransferInfo, WalletInfo
 from pocket.catalog import ProjectionCatalog, live_records
 from pocket.config import Settings
 from pocket.database import Database
 from pocket.domainmodel import Cause, check_text
+from pocket.errors import (
+    RecipientNotFound,
+    TokenRevoked,
+    UserNotFound,
+    WalletAlreadyExists,
+)
 from pocket.gate import DatabaseGate
 from pocket.guards import TokenGuard
 from pocket.history import page_newest_first
 from pocket.reads import Reads
 from pocket.runner import PocketRunner
 from pocket.tokens import TokenCache, hash_token, new_token
-from pocket.users import TokenRevoked, User, UserNotFound, UserStore
+from pocket.users import User, UserStore
 from pocket.walletrecords import WalletRecord
 from pocket.writes import commit_waits, writes_report
 
@@ -336,16 +336,3 @@ class PocketService:
             )
         self.users.mark_wallet_opened(user.id)
         return self.pocket.get_wallet(user.wallet_id)
-
-
-class RecipientNotFound(UserNotFound):
-    """A transfer names a user who does not exist."""
-
-    status = HTTPStatus.UNPROCESSABLE_ENTITY
-    code = "validation_failed"
-    field = "to_user_id"
-
-    @staticmethod
-    def describe(user_id: object) -> str:
-        """The message, naming the user the money was for."""
-        return f"There is no user {user_id} to send money to."

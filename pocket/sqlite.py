@@ -20,7 +20,7 @@ from eventsourcing.sqlite import (
 from pocket.guards import GuardsBroken, TokenGuard, broken_guards
 
 
-class ApplicationRecorder(SQLiteApplicationRecorder):
+class PocketSQLiteEventsRecorder(SQLiteApplicationRecorder):
     """Events: the library's recorder, refusing a batch whose guards do not hold."""
 
     def _insert_events(
@@ -48,7 +48,7 @@ class ApplicationRecorder(SQLiteApplicationRecorder):
         return notification_ids
 
 
-class Factory(SQLiteFactory):
+class PocketSQLiteFactory(SQLiteFactory):
     """The library's SQLite factory, building Pocket's events recorder."""
 
-    application_recorder_class = ApplicationRecorder
+    application_recorder_class = PocketSQLiteEventsRecorder

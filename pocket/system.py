@@ -26,7 +26,7 @@ from eventsourcing.system import ProcessApplication, System
 from eventsourcing.utils import Environment, get_topic
 
 from pocket.application import Pocket
-from pocket.postgres import POSTGRES_DEFAULTS
+from pocket.postgres_pool import POSTGRES_DEFAULTS
 from pocket.walletrecords import (
     COLUMNS,
     WALLET_EVENTS,
@@ -34,8 +34,8 @@ from pocket.walletrecords import (
     WalletChanges,
     table_of,
 )
-from pocket.walletrecords_postgres import Factory as PostgresFactory
-from pocket.walletrecords_sqlite import Factory as SQLiteFactory
+from pocket.walletrecords_postgres import WalletRecordsPostgresFactory
+from pocket.walletrecords_sqlite import WalletRecordsSQLiteFactory
 
 
 class WalletRecords(ProcessApplication[UUID]):
@@ -69,9 +69,9 @@ class WalletRecords(ProcessApplication[UUID]):
         """Pocket's factories: recorders that apply wallet_records' batches."""
         module = env.get("PERSISTENCE_MODULE")
         if module == "eventsourcing.postgres":
-            return PostgresFactory(env)
+            return WalletRecordsPostgresFactory(env)
         if module == "eventsourcing.sqlite":
-            return SQLiteFactory(env)
+            return WalletRecordsSQLiteFactory(env)
         return super().construct_factory(env)
 
     def policy(

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http import HTTPStatus
 from typing import Any
 from uuid import UUID
 
 from pocket.database import Database, as_datetime, as_uuid
-from pocket.domainmodel import PocketError
+from pocket.errors import UserNotFound
 
 # Larger ids cannot exist (bigint), and asking PostgreSQL for one is an error.
 MAX_USER_ID = 2**63 - 1
@@ -139,28 +138,3 @@ def to_user(row: dict[str, Any]) -> User:
         created_at=as_datetime(row["created_at"]),
         updated_at=as_datetime(row["updated_at"]),
     )
-
-
-class UserNotFound(PocketError, LookupError):
-    """No user has this id (or none the caller may see)."""
-
-    status = HTTPStatus.NOT_FOUND
-    code = "user_not_found"
-
-    def __init__(self, user_id: object) -> None:
-        super().__init__(self.describe(user_id))
-        self.user_id = user_id
-
-    @staticmethod
-    def describe(user_id: object) -> str:
-        """The message, naming the user asked for."""
-        return f"There is no user {user_id}."
-
-
-class TokenRevoked(PocketError):
-    """The token presented was replaced before the request could use it (to move
-    money, or to replace the token itself)."""
-
-    status = HTTPStatus.UNAUTHORIZED
-    code = "unauthorized"
-    message = "The bearer token is not valid."

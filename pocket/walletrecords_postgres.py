@@ -17,8 +17,9 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
-from pocket.postgres import Factory as PocketFactory
-from pocket.postgres import SerializedSchema, once_more
+from pocket.postgres import PocketPostgresFactory
+from pocket.postgres_events import SerializedSchema
+from pocket.postgres_pool import once_more
 from pocket.walletrecords import (
     PROJECTION,
     Batch,
@@ -30,7 +31,7 @@ from pocket.walletrecords import (
 )
 
 
-class WalletRecordsRecorder(SerializedSchema, PostgresProcessRecorder):
+class WalletRecordsPostgresRecorder(SerializedSchema, PostgresProcessRecorder):
     """One version of wallet_records: the library's process recorder, whose tables
     are named after the version's projector, applying each batch's changes to the
     version's rows in the transaction that records its tracking position."""
@@ -158,7 +159,7 @@ class WalletRecordsRecorder(SerializedSchema, PostgresProcessRecorder):
             curs.execute(self.close_rows, (list(changes.closed),), prepare=True)
 
 
-class Factory(PocketFactory):
+class WalletRecordsPostgresFactory(PocketPostgresFactory):
     """Pocket's PostgreSQL factory, whose process recorders are wallet_records'."""
 
-    process_recorder_class = WalletRecordsRecorder
+    process_recorder_class = WalletRecordsPostgresRecorder

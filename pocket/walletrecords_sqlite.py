@@ -42,7 +42,7 @@ from pocket.walletrecords import (
 CHUNK = 500
 
 
-class WalletRecordsRecorder(SQLiteProcessRecorder):
+class WalletRecordsSQLiteRecorder(SQLiteProcessRecorder):
     """One version of wallet_records: the library's process recorder with tables
     of its own, applying each batch's changes to the version's rows in the
     transaction that records its tracking position."""
@@ -186,15 +186,15 @@ class WalletRecordsRecorder(SQLiteProcessRecorder):
         return balances
 
 
-class Factory(SQLiteFactory):
+class WalletRecordsSQLiteFactory(SQLiteFactory):
     """The library's SQLite factory; process recorders get tables of their own."""
 
-    process_recorder_class = WalletRecordsRecorder
+    process_recorder_class = WalletRecordsSQLiteRecorder
 
     def process_recorder(self) -> ProcessRecorder:
         """A wallet_records recorder whose tables are named after its application."""
         prefix = self.env.name.lower() or "stored"
-        recorder = WalletRecordsRecorder(
+        recorder = WalletRecordsSQLiteRecorder(
             self.datastore,
             events_table_name=f"{prefix}_events",
             tracking_table_name=f"{prefix}_tracking",

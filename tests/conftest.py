@@ -13,7 +13,6 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pocket.bench import scratch_postgres
 from pocket.config import Settings
 from tests.patroni import PatroniCluster, patroni_cluster, patroni_problem
 from tests.pgbouncer import PgBouncer, PoolMode, pgbouncer_problem, throwaway_pgbouncer
@@ -25,10 +24,9 @@ from tests.pgserver import (
     server_problem,
     throwaway_server,
 )
+from tools.scratch import DEFAULT_ADMIN_URL, scratch_postgres
 
-ADMIN_URL = os.environ.get(
-    "POCKET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+ADMIN_URL = os.environ.get("POCKET_TEST_POSTGRES_URL", DEFAULT_ADMIN_URL)
 REQUIRE_POSTGRES = os.environ.get("POCKET_REQUIRE_POSTGRES") == "1"
 # CI installs Patroni, etcd and HAProxy: there, their absence fails the tests.
 REQUIRE_PATRONI = os.environ.get("POCKET_REQUIRE_PATRONI") == "1"

@@ -35,7 +35,6 @@ from typing import Any
 
 import psycopg
 
-from pocket.bench import free_port
 from tests.patroni_config import (
     TEST_TIMING,
     Node,
@@ -47,6 +46,7 @@ from tests.patroni_config import (
 from tests.pgserver import OWNER, PostgresServer, find_bindir, server_problem
 from tests.proctree import alive, kill_postmaster, kill_tree, wait_gone
 from tests.proxy import Proxy
+from tools.scratch import free_port
 
 SUBREAPER = Path(__file__).with_name("subreaper.py")
 BINARIES = {"patroni": "patroni", "etcd": "etcd", "haproxy": "haproxy"}

@@ -1,8 +1,8 @@
-"""The Patroni and HAProxy configuration of Pocket's failover tests, which the
-README ships: one template each, filled in by the tests with their temporary
-folders, free ports and short timings, and for the README with a deployment's
-hosts and Patroni's own timings (tests/test_patroni.py checks that the README
-shows exactly that).
+"""The Patroni and HAProxy configuration of Pocket's failover tests, which
+docs/failover.md ships: one template each, filled in by the tests with their
+temporary folders, free ports and short timings, and for docs/failover.md with a
+deployment's hosts and Patroni's own timings (tests/test_patroni.py checks that
+the page shows exactly that).
 
 Settings chosen, and why:
 - synchronous_mode on: a commit, hence an acknowledged request, returns only
@@ -198,7 +198,7 @@ def haproxy_cfg(bind: str, nodes: list[Node], timing: Timing) -> str:
     )
 
 
-# The deployment the README shows: two database hosts, three etcd members.
+# The deployment docs/failover.md shows: two database hosts, three etcd members.
 EXAMPLE_SITE = Site(
     bin_dir="/usr/lib/postgresql/15/bin",
     etcd_hosts="10.0.0.11:2379,10.0.0.12:2379,10.0.0.13:2379",
@@ -211,7 +211,7 @@ EXAMPLE_SITE = Site(
 
 
 def example_node(number: int) -> Node:
-    """db1 or db2 of the README's deployment."""
+    """db1 or db2 of the deployment docs/failover.md shows."""
     host = f"10.0.0.{number}"
     return Node(
         name=f"db{number}",
@@ -225,12 +225,12 @@ def example_node(number: int) -> Node:
     )
 
 
-def readme_patroni_yaml() -> str:
-    """db1's patroni.yml, as the README shows it."""
+def deployment_patroni_yaml() -> str:
+    """db1's patroni.yml, as docs/failover.md shows it."""
     return patroni_yaml(EXAMPLE_SITE, example_node(1), PRODUCTION_TIMING)
 
 
-def readme_haproxy_cfg() -> str:
-    """haproxy.cfg on an application host, as the README shows it."""
+def deployment_haproxy_cfg() -> str:
+    """haproxy.cfg on an application host, as docs/failover.md shows it."""
     nodes = [example_node(1), example_node(2)]
     return haproxy_cfg("127.0.0.1:5000", nodes, PRODUCTION_TIMING)

@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 import psycopg
 
-from pocket.bench import free_port
 from tests.pgserver import OWNER, as_owner, own, owner_problem
+from tools.scratch import free_port
 
 PoolMode = Literal["session", "transaction", "statement"]
 

@@ -34,8 +34,8 @@ from psycopg import sql
 from psycopg.abc import Query
 from psycopg.conninfo import make_conninfo
 
-from pocket.bench import free_port
 from tests.proctree import kill_postmaster
+from tools.scratch import free_port
 
 OWNER = "postgres"  # initdb and postgres refuse to run as root
 

@@ -1,5 +1,5 @@
 """The benchmark runs, on tiny sizes, on both stores. (It checks that the figures
-are there, never how fast they are: speed is for `pocket bench` to report.)"""
+are there, never how fast they are: speed is for `make bench` to report.)"""
 
 from __future__ import annotations
 
@@ -7,11 +7,16 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from pocket.bench import HTTP_ROWS, ROWS, TINY, WRK_MISSING, report, run, wrk_command
 from tests.conftest import ADMIN_URL, require_postgres
+from tools.bench.figures import TINY
+from tools.bench.http_load import WRK_MISSING
+from tools.bench.report import HTTP_ROWS, ROWS, report
+from tools.bench.run import run
+from tools.bench.wrk import wrk_command
 
 # CI installs wrk: there, a missing wrk must fail, not leave out the HTTP figures.
 REQUIRE_WRK = os.environ.get("POCKET_REQUIRE_WRK") == "1"
@@ -46,10 +51,11 @@ def test_every_figure_is_measured_on_tiny_sizes(backend: str) -> None:
         assert f"{backend}: {WRK_MISSING}" in table
 
 
-def test_pocket_bench_prints_json_for_machines() -> None:
-    command = ["pocket.cli", "bench", "--tiny", "--backend", "sqlite", "--json"]
+def test_the_bench_prints_json_for_machines() -> None:
+    command = ["tools.bench", "--tiny", "--backend", "sqlite", "--json"]
     answer = subprocess.run(
         [sys.executable, "-m", *command],
+        cwd=Path(__file__).parents[1],
         capture_output=True,
         text=True,
         check=True,

@@ -1,6 +1,6 @@
 """The Patroni cluster the failover tests run on (tests/patroni.py): what it is
 when it starts, what its faults leave behind, that nothing of it outlives the
-test, and that the README ships its configuration."""
+test, and that docs/failover.md ships its configuration."""
 
 from __future__ import annotations
 
@@ -9,17 +9,16 @@ from pathlib import Path
 import psycopg
 
 from tests.conftest import require_patroni
+from tests.docs import page, section
 from tests.patroni import patroni_cluster, wait_until
-from tests.patroni_config import readme_haproxy_cfg, readme_patroni_yaml
+from tests.patroni_config import deployment_haproxy_cfg, deployment_patroni_yaml
 from tests.proctree import alive, descendants
 
-README = Path(__file__).parents[1] / "README.md"
 
-
-def test_the_readme_ships_the_configuration_the_tests_use() -> None:
-    readme = README.read_text()
-    assert f"```yaml\n{readme_patroni_yaml()}```\n" in readme
-    assert f"```\n{readme_haproxy_cfg()}```\n" in readme
+def test_the_failover_page_ships_the_configuration_the_tests_use() -> None:
+    patroni = section(page("failover.md"), "With Patroni and HAProxy")
+    assert f"```yaml\n{deployment_patroni_yaml()}```\n" in patroni
+    assert f"```\n{deployment_haproxy_cfg()}```\n" in patroni
 
 
 def test_a_cluster_is_what_it_says_its_faults_too_and_nothing_outlives_it() -> None:

@@ -1,4 +1,5 @@
-"""Where a POST add_money's CPU goes in `pocket serve`: the breakdown in the README.
+"""Where a POST add_money's CPU goes in `pocket serve`: the breakdown in
+docs/performance.md.
 
 Starts `pocket serve --no-follower --threads 16` on a scratch PostgreSQL database,
 drives it with wrk (16 connections, 64 users, a random one per request), measures
@@ -6,7 +7,7 @@ the server's CPU per request from /proc, then samples it with py-spy (only the
 thread holding the GIL, so the samples are the interpreter's CPU) and sorts each
 sample into a part of the request path by the innermost frame it recognises.
 
-    .venv/bin/python tools/profile_http.py [--seconds 10] [--admin-url URL]
+    .venv/bin/python -m tools.profile_http [--seconds 10] [--admin-url URL]
         [--server-python OTHER_CHECKOUT/.venv/bin/python]
 
 Needs wrk and py-spy (`pip install py-spy`; sampling another process may need
@@ -22,17 +23,11 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from pocket.bench import (
-    DEFAULT_ADMIN_URL,
-    FEW_USERS,
-    Sizes,
-    beside_python,
-    drive,
-    scratch_postgres,
-    server_process,
-    sign_up,
-    write_script,
-)
+from tools.bench.figures import Sizes
+from tools.bench.http_load import FEW_USERS, sign_up
+from tools.bench.servers import beside_python, server_process
+from tools.bench.wrk import drive, write_script
+from tools.scratch import DEFAULT_ADMIN_URL, scratch_postgres
 
 # The parts of the request path, each known by markers in a frame's file or
 # function; a sample goes to the innermost frame that matches one.

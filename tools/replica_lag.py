@@ -1,5 +1,5 @@
-"""How far behind its primary a standby is while Pocket writes: the README's
-"Reading from a replica" figures.
+"""How far behind its primary a standby is while Pocket writes: the figures in
+docs/replicas.md.
 
 Builds a throwaway primary and streaming standby from the machine's PostgreSQL
 binaries (tests/pgserver.py), starts `pocket serve` with POCKET_READ_URL on the

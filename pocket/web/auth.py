@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 from flask import Flask, Response, current_app, g, request
 
 from pocket.domainmodel import correlation_id
+from pocket.errors import UserNotFound
 from pocket.service import Principal
-from pocket.users import UserNotFound
 from pocket.web.context import service
 from pocket.web.errors import NotFound, Unauthorized, invalid
 from pocket.web.query import check_query

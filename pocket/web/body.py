@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import request
 
-from pocket.domainmodel import InvalidAmount, InvalidText
+from pocket.errors import InvalidAmount, InvalidText
 from pocket.web.errors import (
     GIVEN_TWICE,
     MalformedJSON,

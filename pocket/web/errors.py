@@ -1,19 +1,18 @@
-"""The catalogue of errors the API answers with, each class with its status, code
-and message: Pocket's rules' own (`PocketError` and its subclasses, declared where
-they are raised) and the HTTP layer's, declared here. The handlers, the OpenAPI
-document and the README's errors table (by a test) all follow the catalogue.
+"""The catalogue of errors the API answers with, each with its status, code and
+message: the HTTP layer's own, declared here as classes, and Pocket's (plain
+exceptions in pocket.errors), answered as the one table ANSWERS says. The
+handlers, the OpenAPI document and the errors table in docs/api.md (by a test)
+all follow the catalogue.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from http import HTTPStatus
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-# pocket.service imports every module that declares a PocketError (application,
-# users), so that the catalogue below finds them all.
-import pocket.service  # noqa: F401
-from pocket.domainmodel import PocketError
+from pocket import errors
 
 MAX_BODY_BYTES = 1024 * 1024
 INVALID = "Some fields are missing or invalid."
@@ -152,20 +151,113 @@ class ServiceUnavailable(ApiError):
     code = "service_unavailable"
 
 
+def error_body(
+    code: str, message: str, fields: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The one JSON shape of every error answer, the server's own included."""
+    body: dict[str, Any] = {"code": code, "message": message}
+    if fields:
+        body["fields"] = fields
+    return {"error": body}
+
+
 def invalid(field: str, problem: str) -> ValidationFailed:
     """A 422 naming one offending field or parameter."""
     return ValidationFailed({field: problem})
 
 
-Kind = type[PocketError] | type[ApiError]
+@dataclass(frozen=True)
+class Answer:
+    """How the API answers one kind of error."""
+
+    kind: type[Exception]
+    status: HTTPStatus
+    code: str
+    # A fixed message, or None for the error's own words.
+    message: str | None = None
+    # The request field it is about (a 422's `fields`), or None for the one the
+    # error names itself, if any.
+    field: str | None = None
+
+    @property
+    def when(self) -> str:
+        """When it is given: the first line of its class's docstring."""
+        return (self.kind.__doc__ or "").strip().splitlines()[0]
+
+
 T = TypeVar("T")
+UNPROCESSABLE = HTTPStatus.UNPROCESSABLE_ENTITY
+KEY = "Idempotency-Key"
+# Pocket's errors, as the API answers them.
+ANSWERS = [
+    Answer(errors.InvalidAmount, UNPROCESSABLE, "validation_failed"),
+    Answer(errors.InvalidText, UNPROCESSABLE, "validation_failed"),
+    Answer(
+        errors.SameWallet,
+        UNPROCESSABLE,
+        "validation_failed",
+        "A transfer must go to another user.",
+        "to_user_id",
+    ),
+    Answer(
+        errors.RecipientNotFound, UNPROCESSABLE, "validation_failed", None, "to_user_id"
+    ),
+    Answer(
+        errors.IdempotencyKeyReused,
+        UNPROCESSABLE,
+        "idempotency_key_reused",
+        f"This {KEY} was used for a different request.",
+        KEY,
+    ),
+    Answer(errors.InsufficientFunds, HTTPStatus.CONFLICT, "insufficient_funds"),
+    Answer(errors.WalletClosed, HTTPStatus.CONFLICT, "wallet_closed"),
+    Answer(errors.WalletNotEmpty, HTTPStatus.CONFLICT, "wallet_not_empty"),
+    Answer(
+        errors.ConcurrencyConflict,
+        HTTPStatus.CONFLICT,
+        "concurrent_update",
+        "The wallet kept changing under this request; try again.",
+    ),
+    Answer(
+        errors.CommandInFlight,
+        HTTPStatus.CONFLICT,
+        "idempotency_key_in_flight",
+        f"A request with this {KEY} is still running.",
+    ),
+    Answer(errors.UserNotFound, HTTPStatus.NOT_FOUND, "user_not_found"),
+    Answer(errors.WalletNotFound, HTTPStatus.NOT_FOUND, "wallet_not_found"),
+    Answer(
+        errors.VersionNotFound,
+        HTTPStatus.NOT_FOUND,
+        "version_not_found",
+        "The wallet had no such version, or did not exist yet then.",
+    ),
+    Answer(
+        errors.TokenRevoked,
+        HTTPStatus.UNAUTHORIZED,
+        "unauthorized",
+        "The bearer token is not valid.",
+    ),
+]
+BY_KIND = {answer.kind: answer for answer in ANSWERS}
 
 
-def catalogue() -> list[Kind]:
+def answer_for(error: Exception) -> Answer | None:
+    """How the API answers an error of Pocket's (None: a fault of ours)."""
+    for kind in type(error).__mro__:
+        if kind in BY_KIND:
+            return BY_KIND[kind]
+    return None
+
+
+def catalogue() -> list[Answer]:
     """Every kind of error the API answers with, by status and code."""
-    kinds: list[Kind] = [*subclasses(PocketError), *subclasses(ApiError)]
-    answered = [kind for kind in kinds if kind.code is not None]
-    return sorted(answered, key=lambda kind: (kind.status, kind.code or ""))
+    http = [
+        Answer(kind, kind.status, kind.code, kind.message)
+        for kind in subclasses(ApiError)
+        if kind.code is not None
+    ]
+    return sorted([*ANSWERS, *http], key=lambda answer: (answer.status, answer.code))
 
 
 def subclasses(cls: type[T]) -> list[type[T]]:

@@ -13,12 +13,11 @@ from pocket.domainmodel import (
     MAX_AMOUNT,
     MAX_TEXT_LENGTH,
     REFUSED_CATEGORIES,
-    InvalidAmount,
-    InvalidText,
     check_amount,
     check_text,
     refused_character,
 )
+from pocket.errors import InvalidAmount, InvalidText
 from pocket.users import MAX_USER_ID
 from pocket.web.body import Field, JSONNumber, Schema
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
-from typing import Any
 
 import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError, PersistenceError
@@ -14,8 +13,8 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from pocket.deadlines import RESEND, WriteNotConfirmed, WritesStalled
-from pocket.domainmodel import PocketError
-from pocket.postgres import refused_as_read_only
+from pocket.errors import PocketError
+from pocket.postgres_pool import refused_as_read_only
 from pocket.web.context import service
 from pocket.web.errors import (
     BY_STATUS,
@@ -24,6 +23,8 @@ from pocket.web.errors import (
     InternalError,
     MethodNotAllowed,
     ServiceUnavailable,
+    answer_for,
+    error_body,
     http_code,
 )
 
@@ -43,11 +44,8 @@ def answer(
     status: HTTPStatus, code: str, message: str, fields: dict[str, str] | None = None
 ) -> tuple[Response, int]:
     """The one JSON shape of every error."""
-    body: dict[str, Any] = {"code": code, "message": message}
     g.error_code = code  # For the refusals counted by code (pocket.web.observe).
-    if fields:
-        body["fields"] = fields
-    response = jsonify(error=body)
+    response = jsonify(error_body(code, message, fields))
     if status == HTTPStatus.UNAUTHORIZED:
         response.headers["WWW-Authenticate"] = 'Bearer realm="pocket"'
     return response, status
@@ -63,13 +61,15 @@ def api_error(error: ApiError) -> tuple[Response, int]:
 
 
 def domain_error(error: PocketError) -> tuple[Response, int]:
-    """Pocket's rules refusing a request: each error class says how it is answered."""
-    if error.code is None:
+    """Pocket's rules refusing a request: answered as the catalogue's table says."""
+    known = answer_for(error)
+    if known is None:
         return unexpected_error(error)
-    problem = error.message or str(error)
-    if error.field is None:
-        return answer(error.status, error.code, problem)
-    return answer(error.status, error.code, INVALID, {error.field: problem})
+    problem = known.message or str(error)
+    field = known.field or error.field
+    if field is None:
+        return answer(known.status, known.code, problem)
+    return answer(known.status, known.code, INVALID, {field: problem})
 
 
 def http_error(error: HTTPException) -> tuple[Response, int]:

@@ -451,8 +451,7 @@ def error_responses() -> dict[str, Schema]:
         lambda: defaultdict(dict)
     )
     for kind in catalogue():
-        when = (kind.__doc__ or "").strip().splitlines()[0]  # Each class says when.
-        whens[kind.status.value][kind.code or ""][when] = None
+        whens[kind.status.value][kind.code][kind.when] = None
     responses = {}
     for status, codes in whens.items():
         description = "\n".join(

@@ -48,7 +48,7 @@ def check_signup_rate() -> None:
 
     The address is the connection's: behind a proxy, the proxy's (a header
     such as X-Forwarded-For is the client's to forge), so every client shares
-    one limit there; see the README.
+    one limit there; see docs/api.md ("Who may touch a wallet").
     """
     limiter: RateLimiter | None = current_app.extensions[SIGNUPS]
     if limiter is None:

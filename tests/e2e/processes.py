@@ -17,11 +17,11 @@ from typing import Any
 from uuid import UUID
 
 from pocket.application import Pocket
-from pocket.bench import free_port
 from pocket.config import Settings
 from pocket.database import Database
 from pocket.walletrecords import LATEST_VERSION, WalletRecord, record_from_row
 from tests.replay import replayed_records
+from tools.scratch import free_port
 
 POCKET = Path(sys.executable).with_name("pocket")
 

@@ -20,10 +20,10 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from pocket.bench import scratch_postgres
 from tests.conftest import ADMIN_URL, require_postgres
 from tests.e2e.processes import Api, PocketProcess, serve, wait_for
 from tests.proxy import Proxy, Trap
+from tools.scratch import scratch_postgres
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 

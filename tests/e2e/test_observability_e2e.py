@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pocket.bench import free_port
 from tests.e2e.processes import PocketProcess, follow, serve, wait_for
+from tools.scratch import free_port
 
 pytestmark = pytest.mark.e2e
 

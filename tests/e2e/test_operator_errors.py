@@ -10,9 +10,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pocket.bench import free_port
 from tests.e2e.processes import PocketProcess, run_pocket, serve, wait_for
 from tests.pgserver import PostgresServer
+from tools.scratch import free_port
 
 pytestmark = pytest.mark.e2e
 COMMANDS = ["serve", "follow", "migrate", "status", "verify"]

@@ -34,8 +34,9 @@ COMMIT_TIMEOUT = 2.0
 # The longest a request in flight may take to be answered once the link is
 # cut: the TCP settings find the link dead within about 6 s (keep-alive probes
 # after 3 s of silence, tcp_user_timeout 6 s), a new connection gives up after
-# libpq's 2 s connect_timeout, and the 503 gate answers the rest at once. The
-# README's worst case is this figure.
+# libpq's 2 s connect_timeout, and the 503 gate answers the rest at once.
+# docs/failover.md ("When writes are not confirmed") gives that worst case as
+# about 10 s; the bound leaves room for a loaded machine.
 BOUND_SECONDS = 15.0
 # How long the test keeps the link cut at most (the code before this bound hung
 # for all of it).

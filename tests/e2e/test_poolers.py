@@ -27,7 +27,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from pocket.bench import free_port
 from pocket.config import Settings
 from tests.conftest import StartPgBouncer
 from tests.e2e.processes import (
@@ -43,6 +42,7 @@ from tests.e2e.processes import (
 from tests.pgbouncer import PoolMode
 from tests.pgserver import PostgresServer
 from tests.proxy import Proxy
+from tools.scratch import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 COMMANDS = ["serve", "follow", "migrate", "status", "verify"]

@@ -11,14 +11,16 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from pocket.application import (
-    Pocket,
+from pocket.application import Pocket
+from pocket.bootstrap import bootstrap
+from pocket.config import Settings
+from pocket.domainmodel import Wallet
+from pocket.errors import (
+    InsufficientFunds,
+    InvalidAmount,
     WalletAlreadyExists,
     WalletNotFound,
 )
-from pocket.bootstrap import bootstrap
-from pocket.config import Settings
-from pocket.domainmodel import InsufficientFunds, InvalidAmount, Wallet
 from pocket.service import PocketService
 
 
@@ -33,7 +35,7 @@ def test_the_seed_session_gives_the_seed_balances(pocket: Pocket) -> None:
     wallet_id = pocket.create_wallet("2")
     assert pocket.add_money(wallet_id, Decimal("20"), "API").balance == Decimal("20.00")
     assert pocket.draw_money(wallet_id, Decimal("5"), "API").balance == Decimal("15.00")
-    history = pocket.transactions(wallet_id)
+    history = pocket.movements(wallet_id)
     assert [(t.type, t.amount, t.source, t.destination) for t in history] == [
         ("IN", Decimal("20.00"), "API", None),
         ("OUT", Decimal("5.00"), None, "API"),
@@ -65,7 +67,7 @@ def test_an_overdraft_is_refused_and_records_nothing(pocket: Pocket) -> None:
     with pytest.raises(InsufficientFunds):
         pocket.draw_money(wallet_id, Decimal("3.01"), "API")
     assert pocket.get_wallet(wallet_id).version == 2
-    assert len(pocket.transactions(wallet_id)) == 1
+    assert len(pocket.movements(wallet_id)) == 1
 
 
 def test_an_invalid_amount_records_nothing(pocket: Pocket) -> None:
@@ -81,7 +83,7 @@ def test_unknown_wallets_are_not_found(pocket: Pocket) -> None:
     with pytest.raises(WalletNotFound):
         pocket.add_money(uuid4(), Decimal("1"), "API")
     with pytest.raises(WalletNotFound):
-        pocket.transactions(uuid4())
+        pocket.movements(uuid4())
 
 
 def test_a_wallet_id_can_be_chosen_but_only_once(pocket: Pocket) -> None:
@@ -111,7 +113,7 @@ def test_a_new_process_loads_a_long_history_from_its_snapshot(
     writer.close()
     reader = Pocket(env=dict(sql_settings.env))
     assert reader.get_wallet(wallet_id).balance == Decimal("150.00")
-    assert len(reader.transactions(wallet_id)) == 150
+    assert len(reader.movements(wallet_id)) == 150
     reader.close()
 
 
@@ -136,7 +138,7 @@ def test_concurrent_draws_in_threads_never_overdraw(pocket: Pocket) -> None:
     assert results.count("ok") == 10
     assert results.count("refused") == 14
     assert pocket.get_wallet(wallet_id).balance == Decimal("0.00")
-    assert sum(t.type == "OUT" for t in pocket.transactions(wallet_id)) == 10
+    assert sum(t.type == "OUT" for t in pocket.movements(wallet_id)) == 10
 
 
 def test_two_application_instances_on_one_database_retry_conflicts(

@@ -19,9 +19,10 @@ from psycopg.conninfo import conninfo_to_dict
 from pocket.application import Pocket
 from pocket.bootstrap import bootstrap, open_pocket
 from pocket.config import Settings
-from pocket.domainmodel import Cause, InsufficientFunds, Wallet
+from pocket.domainmodel import Cause, Wallet
+from pocket.errors import InsufficientFunds
 from pocket.groupcommit import Command, GroupCommitter
-from pocket.postgres import ApplicationRecorder
+from pocket.postgres_events import PocketEventsRecorder
 from pocket.tokens import TokenCache
 from pocket.web.handlers import lost_connection
 from tests.conftest import ADMIN_URL
@@ -59,7 +60,7 @@ def test_a_reply_lost_after_the_commit_is_found_not_inserted_again(
     assert trap.sprung.is_set()
     assert wallet.balance == Decimal("10.00")
     assert proxied_pocket.get_wallet(wallet_id).balance == Decimal("10.00")
-    assert len(proxied_pocket.transactions(wallet_id)) == 1
+    assert len(proxied_pocket.movements(wallet_id)) == 1
 
 
 def test_a_statement_cut_off_while_waiting_is_ended_then_inserted_again(
@@ -75,7 +76,7 @@ def test_a_statement_cut_off_while_waiting_is_ended_then_inserted_again(
     assert trap.sprung.is_set()
     assert wallet.version == 2
     assert proxied_pocket.get_wallet(wallet_id).balance == Decimal("3.00")
-    assert len(proxied_pocket.transactions(wallet_id)) == 1
+    assert len(proxied_pocket.movements(wallet_id)) == 1
 
 
 def test_a_batch_of_another_writer_is_a_conflict_not_ours(
@@ -83,7 +84,7 @@ def test_a_batch_of_another_writer_is_a_conflict_not_ours(
 ) -> None:
     wallet_id = postgres_pocket.create_wallet("u")
     recorder = postgres_pocket.recorder
-    assert isinstance(recorder, ApplicationRecorder)
+    assert isinstance(recorder, PocketEventsRecorder)
     mine = StoredEvent(wallet_id, 2, "x", b'{"mine": 1}')
     theirs = StoredEvent(wallet_id, 2, "x", b'{"theirs": 1}')
     recorder.insert_events([theirs])

@@ -13,9 +13,9 @@ import pytest
 
 from pocket.bootstrap import bootstrap
 from pocket.config import Settings
+from pocket.errors import TokenRevoked
 from pocket.service import PocketService, Principal
 from pocket.tokens import hash_token
-from pocket.users import TokenRevoked
 
 
 @pytest.fixture

@@ -21,9 +21,10 @@ from pocket.bootstrap import open_pocket
 from pocket.config import Settings
 from pocket.database import Database
 from pocket.deadlines import WriteNotConfirmed, WritesStalled
-from pocket.domainmodel import Cause, InsufficientFunds
+from pocket.domainmodel import Cause
+from pocket.errors import InsufficientFunds
 from pocket.groupcommit import Loaded
-from pocket.postgres import ApplicationRecorder
+from pocket.postgres_events import PocketEventsRecorder
 from tests.pgserver import ReplicatedPair
 
 
@@ -34,9 +35,9 @@ def pocket(postgres_settings: Settings) -> Iterator[Pocket]:
     app.close()
 
 
-def recorder_of(pocket: Pocket) -> ApplicationRecorder:
+def recorder_of(pocket: Pocket) -> PocketEventsRecorder:
     recorder = pocket.recorder
-    assert isinstance(recorder, ApplicationRecorder)
+    assert isinstance(recorder, PocketEventsRecorder)
     return recorder
 
 
@@ -108,7 +109,7 @@ def test_an_answer_alone_waits_for_the_synchronous_standby(
         app.close()
 
 
-def test_a_cached_wallet_whose_history_was_lost_is_read_again_not_caught_up(
+def test_a_cached_wallet_whose_history_was_lost_is_read_again_not_refreshed(
     postgres_settings: Settings,
 ) -> None:
     a, b = open_pocket(postgres_settings), open_pocket(postgres_settings)
@@ -125,8 +126,8 @@ def test_a_cached_wallet_whose_history_was_lost_is_read_again_not_caught_up(
             )
         b.add_money(wallet_id, Decimal(1), "other")
         b.add_money(wallet_id, Decimal(1), "other")
-        # A meets other writers (a conflict elsewhere): it catches its cached
-        # wallets up before deciding. Version 3 must not be applied on top of
+        # A meets other writers (a conflict elsewhere): it refreshes its cached
+        # wallets before deciding. Version 3 must not be applied on top of
         # the version 2 it holds, which the database no longer has: the wallet
         # is read again, whole. (Today's events carry the balance they leave,
         # so the draw would be refused either way; an event that carries a

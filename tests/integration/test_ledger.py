@@ -16,15 +16,16 @@ from uuid import UUID, uuid4
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from pocket.application import (
+from pocket.application import Pocket, WalletInfo
+from pocket.config import Settings
+from pocket.domainmodel import Cause
+from pocket.errors import (
     CommandInFlight,
     IdempotencyKeyReused,
-    Pocket,
+    InsufficientFunds,
     VersionNotFound,
-    WalletInfo,
+    WalletClosed,
 )
-from pocket.config import Settings
-from pocket.domainmodel import Cause, InsufficientFunds, WalletClosed
 
 
 @pytest.fixture
@@ -143,8 +144,8 @@ def test_a_transfer_moves_money_between_wallets(pocket: Pocket) -> None:
         Decimal("60.00"),
         Decimal("40.01"),
     )
-    sent = pocket.transactions(alice)[-1]
-    received = pocket.transactions(bob)[-1]
+    sent = pocket.movements(alice)[-1]
+    received = pocket.movements(bob)[-1]
     assert (sent.type, received.type) == ("OUT", "IN")
     assert sent.transfer_id == received.transfer_id == result.id
     assert sent.counterparty_wallet_id == bob
@@ -215,7 +216,7 @@ def test_opposite_transfers_from_two_processes_keep_the_total(
     assert sum(w.balance for w in wallets) == Decimal("100.00")
     assert all(w.balance >= 0 for w in wallets)
     for wallet_id, wallet in zip((alice, bob), wallets, strict=True):
-        history = apps[1].transactions(wallet_id)
+        history = apps[1].movements(wallet_id)
         assert history[-1].balance == wallet.balance
     for app in apps:
         app.close()
@@ -238,7 +239,7 @@ def test_a_closed_wallet_refuses_money_and_keeps_its_history(pocket: Pocket) -> 
         with pytest.raises(WalletClosed):
             command()
     assert pocket.close_wallet(wallet_id, command_id="c") == closed
-    assert [t.type for t in pocket.transactions(wallet_id)] == ["IN", "OUT"]
+    assert [t.type for t in pocket.movements(wallet_id)] == ["IN", "OUT"]
     assert pocket.get_wallet(wallet_id).closed
 
 
@@ -330,7 +331,7 @@ def test_events_record_who_caused_them(pocket: Pocket) -> None:
     cause = Cause(actor="user:3", correlation_id="req-42")
     wallet_id = pocket.create_wallet("3", cause=cause)
     pocket.add_money(wallet_id, Decimal("1"), "API", cause=cause)
-    (entry,) = pocket.transactions(wallet_id)
+    (entry,) = pocket.movements(wallet_id)
     assert (entry.actor, entry.correlation_id) == ("user:3", "req-42")
 
 
@@ -375,7 +376,7 @@ def test_wallets_recorded_by_the_first_release_still_load(pocket: Pocket) -> Non
             for v, topic, state in V1_EVENTS
         ]
     )
-    history = pocket.transactions(wallet_id)
+    history = pocket.movements(wallet_id)
     assert [(t.type, t.amount, t.actor) for t in history] == [
         ("IN", Decimal("20.00"), None),
         ("OUT", Decimal("5.00"), None),

@@ -34,10 +34,9 @@ from eventsourcing.utils import Environment, get_topic
 from psycopg.conninfo import conninfo_to_dict
 
 from pocket import walletrecords_postgres, walletrecords_sqlite
-from pocket.bench import scratch_postgres
-from pocket.postgres import AggregateRecorder as PostgresAggregateRecorder
-from pocket.postgres import ApplicationRecorder as PostgresApplicationRecorder
+from pocket.postgres_events import PocketEventsRecorder, SnapshotsRecorder
 from tests.conftest import ADMIN_URL, require_postgres
+from tools.scratch import scratch_postgres
 
 pytestmark = pytest.mark.postgres
 
@@ -84,16 +83,14 @@ class OnSQLite:
 
 class TestPostgresAggregateRecorder(OnPostgres, AggregateRecorderTestCase):
     def create_recorder(self) -> AggregateRecorder:
-        recorder = PostgresAggregateRecorder(
-            self.datastore, events_table_name="stored_events"
-        )
+        recorder = SnapshotsRecorder(self.datastore, events_table_name="stored_events")
         recorder.create_table()
         return recorder
 
 
 class TestPostgresApplicationRecorder(OnPostgres, ApplicationRecorderTestCase):
     def create_recorder(self) -> ApplicationRecorder:
-        recorder = PostgresApplicationRecorder(
+        recorder = PocketEventsRecorder(
             self.datastore, events_table_name="stored_events"
         )
         recorder.create_table()
@@ -102,7 +99,7 @@ class TestPostgresApplicationRecorder(OnPostgres, ApplicationRecorderTestCase):
 
 class TestPostgresWalletRecordsRecorder(OnPostgres, ProcessRecorderTestCase):
     def create_recorder(self) -> ProcessRecorder:
-        recorder = walletrecords_postgres.WalletRecordsRecorder(
+        recorder = walletrecords_postgres.WalletRecordsPostgresRecorder(
             self.datastore,
             events_table_name="upstream_events",
             tracking_table_name="upstream_tracking",
@@ -113,7 +110,7 @@ class TestPostgresWalletRecordsRecorder(OnPostgres, ProcessRecorderTestCase):
 
 class TestPostgresWalletRecordsTracking(OnPostgres, TrackingRecorderTestCase):
     def create_recorder(self) -> TrackingRecorder:
-        recorder = walletrecords_postgres.WalletRecordsRecorder(
+        recorder = walletrecords_postgres.WalletRecordsPostgresRecorder(
             self.datastore,
             events_table_name="upstream_events",
             tracking_table_name="upstream_tracking",
@@ -130,7 +127,7 @@ class TestPostgresFactory(OnPostgres, InfrastructureFactoryTestCase[Any]):
     def setUp(self) -> None:
         info = conninfo_to_dict(self.url)
         self.env = Environment("TestCase")
-        factory = walletrecords_postgres.Factory
+        factory = walletrecords_postgres.WalletRecordsPostgresFactory
         self.env[InfrastructureFactory.PERSISTENCE_MODULE] = get_topic(factory)
         self.env[factory.POSTGRES_DBNAME] = str(info["dbname"])
         self.env[factory.POSTGRES_HOST] = str(info.get("host", "127.0.0.1"))
@@ -140,13 +137,13 @@ class TestPostgresFactory(OnPostgres, InfrastructureFactoryTestCase[Any]):
         super().setUp()
 
     def expected_factory_class(self) -> type[InfrastructureFactory[Any]]:
-        return walletrecords_postgres.Factory
+        return walletrecords_postgres.WalletRecordsPostgresFactory
 
     def expected_aggregate_recorder_class(self) -> type[AggregateRecorder]:
-        return PostgresAggregateRecorder
+        return SnapshotsRecorder
 
     def expected_application_recorder_class(self) -> type[ApplicationRecorder]:
-        return PostgresApplicationRecorder
+        return PocketEventsRecorder
 
     def expected_tracking_recorder_class(self) -> type[TrackingRecorder]:
         return PostgresTrackingRecorder
@@ -155,7 +152,7 @@ class TestPostgresFactory(OnPostgres, InfrastructureFactoryTestCase[Any]):
         return PostgresTrackingRecorderSubclass
 
     def expected_process_recorder_class(self) -> type[ProcessRecorder]:
-        return walletrecords_postgres.WalletRecordsRecorder
+        return walletrecords_postgres.WalletRecordsPostgresRecorder
 
 
 # SQLite: the library's events recorders, and the projector's recorder.
@@ -163,7 +160,7 @@ class TestPostgresFactory(OnPostgres, InfrastructureFactoryTestCase[Any]):
 
 class TestSQLiteWalletRecordsRecorder(OnSQLite, ProcessRecorderTestCase):
     def create_recorder(self) -> ProcessRecorder:
-        recorder = walletrecords_sqlite.WalletRecordsRecorder(
+        recorder = walletrecords_sqlite.WalletRecordsSQLiteRecorder(
             self.datastore,
             events_table_name="upstream_events",
             tracking_table_name="upstream_tracking",
@@ -174,7 +171,7 @@ class TestSQLiteWalletRecordsRecorder(OnSQLite, ProcessRecorderTestCase):
 
 class TestSQLiteWalletRecordsTracking(OnSQLite, TrackingRecorderTestCase):
     def create_recorder(self) -> TrackingRecorder:
-        recorder = walletrecords_sqlite.WalletRecordsRecorder(
+        recorder = walletrecords_sqlite.WalletRecordsSQLiteRecorder(
             self.datastore,
             events_table_name="upstream_events",
             tracking_table_name="upstream_tracking",
@@ -190,13 +187,13 @@ class SQLiteTrackingRecorderSubclass(SQLiteTrackingRecorder):
 class TestSQLiteFactory(OnSQLite, InfrastructureFactoryTestCase[Any]):
     def setUp(self) -> None:
         self.env = Environment("TestCase")
-        factory = walletrecords_sqlite.Factory
+        factory = walletrecords_sqlite.WalletRecordsSQLiteFactory
         self.env[InfrastructureFactory.PERSISTENCE_MODULE] = get_topic(factory)
         self.env[factory.SQLITE_DBNAME] = str(self.path)
         super().setUp()
 
     def expected_factory_class(self) -> type[InfrastructureFactory[Any]]:
-        return walletrecords_sqlite.Factory
+        return walletrecords_sqlite.WalletRecordsSQLiteFactory
 
     def expected_aggregate_recorder_class(self) -> type[AggregateRecorder]:
         return SQLiteAggregateRecorder
@@ -211,4 +208,4 @@ class TestSQLiteFactory(OnSQLite, InfrastructureFactoryTestCase[Any]):
         return SQLiteTrackingRecorderSubclass
 
     def expected_process_recorder_class(self) -> type[ProcessRecorder]:
-        return walletrecords_sqlite.WalletRecordsRecorder
+        return walletrecords_sqlite.WalletRecordsSQLiteRecorder

@@ -11,13 +11,17 @@ from uuid import uuid4
 
 import pytest
 
-from pocket.application import WalletNotFound
 from pocket.bootstrap import bootstrap
 from pocket.config import Settings
-from pocket.domainmodel import InvalidText
-from pocket.service import PocketService, RecipientNotFound
+from pocket.errors import (
+    InvalidText,
+    RecipientNotFound,
+    TokenRevoked,
+    UserNotFound,
+    WalletNotFound,
+)
+from pocket.service import PocketService
 from pocket.tokens import hash_token
-from pocket.users import TokenRevoked, UserNotFound
 
 
 @pytest.fixture
@@ -190,7 +194,7 @@ def test_a_transfer_between_users_names_both(service: PocketService) -> None:
     sender, result = service.transfer(alice.user.id, bob.user.id, Decimal("12.50"), "x")
     assert sender.wallet.balance == Decimal("17.50")
     assert result.receiver.balance == Decimal("12.50")
-    (received,) = service.pocket.transactions(bob.user.wallet_id)
+    (received,) = service.pocket.movements(bob.user.wallet_id)
     assert received.counterparty_user_id == str(alice.user.id)
     assert received.transfer_id == result.id
 

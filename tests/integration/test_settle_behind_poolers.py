@@ -26,7 +26,8 @@ from eventsourcing.persistence import OperationalError
 from pocket.application import Pocket
 from pocket.bootstrap import open_pocket
 from pocket.config import Settings
-from pocket.postgres import ApplicationRecorder, Backend
+from pocket.postgres_events import PocketEventsRecorder
+from pocket.postgres_processes import Backend
 from tests.conftest import StartPgBouncer
 from tests.pgbouncer import PgBouncer, PoolMode
 from tests.pgserver import PostgresServer
@@ -68,8 +69,8 @@ def start(pooled_postgres: PostgresServer, pgbouncer: StartPgBouncer) -> Iterato
 def backend_of(pocket: Pocket) -> Backend:
     """The server process Pocket's one pooled connection was first given."""
     recorder = pocket.recorder
-    assert isinstance(recorder, ApplicationRecorder)
-    (backend,) = recorder._backends.values()
+    assert isinstance(recorder, PocketEventsRecorder)
+    (backend,) = recorder.processes._backends.values()
     return backend
 
 

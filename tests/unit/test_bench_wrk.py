@@ -1,4 +1,4 @@
-"""`pocket bench`'s HTTP part without a server: reading wrk's output, the Lua it
+"""The benchmark's HTTP part without a server: reading wrk's output, the Lua it
 is given, a run with failed answers, and no wrk at all."""
 
 from __future__ import annotations
@@ -8,19 +8,11 @@ from uuid import uuid4
 
 import pytest
 
-from pocket import bench
-from pocket.bench import (
-    TINY,
-    WRK_MISSING,
-    BenchUser,
-    Load,
-    Results,
-    lua_string,
-    parse_wrk,
-    record,
-    report,
-    write_script,
-)
+from tools.bench import http_load
+from tools.bench.figures import TINY, Results
+from tools.bench.http_load import WRK_MISSING, record
+from tools.bench.report import report
+from tools.bench.wrk import BenchUser, Load, lua_string, parse_wrk, write_script
 
 WRK_OUTPUT = """\
 Running 8s test @ http://127.0.0.1:40123
@@ -97,10 +89,10 @@ def test_a_lua_string_escapes_every_byte_but_letters_and_digits() -> None:
 def test_without_wrk_the_http_figures_are_left_out_and_the_table_says_why(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(bench, "wrk_command", lambda: None)
+    monkeypatch.setattr(http_load, "wrk_command", lambda: None)
     results = Results("sqlite")
     # Nothing is opened before wrk is looked for: no Pocket, no database.
-    bench.http_api(None, "sqlite:///unused.db", TINY, results)  # type: ignore[arg-type]
+    http_load.http_api(None, "sqlite:///unused.db", TINY, results)  # type: ignore[arg-type]
     assert results.figures == {}
     assert results.notes == [WRK_MISSING]
     table = report([results], TINY)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from pocket.groupcommit import WritesHealth
 from pocket.operations import format_reads, format_replication
 from pocket.server import Limits
 from pocket.writes import format_writes, writes_report
+from tests.docs import page, section
 
 
 def test_serve_s_limits_default_to_the_server_s_defaults() -> None:
@@ -68,8 +71,8 @@ def test_serve_refuses_limits_that_are_not_positive_numbers(
     assert option in capsys.readouterr().err
 
 
-def test_the_readme_documents_each_limit_with_its_default() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+def test_the_deployment_page_documents_each_limit_with_its_default() -> None:
+    limits = section(page("deployment.md"), "Slow clients cannot take the API down")
     default = Limits()
     for option, value in [
         ("--connection-limit N", default.connections),
@@ -77,7 +80,7 @@ def test_the_readme_documents_each_limit_with_its_default() -> None:
         ("--body-timeout S", default.body_timeout),
         ("--keepalive-timeout S", default.keepalive_timeout),
     ]:
-        assert f"| `{option}` | `{value:g}` |" in readme, option
+        assert f"| `{option}` | `{value:g}` |" in limits, option
 
 
 def test_pocket_says_its_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -219,3 +222,34 @@ def test_migrate_waits_out_a_database_outage_for_a_minute_unless_told() -> None:
     assert args.retry_seconds == 5
     with pytest.raises(SystemExit):
         build_parser().parse_args(["migrate", "--retry-seconds", "0"])
+
+
+def test_the_configuration_page_documents_every_option_of_every_command() -> None:
+    parser = build_parser()
+    commands = next(
+        action
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    rows = {
+        match[1]: match[2]
+        for match in re.finditer(
+            r"^\| `(pocket(?: \w+)?)` \| (.*)$",
+            section(page("configuration.md"), "Command line"),
+            re.MULTILINE,
+        )
+    }
+    missing = [
+        f"{name} {option}"
+        for name, command in [
+            ("pocket", parser),
+            *((f"pocket {c}", p) for c, p in commands.choices.items()),
+        ]
+        for action in command._actions
+        for option in action.option_strings
+        if option.startswith("--")
+        and option != "--help"
+        and f"`{option}" not in rows.get(name, "")
+    ]
+    assert set(rows) == {"pocket", *(f"pocket {c}" for c in commands.choices)}
+    assert missing == []

@@ -15,8 +15,10 @@ from pocket.config import (
     Settings,
     commit_timeout,
 )
-from pocket.postgres import Factory, connect_kwargs, libpq_options
+from pocket.postgres import PocketPostgresFactory
+from pocket.postgres_pool import connect_kwargs, libpq_options
 from pocket.ratelimit import Rate
+from tests.docs import README, page, section
 
 
 def test_unset_means_an_sqlite_file_in_the_current_directory(tmp_path: Path) -> None:
@@ -188,7 +190,7 @@ def test_every_connection_gets_the_urls_libpq_options() -> None:
     settings = Settings.from_url(
         "postgresql://ann@db1:5432,db2:5433/wallets?connect_timeout=4"
     )
-    factory = Factory(Environment(env=settings.env))
+    factory = PocketPostgresFactory(Environment(env=settings.env))
     try:
         pooled = factory.datastore.pool.kwargs
         assert isinstance(pooled, dict)
@@ -333,8 +335,8 @@ def test_a_bad_read_url_is_refused_in_one_line(
 def test_sign_ups_are_limited_by_default_to_the_documented_rate() -> None:
     assert Settings.from_environ({}).signup_rate == Rate(10, 60.0)
     assert str(Settings.from_environ({}).signup_rate) == DEFAULT_SIGNUP_RATE
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    assert f"| `POCKET_SIGNUP_RATE` | `{DEFAULT_SIGNUP_RATE}` |" in readme
+    table = section(page("configuration.md"), "Environment variables")
+    assert f"| `POCKET_SIGNUP_RATE` | `{DEFAULT_SIGNUP_RATE}` |" in table
 
 
 @pytest.mark.parametrize(
@@ -363,10 +365,22 @@ def test_a_sign_up_rate_pocket_cannot_read_is_refused(value: str) -> None:
         Settings.from_environ({"POCKET_SIGNUP_RATE": value})
 
 
-def test_every_pocket_variable_read_here_is_in_the_readme_s_table() -> None:
+def variable_rows(text: str) -> dict[str, str]:
+    """Each `POCKET_*` row of a table: the variable and its default, as written."""
+    rows = re.findall(r"^\| `(POCKET_\w+)` \| ([^|]+) \|", text, re.MULTILINE)
+    return dict(rows)
+
+
+def test_every_pocket_variable_read_here_is_in_the_configuration_table() -> None:
     read = set(re.findall(r'"(POCKET_\w+)"', Path(config.__file__).read_text()))
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    table = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
-    documented = set(re.findall(r"^\| `(POCKET_\w+)` \|", table, re.MULTILINE))
+    table = section(page("configuration.md"), "Environment variables")
+    documented = set(variable_rows(table))
     assert "POCKET_SIGNUP_RATE" in read
     assert read <= documented
+
+
+def test_the_readme_s_summary_agrees_with_the_configuration_table() -> None:
+    summary = variable_rows(section(README.read_text(), "Configuration, in short"))
+    table = variable_rows(section(page("configuration.md"), "Environment variables"))
+    assert "POCKET_DATABASE_URL" in summary
+    assert {name: table.get(name) for name in summary} == summary

@@ -14,16 +14,18 @@ from pocket.domainmodel import (
     MAX_AMOUNT,
     Cause,
     CommandRecord,
+    Wallet,
+    check_amount,
+    check_text,
+    transfer,
+)
+from pocket.errors import (
     InsufficientFunds,
     InvalidAmount,
     InvalidText,
     SameWallet,
-    Wallet,
     WalletClosed,
     WalletNotEmpty,
-    check_amount,
-    check_text,
-    transfer,
 )
 
 CAUSE = Cause(actor="user:7", correlation_id="req-1")

@@ -18,13 +18,8 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, OperationalError
 
 from pocket.deadlines import WriteNotConfirmed, WritesStalled
-from pocket.domainmodel import (
-    Cause,
-    CommandRecord,
-    ConcurrencyConflict,
-    InsufficientFunds,
-    Wallet,
-)
+from pocket.domainmodel import Cause, CommandRecord, Wallet
+from pocket.errors import ConcurrencyConflict, InsufficientFunds
 from pocket.groupcommit import Command, GroupCommitter
 
 CAUSE = Cause()

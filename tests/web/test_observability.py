@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -19,6 +18,7 @@ from pocket.config import Settings
 from pocket.operations import verify
 from pocket.service import PocketService
 from pocket.web import create_app
+from tests.docs import page, section
 from tests.pgserver import PostgresServer
 from tests.web.test_ledger_api import ADMIN_TOKEN
 
@@ -303,14 +303,13 @@ def test_each_app_has_a_registry_of_its_own(client: FlaskClient) -> None:
     assert app.extensions["pocket.metrics"] is not REGISTRY
 
 
-def readme_metrics() -> set[str]:
-    """The metric names the README's table documents."""
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    section = readme.split("\n## Watching it run\n", 1)[1].split("\n## ", 1)[0]
-    return set(re.findall(r"^\| `(pocket_\w+)` \|", section, re.MULTILINE))
+def documented_metrics() -> set[str]:
+    """The metric names the table in docs/operations.md documents."""
+    watching = section(page("operations.md"), "Watching it run")
+    return set(re.findall(r"^\| `(pocket_\w+)` \|", watching, re.MULTILINE))
 
 
-def test_the_readme_documents_every_metric_of_a_server_and_no_other(
+def test_the_docs_document_every_metric_of_a_server_and_no_other(
     sql_settings: Settings,
 ) -> None:
     service = bootstrap(sql_settings, follow=True)
@@ -326,7 +325,7 @@ def test_the_readme_documents_every_metric_of_a_server_and_no_other(
         }
     finally:
         service.close()
-    assert exposed == readme_metrics()
+    assert exposed == documented_metrics()
 
 
 def test_the_last_verify_is_in_the_metrics(

@@ -18,8 +18,10 @@ from schemathesis import APIOperation, GenerationMode, checks
 
 from pocket.bootstrap import bootstrap
 from pocket.config import Settings
-from pocket.domainmodel import InvalidText, check_text
+from pocket.domainmodel import check_text
+from pocket.errors import InvalidText
 from pocket.web import create_app
+from tests.docs import page, section
 
 ADMIN_TOKEN = "operator-secret-0123456789"
 
@@ -56,6 +58,28 @@ def test_every_route_is_documented_and_every_documented_path_exists(app: Flask) 
         if method not in ("HEAD", "OPTIONS")
     }
     assert documented == served
+
+
+def test_the_endpoints_table_of_docs_api_lists_every_route_and_no_other(
+    app: Flask,
+) -> None:
+    rows = re.findall(
+        r"^\| `([A-Z]+) (/[^`?]*)",
+        section(page("api.md"), "Endpoints"),
+        re.MULTILINE,
+    )
+    # Path parameters by position: the table says <id> where the rule says
+    # <int:user_id>.
+    listed = {(method, re.sub(r"<[^>]*>", "<>", path)) for method, path in rows}
+    served = {
+        (method, re.sub(r"<[^>]*>", "<>", rule.rule))
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in rule.methods or ()
+        if method not in ("HEAD", "OPTIONS")
+    }
+    assert len(rows) == len(listed)  # no route listed twice
+    assert listed == served
 
 
 def documented_bodies(document: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:

@@ -1,0 +1,44 @@
+"""The benchmark's commands through the Python API: add_money per second from one
+caller, then from many at once, and how many the group commit put in a
+transaction."""
+
+from __future__ import annotations
+
+import threading
+import time
+from decimal import Decimal
+from uuid import UUID
+
+from pocket.application import Pocket
+from tools.bench.figures import CALLERS, Results, Sizes, rate
+
+
+def python_api(pocket: Pocket, sizes: Sizes, results: Results) -> None:
+    """Commands per second from 1 caller, then from 16 at once."""
+    results.add("commands_1", commands_per_second(pocket, 1, sizes.commands))
+    batches, commands = pocket.commit_counts
+    results.add("commands_16", commands_per_second(pocket, CALLERS, sizes.commands))
+    batches_after, commands_after = pocket.commit_counts
+    grouped = (commands_after - commands) / max(1, batches_after - batches)
+    results.add("group_size", grouped)
+
+
+def commands_per_second(pocket: Pocket, callers: int, total: int) -> float:
+    """add_money calls per second, from callers threads, each on its own wallet."""
+    wallets = [pocket.create_wallet(f"bench-{n}") for n in range(callers)]
+    each = max(1, total // callers)
+    start = threading.Barrier(callers + 1)
+
+    def work(wallet_id: UUID) -> None:
+        start.wait()
+        for _ in range(each):
+            pocket.add_money(wallet_id, Decimal("1.00"), "bench")
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in wallets]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return rate(each * callers, started)
