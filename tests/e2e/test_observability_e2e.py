@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.processes import PocketProcess, follow, serve, wait_for
+from pocket.config import Settings
+from tests.e2e.processes import PocketProcess, follow, records, replay, serve, wait_for
 from tools.scratch import free_port
 
 pytestmark = pytest.mark.e2e
@@ -50,6 +51,9 @@ def test_serve_and_follow_log_every_line_as_json_with_the_access_fields(
         assert status == 201, body
         api.get("/users/1/nothing")
         wait_for(lambda: len(json_lines(server)) >= 3, what="the access lines")
+        # The follower stops at a position once it has applied the sign-up.
+        settings = Settings.from_url(sqlite_url)
+        wait_for(lambda: records(settings) == replay(settings), what="the follower")
         assert server.terminate() == 0
         assert follower.terminate() == 0
         served = json_lines(server)
