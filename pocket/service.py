@@ -21,6 +21,7 @@ from pocket.errors import (
     RecipientNotFound,
     TokenRevoked,
     UserNotFound,
+    VersionNotFound,
     WalletAlreadyExists,
 )
 from pocket.gate import DatabaseGate
@@ -181,18 +182,28 @@ class PocketService:
         return Account(user, wallet), token
 
     def get_account(self, user: User | int) -> Account:
-        """A user and their wallet as the event store has it now."""
-        user = self.user(user)
+        """A user and their wallet as the event store has it now (a wallet a
+        crash left unopened reads as empty: a read never writes)."""
+        user = self.users.get(user) if isinstance(user, int) else user
+        if not user.wallet_opened:
+            return Account(user, unopened_wallet(user))
         return Account(user, self.pocket.get_wallet(user.wallet_id))
 
     def user(self, user: User | int) -> User:
-        """A user (by id, or as already read), their wallet surely opened."""
+        """A user (by id, or as already read), their wallet surely opened: for a
+        command, which opens a wallet a crash left unopened before it moves
+        money (reads do not: see get_account)."""
         if isinstance(user, int):
             user = self.users.get(user)
         if not user.wallet_opened:
             self._open_wallet(user)
             user = self.users.get(user.id)
         return user
+
+    def reader(self, user: User | int) -> User:
+        """A user (by id, or as already read), for a read of their wallet's past:
+        a wallet a crash left unopened has none (VersionNotFound, no entries)."""
+        return self.users.get(user) if isinstance(user, int) else user
 
     def list_accounts(
         self, after: int, limit: int
@@ -211,7 +222,9 @@ class PocketService:
         self, user: User | int, *, version: int | None, at: datetime | None
     ) -> Account:
         """A user's wallet as it was at a version or a moment."""
-        user = self.user(user)
+        user = self.reader(user)
+        if not user.wallet_opened:
+            raise VersionNotFound(user.wallet_id, version or 0)
         wallet = self.pocket.get_wallet(user.wallet_id, version=version, at=at)
         return Account(user, wallet)
 
@@ -221,7 +234,9 @@ class PocketService:
         """A page of a user's transactions, oldest first or newest first, from
         where the previous page ended (after is its last entry's position; 0
         for the first page)."""
-        user = self.user(user)
+        user = self.reader(user)
+        if not user.wallet_opened:
+            return HistoryPage(unopened_wallet(user), [], has_more=False)
         if newest_first:
             return page_newest_first(
                 self.pocket, user.wallet_id, before=after, limit=limit
@@ -336,3 +351,16 @@ class PocketService:
             )
         self.users.mark_wallet_opened(user.id)
         return self.pocket.get_wallet(user.wallet_id)
+
+
+def unopened_wallet(user: User) -> WalletInfo:
+    """The wallet of a user whose sign-up a crash interrupted before it opened
+    it: empty, and at version 0 (its first command opens it)."""
+    return WalletInfo(
+        aggregate_id=user.wallet_id,
+        user_id=str(user.id),
+        balance=Decimal("0.00"),
+        version=0,
+        closed=False,
+        modified_on=user.created_at,
+    )

@@ -18,6 +18,7 @@ from pocket.errors import (
     RecipientNotFound,
     TokenRevoked,
     UserNotFound,
+    VersionNotFound,
     WalletNotFound,
 )
 from pocket.service import PocketService
@@ -205,3 +206,19 @@ def test_a_transfer_to_nobody_is_refused(service: PocketService) -> None:
     with pytest.raises(RecipientNotFound):
         service.transfer(alice.user.id, 999, Decimal("1"))
     assert service.get_account(alice.user.id).wallet.balance == Decimal("30.00")
+
+
+def test_a_read_of_a_wallet_left_unopened_writes_nothing(
+    service: PocketService,
+) -> None:
+    user_id = crash_between_user_and_wallet(service)
+    account = service.get_account(user_id)
+    assert (account.wallet.balance, account.wallet.version) == (Decimal("0.00"), 0)
+    page = service.history(user_id, after=0, limit=10)
+    assert (page.transactions, page.has_more) == ([], False)
+    with pytest.raises(VersionNotFound):
+        service.wallet_as_of(user_id, version=1, at=None)
+    # Nothing was written: the wallet is still unopened, as the crash left it.
+    assert not service.users.get(user_id).wallet_opened
+    with pytest.raises(WalletNotFound):
+        service.pocket.get_wallet(service.users.get(user_id).wallet_id)
