@@ -9,12 +9,26 @@ from flask import Blueprint, Response, jsonify
 from pocket.operations import last_verification, status
 from pocket.web.auth import Access, access
 from pocket.web.context import service
+from pocket.web.spec import Operation, documented
 
 bp = Blueprint("admin", __name__)
 
 
 @bp.get("/admin/status")
 @access(Access.ADMIN)
+@documented(
+    Operation(
+        "The projections, the 503 gate and the last verify (admin)",
+        "admin",
+        ("200", "The service's state.", "AdminStatus"),
+        ("401", "404", "503"),
+        description=(
+            "What the operator console shows. While the database is unreachable "
+            "the 503 gate is closed, and this answers 503 `service_unavailable` "
+            "as every endpoint that needs the database does."
+        ),
+    )
+)
 def admin_status() -> Response:
     """The projections as `pocket status --json` reports them, the 503 gate,
     whether writes are being confirmed, and the last `pocket verify` (admin)."""

@@ -17,15 +17,39 @@ from pocket.service import Principal
 from pocket.web.context import service
 from pocket.web.errors import NotFound, Unauthorized, invalid
 from pocket.web.query import check_query
+from pocket.web.spec import Param
 
 MAX_KEY_LENGTH = 255
 MAX_REQUEST_ID_LENGTH = 128
+VISIBLE_ASCII = "visible ASCII characters (letters, digits, punctuation; no spaces)"
 # Header values a client chooses are visible ASCII: letters, digits and
 # punctuation, no spaces (a repeated header arrives joined by ", ", so it is
 # refused rather than half read). One character is one byte, whatever decodes it.
-IDEMPOTENCY_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
-REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID_LENGTH}}}")
-VISIBLE_ASCII = "visible ASCII characters (letters, digits, punctuation; no spaces)"
+# Declared once: read below, documented from here.
+IDEMPOTENCY_KEY = Param(
+    "Idempotency-Key",
+    "header",
+    {"type": "string", "pattern": f"^[!-~]{{1,{MAX_KEY_LENGTH}}}$"},
+    f"1 to {MAX_KEY_LENGTH} {VISIBLE_ASCII}, scoped to the caller; anything else "
+    "is refused with 422. The same key with the same body returns the first "
+    "response and changes nothing; with a different body, 422; while the first "
+    "request runs, 409.",
+)
+REQUEST_ID = Param(
+    "X-Request-Id",
+    "header",
+    {"type": "string", "pattern": f"^[!-~]{{1,{MAX_REQUEST_ID_LENGTH}}}$"},
+    "Your correlation id for the request, recorded with every event it causes "
+    f"and returned in the answer: 1 to {MAX_REQUEST_ID_LENGTH} {VISIBLE_ASCII}; "
+    "anything else is refused with 422. Without it, Pocket makes one up.",
+)
+
+
+def header_matches(param: Param, value: str) -> bool:
+    """Whether a header's value is what its declaration's pattern allows."""
+    return re.fullmatch(param.schema["pattern"], value) is not None
+
+
 # The 401 of an admin's route on a server started without POCKET_ADMIN_TOKEN,
 # where "not valid" would send the operator looking for a typo.
 NO_ADMIN_ACCESS = (
@@ -44,12 +68,12 @@ class Access(Enum):
     OWNER = "the user named in the path, or the admin"
 
 
-def access(level: Access, query: tuple[str, ...] = ()) -> Callable[[View], View]:
+def access(level: Access, query: tuple[Param, ...] = ()) -> Callable[[View], View]:
     """Declares who may call a view, and the query parameters it reads."""
 
     def declare(view: View) -> View:
         view.access = level  # type: ignore[attr-defined]
-        view.query = frozenset(query)  # type: ignore[attr-defined]
+        view.query = query  # type: ignore[attr-defined]
         return view
 
     return declare
@@ -75,7 +99,7 @@ def authorize() -> None:
     if level is not Access.PUBLIC:
         service().gate.check()
         g.principal = check_access(level)
-    check_query(getattr(view, "query", frozenset()))
+    check_query(frozenset(param.name for param in getattr(view, "query", ())))
 
 
 def check_access(level: Access) -> Principal | None:
@@ -122,12 +146,12 @@ def authenticate(header: str | None) -> Principal:
 
 def request_id() -> str:
     """The request's correlation id: the client's X-Request-Id, or a new one."""
-    given = request.headers.get("X-Request-Id")
+    given = request.headers.get(REQUEST_ID.name)
     if given is None:
         return correlation_id()
-    if not REQUEST_ID.fullmatch(given):
+    if not header_matches(REQUEST_ID, given):
         problem = f"Must be 1 to {MAX_REQUEST_ID_LENGTH} {VISIBLE_ASCII}."
-        raise invalid("X-Request-Id", problem)
+        raise invalid(REQUEST_ID.name, problem)
     return given
 
 
@@ -139,11 +163,11 @@ def add_request_id(response: Response) -> Response:
 
 def command_id() -> str | None:
     """The Idempotency-Key, scoped to the caller, or None when none was sent."""
-    key = request.headers.get("Idempotency-Key")
+    key = request.headers.get(IDEMPOTENCY_KEY.name)
     if key is None:
         return None
-    if not IDEMPOTENCY_KEY.fullmatch(key):
+    if not header_matches(IDEMPOTENCY_KEY, key):
         problem = f"Must be 1 to {MAX_KEY_LENGTH} {VISIBLE_ASCII}."
-        raise invalid("Idempotency-Key", problem)
+        raise invalid(IDEMPOTENCY_KEY.name, problem)
     principal: Principal = g.principal
     return f"{principal.actor}:{key}"

@@ -10,6 +10,13 @@ from pocket.web.context import service, target
 from pocket.web.errors import invalid
 from pocket.web.json_views import money, transaction_json, user_json, wallet_json
 from pocket.web.query import (
+    AFTER,
+    AT,
+    LIMIT,
+    MAX_VERSION,
+    ORDER,
+    ORDER_CHOICES,
+    VERSION,
     choice_arg,
     cursor,
     cursor_arg,
@@ -17,22 +24,31 @@ from pocket.web.query import (
     moment_arg,
     page_limit,
 )
+from pocket.web.spec import Operation, documented
 
 bp = Blueprint("history", __name__)
 
 
-# The orders a history may be read in (?order=), the default first; each has
-# cursors of its own kind, so that one order's cursor is refused by the other.
-ORDERS = {"oldest": "t", "newest": "tn"}
+# The cursors' kind for each order a history may be read in (?order=): one
+# order's cursor is refused by the other.
+ORDERS = dict(zip(ORDER_CHOICES, ("t", "tn"), strict=True))
 
 
 @bp.get("/users/<int:user_id>/transactions")
-@access(Access.OWNER, query=("limit", "after", "order"))
+@access(Access.OWNER, query=(LIMIT, AFTER, ORDER))
+@documented(
+    Operation(
+        "The wallet's money movements, paged: oldest or newest first",
+        "history",
+        ("200", "A page of transactions.", "TransactionPage"),
+        ("401", "404", "422", "503"),
+    )
+)
 def transactions(user_id: int) -> Response:
     """A page of the user's money movements, with running balances: oldest first,
     or newest first with ?order=newest."""
     limit = page_limit()
-    order = choice_arg("order", tuple(ORDERS))
+    order = choice_arg(ORDER.name, ORDER_CHOICES)
     kind = ORDERS[order]
     page = service().history(
         target(user_id),
@@ -49,13 +65,22 @@ def transactions(user_id: int) -> Response:
 
 
 @bp.get("/users/<int:user_id>/wallet")
-@access(Access.OWNER, query=("at", "version"))
+@access(Access.OWNER, query=(VERSION, AT))
+@documented(
+    Operation(
+        "The wallet now, at a version, or at a moment",
+        "history",
+        ("200", "The wallet as it was.", "AccountAsOf"),
+        ("401", "404", "422", "503"),
+    )
+)
 def wallet_as_of(user_id: int) -> Response:
     """The wallet now, at a version (?version=n) or at a moment (?at=ISO 8601)."""
-    if "at" in request.args and "version" in request.args:
-        raise invalid("at", "Give at or version, not both.")
-    version = int_arg("version", 1, 2**62) if "version" in request.args else None
-    at = moment_arg("at") if "at" in request.args else None
+    if AT.name in request.args and VERSION.name in request.args:
+        raise invalid(AT.name, "Give at or version, not both.")
+    given = VERSION.name in request.args
+    version = int_arg(VERSION.name, 1, MAX_VERSION) if given else None
+    at = moment_arg(AT.name) if AT.name in request.args else None
     account = service().wallet_as_of(target(user_id), version=version, at=at)
     wallet = wallet_json(account.wallet)
     wallet["as_of"] = account.wallet.modified_on.isoformat()

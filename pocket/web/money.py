@@ -8,12 +8,15 @@ from http import HTTPStatus
 from flask import Blueprint, Response, jsonify
 
 from pocket.web.auth import Access, access, command_id
-from pocket.web.body import Body, read_optional_body
+from pocket.web.body import NO_FIELDS, Body, read_optional_body
 from pocket.web.context import cause, guard, service, target
 from pocket.web.fields import AMOUNT, TEXT, USER_ID
 from pocket.web.json_views import account_json, transfer_json
+from pocket.web.spec import Operation, documented
 
 bp = Blueprint("money", __name__)
+# What a money command may be answered with, beside its success.
+MONEY_ERRORS = ("400", "401", "404", "409", "413", "415", "422", "503")
 ADD_MONEY = Body("AddMoney", amount=AMOUNT, source=TEXT)
 DRAW_MONEY = Body("DrawMoney", amount=AMOUNT, destination=TEXT)
 NEW_TRANSFER = Body(
@@ -23,6 +26,16 @@ NEW_TRANSFER = Body(
 
 @bp.post("/users/<int:user_id>/add_money")
 @access(Access.OWNER)
+@documented(
+    Operation(
+        "Put money into the wallet",
+        "money",
+        ("200", "The wallet after the command.", "Account"),
+        MONEY_ERRORS,
+        body=ADD_MONEY,
+        keyed=True,
+    )
+)
 def add_money(user_id: int) -> Response:
     """Puts money into the user's wallet."""
     body = ADD_MONEY.read()
@@ -39,6 +52,16 @@ def add_money(user_id: int) -> Response:
 
 @bp.post("/users/<int:user_id>/draw_money")
 @access(Access.OWNER)
+@documented(
+    Operation(
+        "Take money out of the wallet (never below zero)",
+        "money",
+        ("200", "The wallet after the command.", "Account"),
+        MONEY_ERRORS,
+        body=DRAW_MONEY,
+        keyed=True,
+    )
+)
 def draw_money(user_id: int) -> Response:
     """Takes money out of the user's wallet, never below zero."""
     body = DRAW_MONEY.read()
@@ -55,6 +78,16 @@ def draw_money(user_id: int) -> Response:
 
 @bp.post("/users/<int:user_id>/transfers")
 @access(Access.OWNER)
+@documented(
+    Operation(
+        "Move money to another user's wallet, atomically",
+        "money",
+        ("201", "The transfer and the sender's wallet.", "TransferResult"),
+        MONEY_ERRORS,
+        body=NEW_TRANSFER,
+        keyed=True,
+    )
+)
 def create_transfer(user_id: int) -> tuple[Response, int]:
     """Moves money to another user's wallet: both sides or neither."""
     body = NEW_TRANSFER.read()
@@ -74,6 +107,17 @@ def create_transfer(user_id: int) -> tuple[Response, int]:
 
 @bp.post("/users/<int:user_id>/close")
 @access(Access.OWNER)
+@documented(
+    Operation(
+        "Close the wallet (it must be empty)",
+        "money",
+        ("200", "The closed wallet.", "Account"),
+        MONEY_ERRORS,
+        body=NO_FIELDS,
+        body_required=False,
+        keyed=True,
+    )
+)
 def close_wallet(user_id: int) -> Response:
     """Closes the user's wallet, which must be empty; its history stays readable."""
     read_optional_body()

@@ -1,26 +1,25 @@
 """The OpenAPI 3.1 document of Pocket's HTTP API, served at GET /openapi.json.
 
-Written by hand next to the routes it describes, but for what is declared once
-elsewhere: the request bodies come from the declarations the views read them
-with (`Body`), the error responses from the catalogue of errors. The tests check
-it against the routes and run generated requests against the live app.
+Assembled from what is declared once elsewhere: each route's operation and its
+parameters (pocket.web.spec, on the view), the request bodies from the
+declarations the views read them with (`Body`), the error responses from the
+catalogue of errors. Written here: the schemas of the answers and the tags. The
+tests check it against the routes and run generated requests against the live app.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from functools import cache
 from typing import Any
 
-from pocket import __version__
-from pocket.config import DEFAULT_SIGNUP_RATE
-from pocket.web.body import NO_FIELDS, Body, Schema
-from pocket.web.errors import catalogue
-from pocket.web.money import ADD_MONEY, DRAW_MONEY, NEW_TRANSFER
-from pocket.web.users import NEW_USER
+from flask import Flask
+from werkzeug.routing import Rule
 
-BODIES = (NEW_USER, ADD_MONEY, DRAW_MONEY, NEW_TRANSFER, NO_FIELDS)
-JSON = "application/json"
+from pocket import __version__
+from pocket.web.auth import IDEMPOTENCY_KEY, REQUEST_ID
+from pocket.web.body import Body, Schema
+from pocket.web.errors import catalogue
+from pocket.web.spec import JSON, USER_ID, Operation, Param
 
 MONEY_OUT: Schema = {
     "type": "string",
@@ -364,63 +363,6 @@ SCHEMAS: dict[str, Schema] = {
         }
     ),
     "Ready": obj({"status": {"const": "ready"}}),
-    # Request bodies: the same declarations the views read them with.
-    **{body.name: body.schema() for body in BODIES},
-}
-
-USER_ID: Schema = {
-    "name": "user_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "integer", "minimum": 1},
-}
-IDEMPOTENCY_KEY: Schema = {
-    "name": "Idempotency-Key",
-    "in": "header",
-    "required": False,
-    "description": (
-        "1 to 255 visible ASCII characters (letters, digits, punctuation; no "
-        "spaces), scoped to the caller; anything else is refused with 422. The "
-        "same key with the same body returns the first response and changes "
-        "nothing; with a different body, 422; while the first request runs, 409."
-    ),
-    "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
-}
-REQUEST_ID: Schema = {
-    "name": "X-Request-Id",
-    "in": "header",
-    "required": False,
-    "description": (
-        "Your correlation id for the request, recorded with every event it "
-        "causes and returned in the answer: 1 to 128 visible ASCII characters "
-        "(no spaces); anything else is refused with 422. Without it, Pocket "
-        "makes one up."
-    ),
-    "schema": {"type": "string", "pattern": "^[!-~]{1,128}$"},
-}
-LIMIT: Schema = {
-    "name": "limit",
-    "in": "query",
-    "required": False,
-    "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
-}
-AFTER: Schema = {
-    "name": "after",
-    "in": "query",
-    "required": False,
-    "description": "The opaque cursor from the previous page's next.",
-    "schema": {"type": "string"},
-}
-ORDER: Schema = {
-    "name": "order",
-    "in": "query",
-    "required": False,
-    "description": (
-        "oldest: the first movement first (the default); newest: the latest "
-        "first, as the wallet page shows them. A cursor (next) is for the order "
-        "that gave it: the other order refuses it with 422."
-    ),
-    "schema": {"enum": ["oldest", "newest"], "default": "oldest"},
 }
 
 
@@ -466,57 +408,6 @@ def error_responses() -> dict[str, Schema]:
     return responses
 
 
-def operation(
-    summary: str,
-    success: tuple[str, str, str | Schema],
-    errors: tuple[str, ...],
-    *,
-    tag: str,
-    body: Body | None = None,
-    body_required: bool = True,
-    parameters: tuple[Schema, ...] = (),
-    secured: bool = True,
-    media_type: str = JSON,
-) -> Schema:
-    """One operation: its body, its answer (a component's name, or a schema),
-    its errors."""
-    status, description, schema = success
-    success_schema = ref(schema) if isinstance(schema, str) else schema
-    responses = {status: answer(description, success_schema, media_type)}
-    for code in errors:
-        responses[code] = {"$ref": f"#/components/responses/E{code}"}
-    responses.setdefault("422", {"$ref": "#/components/responses/E422"})
-    spec: Schema = {"tags": [tag], "summary": summary, "responses": responses}
-    spec["parameters"] = [*parameters, REQUEST_ID]
-    if body is not None:
-        spec["requestBody"] = {
-            "required": body_required,
-            "content": {"application/json": {"schema": ref(body.name)}},
-        }
-    if not secured:
-        spec["security"] = []
-    return spec
-
-
-def html_page(summary: str, tag: str = "pages") -> Schema:
-    """A page for people: public HTML, which calls the API for its data."""
-    return {
-        "get": {
-            "tags": [tag],
-            "summary": summary,
-            "security": [],
-            "responses": {
-                "200": {
-                    "description": "An HTML page.",
-                    "content": {"text/html": {"schema": {"type": "string"}}},
-                }
-            },
-        }
-    }
-
-
-MONEY_ERRORS = ("400", "401", "404", "409", "413", "415", "422", "503")
-
 # Swagger UI shows the operations grouped by these, in this order.
 TAGS = [
     {"name": "users", "description": "Signing up, a user and their wallet, tokens."},
@@ -543,9 +434,14 @@ TAGS = [
 ]
 
 
-@cache
-def openapi_document() -> dict[str, Any]:
-    """The whole document."""
+def openapi_document(app: Flask) -> dict[str, Any]:
+    """The whole document, from what each of the app's routes declares."""
+    operations = documented_operations(app)
+    bodies = {
+        op.body.name: op.body.schema()
+        for _, _, op, _ in operations
+        if op.body is not None
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -558,212 +454,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "security": [{"bearer": []}],
         "tags": TAGS,
-        "paths": {
-            "/users": {
-                "post": {
-                    **operation(
-                        "Sign up a user (opens their wallet; returns their token)",
-                        ("201", "Created.", "NewAccount"),
-                        ("400", "401", "404", "413", "415", "422", "429", "503"),
-                        body=NEW_USER,
-                        tag="users",
-                    ),
-                    "description": (
-                        "Without the admin token, each client address may sign "
-                        "up so often (POCKET_SIGNUP_RATE, by default "
-                        f"{DEFAULT_SIGNUP_RATE}); past that, 429 "
-                        "`too_many_signups` with Retry-After, and nobody is "
-                        "created."
-                    ),
-                    "security": [{}, {"bearer": []}],
-                },
-                "get": operation(
-                    "List users with their projected wallets (admin)",
-                    ("200", "A page of users.", "AccountPage"),
-                    ("401", "404", "422", "503"),
-                    parameters=(LIMIT, AFTER),
-                    tag="admin",
-                ),
-            },
-            "/users/{user_id}": {
-                "get": operation(
-                    "A user and their wallet",
-                    ("200", "The user and wallet.", "Account"),
-                    ("401", "404", "503"),
-                    parameters=(USER_ID,),
-                    tag="users",
-                )
-            },
-            "/users/{user_id}/token": {
-                "post": operation(
-                    "Issue a new API token (the old one stops working)",
-                    ("200", "The new token.", "Token"),
-                    ("400", "401", "404", "413", "415", "422", "503"),
-                    body=NO_FIELDS,
-                    body_required=False,
-                    parameters=(USER_ID,),
-                    tag="users",
-                )
-            },
-            "/users/{user_id}/add_money": {
-                "post": operation(
-                    "Put money into the wallet",
-                    ("200", "The wallet after the command.", "Account"),
-                    MONEY_ERRORS,
-                    body=ADD_MONEY,
-                    parameters=(USER_ID, IDEMPOTENCY_KEY),
-                    tag="money",
-                )
-            },
-            "/users/{user_id}/draw_money": {
-                "post": operation(
-                    "Take money out of the wallet (never below zero)",
-                    ("200", "The wallet after the command.", "Account"),
-                    MONEY_ERRORS,
-                    body=DRAW_MONEY,
-                    parameters=(USER_ID, IDEMPOTENCY_KEY),
-                    tag="money",
-                )
-            },
-            "/users/{user_id}/transfers": {
-                "post": operation(
-                    "Move money to another user's wallet, atomically",
-                    ("201", "The transfer and the sender's wallet.", "TransferResult"),
-                    MONEY_ERRORS,
-                    body=NEW_TRANSFER,
-                    parameters=(USER_ID, IDEMPOTENCY_KEY),
-                    tag="money",
-                )
-            },
-            "/users/{user_id}/close": {
-                "post": operation(
-                    "Close the wallet (it must be empty)",
-                    ("200", "The closed wallet.", "Account"),
-                    MONEY_ERRORS,
-                    body=NO_FIELDS,
-                    body_required=False,
-                    parameters=(USER_ID, IDEMPOTENCY_KEY),
-                    tag="money",
-                )
-            },
-            "/users/{user_id}/transactions": {
-                "get": operation(
-                    "The wallet's money movements, paged: oldest or newest first",
-                    ("200", "A page of transactions.", "TransactionPage"),
-                    ("401", "404", "422", "503"),
-                    parameters=(USER_ID, LIMIT, AFTER, ORDER),
-                    tag="history",
-                )
-            },
-            "/users/{user_id}/wallet": {
-                "get": operation(
-                    "The wallet now, at a version, or at a moment",
-                    ("200", "The wallet as it was.", "AccountAsOf"),
-                    ("401", "404", "422", "503"),
-                    parameters=(
-                        USER_ID,
-                        {
-                            "name": "version",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "integer", "minimum": 1},
-                        },
-                        {
-                            "name": "at",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "string", "format": "date-time"},
-                        },
-                    ),
-                    tag="history",
-                )
-            },
-            "/admin/status": {
-                "get": {
-                    **operation(
-                        "The projections, the 503 gate and the last verify (admin)",
-                        ("200", "The service's state.", "AdminStatus"),
-                        ("401", "404", "503"),
-                        tag="admin",
-                    ),
-                    "description": (
-                        "What the operator console shows. While the database is "
-                        "unreachable the 503 gate is closed, and this answers 503 "
-                        "`service_unavailable` as every endpoint that needs the "
-                        "database does."
-                    ),
-                }
-            },
-            "/": html_page(
-                "The wallet page: sign up or in, the balance, the history, "
-                "moving money (its data needs the user's token)"
-            ),
-            "/console": html_page(
-                "The operator console (its data needs the admin token)"
-            ),
-            "/docs": html_page(
-                "This document, rendered for people (Swagger UI)", tag="meta"
-            ),
-            "/health": {
-                "get": operation(
-                    "The server is up (the database is not asked)",
-                    ("200", "Up.", "Health"),
-                    (),
-                    secured=False,
-                    tag="meta",
-                )
-            },
-            "/health/ready": {
-                "get": {
-                    **operation(
-                        "Ready to serve: the database answers and confirms writes",
-                        ("200", "Ready.", "Ready"),
-                        ("503",),
-                        secured=False,
-                        tag="meta",
-                    ),
-                    "description": (
-                        "503 while the database cannot be reached, and while it "
-                        "does not confirm writes (a synchronous standby gone): "
-                        "the message says why. Reads are still served then."
-                    ),
-                }
-            },
-            "/metrics": {
-                "get": {
-                    **operation(
-                        "This process's metrics, for Prometheus",
-                        ("200", "The metrics.", {"type": "string"}),
-                        (),
-                        secured=False,
-                        media_type="text/plain",
-                        tag="meta",
-                    ),
-                    "description": (
-                        "Prometheus' text format (version 0.0.4): requests, "
-                        "latency and refusals by route, group commits, the 503 "
-                        "gate, the projection's lag and this process's "
-                        "followers. Public, like /health: no user, wallet or "
-                        "amount appears in it."
-                    ),
-                }
-            },
-            "/openapi.json": {
-                "get": {
-                    "tags": ["meta"],
-                    "summary": "This document",
-                    "security": [],
-                    "responses": {
-                        "200": {
-                            "description": "The OpenAPI document.",
-                            "content": {
-                                "application/json": {"schema": {"type": "object"}}
-                            },
-                        }
-                    },
-                }
-            },
-        },
+        "paths": paths(operations),
         "components": {
             "securitySchemes": {
                 "bearer": {
@@ -781,7 +472,91 @@ def openapi_document() -> dict[str, Any]:
                     "schema": {"type": "string"},
                 }
             },
-            "schemas": SCHEMAS,
+            # Request bodies: the same declarations the views read them with.
+            "schemas": {**SCHEMAS, **bodies},
             "responses": error_responses(),
+        },
+    }
+
+
+Documented = tuple[Rule, str, Operation, tuple[Param, ...]]
+
+
+def documented_operations(app: Flask) -> list[Documented]:
+    """Each route's operations: its rule, method, operation and query
+    parameters, in the order the routes were declared."""
+    found: list[Documented] = []
+    for rule in app.url_map.iter_rules():
+        view = app.view_functions[rule.endpoint]
+        operation: Operation | None = getattr(view, "operation", None)
+        if operation is None:
+            continue
+        query: tuple[Param, ...] = getattr(view, "query", ())
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            found.append((rule, method.lower(), operation, query))
+    return found
+
+
+def paths(operations: list[Documented]) -> dict[str, dict[str, Schema]]:
+    """The paths, grouped by their tags' order (then in the routes' order)."""
+    order = {tag["name"]: n for n, tag in enumerate(TAGS)}
+    found: dict[str, dict[str, Schema]] = {}
+    for rule, method, operation, query in operations:
+        path = rule.rule.replace("<int:", "{").replace("<", "{").replace(">", "}")
+        found.setdefault(path, {})[method] = operation_spec(rule, operation, query)
+    return dict(
+        sorted(
+            found.items(),
+            key=lambda item: min(order[m["tags"][0]] for m in item[1].values()),
+        )
+    )
+
+
+def operation_spec(
+    rule: Rule, operation: Operation, query: tuple[Param, ...]
+) -> Schema:
+    """One operation as OpenAPI declares it."""
+    if operation.page:
+        return html_page(operation)
+    status, description, schema = operation.success
+    success = ref(schema) if isinstance(schema, str) else schema
+    responses = {status: answer(description, success, operation.media_type)}
+    for code in operation.errors:
+        responses[code] = {"$ref": f"#/components/responses/E{code}"}
+    # A bad X-Request-Id is refused with 422, on any route.
+    responses.setdefault("422", {"$ref": "#/components/responses/E422"})
+    spec: Schema = {"tags": [operation.tag], "summary": operation.summary}
+    if operation.description:
+        spec["description"] = operation.description
+    spec["responses"] = responses
+    params = [USER_ID] if "user_id" in rule.arguments else []
+    if operation.keyed:
+        params.append(IDEMPOTENCY_KEY)
+    spec["parameters"] = [p.spec() for p in (*params, *query, REQUEST_ID)]
+    if operation.body is not None:
+        spec["requestBody"] = request_body(operation.body, operation.body_required)
+    if not operation.secured:
+        spec["security"] = []
+    elif operation.also_anonymous:
+        spec["security"] = [{}, {"bearer": []}]
+    return spec
+
+
+def request_body(body: Body, required: bool) -> Schema:
+    """An operation's JSON body, by its declaration's name."""
+    return {"required": required, "content": {JSON: {"schema": ref(body.name)}}}
+
+
+def html_page(operation: Operation) -> Schema:
+    """A page for people: public HTML, which calls the API for its data."""
+    return {
+        "tags": [operation.tag],
+        "summary": operation.summary,
+        "security": [],
+        "responses": {
+            "200": {
+                "description": "An HTML page.",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            }
         },
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 from flask import Blueprint, Flask, Response, current_app
 
 from pocket.web.auth import Access, access
+from pocket.web.spec import Operation, documented
 
 # Scripts and styles from files of this server only (no inline script or style,
 # so an injected one does not run); requests to this server only; no framing.
@@ -43,6 +44,14 @@ def no_sniffing(response: Response) -> Response:
 
 @bp.get("/")
 @access(Access.PUBLIC)
+@documented(
+    Operation(
+        "The wallet page: sign up or in, the balance, the history, moving money "
+        "(its data needs the user's token)",
+        "pages",
+        page=True,
+    )
+)
 def wallet() -> Response:
     """The wallet page: sign up or in, the balance, the history, moving money."""
     return page("wallet.html")
@@ -50,6 +59,11 @@ def wallet() -> Response:
 
 @bp.get("/console")
 @access(Access.PUBLIC)
+@documented(
+    Operation(
+        "The operator console (its data needs the admin token)", "pages", page=True
+    )
+)
 def console() -> Response:
     """The operator console (its data needs the admin token)."""
     return page("console.html")

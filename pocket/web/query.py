@@ -13,9 +13,43 @@ from flask import request
 from pocket.application import HISTORY_PAGE_MAX
 from pocket.web.errors import GIVEN_TWICE, invalid
 from pocket.web.fields import DIGITS
+from pocket.web.spec import Param
 
 DEFAULT_PAGE = 50
 MAX_POSITION = 2**63 - 1  # The databases' bigint
+MAX_VERSION = 2**62
+# The history's two orders; the first is the default.
+ORDER_CHOICES = ("oldest", "newest")
+
+# The query parameters, declared once: read below, documented from here.
+LIMIT = Param(
+    "limit",
+    "query",
+    {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": HISTORY_PAGE_MAX,
+        "default": DEFAULT_PAGE,
+    },
+)
+AFTER = Param(
+    "after",
+    "query",
+    {"type": "string"},
+    "The opaque cursor from the previous page's next.",
+)
+ORDER = Param(
+    "order",
+    "query",
+    {"enum": list(ORDER_CHOICES), "default": ORDER_CHOICES[0]},
+    "oldest: the first movement first (the default); newest: the latest "
+    "first, as the wallet page shows them. A cursor (next) is for the order "
+    "that gave it: the other order refuses it with 422.",
+)
+VERSION = Param(
+    "version", "query", {"type": "integer", "minimum": 1, "maximum": MAX_VERSION}
+)
+AT = Param("at", "query", {"type": "string", "format": "date-time"})
 
 
 def check_query(known: frozenset[str]) -> None:
@@ -30,9 +64,9 @@ def check_query(known: frozenset[str]) -> None:
 
 def page_limit() -> int:
     """?limit=: how many entries a page holds."""
-    if "limit" not in request.args:
+    if LIMIT.name not in request.args:
         return DEFAULT_PAGE
-    return int_arg("limit", 1, HISTORY_PAGE_MAX)
+    return int_arg(LIMIT.name, 1, HISTORY_PAGE_MAX)
 
 
 def choice_arg(name: str, choices: tuple[str, ...]) -> str:
@@ -77,7 +111,7 @@ def cursor(kind: str, position: int) -> str:
 
 def cursor_arg(kind: str) -> int:
     """The position an ?after= cursor names (0 when there is none)."""
-    value = request.args.get("after")
+    value = request.args.get(AFTER.name)
     if value is None:
         return 0
     try:
@@ -90,5 +124,5 @@ def cursor_arg(kind: str) -> int:
         or not DIGITS.fullmatch(position)
         or int(position) > MAX_POSITION
     ):
-        raise invalid("after", "Not a cursor this list gave out.")
+        raise invalid(AFTER.name, "Not a cursor this list gave out.")
     return int(position)

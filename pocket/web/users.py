@@ -7,15 +7,17 @@ from http import HTTPStatus
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
+from pocket.config import DEFAULT_SIGNUP_RATE
 from pocket.ratelimit import RateLimiter
 from pocket.service import Principal
 from pocket.web.auth import Access, access
-from pocket.web.body import Body, read_optional_body
+from pocket.web.body import NO_FIELDS, Body, read_optional_body
 from pocket.web.context import service, target
 from pocket.web.errors import TooManySignups
 from pocket.web.fields import TEXT
 from pocket.web.json_views import account_json, record_json, user_json
-from pocket.web.query import cursor, cursor_arg, page_limit
+from pocket.web.query import AFTER, LIMIT, cursor, cursor_arg, page_limit
+from pocket.web.spec import Operation, documented
 
 bp = Blueprint("users", __name__)
 NEW_USER = Body("NewUser", name=TEXT)
@@ -30,6 +32,21 @@ def init_app(app: Flask) -> None:
 
 @bp.post("/users")
 @access(Access.SIGNUP)
+@documented(
+    Operation(
+        "Sign up a user (opens their wallet; returns their token)",
+        "users",
+        ("201", "Created.", "NewAccount"),
+        ("400", "401", "404", "413", "415", "422", "429", "503"),
+        body=NEW_USER,
+        also_anonymous=True,
+        description=(
+            "Without the admin token, each client address may sign up so often "
+            f"(POCKET_SIGNUP_RATE, by default {DEFAULT_SIGNUP_RATE}); past that, "
+            "429 `too_many_signups` with Retry-After, and nobody is created."
+        ),
+    )
+)
 def create_user() -> tuple[Response, int]:
     """Signs up a user, which opens their wallet; the token is shown this once."""
     body = NEW_USER.read()
@@ -59,7 +76,15 @@ def check_signup_rate() -> None:
 
 
 @bp.get("/users")
-@access(Access.ADMIN, query=("limit", "after"))
+@access(Access.ADMIN, query=(LIMIT, AFTER))
+@documented(
+    Operation(
+        "List users with their projected wallets (admin)",
+        "admin",
+        ("200", "A page of users.", "AccountPage"),
+        ("401", "404", "422", "503"),
+    )
+)
 def list_users() -> Response:
     """A page of users with their wallets as the projection has them (admin)."""
     limit = page_limit()
@@ -78,6 +103,14 @@ def list_users() -> Response:
 
 @bp.get("/users/<int:user_id>")
 @access(Access.OWNER)
+@documented(
+    Operation(
+        "A user and their wallet",
+        "users",
+        ("200", "The user and wallet.", "Account"),
+        ("401", "404", "503"),
+    )
+)
 def get_user(user_id: int) -> Response:
     """A user and their wallet."""
     return jsonify(account_json(service().get_account(target(user_id))))
@@ -85,6 +118,16 @@ def get_user(user_id: int) -> Response:
 
 @bp.post("/users/<int:user_id>/token")
 @access(Access.OWNER)
+@documented(
+    Operation(
+        "Issue a new API token (the old one stops working)",
+        "users",
+        ("200", "The new token.", "Token"),
+        ("400", "401", "404", "413", "415", "422", "503"),
+        body=NO_FIELDS,
+        body_required=False,
+    )
+)
 def rotate_token(user_id: int) -> Response:
     """Issues the user a new API token; the old one stops working."""
     read_optional_body()
