@@ -124,22 +124,48 @@ def pair_with_proxy(
         proxy.close()
 
 
+@dataclass
+class LostReply:
+    """A keyed add_money of 100.00 whose reply was lost, and how to resend it."""
+
+    user_id: int
+    user: Api
+    marker: str
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def path(self) -> str:
+        return f"/users/{self.user_id}/add_money"
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return {"amount": "100", "source": self.marker}
+
+    def send(self) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Sends it once more, with its key."""
+        status, answer, headers = self.user.exchange(
+            "POST", self.path, self.body, {"Idempotency-Key": self.key}
+        )
+        return status, answer, dict(headers)
+
+    def resend(self) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Sends it again until it is answered other than 503."""
+        return resend(self.user, self.path, self.body, self.key)
+
+
 def lose_a_reply_while_the_standby_is_away(
-    pair: ReplicatedPair, wallets: Wallets, proxy: Proxy, marker: str, key: str
-) -> tuple[int, dict[str, Any]]:
+    pair: ReplicatedPair, wallets: Wallets, proxy: Proxy
+) -> tuple[LostReply, int, dict[str, Any]]:
     """Stops the standby (commits wait for it), then sends a keyed add_money of
-    100.00 whose reply the proxy loses once its statement is forwarded."""
+    100.00 whose reply the proxy loses once its statement is forwarded; the
+    request, and the answer its sender got."""
     pair.standby.stop()
-    trap = proxy.arm(marker)
     ((user_id, user),) = wallets.users.items()
-    status, body, _ = user.exchange(
-        "POST",
-        f"/users/{user_id}/add_money",
-        {"amount": "100", "source": marker},
-        {"Idempotency-Key": key},
-    )
+    lost = LostReply(user_id, user, f"lost-{uuid.uuid4().hex}")
+    trap = proxy.arm(lost.marker)
+    status, body, _ = lost.send()
     assert trap.sprung.is_set(), "the proxy never saw the statement"
-    return status, body
+    return lost, status, body
 
 
 def test_a_write_settled_on_the_primary_alone_is_not_acknowledged_and_fails_over_once(
@@ -147,24 +173,19 @@ def test_a_write_settled_on_the_primary_alone_is_not_acknowledged_and_fails_over
 ) -> None:
     pair, wallets, proxy = pair_with_proxy
     primary, standby = pair
-    marker, key = f"lost-{uuid.uuid4().hex}", uuid.uuid4().hex
-    status, body = lose_a_reply_while_the_standby_is_away(
-        pair, wallets, proxy, marker, key
-    )
+    lost, status, body = lose_a_reply_while_the_standby_is_away(pair, wallets, proxy)
     # Committed on the primary (its backend was ended while it waited for the
     # standby), but the standby never had it: not acknowledged.
     assert status == 503, body
     assert "not known" in body["error"]["message"]
-    assert marked(primary, marker) == 1
+    assert marked(primary, lost.marker) == 1
     # The primary dies; the standby, which never had the write, takes over.
     fail_over_to_a_stopped_standby(primary, standby)
-    ((user_id, user),) = wallets.users.items()
-    path = f"/users/{user_id}/add_money"
-    status, body, headers = resend(user, path, {"amount": "100", "source": marker}, key)
+    status, body, headers = lost.resend()
     assert status == 200, body
     assert headers.get("Idempotency-Replayed") != "true"  # made now, for the first time
     assert body["wallet"]["balance"] == "200.00"
-    assert marked(standby, marker) == 1
+    assert marked(standby, lost.marker) == 1
 
 
 def test_a_write_settled_on_the_primary_alone_counts_once_its_standby_is_back(
@@ -172,26 +193,19 @@ def test_a_write_settled_on_the_primary_alone_counts_once_its_standby_is_back(
 ) -> None:
     pair, wallets, proxy = pair_with_proxy
     primary, standby = pair
-    marker, key = f"lost-{uuid.uuid4().hex}", uuid.uuid4().hex
-    status, body = lose_a_reply_while_the_standby_is_away(
-        pair, wallets, proxy, marker, key
-    )
+    lost, status, body = lose_a_reply_while_the_standby_is_away(pair, wallets, proxy)
     assert status == 503, body
     # Until the standby has it, a resend is not answered from the record either.
-    ((user_id, user),) = wallets.users.items()
-    path = f"/users/{user_id}/add_money"
-    status, body, _ = user.exchange(
-        "POST", path, {"amount": "100", "source": marker}, {"Idempotency-Key": key}
-    )
+    status, body, _ = lost.send()
     assert status == 503, body
     standby.start()
     primary.wait_for_replica(STANDBY_NAME, "sync")
-    status, body, headers = resend(user, path, {"amount": "100", "source": marker}, key)
+    status, body, headers = lost.resend()
     assert status == 200, body
     assert headers.get("Idempotency-Replayed") == "true"
     assert body["wallet"]["balance"] == "200.00"
-    assert marked(primary, marker) == 1
-    assert wallets.balance(user_id) == Decimal("200.00")
+    assert marked(primary, lost.marker) == 1
+    assert wallets.balance(lost.user_id) == Decimal("200.00")
 
 
 @dataclass
