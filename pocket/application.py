@@ -324,19 +324,32 @@ class Pocket(Leader[UUID]):
         return WalletInfo.of(wallet)
 
     def history(
-        self, wallet_id: UUID, *, after: int = 0, limit: int = 50
+        self,
+        wallet_id: UUID,
+        *,
+        after: int = 0,
+        limit: int = 50,
+        newest_first: bool = False,
     ) -> HistoryPage:
-        """A page of the wallet's money movements after a position, oldest first.
+        """A page of the wallet's money movements after a position (its last
+        entry's), oldest first; or newest first, before a position (0: from the
+        latest), the order a person wants on a page.
 
         Reads only the page's own events (and a snapshot for the balance), so a
-        page costs the same at the end of a long history as at its start.
+        page costs the same at either end of a long history; a position stays
+        where it is as new events arrive, so a page's cursor keeps pointing at
+        the entries after the ones it showed.
         """
         limit = max(1, min(limit, HISTORY_PAGE_MAX))
         wallet = WalletInfo.of(self._get(wallet_id))
         # Only two events are not money movements (opening and closing), so
         # limit + 3 events hold at least limit + 1 movements when there are that
         # many: enough to tell whether another page follows.
-        events = self.events.get(wallet_id, gt=max(after, 0), limit=limit + 3)
+        if newest_first:
+            before = after - 1 if after > 0 else None
+            events = self.events.get(wallet_id, lte=before, desc=True, limit=limit + 3)
+        else:
+            events = self.events.get(wallet_id, gt=max(after, 0), limit=limit + 3)
         entries = [h for e in events if (h := to_history_entry(e)) is not None]
         return HistoryPage(wallet, entries[:limit], len(entries) > limit)
 

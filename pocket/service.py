@@ -26,7 +26,6 @@ from pocket.errors import (
 )
 from pocket.gate import DatabaseGate
 from pocket.guards import TokenGuard
-from pocket.history import page_newest_first
 from pocket.reads import Reads
 from pocket.runner import PocketRunner
 from pocket.tokens import TokenCache, hash_token, new_token
@@ -237,11 +236,9 @@ class PocketService:
         user = self.reader(user)
         if not user.wallet_opened:
             return HistoryPage(unopened_wallet(user), [], has_more=False)
-        if newest_first:
-            return page_newest_first(
-                self.pocket, user.wallet_id, before=after, limit=limit
-            )
-        return self.pocket.history(user.wallet_id, after=after, limit=limit)
+        return self.pocket.history(
+            user.wallet_id, after=after, limit=limit, newest_first=newest_first
+        )
 
     # Money
 
