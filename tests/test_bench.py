@@ -63,6 +63,7 @@ def test_the_bench_prints_json_for_machines() -> None:
     )
     figures = json.loads(answer.stdout)["sqlite"]
     assert figures["commands_16"] > 0
+    assert figures["commands_hot"] > 0
     assert figures["rebuild_peak_mb"] > 0
     if wrk_command() is not None:
         assert figures["http_add_money_p99"] > 0

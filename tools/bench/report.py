@@ -58,6 +58,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("commands_16", f"commands, Python API, {CALLERS} callers", "/s"),
     ("commands_16_vs_raw", "  ratio to raw single-row INSERT commits", "x"),
     ("group_size", "  commands per transaction (group commit)", ""),
+    ("commands_hot", f"commands, Python API, {CALLERS} callers, one wallet", "/s"),
     *HTTP_ROWS,
     ("catchup_per_event", "baseline: catch-up, one transaction per event", "ev/s"),
     ("catchup", "projection catch-up, batched", "ev/s"),
