@@ -7,9 +7,8 @@ import logging
 from collections.abc import Callable, Collection, Sequence
 from contextlib import nullcontext
 from datetime import datetime
-from decimal import Decimal
 from typing import Any, ClassVar
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import psycopg
 from eventsourcing.application import (
@@ -33,8 +32,9 @@ from eventsourcing.system import Leader
 from eventsourcing.utils import Environment
 from psycopg.sql import Composed
 
+from pocket.commands import AddMoney, CloseWallet, DrawMoney, OpenWallet, Transfer
 from pocket.deadlines import STALLED_SECONDS, WritesStalled
-from pocket.domainmodel import Cause, Wallet, check_amount, correlation_id, transfer
+from pocket.domainmodel import Wallet, check_amount, transfer
 from pocket.errors import (
     CommandInFlight,
     IdempotencyKeyReused,
@@ -51,7 +51,7 @@ from pocket.groupcommit import (
     head,
 )
 from pocket.guards import TokenGuard
-from pocket.idempotency import Idempotency, KeyedCommands, idempotency
+from pocket.idempotency import Idempotency, KeyedCommands
 from pocket.postgres import PocketPostgresFactory
 from pocket.postgres_events import PocketEventsRecorder
 from pocket.postgres_pool import POSTGRES_DEFAULTS, replace_connections
@@ -155,107 +155,74 @@ class Pocket(Leader[UUID]):
     # Commands: each gets its wallets, decides with the domain model, and saves.
     # The money commands pass their decision to _get_decide_save (below them).
 
-    def create_wallet(
-        self, user_id: str, wallet_id: UUID | None = None, *, cause: Cause | None = None
-    ) -> UUID:
+    def open_wallet(self, command: OpenWallet) -> UUID:
         """Opens an empty wallet for a user; returns its id."""
-        wallet = Wallet.open(user_id, wallet_id or uuid4(), cause or new_cause())
+        wallet = Wallet.open(command.user_id, command.wallet_id, command.cause)
         try:
             self.save(wallet)
         except IntegrityError:
             raise WalletAlreadyExists(wallet.id) from None
         return wallet.id
 
-    def add_money(
-        self,
-        wallet_id: UUID,
-        amount: Decimal,
-        source: str,
-        *,
-        cause: Cause | None = None,
-        command_id: str | None = None,
-        guard: TokenGuard | None = None,
-    ) -> WalletInfo:
+    def add_money(self, command: AddMoney) -> WalletInfo:
         """Puts money into a wallet; returns the wallet as it now is."""
-        why = cause or new_cause()
-        key = idempotency(command_id, "add_money", wallet_id, amount, source)
         return self._get_decide_save_wallet(
-            wallet_id, lambda wallet: wallet.add_money(amount, source, why), key, guard
+            command.wallet_id,
+            lambda wallet: wallet.add_money(
+                command.amount, command.source, command.cause
+            ),
+            command.key(),
+            command.guard,
         )
 
-    def draw_money(
-        self,
-        wallet_id: UUID,
-        amount: Decimal,
-        destination: str,
-        *,
-        cause: Cause | None = None,
-        command_id: str | None = None,
-        guard: TokenGuard | None = None,
-    ) -> WalletInfo:
+    def draw_money(self, command: DrawMoney) -> WalletInfo:
         """Takes money out of a wallet; refuses to go below zero."""
-        why = cause or new_cause()
-        key = idempotency(command_id, "draw_money", wallet_id, amount, destination)
         return self._get_decide_save_wallet(
-            wallet_id,
-            lambda wallet: wallet.draw_money(amount, destination, why),
-            key,
-            guard,
+            command.wallet_id,
+            lambda wallet: wallet.draw_money(
+                command.amount, command.destination, command.cause
+            ),
+            command.key(),
+            command.guard,
         )
 
-    def transfer(
-        self,
-        sender_id: UUID,
-        receiver_id: UUID,
-        amount: Decimal,
-        description: str = "",
-        *,
-        cause: Cause | None = None,
-        command_id: str | None = None,
-        guard: TokenGuard | None = None,
-    ) -> TransferInfo:
+    def transfer(self, command: Transfer) -> TransferInfo:
         """Moves money between two wallets: both sides in one transaction, or none."""
-        why = cause or new_cause()
-        transfer_id = uuid4()
 
         def decide(wallets: list[Wallet]) -> TransferInfo:
             sender, receiver = wallets
             transfer(
                 sender,
                 receiver,
-                amount=amount,
-                description=description,
-                transfer_id=transfer_id,
-                cause=why,
+                amount=command.amount,
+                description=command.description,
+                transfer_id=command.transfer_id,
+                cause=command.cause,
             )
             return TransferInfo(
-                transfer_id,
-                check_amount(amount),
-                description,
+                command.transfer_id,
+                check_amount(command.amount),
+                command.description,
                 WalletInfo.of(sender),
                 WalletInfo.of(receiver),
             )
 
-        key = idempotency(
-            command_id, "transfer", sender_id, receiver_id, amount, description
+        result = self._get_decide_save(
+            [command.sender_id, command.receiver_id],
+            decide,
+            command.key(),
+            command.guard,
         )
-        result = self._get_decide_save([sender_id, receiver_id], decide, key, guard)
         assert isinstance(result, TransferInfo)
         return result
 
-    def close_wallet(
-        self,
-        wallet_id: UUID,
-        *,
-        cause: Cause | None = None,
-        command_id: str | None = None,
-        guard: TokenGuard | None = None,
-    ) -> WalletInfo:
+    def close_wallet(self, command: CloseWallet) -> WalletInfo:
         """Closes an empty wallet for good."""
-        why = cause or new_cause()
-        key = idempotency(command_id, "close", wallet_id)
         return self._get_decide_save_wallet(
-            wallet_id, lambda wallet: wallet.close(why), key, guard
+            command.wallet_id,
+            lambda wallet: wallet.close(command.cause),
+            command.key(),
+            command.guard,
         )
 
     # How a command runs
@@ -560,8 +527,3 @@ def stored_event(row: dict[str, Any]) -> StoredEvent:
         topic=row["topic"],
         state=bytes(row["state"]),
     )
-
-
-def new_cause() -> Cause:
-    """The cause of a change made with no request around it."""
-    return Cause(actor="system", correlation_id=correlation_id())

@@ -12,8 +12,9 @@ from decimal import Decimal
 from typing import Any
 from uuid import uuid4
 
-from pocket.application import HistoryPage, TransferInfo, WalletInfo
+from pocket.application import HistoryPage, WalletInfo
 from pocket.catalog import ProjectionCatalog, live_records
+from pocket.commands import OpenWallet, new_cause
 from pocket.config import Settings
 from pocket.database import Database
 from pocket.domainmodel import Cause, check_text
@@ -240,94 +241,12 @@ class PocketService:
             user.wallet_id, after=after, limit=limit, newest_first=newest_first
         )
 
-    # Money
-
-    def add_money(
-        self,
-        user: User | int,
-        amount: Decimal,
-        source: str,
-        *,
-        cause: Cause | None = None,
-        command_id: str | None = None,
-        guard: TokenGuard | None = None,
-    ) -> Account:
-        """Puts money into a user's wallet."""
-        user = self.user(user)
-        wallet = self.pocket.add_money(
-            user.wallet_id,
-            amount,
-            source,
-            cause=cause,
-            command_id=command_id,
-            guard=guard,
-        )
-        return Account(user, wallet)
-
-    def draw_money(
-        self,
-        user: User | int,
-        amount: Decimal,
-        destination: str,
-        *,
-        cause: Cause | None = None,
-        command_id: str | None = None,
-        guard: TokenGuard | None = None,
-    ) -> Account:
-        """Takes money out of a user's wallet, never below zero."""
-        user = self.user(user)
-        wallet = self.pocket.draw_money(
-            user.wallet_id,
-            amount,
-            destination,
-            cause=cause,
-            command_id=command_id,
-            guard=guard,
-        )
-        return Account(user, wallet)
-
-    def transfer(
-        self,
-        user: User | int,
-        to_user_id: int,
-        amount: Decimal,
-        description: str = "",
-        *,
-        cause: Cause | None = None,
-        command_id: str | None = None,
-        guard: TokenGuard | None = None,
-    ) -> tuple[Account, TransferInfo]:
-        """Moves money from one user's wallet to another's, atomically."""
-        sender = self.user(user)
+    def recipient(self, user_id: int) -> User:
+        """The user a transfer is sent to, their wallet surely opened."""
         try:
-            receiver = self.user(to_user_id)
+            return self.user(user_id)
         except UserNotFound:
-            raise RecipientNotFound(to_user_id) from None
-        result = self.pocket.transfer(
-            sender.wallet_id,
-            receiver.wallet_id,
-            amount,
-            description,
-            cause=cause,
-            command_id=command_id,
-            guard=guard,
-        )
-        return Account(sender, result.sender), result
-
-    def close_wallet(
-        self,
-        user: User | int,
-        *,
-        cause: Cause | None = None,
-        command_id: str | None = None,
-        guard: TokenGuard | None = None,
-    ) -> Account:
-        """Closes a user's empty wallet for good."""
-        user = self.user(user)
-        wallet = self.pocket.close_wallet(
-            user.wallet_id, cause=cause, command_id=command_id, guard=guard
-        )
-        return Account(user, wallet)
+            raise RecipientNotFound(user_id) from None
 
     def open_pending_wallets(self) -> int:
         """Opens the wallets a crash left unopened; returns how many."""
@@ -342,10 +261,11 @@ class PocketService:
 
     def _open_wallet(self, user: User, cause: Cause | None = None) -> WalletInfo:
         # Already there if a crash came between opening it and marking it.
+        opening = OpenWallet(
+            user_id=str(user.id), wallet_id=user.wallet_id, cause=cause or new_cause()
+        )
         with contextlib.suppress(WalletAlreadyExists):
-            self.pocket.create_wallet(
-                str(user.id), wallet_id=user.wallet_id, cause=cause
-            )
+            self.pocket.open_wallet(opening)
         self.users.mark_wallet_opened(user.id)
         return self.pocket.get_wallet(user.wallet_id)
 

@@ -7,6 +7,8 @@ from http import HTTPStatus
 
 from flask import Blueprint, Response, jsonify
 
+from pocket.commands import AddMoney, CloseWallet, DrawMoney, Transfer
+from pocket.service import Account
 from pocket.web.auth import Access, access, command_id
 from pocket.web.body import NO_FIELDS, Body, read_optional_body
 from pocket.web.context import cause, guard, service, target
@@ -39,15 +41,18 @@ NEW_TRANSFER = Body(
 def add_money(user_id: int) -> Response:
     """Puts money into the user's wallet."""
     body = ADD_MONEY.read()
-    account = service().add_money(
-        target(user_id),
-        body["amount"],
-        body["source"],
-        cause=cause(),
-        command_id=command_id(),
-        guard=guard(),
+    user = service().user(target(user_id))
+    wallet = service().pocket.add_money(
+        AddMoney(
+            wallet_id=user.wallet_id,
+            amount=body["amount"],
+            source=body["source"],
+            cause=cause(),
+            command_id=command_id(),
+            guard=guard(),
+        )
     )
-    return replayed(jsonify(account_json(account)), account.wallet.replayed)
+    return answer(Account(user, wallet))
 
 
 @bp.post("/users/<int:user_id>/draw_money")
@@ -65,15 +70,18 @@ def add_money(user_id: int) -> Response:
 def draw_money(user_id: int) -> Response:
     """Takes money out of the user's wallet, never below zero."""
     body = DRAW_MONEY.read()
-    account = service().draw_money(
-        target(user_id),
-        body["amount"],
-        body["destination"],
-        cause=cause(),
-        command_id=command_id(),
-        guard=guard(),
+    user = service().user(target(user_id))
+    wallet = service().pocket.draw_money(
+        DrawMoney(
+            wallet_id=user.wallet_id,
+            amount=body["amount"],
+            destination=body["destination"],
+            cause=cause(),
+            command_id=command_id(),
+            guard=guard(),
+        )
     )
-    return replayed(jsonify(account_json(account)), account.wallet.replayed)
+    return answer(Account(user, wallet))
 
 
 @bp.post("/users/<int:user_id>/transfers")
@@ -91,16 +99,20 @@ def draw_money(user_id: int) -> Response:
 def create_transfer(user_id: int) -> tuple[Response, int]:
     """Moves money to another user's wallet: both sides or neither."""
     body = NEW_TRANSFER.read()
-    account, result = service().transfer(
-        target(user_id),
-        body["to_user_id"],
-        body["amount"],
-        body.get("description", ""),
-        cause=cause(),
-        command_id=command_id(),
-        guard=guard(),
+    sender = service().user(target(user_id))
+    receiver = service().recipient(body["to_user_id"])
+    result = service().pocket.transfer(
+        Transfer(
+            sender_id=sender.wallet_id,
+            receiver_id=receiver.wallet_id,
+            amount=body["amount"],
+            description=body.get("description", ""),
+            cause=cause(),
+            command_id=command_id(),
+            guard=guard(),
+        )
     )
-    payload = account_json(account)
+    payload = account_json(Account(sender, result.sender))
     payload["transfer"] = transfer_json(result, user_id, body["to_user_id"])
     return replayed(jsonify(payload), result.replayed), HTTPStatus.CREATED
 
@@ -121,9 +133,20 @@ def create_transfer(user_id: int) -> tuple[Response, int]:
 def close_wallet(user_id: int) -> Response:
     """Closes the user's wallet, which must be empty; its history stays readable."""
     read_optional_body()
-    account = service().close_wallet(
-        target(user_id), cause=cause(), command_id=command_id(), guard=guard()
+    user = service().user(target(user_id))
+    wallet = service().pocket.close_wallet(
+        CloseWallet(
+            wallet_id=user.wallet_id,
+            cause=cause(),
+            command_id=command_id(),
+            guard=guard(),
+        )
     )
+    return answer(Account(user, wallet))
+
+
+def answer(account: Account) -> Response:
+    """The user and the wallet a command left behind."""
     return replayed(jsonify(account_json(account)), account.wallet.replayed)
 
 

@@ -10,16 +10,21 @@ from decimal import Decimal
 from uuid import UUID
 
 from pocket.bootstrap import open_pocket
+from pocket.commands import AddMoney, OpenWallet
 from pocket.config import Settings
 
 
 def cold_command(url: str, wallet_id: str) -> float:
     """(In a new process.) Milliseconds of one command on a wallet not yet loaded."""
     pocket = open_pocket(Settings.from_url(url))
-    warm = pocket.create_wallet("warm-up")
-    pocket.add_money(warm, Decimal("1"), "warm-up")  # connections, committer, imports
+    warm = pocket.open_wallet(OpenWallet(user_id="warm-up"))
+    pocket.add_money(
+        AddMoney(wallet_id=warm, amount=Decimal("1"), source="warm-up")
+    )  # connections, committer, imports
     started = time.perf_counter()
-    pocket.add_money(UUID(wallet_id), Decimal("1"), "cold")
+    pocket.add_money(
+        AddMoney(wallet_id=UUID(wallet_id), amount=Decimal("1"), source="cold")
+    )
     elapsed = (time.perf_counter() - started) * 1000
     pocket.close()
     return elapsed

@@ -10,6 +10,7 @@ from decimal import Decimal
 from uuid import UUID
 
 from pocket.application import Pocket
+from pocket.commands import AddMoney, OpenWallet
 from tools.bench.figures import CALLERS, Results, Sizes, rate
 
 
@@ -31,7 +32,9 @@ def commands_per_second(
     """add_money calls per second, from callers threads, each on its own wallet
     (or spread over wallets_count wallets)."""
     count = callers if wallets_count is None else wallets_count
-    created = [pocket.create_wallet(f"bench-{n}") for n in range(count)]
+    created = [
+        pocket.open_wallet(OpenWallet(user_id=f"bench-{n}")) for n in range(count)
+    ]
     wallets = [created[n % count] for n in range(callers)]
     each = max(1, total // callers)
     start = threading.Barrier(callers + 1)
@@ -39,7 +42,10 @@ def commands_per_second(
     def work(wallet_id: UUID) -> None:
         start.wait()
         for _ in range(each):
-            pocket.add_money(wallet_id, Decimal("1.00"), "bench")
+            command = AddMoney(
+                wallet_id=wallet_id, amount=Decimal("1.00"), source="bench"
+            )
+            pocket.add_money(command)
 
     threads = [threading.Thread(target=work, args=(w,)) for w in wallets]
     for thread in threads:

@@ -1,0 +1,112 @@
+"""Pocket's commands, as data: what a caller asks of a wallet, built once at the
+edge (an HTTP route, the CLI, a Python caller) and handed down whole to the
+application's handler of the same name (pocket.application).
+
+Every command says, beside its own fields, why it is made (its cause: who, under
+which request), the client's id for it if any (its idempotency key: a command
+sent again under its key runs once, see pocket.idempotency), and what must still
+hold when it commits (its guard: the caller's token, see pocket.guards).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from uuid import UUID, uuid4
+
+from pocket.domainmodel import Cause, correlation_id
+from pocket.guards import TokenGuard
+from pocket.idempotency import Idempotency, idempotency
+
+
+def new_cause() -> Cause:
+    """The cause of a change made with no request around it."""
+    return Cause(actor="system", correlation_id=correlation_id())
+
+
+@dataclass(frozen=True, kw_only=True)
+class Command:
+    """What every command carries beside its own fields."""
+
+    # Who caused it, under which request (by default: the system, a fresh id).
+    cause: Cause = field(default_factory=new_cause)
+    # The client's id for it (an Idempotency-Key), if it sent one.
+    command_id: str | None = None
+    # What must still hold when it commits (the token it was sent with), if anything.
+    guard: TokenGuard | None = None
+
+    def key(self) -> Idempotency | None:
+        """Its idempotency key and fingerprint, if it has a command id."""
+        return idempotency(self.command_id, *self.fingerprint())
+
+    def fingerprint(self) -> tuple[object, ...]:
+        """What it asks for, to tell a resend from another command under the
+        same key. The parts, and their order, are those records have been
+        written with: changing them would refuse resends of earlier commands."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpenWallet(Command):
+    """Open an empty wallet for a user."""
+
+    user_id: str
+    wallet_id: UUID = field(default_factory=uuid4)
+
+    def fingerprint(self) -> tuple[object, ...]:
+        return ("open", self.user_id, self.wallet_id)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AddMoney(Command):
+    """Put money into a wallet, from a source (a card, a bank, a bonus)."""
+
+    wallet_id: UUID
+    amount: Decimal
+    source: str
+
+    def fingerprint(self) -> tuple[object, ...]:
+        return ("add_money", self.wallet_id, self.amount, self.source)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DrawMoney(Command):
+    """Take money out of a wallet, to a destination; never below zero."""
+
+    wallet_id: UUID
+    amount: Decimal
+    destination: str
+
+    def fingerprint(self) -> tuple[object, ...]:
+        return ("draw_money", self.wallet_id, self.amount, self.destination)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Transfer(Command):
+    """Move money from one wallet to another: both sides, or neither."""
+
+    sender_id: UUID
+    receiver_id: UUID
+    amount: Decimal
+    description: str = ""
+    # The transfer's own id, named in both wallets' events.
+    transfer_id: UUID = field(default_factory=uuid4)
+
+    def fingerprint(self) -> tuple[object, ...]:
+        return (
+            "transfer",
+            self.sender_id,
+            self.receiver_id,
+            self.amount,
+            self.description,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class CloseWallet(Command):
+    """Close an empty wallet for good (its history stays readable)."""
+
+    wallet_id: UUID
+
+    def fingerprint(self) -> tuple[object, ...]:
+        return ("close", self.wallet_id)
