@@ -1,23 +1,24 @@
-"""Group commit: commands that arrive together are decided in memory against their
-wallets and saved in one transaction, each caller still getting its own answer.
+"""Group commit, beneath the handlers' saves: the saves that arrive together are
+written in one transaction, each caller still hearing its own outcome.
 
-PostgreSQL serializes writers to one event store (the library locks the table),
-so more threads do not make more commits: batching does. One committer thread per
-application takes every command waiting, decides each in arrival order against
-the wallets as the last commit left them, and saves all their events (and their
-idempotency records) at once. Wallets are decided from a cache; a save that meets
-another process's newer events fails as a whole, the stale wallets are reloaded
-and the batch is decided again, so a conflict costs a retry, never a wrong answer.
-A refusal (which saves nothing, so cannot conflict) is checked against the
-database before it is given.
+PostgreSQL serializes writers to one event store (the insert locks the table),
+so more threads do not make more commits: batching does. A handler stages its
+save (its events as stored, the head each wallet was decided on, its guard) and
+waits; the first caller to find nobody writing leads: it writes every staged
+save at once, in the order they were staged, and hands the lead to a waiting
+caller if more arrived meanwhile. The committer decides nothing and reads
+nothing: it knows stored events, not wallets, and never calls the application.
 
-Each cached wallet keeps the SHA-256 of the stored event it was last decided or
-loaded at (its head), and a save sends it along: the database refuses, as a
-conflict, events decided on a history it does not hold (one a failover lost),
-so a stale cache costs a retry, never money that is not there.
+When a batch is refused as a conflict (one save's wallet had moved on: another
+process wrote it, or a failover lost what it was decided on), the committer
+cannot tell which save it was, so it writes each save of the batch alone, in
+order, and each caller hears its own outcome: a Conflict (decide again) for the
+saves that do not follow what is stored, the notification ids for the rest. A
+batch refused because some guards no longer hold fails those saves and writes
+the others.
 
-No wait is unbounded: the commit itself is interrupted past the commit timeout
-(pocket.postgres), and once a commit has been waiting STALLED_SECONDS, the
+No wait is unbounded: the insert itself is interrupted past the commit timeout
+(pocket.deadlines), and once a write has been waiting STALLED_SECONDS, the
 callers waiting behind it, and new ones, are answered at once (503), so that a
 database that does not confirm writes (a synchronous standby gone) holds one of
 the server's threads, not all of them.
@@ -25,66 +26,70 @@ the server's threads, not all of them.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import random
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 from uuid import UUID
 
-from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, Recording
+from eventsourcing.persistence import IntegrityError, StoredEvent
 
 from pocket.deadlines import STALLED_SECONDS, WriteNotConfirmed, WritesStalled
-from pocket.domainmodel import Wallet
-from pocket.errors import ConcurrencyConflict, PocketError
 from pocket.guards import GuardsBroken, TokenGuard
 
 log = logging.getLogger(__name__)
-R = TypeVar("R")
-# After a conflict, how long batches read their cached wallets' newer events first.
-CONTENDED_SECONDS = 10.0
-# How often a caller waiting for its answer looks whether the commit has stalled.
+# How often a caller waiting for its outcome looks whether the write has stalled.
 WAIT_TICK_SECONDS = 0.05
-# Wallets as a load found them, each with its head: the SHA-256 of the stored
-# state of its last event (None where the load could not tell).
-Loaded = dict[UUID, tuple[Wallet, bytes | None]]
+# The recorder's insert: events, then guards, priors and answered as keywords
+# (see pocket.postgres_events.PocketEventsRecorder.insert_events).
+Insert = Callable[..., Sequence[int] | None]
+
+
+class Conflict(Exception):
+    """Nothing of the save was written: a wallet it changed had moved on since
+    it was decided (or an answer it gave is not held by the server): decide
+    it again."""
 
 
 @dataclass(eq=False)
-class Command(Generic[R]):
-    """One caller's command, waiting for the committer's answer."""
+class Save:
+    """One handler's save, staged: what it writes and what the insert checks;
+    then its outcome."""
 
-    wallet_ids: Sequence[UUID]
-    decide: Callable[[list[Wallet]], R]
-    # The result of an earlier run with the same idempotency key, if any.
-    replay: Callable[[], R | None]
-    # What to save beside the wallets' events (an idempotency record), if anything.
-    record: Callable[[R], Aggregate | None]
-    # What must still hold when the batch commits (the caller's token), if anything.
-    guard: TokenGuard | None = None
-    # The stored aggregate an earlier run's result is read from (its record).
-    record_id: UUID | None = None
-    outcome: Any = None
-    failed: bool = False
-    # Set (with done) when this command's caller must lead the next commit.
-    promoted: bool = False
-    done: threading.Event = field(default_factory=threading.Event)
+    # Its events, as stored, each wallet's in version order.
+    events: Sequence[StoredEvent] = ()
+    # Each changed wallet's head when it was decided (the SHA-256 of its stored
+    # state, see pocket.unitofwork), or None where it is not known.
+    priors: dict[UUID, bytes | None] = field(default_factory=dict)
+    # What must still hold when it commits (its caller's token).
+    guards: Sequence[TokenGuard] = ()
+    # Stored aggregates an answer was read from: the server must hold them.
+    answered_from: Sequence[UUID] = ()
+    # Carried for the caller, untouched: what the events are to it.
+    payload: Any = None
+    # The outcome: the events' notification ids, or the error.
+    notification_ids: Sequence[int] = ()
+    error: BaseException | None = None
+    # On the save whose caller led the write: every save that write committed.
+    batch: list[Save] = field(default_factory=list)
+    # Whether its caller leads (at staging, or handed the lead later).
+    leads: bool = False
+    answered: bool = False
+    # Set to wake its caller: answered, or handed the lead.
+    woken: threading.Event = field(default_factory=threading.Event)
+    # Set once it is answered (for others who wait for its outcome).
+    settled: threading.Event = field(default_factory=threading.Event)
 
-    def succeed(self, result: R) -> None:
-        """Answers the caller."""
-        self.outcome, self.failed = result, False
-        self.done.set()
-
-    def fail(self, error: BaseException) -> None:
-        """Answers the caller with an error."""
-        self.outcome, self.failed = error, True
-        self.done.set()
+    def answer(self, error: BaseException | None = None) -> None:
+        """Gives the outcome to the waiting caller."""
+        self.error = error
+        self.answered = True
+        self.settled.set()
+        self.woken.set()
 
 
 @dataclass(frozen=True)
@@ -98,8 +103,8 @@ class WritesHealth:
 
 @dataclass(frozen=True)
 class CommitStats:
-    """How commits have gone: how many batches held how many commands, and how
-    many times a batch met another writer's newer events and was decided again."""
+    """How commits have gone: how many batches held how many saves, and how
+    many times a write met another writer's newer events (a conflict)."""
 
     batch_sizes: dict[int, int]
     retries: int
@@ -107,178 +112,116 @@ class CommitStats:
     unconfirmed: int = 0
 
 
-@dataclass(frozen=True)
-class Decision:
-    """What one command came to in a batch."""
-
-    outcome: Any
-    failed: bool
-    # What to save beside the wallets' events (an idempotency record), if anything.
-    record: Aggregate | None = None
-    # Answered from an earlier run's record.
-    replayed: bool = False
-
-
-class Retry(Exception):
-    """The batch met newer events written elsewhere: decide it again."""
-
-
-class Poisoned(Exception):
-    """A command failed after changing its wallets in memory."""
-
-    def __init__(self, command: Command[Any], error: BaseException) -> None:
-        super().__init__(str(error))
-        self.command = command
-        self.error = error
-
-
 class GroupCommitter:
-    """Decides and saves this process's wallet commands, many to a transaction.
+    """Writes this process's staged saves, many to a transaction.
 
-    No thread of its own: the first caller to find nobody committing becomes
-    the leader, commits every command waiting (its own among them), and hands
-    the lead to a waiting caller if more arrived meanwhile. Callers who arrive
-    while a commit is in flight wait to be answered.
+    No thread of its own: the caller who stages a save while nobody is writing
+    leads; the others wait for their outcome, or for the lead.
     """
 
     def __init__(
         self,
-        load: Callable[[UUID], Wallet],
-        save: Callable[..., Any],
-        has_newer_events: Callable[[Wallet], bool],
+        insert: Insert,
         *,
-        guard_failed: Callable[[TokenGuard], BaseException] | None = None,
-        load_many: Callable[[set[UUID]], Loaded] | None = None,
-        refresh: Callable[
-            [dict[UUID, Wallet], dict[UUID, bytes]],
-            tuple[dict[UUID, bytes], set[UUID]],
-        ]
-        | None = None,
         max_batch: int = 256,
-        max_attempts: int = 12,
-        cache_size: int = 10_000,
-        linger: float = 0.001,
+        linger: float = 0.0005,
         stalled_seconds: float = STALLED_SECONDS,
         deadline: Callable[[], AbstractContextManager[object]] = nullcontext,
     ) -> None:
-        self.load = load
-        # Many wallets in one read (where the store can), else one load each.
-        self.load_many = load_many
-        # Brings cached wallets up to date with events written elsewhere, in one
-        # read: used while another process writes the same wallets.
-        self.refresh = refresh
-        # Until when (monotonic) batches refresh their cached wallets first: a
-        # conflict says another process is writing this process's wallets.
-        self.contended_until = 0.0
-        self.save = save
-        self.has_newer_events = has_newer_events
-        # The error a command whose guard no longer held is answered with.
-        self.guard_failed = guard_failed or PermissionError
+        self.insert = insert
         self.max_batch = max_batch
-        self.max_attempts = max_attempts
-        self.cache_size = cache_size
-        # Wallets as this process last saved or loaded them, and their heads
-        # (see the module's docstring); only the leader (one caller at a time)
-        # reads or writes them.
-        self.cache: OrderedDict[UUID, Wallet] = OrderedDict()
-        self.heads: dict[UUID, bytes] = {}
-        # Since when (monotonic) the save in flight has been waiting, and after
-        # how long that counts as stalled (never, where nothing bounds saves).
-        self.committing_since: float | None = None
-        self.stalled_seconds = stalled_seconds
-        # What bounds the database work of one batch (its reads and its save):
-        # pocket.deadlines on PostgreSQL.
+        # How long a leader waits for the callers of the last batch, likely on
+        # their way back with their next save, so that they share this write.
+        self.linger = linger
+        self.expected = 0
+        # What bounds one write (pocket.deadlines on PostgreSQL).
         self.deadline = deadline
-        # The last batch's failure to be confirmed (a Unix time and why), until
-        # a batch goes through.
+        # Since when (monotonic) the write in flight has been waiting, and after
+        # how long that counts as stalled.
+        self.writing_since: float | None = None
+        self.stalled_seconds = stalled_seconds
+        # The last write's failure to be confirmed (a Unix time and why), until
+        # a write goes through.
         self.unconfirmed: tuple[float, str] | None = None
         self.unconfirmed_batches = 0
         self.lock = threading.Lock()
-        self.pending: list[Command[Any]] = []
+        # Notified when as many saves wait as the leader expects.
+        self.arrived = threading.Condition(self.lock)
+        self.pending: list[Save] = []
         self.leading = False
-        self.linger = linger
-        self.expected = 0
-        # How many transactions carried how many commands (for benchmarks and
-        # metrics), and how often a batch met newer events and was decided again.
+        # How many transactions carried how many saves, and how many conflicts.
         self.batches = 0
         self.commands = 0
         self.batch_sizes: Counter[int] = Counter()
         self.retries = 0
 
-    def run(self, command: Command[R]) -> R:
-        """Runs a command in the next group commit and returns its answer.
+    def stage(self, save: Save) -> None:
+        """Queues a save for the next write (its caller holds its wallets, so
+        saves of one wallet are queued in the order they were decided).
 
-        Raises WritesStalled if the commit in flight has stalled (the command is
-        not sent), or WriteNotConfirmed if its own commit stalls (it may yet
-        be made: a resend with its key makes it exactly once).
+        Raises WritesStalled, and queues nothing, while the write in flight has
+        stalled.
         """
         with self.lock:
             if self._stalled():
                 raise WritesStalled(self._stalled_why())
-            self.pending.append(command)
-            lead = not self.leading
+            self.pending.append(save)
+            save.leads = not self.leading
             self.leading = True
-        while True:
-            if lead:
-                self._lead()
-            else:
-                self._wait(command)
-            if not command.promoted:
+            if len(self.pending) == self.expected:
+                self.arrived.notify()
+
+    def commit(self, save: Save) -> Save:
+        """Waits until a staged save is written (writing it, and the others
+        staged with it, if its caller leads); returns it with its notification
+        ids.
+
+        Raises Conflict or GuardsBroken (nothing of it was written), WritesStalled
+        (the write in flight stalled; it was not sent), WriteNotConfirmed (its
+        own write stalled: it may yet be made, and a resend with its key makes
+        it exactly once), or the database's error.
+        """
+        while not save.answered:
+            if not save.leads:
+                self._wait(save)
+                continue
+            batch = self._take()
+            while batch:
+                events, kwargs = arguments(batch)
+                try:
+                    with self.deadline(), self._writing():
+                        ids = self.insert(events, **kwargs)
+                except GuardsBroken as broken:
+                    batch = self._fail_broken(batch, broken)
+                    continue
+                except IntegrityError:
+                    self._count_conflict()
+                    if len(batch) > 1:
+                        self._write_alone(batch)
+                    else:
+                        batch[0].answer(Conflict())
+                except Exception as error:  # The database failed: every caller hears.
+                    self._fail(batch, error)
+                else:
+                    self._succeed(batch, ids or ())
+                save.batch.extend(s for s in batch if s.error is None)
                 break
-            # The previous leader handed the lead over: commit for the others.
-            command.promoted = False
-            command.done.clear()
-            lead = True
-        if command.failed:
-            raise command.outcome
-        result: R = command.outcome
-        return result
+            self._pass_lead()
+        if save.error is not None:
+            raise save.error
+        return save
 
     def health(self) -> WritesHealth:
         """Whether this process's writes go through now."""
         with self.lock:
-            since = self.committing_since
-            if since is not None and time.monotonic() - since > self.stalled_seconds:
+            if self._stalled():
+                since = self.writing_since
+                assert since is not None
                 started = time.time() - (time.monotonic() - since)
                 return WritesHealth(started, "a commit has not been confirmed yet")
             if self.unconfirmed is not None:
                 return WritesHealth(*self.unconfirmed)
         return WritesHealth()
-
-    def _wait(self, command: Command[Any]) -> None:
-        """Waits for the answer, or the lead, for as long as commits go through."""
-        while not command.done.wait(WAIT_TICK_SECONDS):
-            with self.lock:
-                if command.done.is_set() or not self._stalled():
-                    continue
-                if command in self.pending:
-                    # Not sent: it never will be.
-                    self.pending.remove(command)
-                    raise WritesStalled(self._stalled_why())
-            # In the batch being committed: it may yet be made. The caller
-            # hears so now, and its thread is free; the commit goes on.
-            msg = "The database has not confirmed the write yet"
-            raise WriteNotConfirmed(msg)
-
-    def _stalled(self) -> bool:
-        """Whether the commit in flight has been waiting too long (under the lock)."""
-        since = self.committing_since
-        return since is not None and time.monotonic() - since > self.stalled_seconds
-
-    def _stalled_why(self) -> str:
-        assert self.committing_since is not None
-        waited = time.monotonic() - self.committing_since
-        return f"The database has not confirmed a write for {waited:.1f} s"
-
-    def stop(self) -> None:
-        """Reports how well commits were grouped (there is no thread to stop)."""
-        if self.batches:
-            log.debug(
-                "Group commit: %d commands in %d transactions (%.1f each)",
-                self.commands,
-                self.batches,
-                self.commands / self.batches,
-            )
 
     def stats(self) -> CommitStats:
         """How commits have gone so far in this process."""
@@ -287,277 +230,161 @@ class GroupCommitter:
                 dict(self.batch_sizes), self.retries, self.unconfirmed_batches
             )
 
-    def _lead(self) -> None:
-        """Commits one batch of waiting commands, then passes the lead on."""
-        # The callers of the last batch are likely on their way back with their
-        # next command: wait a moment for them, so they share this commit.
-        deadline = time.monotonic() + self.linger
-        while len(self.pending) < self.expected and time.monotonic() < deadline:
-            time.sleep(0.00005)
+    def stop(self) -> None:
+        """Reports how well saves were grouped (there is no thread to stop)."""
+        if self.batches:
+            log.debug(
+                "Group commit: %d saves in %d transactions (%.1f each)",
+                self.commands,
+                self.batches,
+                self.commands / self.batches,
+            )
+
+    # The leader's steps
+
+    def _take(self) -> list[Save]:
+        """The saves waiting, up to a batch, after a moment's wait for the
+        callers of the last batch."""
         with self.lock:
+            if len(self.pending) < self.expected:
+                self.arrived.wait(self.linger)
             batch = self.pending[: self.max_batch]
             del self.pending[: self.max_batch]
             waiting = len(self.pending)
-        if batch:
-            self._commit(batch)
+            self.batches += 1
+            self.commands += len(batch)
+            self.batch_sizes[len(batch)] += 1
         self.expected = len(batch) + waiting if len(batch) > 1 else 0
+        return batch
+
+    def _pass_lead(self) -> None:
+        """Hands the lead to the first save staged meanwhile, if any."""
         with self.lock:
-            if batch:  # Counted under the lock, so that stats() reads them whole.
-                self.batches += 1
-                self.commands += len(batch)
-                self.batch_sizes[len(batch)] += 1
             if self.pending:
-                # Commands arrived during the commit: their first caller leads.
                 successor = self.pending[0]
-                successor.promoted = True
-                successor.done.set()
+                successor.leads = True
+                successor.woken.set()
             else:
                 self.leading = False
 
-    def _commit(self, batch: list[Command[Any]]) -> None:
-        """Decides and saves a batch within its deadline."""
-        with self.deadline():
-            self._commit_all(batch)
-
-    def _commit_all(self, batch: list[Command[Any]]) -> None:
-        """Decides and saves a batch, retrying it whole; isolates a stubborn one."""
-        attempt = 0
-        while attempt < self.max_attempts:
+    def _write_alone(self, batch: list[Save]) -> None:
+        """Writes each save of a batch refused as a conflict on its own, in
+        order: each meets its own conflict, or goes through."""
+        for save in batch:
+            events, kwargs = arguments([save])
             try:
-                self._attempt(batch)
-            except Poisoned as poisoned:
-                # One command broke its wallets' state: it alone fails, and the
-                # rest are decided again from fresh wallets.
-                poisoned.command.fail(poisoned.error)
-                batch = [c for c in batch if c is not poisoned.command]
-                continue
+                with self.deadline(), self._writing():
+                    ids = self.insert(events, **kwargs)
             except GuardsBroken as broken:
-                batch = self._fail_broken(batch, broken)
-                continue
-            except (IntegrityError, Retry):
-                attempt += 1
-                self.retries += 1
-                self.contended_until = time.monotonic() + CONTENDED_SECONDS
-                if len(batch) > 1 and attempt >= 2:
-                    # Let each command meet its own conflict alone.
-                    for command in batch:
-                        self._commit_all([command])
-                    return
-                pause(attempt)
-                continue
-            except Exception as error:  # The database failed: every caller hears.
-                # What was committed is not known.
-                self.cache.clear()
-                self.heads.clear()
-                if isinstance(error, WriteNotConfirmed | WritesStalled):
-                    self.unconfirmed = (time.time(), error.why)
-                    self.unconfirmed_batches += 1
-                for command in batch:
-                    if not command.done.is_set():
-                        command.fail(error)
-                return
-            self.unconfirmed = None
-            return
-        for command in batch:
-            if not command.done.is_set():
-                command.fail(ConcurrencyConflict(command.wallet_ids[0]))
-
-    def _fail_broken(
-        self, batch: list[Command[Any]], broken: GuardsBroken
-    ) -> list[Command[Any]]:
-        """Nothing was written: the commands whose guards broke (their tokens were
-        replaced) fail; returns the rest, to be decided again."""
-        for command in batch:
-            if command.guard is not None and broken.broke(command.guard):
-                command.fail(self.guard_failed(command.guard))
-        return [c for c in batch if not c.done.is_set()]
-
-    def _attempt(self, batch: list[Command[Any]]) -> None:
-        live = [c for c in batch if not c.done.is_set()]
-        if self.refresh and time.monotonic() < self.contended_until:
-            # Other processes write these wallets too: rather than meet their
-            # events as a conflict that fails the whole batch, read them first.
-            self._refresh({i for c in live for i in c.wallet_ids if i in self.cache})
-        # The batch's wallets that are not cached, read at once: one read per
-        # batch, whether one of its wallets is new to this process or fifty.
-        missing = {i for c in live for i in c.wallet_ids if i not in self.cache}
-        loaded = self.load_many(missing) if missing and self.load_many else {}
-        wallets = {wallet_id: wallet for wallet_id, (wallet, _) in loaded.items()}
-        heads = {i: head for i, (_, head) in loaded.items() if head is not None}
-        from_cache: set[UUID] = set()
-        decisions = [self._decide(c, wallets, from_cache) for c in live]
-        extra = [d.record for d in decisions if d.record is not None]
-        guards = [c.guard for c in live if c.guard is not None]
-        answered = [
-            c.record_id
-            for c, d in zip(live, decisions, strict=True)
-            if d.replayed and c.record_id is not None
-        ]
-        changed = [w for w in wallets.values() if w.pending_events]
-        for wallet_id in from_cache:
-            if wallet_id in self.heads:
-                heads[wallet_id] = self.heads[wallet_id]
-        if changed or extra or guards or answered:
-            priors = {w.id: heads[w.id] for w in changed if w.id in heads}
-            try:
-                recordings = self._save(changed, extra, guards, priors, answered)
-            except BaseException:
-                self._forget(wallets)
-                raise
-            heads.update(heads_of(recordings, wallets))
-        for wallet_id, wallet in wallets.items():
-            self._remember(wallet_id, wallet, heads.get(wallet_id))
-        for command, decision in zip(live, decisions, strict=True):
-            if decision.failed:
-                command.fail(decision.outcome)
+                save.answer(broken)
+            except IntegrityError:
+                self._count_conflict()
+                save.answer(Conflict())
+            except Exception as error:
+                self._fail([save], error)
             else:
-                command.succeed(decision.outcome)
+                self._succeed([save], ids or ())
 
-    def _refresh(self, wallet_ids: set[UUID]) -> None:
-        """Brings cached wallets up to date with the events written since; a
-        wallet whose cached head is not the stored event of its version (a
-        failover lost it), or is not known, is dropped from the cache, to be
-        read whole."""
-        cached = {i: self.cache[i] for i in wallet_ids if i in self.heads}
-        assert self.refresh is not None
-        advanced, stale = self.refresh(cached, self.heads)
-        self.heads.update(advanced)
-        for wallet_id in wallet_ids - cached.keys() | stale:
-            self.cache.pop(wallet_id, None)
-            self.heads.pop(wallet_id, None)
+    def _succeed(self, batch: list[Save], ids: Sequence[int]) -> None:
+        self.unconfirmed = None
+        position = 0
+        for save in batch:
+            count = len(save.events)
+            save.notification_ids = ids[position : position + count]
+            position += count
+            save.answer()
 
-    def _save(
-        self,
-        changed: list[Wallet],
-        extra: list[Aggregate],
-        guards: list[TokenGuard],
-        priors: dict[UUID, bytes],
-        answered: list[UUID],
-    ) -> Sequence[Recording[UUID]] | None:
-        """Saves a batch's events and records, with what the insert checks."""
-        kwargs: dict[str, Any] = {}
-        # Every answer, a refusal or a replay too, waits for its guard: a batch
-        # that writes nothing still sends its guards to be checked.
-        if guards:
-            kwargs["guards"] = guards
-        # The heads the changed wallets were decided at (see the module).
-        if priors:
-            kwargs["priors"] = priors
-        # An answer read from an earlier run's record counts only if the
-        # server that commits holds it, and once its synchronous standbys do.
-        if answered:
-            kwargs["answered"] = answered
-        # The save is timed: once it has waited stalled_seconds (a commit that
-        # waits for a standby that is gone), the callers behind it are
-        # answered at once (see _wait).
-        with self.lock:
-            self.committing_since = time.monotonic()
-        try:
-            recordings: Sequence[Recording[UUID]] | None = self.save(
-                *changed, *extra, **kwargs
-            )
-        finally:
+    def _fail(self, batch: list[Save], error: Exception) -> None:
+        if isinstance(error, WriteNotConfirmed | WritesStalled):
             with self.lock:
-                self.committing_since = None
-        return recordings
+                self.unconfirmed = (time.time(), error.why)
+                self.unconfirmed_batches += 1
+        for save in batch:
+            save.answer(error)
 
-    def _decide(
-        self,
-        command: Command[Any],
-        wallets: dict[UUID, Wallet],
-        from_cache: set[UUID],
-    ) -> Decision:
-        """One command against the batch's wallets: its outcome, whether it was
-        refused, what to save beside its events (its idempotency record), and
-        whether it was answered from an earlier run's record."""
-        chosen: list[Wallet] = []
-        before: list[int] | None = None
-        try:
-            replayed = command.replay()
-            if replayed is not None:
-                # Done before: nothing new to save.
-                return Decision(replayed, failed=False, replayed=True)
-            chosen = [self._wallet(i, wallets, from_cache) for i in command.wallet_ids]
-            before = [len(w.pending_events) for w in chosen]
-            result = command.decide(chosen)
-        except PocketError as error:
-            if before is not None and before != [len(w.pending_events) for w in chosen]:
-                # Refused after changing a wallet: those changes must go.
-                self._forget(wallets)
-                raise Poisoned(command, error) from error
-            self._check_refusal(command, wallets, from_cache)
-            return Decision(error, failed=True)
-        except Exception as error:
-            self._forget(wallets)
-            if before is None:
-                raise  # Loading failed (the database): the batch fails.
-            raise Poisoned(command, error) from error
-        return Decision(result, failed=False, record=command.record(result))
+    def _fail_broken(self, batch: list[Save], broken: GuardsBroken) -> list[Save]:
+        """Nothing was written: the saves whose guards broke (their tokens were
+        replaced) fail; returns the rest, to be written."""
+        for save in batch:
+            if any(broken.broke(guard) for guard in save.guards):
+                save.answer(broken)
+        return [s for s in batch if not s.answered]
 
-    def _wallet(
-        self, wallet_id: UUID, wallets: dict[UUID, Wallet], from_cache: set[UUID]
-    ) -> Wallet:
-        if wallet_id in wallets:
-            return wallets[wallet_id]
-        cached = self.cache.get(wallet_id)
-        if cached is not None:
-            from_cache.add(wallet_id)
-            wallet = cached
-        else:
-            wallet = self.load(wallet_id)
-        wallets[wallet_id] = wallet
-        return wallet
+    def _count_conflict(self) -> None:
+        with self.lock:
+            self.retries += 1
 
-    def _check_refusal(
-        self, command: Command[Any], wallets: dict[UUID, Wallet], from_cache: set[UUID]
-    ) -> None:
-        """A refusal decided on cached state stands only if that state is current."""
-        for wallet_id in command.wallet_ids:
-            wallet = wallets.get(wallet_id)
-            if (
-                wallet_id in from_cache
-                and wallet is not None
-                and not wallet.pending_events
-                and self.has_newer_events(wallet)
-            ):
-                self._forget(wallets)
-                raise Retry
+    def _writing(self) -> AbstractContextManager[None]:
+        """Times a write: once it has waited stalled_seconds, the callers behind
+        it are answered at once (see _wait)."""
+        return _Timed(self)
 
-    def _remember(self, wallet_id: UUID, wallet: Wallet, head: bytes | None) -> None:
-        self.cache[wallet_id] = wallet
-        self.cache.move_to_end(wallet_id)
-        if head is None:
-            self.heads.pop(wallet_id, None)
-        else:
-            self.heads[wallet_id] = head
-        while len(self.cache) > self.cache_size:
-            evicted, _ = self.cache.popitem(last=False)
-            self.heads.pop(evicted, None)
+    # The others' wait
 
-    def _forget(self, wallets: dict[UUID, Wallet]) -> None:
-        for wallet_id in wallets:
-            self.cache.pop(wallet_id, None)
-            self.heads.pop(wallet_id, None)
+    def _wait(self, save: Save) -> None:
+        """Waits for the outcome, or the lead, for as long as writes go through."""
+        while not save.woken.wait(WAIT_TICK_SECONDS):
+            with self.lock:
+                if save.woken.is_set() or not self._stalled():
+                    continue
+                if save in self.pending:
+                    # Not sent: it never will be.
+                    self.pending.remove(save)
+                    raise WritesStalled(self._stalled_why())
+            # In the write in flight: it may yet be made. The caller hears so
+            # now, and its thread is free; the write goes on.
+            msg = "The database has not confirmed the write yet"
+            raise WriteNotConfirmed(msg)
+
+    def _stalled(self) -> bool:
+        """Whether the write in flight has been waiting too long (under the lock)."""
+        since = self.writing_since
+        return since is not None and time.monotonic() - since > self.stalled_seconds
+
+    def _stalled_why(self) -> str:
+        assert self.writing_since is not None
+        waited = time.monotonic() - self.writing_since
+        return f"The database has not confirmed a write for {waited:.1f} s"
 
 
-def head(state: bytes) -> bytes:
-    """A stored event's identity, as the insert function checks it: the SHA-256
-    of its stored state (which holds its timestamp and its cause)."""
-    return hashlib.sha256(state).digest()
+class _Timed:
+    """Marks a committer as writing, from entry to exit."""
+
+    def __init__(self, committer: GroupCommitter) -> None:
+        self.committer = committer
+
+    def __enter__(self) -> None:
+        with self.committer.lock:
+            self.committer.writing_since = time.monotonic()
+
+    def __exit__(self, *exc: object) -> None:
+        with self.committer.lock:
+            self.committer.writing_since = None
 
 
-def heads_of(
-    recordings: Sequence[Recording[UUID]] | None, wallets: dict[UUID, Wallet]
-) -> dict[UUID, bytes]:
-    """The heads of the wallets a save just recorded, from its recordings."""
-    heads: dict[UUID, bytes] = {}
-    for recording in recordings or ():
-        wallet_id = recording.notification.originator_id
-        if isinstance(wallet_id, UUID) and wallet_id in wallets:
-            heads[wallet_id] = head(recording.notification.state)
-    return heads
-
-
-def pause(attempt: int) -> None:
-    """Sleeps a little longer after each failed attempt, with jitter."""
-    time.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
+def arguments(batch: Sequence[Save]) -> tuple[list[StoredEvent], dict[str, Any]]:
+    """The insert's arguments for a batch: every save's events in staging order,
+    and, for each wallet, the head its first save in the batch was decided on
+    (the later ones were decided on the earlier ones' events)."""
+    events: list[StoredEvent] = []
+    guards: list[TokenGuard] = []
+    answered: list[UUID] = []
+    priors: dict[UUID, bytes] = {}
+    seen: set[UUID] = set()
+    for save in batch:
+        events.extend(save.events)
+        guards.extend(save.guards)
+        answered.extend(save.answered_from)
+        for wallet_id, prior in save.priors.items():
+            if wallet_id not in seen:
+                seen.add(wallet_id)
+                if prior is not None:
+                    priors[wallet_id] = prior
+    kwargs: dict[str, Any] = {}
+    if guards:
+        kwargs["guards"] = guards
+    if priors:
+        kwargs["priors"] = priors
+    if answered:
+        kwargs["answered"] = answered
+    return events, kwargs

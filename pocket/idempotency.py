@@ -3,9 +3,10 @@ it gets the first answer.
 
 A keyed command's answer is kept in a CommandRecord, saved in the transaction that
 saves the command's events, so there is never one without the other. A command
-that finds its record ran before: the committer answers from the record and saves
-nothing. The same key on a different command is refused, and so is a key whose
-command is running in this process right now (its answer is not known yet).
+that finds its record ran before is answered from the record and saves nothing
+(pocket.unitofwork). The same key on a different command is refused, and so is a
+key whose command is running in this process right now (its answer is not known
+yet).
 """
 
 from __future__ import annotations
@@ -14,16 +15,14 @@ import contextlib
 import dataclasses
 import hashlib
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Repository
 
-from pocket.domainmodel import CommandRecord, Wallet
-from pocket.groupcommit import Command
-from pocket.guards import TokenGuard
+from pocket.domainmodel import CommandRecord
 from pocket.results import Result, TransferInfo, WalletInfo
 
 
@@ -60,26 +59,6 @@ class KeyedCommands:
         self.in_flight = in_flight
         self.running: set[str] = set()
         self.lock = threading.Lock()
-
-    def command(
-        self,
-        wallet_ids: Sequence[UUID],
-        decide: Callable[[list[Wallet]], Result],
-        key: Idempotency | None,
-        guard: TokenGuard | None = None,
-    ) -> Command[Result]:
-        """The group committer's command for decide; with a key, one that answers a
-        rerun from its record and saves a record beside its events."""
-        if key is None:
-            return Command(wallet_ids, decide, lambda: None, lambda _: None, guard)
-        return Command(
-            wallet_ids,
-            decide,
-            replay=lambda: self.replay(key),
-            record=lambda result: self.record(key, result),
-            guard=guard,
-            record_id=CommandRecord.id_for(key.command_id),
-        )
 
     def replay(self, key: Idempotency) -> Result | None:
         """The answer of an earlier run of this command, if it ran."""

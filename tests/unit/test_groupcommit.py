@@ -1,151 +1,112 @@
-"""The group committer on its own: a store in memory stands in for the database,
-and every behaviour is seen through run(), on threads where callers meet."""
+"""The group committer on its own, beneath the handlers' saves: an event table in
+memory stands in for the database (with its version check and the insert
+function's prior check), and every behaviour is seen through stage() and
+commit(), on threads where callers meet."""
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from decimal import Decimal
 from functools import partial
 from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
-from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, OperationalError
+from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
 
 from pocket.deadlines import WriteNotConfirmed, WritesStalled
-from pocket.domainmodel import Cause, CommandRecord, Wallet
-from pocket.errors import ConcurrencyConflict, InsufficientFunds
-from pocket.groupcommit import Command, GroupCommitter
-
-CAUSE = Cause()
+from pocket.groupcommit import Conflict, GroupCommitter, Save, arguments
+from pocket.guards import GuardsBroken, TokenGuard
+from pocket.walletstore import head
 
 
-class Store:
-    """Aggregates in memory, saved all or nothing with an event store's version
-    check: events that do not follow the stored version are an IntegrityError,
-    as when another process saved the aggregate first."""
+class Table:
+    """Stored events in memory, inserted all or nothing, refused as the insert
+    function refuses them: a version that is not the next, or a first new
+    version that does not follow the stored event its prior names; guards
+    whose token hash is not the user's."""
 
     def __init__(self) -> None:
-        self.aggregates: dict[UUID, Aggregate] = {}
-        self.saves: list[list[UUID]] = []  # the ids in each save tried
-        self.loads: Counter[UUID] = Counter()
-        self.checks = 0  # how often has_newer_events was asked
-        self.faults: dict[UUID, list[Exception]] = {}
-        # What each save was asked to check beside the aggregates (guards,
-        # priors, confirm), and an error the next save with nothing to save
-        # raises (a confirmation that fails).
-        self.save_kwargs: list[dict[str, Any]] = []
-        self.confirm_fault: Exception | None = None
+        self.events: dict[tuple[UUID, int], StoredEvent] = {}
+        self.inserts: list[list[tuple[UUID, int]]] = []  # each insert tried
+        self.kwargs: list[dict[str, Any]] = []
+        self.tokens: dict[int, str] = {}
+        self.faults: list[Exception] = []
+        self.hold: threading.Event | None = None
+        self.delay = 0.0
+        self.holding = threading.Event()
         self.lock = threading.Lock()
+        self.next_id = 1
 
-    # What the committer is given
-
-    def load(self, wallet_id: UUID) -> Wallet:
+    def insert(self, events: Sequence[StoredEvent], **kwargs: Any) -> list[int]:
+        if self.hold is not None:
+            self.holding.set()
+            self.hold.wait(10)
+        time.sleep(self.delay)
         with self.lock:
-            self.loads[wallet_id] += 1
-            wallet = self.aggregates[wallet_id]
-            assert isinstance(wallet, Wallet)
-            return copy.deepcopy(wallet)
-
-    def save(self, *aggregates: Aggregate, **kwargs: Any) -> None:
-        with self.lock:
-            self.saves.append([a.id for a in aggregates])
-            self.save_kwargs.append(kwargs)
-            if not aggregates and self.confirm_fault is not None:
-                raise self.confirm_fault
-            # As Pocket.save does, events leave the aggregates before the insert.
-            changes = [(a, a.collect_events()) for a in aggregates]
-            for aggregate in aggregates:
-                if self.faults.get(aggregate.id):
-                    raise self.faults[aggregate.id].pop(0)
-            for aggregate, events in changes:
-                stored = self.aggregates.get(aggregate.id)
-                stored_version = stored.version if stored else 0
-                if events[0].originator_version != stored_version + 1:
-                    raise IntegrityError(f"{aggregate.id} was saved by another writer")
-            for aggregate, _ in changes:
-                self.aggregates[aggregate.id] = copy.deepcopy(aggregate)
-
-    def has_newer_events(self, wallet: Wallet) -> bool:
-        with self.lock:
-            self.checks += 1
-            return self.aggregates[wallet.id].version > wallet.version
-
-    # What the tests arrange
-
-    def wallet(self, balance: str = "0") -> UUID:
-        """A stored wallet holding balance."""
-        wallet = Wallet.open("u", uuid4(), CAUSE)
-        if Decimal(balance):
-            wallet.add_money(Decimal(balance), "seed", CAUSE)
-        wallet.collect_events()
-        self.aggregates[wallet.id] = wallet
-        return wallet.id
-
-    def add_elsewhere(self, wallet_id: UUID, amount: str) -> None:
-        """Another process adds money to a stored wallet."""
-        with self.lock:
-            wallet = self.aggregates[wallet_id]
-            assert isinstance(wallet, Wallet)
-            wallet.add_money(Decimal(amount), "elsewhere", CAUSE)
-            wallet.collect_events()
-
-    def fail_saves_of(self, wallet_id: UUID, error: Exception, times: int) -> None:
-        """The next saves that include this aggregate raise error, this many times."""
-        self.faults[wallet_id] = [error] * times
-
-    def balance(self, wallet_id: UUID) -> Decimal:
-        wallet = self.aggregates[wallet_id]
-        assert isinstance(wallet, Wallet)
-        return wallet.balance
+            self.inserts.append(
+                [(e.originator_id, e.originator_version) for e in events]
+            )
+            self.kwargs.append(kwargs)
+            if self.faults and events:
+                raise self.faults.pop(0)
+            broken = [
+                g.user_id
+                for g in kwargs.get("guards", ())
+                if self.tokens.get(g.user_id) != g.token_hash
+            ]
+            if broken:
+                raise GuardsBroken(broken)
+            priors: dict[UUID, bytes] = kwargs.get("priors", {})
+            firsts: dict[UUID, int] = {}
+            for event in events:
+                firsts.setdefault(event.originator_id, event.originator_version)
+            for wallet_id, version in firsts.items():
+                before = self.events.get((wallet_id, version - 1))
+                if version > 1 and before is None:
+                    raise IntegrityError("not the next version")
+                prior = priors.get(wallet_id)
+                if before and prior and head(before.state) != prior:
+                    raise IntegrityError("not decided on the stored event")
+            for event in events:
+                if (event.originator_id, event.originator_version) in self.events:
+                    raise IntegrityError("version taken")
+            ids = []
+            for event in events:
+                self.events[event.originator_id, event.originator_version] = event
+                ids.append(self.next_id)
+                self.next_id += 1
+            return ids
 
 
-@pytest.fixture
-def store() -> Store:
-    return Store()
+def event(wallet_id: UUID, version: int, text: str = "") -> StoredEvent:
+    return StoredEvent(wallet_id, version, "topic", f"{version}{text}".encode())
 
 
-@pytest.fixture
-def committer(store: Store) -> GroupCommitter:
-    return GroupCommitter(store.load, store.save, store.has_newer_events)
-
-
-def no_replay() -> None:
-    """A command that never ran before."""
-
-
-def no_record(_: object) -> None:
-    """A command with no idempotency record to save."""
-
-
-def command(
-    wallet_ids: Sequence[UUID],
-    change: Callable[[list[Wallet]], None],
+def save(
+    wallet_id: UUID,
+    version: int,
+    prior: StoredEvent | None = None,
     *,
-    replay: Callable[[], Decimal | None] = no_replay,
-    record: Callable[[Decimal], Aggregate | None] = no_record,
-    record_id: UUID | None = None,
-) -> Command[Decimal]:
-    """A command that changes its wallets and answers the first one's balance."""
-
-    def decide(wallets: list[Wallet]) -> Decimal:
-        change(wallets)
-        return wallets[0].balance
-
-    return Command(wallet_ids, decide, replay, record, record_id=record_id)
+    guard: TokenGuard | None = None,
+) -> Save:
+    """A save of one event on a wallet, decided on the prior stored event."""
+    return Save(
+        [event(wallet_id, version)],
+        {wallet_id: head(prior.state) if prior else None},
+        [guard] if guard else [],
+    )
 
 
-def add(wallet_id: UUID, amount: str) -> Command[Decimal]:
-    return command([wallet_id], lambda w: w[0].add_money(Decimal(amount), "x", CAUSE))
+@pytest.fixture
+def table() -> Table:
+    return Table()
 
 
-def draw(wallet_id: UUID, amount: str) -> Command[Decimal]:
-    return command([wallet_id], lambda w: w[0].draw_money(Decimal(amount), "x", CAUSE))
+@pytest.fixture
+def committer(table: Table) -> GroupCommitter:
+    return GroupCommitter(table.insert, linger=0)
 
 
 class Caller(threading.Thread):
@@ -170,335 +131,274 @@ class Caller(threading.Thread):
         return self.outcome
 
 
+def run(committer: GroupCommitter, one: Save) -> Save:
+    """What a handler's save does: stage, then wait for the outcome."""
+    committer.stage(one)
+    return committer.commit(one)
+
+
 def together(
-    committer: GroupCommitter, commands: Sequence[Command[Any]]
+    committer: GroupCommitter, table: Table, saves: Sequence[Save]
 ) -> list[object]:
-    """Runs the commands through run(), each on a thread of its own, so that they
-    make one batch in this order; returns each caller's answer or error.
-
-    A first caller holds the committer in its decide (it touches no wallet and
-    saves nothing) until all of them are waiting.
-    """
-    holding, release = threading.Event(), threading.Event()
-
-    def hold(_: list[Wallet]) -> None:
-        holding.set()
-        release.wait(10)
-
-    holder = Caller(partial(committer.run, Command([], hold, no_replay, no_record)))
+    """Commits the saves so that they make one batch, in this order: a first
+    save (of nothing but a guard-free answer) holds the insert until all of
+    them are staged. Returns each caller's outcome (the save, or the error)."""
+    table.hold = threading.Event()
+    holder = Caller(partial(run, committer, Save(answered_from=[uuid4()])))
     holder.start()
-    assert holding.wait(10)
-    callers: list[Caller] = []
-    for each in commands:
-        callers.append(Caller(partial(committer.run, each)))
+    assert table.holding.wait(10)
+    callers = []
+    for each in saves:
+        committer.stage(each)  # In order, on this thread.
+        callers.append(Caller(partial(committer.commit, each)))
         callers[-1].start()
-        wait_for_waiting(committer, len(callers))
-    release.set()
-    assert holder.answer() is None
+    table.hold.set()
+    holder.answer()
+    table.hold = None
     return [caller.answer() for caller in callers]
-
-
-def wait_for_waiting(committer: GroupCommitter, callers: int) -> None:
-    """Returns once this many callers wait for the committer."""
-    deadline = time.monotonic() + 5
-    while len(committer.pending) != callers:
-        assert time.monotonic() < deadline, "the callers did not arrive"
-        time.sleep(0.001)
 
 
 # Batching
 
 
-def test_commands_waiting_together_are_saved_in_one_save(
-    committer: GroupCommitter, store: Store
+def test_saves_staged_together_are_written_in_one_insert_in_staging_order(
+    committer: GroupCommitter, table: Table
 ) -> None:
-    a, b = store.wallet(), store.wallet()
-    answers = together(committer, [add(a, "1"), add(b, "2"), add(a, "3")])
-    assert answers == [Decimal("1.00"), Decimal("2.00"), Decimal("4.00")]
-    assert store.saves == [[a, b]]
-    assert (store.balance(a), store.balance(b)) == (Decimal("4.00"), Decimal("2.00"))
+    a, b = uuid4(), uuid4()
+    first = event(a, 1)
+    table.events[a, 1] = first
+    saves = [save(a, 2, first), save(b, 1), Save([event(a, 3)], {a: head(b"2")})]
+    answers = together(committer, table, saves)
+    assert answers == saves
+    assert table.inserts[-1] == [(a, 2), (b, 1), (a, 3)]
+    # Each caller hears its own events' notification ids.
+    assert [list(s.notification_ids) for s in saves] == [[1], [2], [3]]
+    # A wallet's prior is the one its first save in the batch was decided on.
+    assert table.kwargs[-1]["priors"] == {a: head(first.state)}
 
 
-def test_each_caller_of_a_batch_hears_its_own_refusal(
-    committer: GroupCommitter, store: Store
+def test_the_caller_that_led_a_write_hears_of_every_save_it_committed(
+    committer: GroupCommitter, table: Table
 ) -> None:
-    a = store.wallet("5")
-    answers = together(committer, [draw(a, "3"), draw(a, "3"), draw(a, "2")])
-    assert answers[0] == Decimal("2.00")
-    assert isinstance(answers[1], InsufficientFunds)
-    assert answers[2] == Decimal("0.00")
-    assert store.saves == [[a]]
-    assert store.aggregates[a].version == 4  # opened, seeded, two draws
+    a, b = uuid4(), uuid4()
+    table.hold = threading.Event()
+    leader_save = save(a, 1)
+    leader = Caller(partial(run, committer, leader_save))
+    leader.start()
+    assert table.holding.wait(10)
+    table.hold.set()
+    table.hold = None
+    assert leader.answer() is leader_save
+    assert leader_save.batch == [leader_save]
+    # Behind a write in flight, the first caller staged leads the next write.
+    first, second = save(b, 1), save(uuid4(), 1)
+    assert together(committer, table, [first, second]) == [first, second]
+    assert first.batch == [first, second]
+    assert second.batch == []
 
 
-def test_many_threads_on_one_wallet_each_get_the_balance_their_own_command_left(
-    committer: GroupCommitter, store: Store
+def test_many_threads_each_hear_their_own_outcome(
+    committer: GroupCommitter, table: Table
 ) -> None:
-    a = store.wallet()
+    wallets = [uuid4() for _ in range(8)]
     start = threading.Barrier(8)
+    table.delay = 0.001  # A write takes a while: callers arrive meanwhile.
 
-    answers: list[Decimal] = []
-
-    def add_twenty() -> None:
+    def twenty(wallet_id: UUID) -> None:
         start.wait()
-        for _ in range(20):
-            answers.append(committer.run(add(a, "1")))
+        for version in range(1, 21):
+            done = run(committer, save(wallet_id, version))
+            assert list(done.notification_ids)
 
-    callers = [Caller(add_twenty) for _ in range(8)]
+    callers = [Caller(partial(twenty, w)) for w in wallets]
     for caller in callers:
         caller.start()
     assert [caller.answer() for caller in callers] == [None] * 8
-    assert sorted(answers) == [Decimal(n) for n in range(1, 161)]
-    assert store.balance(a) == Decimal("160.00")
+    assert len(table.events) == 160
+    assert committer.batches < 160  # callers shared writes
 
 
-# Refusals, decided on cached wallets
+# Conflicts
 
 
-def test_a_refusal_on_a_cached_wallet_changed_elsewhere_is_decided_again(
-    committer: GroupCommitter, store: Store
+def test_a_batch_refused_as_a_conflict_is_written_save_by_save(
+    committer: GroupCommitter, table: Table
 ) -> None:
-    a = store.wallet("5")
-    committer.run(draw(a, "5"))  # a is cached, empty
-    store.add_elsewhere(a, "10")
-    assert committer.run(draw(a, "7")) == Decimal("3.00")
-    assert store.checks == 1
-    assert store.loads[a] == 2  # reloaded to decide again
-    assert store.balance(a) == Decimal("3.00")
+    a, b = uuid4(), uuid4()
+    table.events[a, 1] = event(a, 1)
+    stale = save(a, 1)  # version 1 is taken: decided on a wallet behind
+    fine = save(b, 1)
+    answers = together(committer, table, [stale, fine])
+    assert isinstance(answers[0], Conflict)
+    assert answers[1] is fine
+    assert table.inserts[-3:] == [[(a, 1), (b, 1)], [(a, 1)], [(b, 1)]]
+    assert (b, 1) in table.events
 
 
-def test_a_refusal_on_a_cached_wallet_still_current_stands(
-    committer: GroupCommitter, store: Store
+def test_a_save_decided_on_a_conflicting_one_fails_too(
+    committer: GroupCommitter, table: Table
 ) -> None:
-    a = store.wallet("5")
-    committer.run(draw(a, "5"))
-    saves = len(store.saves)
-    with pytest.raises(InsufficientFunds):
-        committer.run(draw(a, "1"))
-    assert store.checks == 1
-    assert store.loads[a] == 1
-    assert len(store.saves) == saves
+    a = uuid4()
+    table.events[a, 1] = event(a, 1, "elsewhere")
+    lost = save(a, 1)  # conflicts
+    on_lost = Save([event(a, 2)], {a: head(event(a, 1).state)})  # staged on it
+    answers = together(committer, table, [lost, on_lost])
+    assert isinstance(answers[0], Conflict)
+    assert isinstance(answers[1], Conflict)  # its prior was never stored
+    assert (a, 2) not in table.events
 
 
-# Conflicts on save
-
-
-def test_a_save_that_meets_another_writer_is_decided_again_on_reloaded_wallets(
-    committer: GroupCommitter, store: Store
+def test_a_save_decided_on_a_history_the_database_lost_is_a_conflict(
+    committer: GroupCommitter, table: Table
 ) -> None:
-    a = store.wallet()
-    committer.run(add(a, "1"))  # a is cached at balance 1
-    store.add_elsewhere(a, "10")
-    assert committer.run(add(a, "1")) == Decimal("12.00")
-    assert store.saves == [[a], [a], [a]]  # the first, the conflict, the retry
-    assert store.balance(a) == Decimal("12.00")
+    a = uuid4()
+    table.events[a, 1] = event(a, 1, "another")  # not the one it was decided on
+    with pytest.raises(Conflict):
+        run(committer, Save([event(a, 2)], {a: head(event(a, 1).state)}))
 
 
-def test_a_batch_that_conflicts_twice_is_split_and_each_command_saved_alone(
-    committer: GroupCommitter, store: Store
+def test_each_conflict_is_counted(committer: GroupCommitter, table: Table) -> None:
+    a, b = uuid4(), uuid4()
+    table.events[a, 1] = event(a, 1)
+    together(committer, table, [save(a, 1), save(b, 1)])
+    # The batch's conflict, then the stale save's own.
+    assert committer.stats().retries == 2
+
+
+# Guards
+
+
+def test_saves_whose_guards_broke_fail_and_the_rest_are_written(
+    committer: GroupCommitter, table: Table
 ) -> None:
-    a, b = store.wallet(), store.wallet()
-    store.fail_saves_of(a, IntegrityError("conflict"), times=2)
-    answers = together(committer, [add(a, "1"), add(b, "2")])
-    assert answers == [Decimal("1.00"), Decimal("2.00")]
-    assert store.saves == [[a, b], [a, b], [a], [b]]
+    a, b = uuid4(), uuid4()
+    table.tokens = {1: "new", 2: "same"}
+    revoked = save(a, 1, guard=TokenGuard(1, "old"))
+    fine = save(b, 1, guard=TokenGuard(2, "same"))
+    answers = together(committer, table, [revoked, fine])
+    assert isinstance(answers[0], GuardsBroken)
+    assert answers[1] is fine
+    assert (a, 1) not in table.events
+    assert (b, 1) in table.events
 
 
-def test_a_command_that_keeps_conflicting_ends_in_a_concurrency_conflict(
-    store: Store,
+def test_a_save_of_nothing_but_a_guard_is_still_checked(
+    committer: GroupCommitter, table: Table
 ) -> None:
-    committer = GroupCommitter(
-        store.load, store.save, store.has_newer_events, max_attempts=3
-    )
-    a = store.wallet()
-    store.fail_saves_of(a, IntegrityError("conflict"), times=99)
-    with pytest.raises(ConcurrencyConflict):
-        committer.run(add(a, "1"))
-    assert len(store.saves) == 3
-    assert store.aggregates[a].version == 1
+    table.tokens = {1: "new"}
+    with pytest.raises(GuardsBroken):
+        run(committer, Save(guards=[TokenGuard(1, "old")]))
+    assert table.kwargs == [{"guards": [TokenGuard(1, "old")]}]
 
 
-def test_a_stubborn_conflict_fails_its_own_caller_not_the_rest_of_the_batch(
-    store: Store,
+def test_an_answer_read_from_a_record_names_it_for_the_insert(
+    committer: GroupCommitter, table: Table
 ) -> None:
-    committer = GroupCommitter(
-        store.load, store.save, store.has_newer_events, max_attempts=3
-    )
-    a, b = store.wallet(), store.wallet()
-    store.fail_saves_of(a, IntegrityError("conflict"), times=99)
-    answers = together(committer, [add(a, "1"), add(b, "2")])
-    assert isinstance(answers[0], ConcurrencyConflict)
-    assert answers[1] == Decimal("2.00")
-    assert store.balance(b) == Decimal("2.00")
-
-
-# Commands that break
-
-
-@pytest.mark.parametrize(
-    "error", [InsufficientFunds(Decimal(0), Decimal(1)), RuntimeError("a bug")]
-)
-def test_a_command_that_fails_after_changing_its_wallet_fails_alone(
-    committer: GroupCommitter, store: Store, error: Exception
-) -> None:
-    bad, good = store.wallet(), store.wallet()
-
-    def half_done(wallets: list[Wallet]) -> None:
-        wallets[0].add_money(Decimal("5"), "half", CAUSE)
-        raise error
-
-    answers = together(committer, [command([bad], half_done), add(good, "1")])
-    assert answers == [error, Decimal("1.00")]
-    assert store.saves == [[good]]
-    assert store.aggregates[bad].version == 1  # the half change was not saved
-    assert committer.run(add(bad, "2")) == Decimal("2.00")
-
-
-def test_a_database_error_fails_every_caller_of_the_batch_and_clears_the_cache(
-    committer: GroupCommitter, store: Store
-) -> None:
-    a, b, c = store.wallet(), store.wallet(), store.wallet()
-    committer.run(add(c, "1"))  # c is cached
-    lost = OperationalError("connection lost")
-    store.fail_saves_of(a, lost, times=1)
-    answers = together(committer, [add(a, "1"), add(b, "2")])
-    assert answers == [lost, lost]
-    assert store.aggregates[a].version == store.aggregates[b].version == 1
-    committer.run(add(c, "1"))
-    assert store.loads[c] == 2  # what was committed is not known: c is reloaded
-
-
-# Idempotency records and replays
-
-
-def test_a_replayed_command_is_answered_from_its_record_and_saves_nothing(
-    committer: GroupCommitter, store: Store
-) -> None:
-    a, b = store.wallet(), store.wallet()
-    decided: list[object] = []
     record_id = uuid4()
-    replayed = command(
-        [a], decided.append, replay=lambda: Decimal("42.00"), record_id=record_id
-    )
-    answers = together(committer, [replayed, add(b, "1")])
-    assert answers == [Decimal("42.00"), Decimal("1.00")]
-    assert decided == []
-    assert store.saves == [[b]]
-    assert store.loads[a] == 0
-    # The record it was answered from is named, for the store to check it holds.
-    assert store.save_kwargs == [{"answered": [record_id]}]
+    run(committer, Save(answered_from=[record_id]))
+    assert table.kwargs == [{"answered": [record_id]}]
 
 
-def test_a_replay_alone_is_answered_only_once_the_store_confirms_its_record(
-    committer: GroupCommitter, store: Store
+# The database failing
+
+
+def test_a_database_error_fails_every_caller_of_the_batch(
+    committer: GroupCommitter, table: Table
 ) -> None:
-    a, record_id = store.wallet(), uuid4()
-    replayed = command(
-        [a], lambda _: None, replay=lambda: Decimal("42.00"), record_id=record_id
-    )
-    assert committer.run(replayed) == Decimal("42.00")
-    # Nothing to save, but the save is still made, to confirm: the record read
-    # may be on the primary alone (a commit whose standby wait was cut short),
-    # or on another server than the one that commits.
-    assert store.saves == [[]]
-    assert store.save_kwargs == [{"answered": [record_id]}]
-
-
-def test_a_replay_whose_record_is_not_confirmed_is_not_answered(
-    committer: GroupCommitter, store: Store
-) -> None:
-    a = store.wallet()
-    store.confirm_fault = WriteNotConfirmed("The standby did not answer")
-    replayed = command(
-        [a], lambda _: None, replay=lambda: Decimal("42.00"), record_id=uuid4()
-    )
-    with pytest.raises(WriteNotConfirmed):
-        committer.run(replayed)
-
-
-def test_a_commands_record_is_saved_with_its_events(
-    committer: GroupCommitter, store: Store
-) -> None:
-    a = store.wallet()
-    record_id = CommandRecord.id_for("k")
-
-    def record(balance: Decimal) -> CommandRecord:
-        return CommandRecord("k", "fingerprint", {"balance": balance}, id=record_id)
-
-    keyed = command(
-        [a], lambda w: w[0].add_money(Decimal(1), "x", CAUSE), record=record
-    )
-    assert committer.run(keyed) == Decimal("1.00")
-    assert store.saves == [[a, record_id]]
-    saved = store.aggregates[record_id]
-    assert isinstance(saved, CommandRecord)
-    assert saved.result == {"balance": Decimal("1.00")}
-
-
-# What it tells the metrics
-
-
-def test_each_batch_is_counted_by_its_size_and_each_retry_once(
-    committer: GroupCommitter, store: Store
-) -> None:
-    a, b = store.wallet(), store.wallet()
-    together(committer, [add(a, "1"), add(b, "2"), add(a, "3")])
-    committer.run(add(a, "1"))  # a is cached now
-    store.add_elsewhere(a, "10")
-    committer.run(add(a, "1"))  # meets the newer event: decided again
-    stats = committer.stats()
-    # The caller that held the committer made a batch of one of its own.
-    assert stats.batch_sizes == {1: 3, 3: 1}
-    assert stats.retries == 1
-    assert (committer.batches, committer.commands) == (4, 6)
+    a, b = uuid4(), uuid4()
+    lost = OperationalError("connection lost")
+    table.faults = [lost]
+    answers = together(committer, table, [save(a, 1), save(b, 1)])
+    assert answers == [lost, lost]
+    assert table.events == {}
+    # The next write goes through.
+    assert isinstance(run(committer, save(a, 1)), Save)
 
 
 # A database that does not confirm commits (a synchronous standby gone)
 
 
-def test_callers_behind_a_save_that_stalls_are_answered_at_once(store: Store) -> None:
-    committer = GroupCommitter(
-        store.load, store.save, store.has_newer_events, stalled_seconds=0.1
-    )
-    a, b = store.wallet(), store.wallet()
-    saving, release = threading.Event(), threading.Event()
-
-    def stalled_save(*aggregates: Aggregate, **kwargs: Any) -> None:
-        saving.set()
-        release.wait(10)
-        store.save(*aggregates, **kwargs)
-
-    committer.save = stalled_save
-    first = Caller(partial(committer.run, add(a, "1")))
+def test_callers_behind_a_write_that_stalls_are_answered_at_once(table: Table) -> None:
+    committer = GroupCommitter(table.insert, linger=0, stalled_seconds=0.1)
+    a, b = uuid4(), uuid4()
+    table.hold = threading.Event()
+    first = Caller(partial(run, committer, save(a, 1)))
     first.start()
-    assert saving.wait(10)
+    assert table.holding.wait(10)
     started = time.monotonic()
-    # Waiting behind the stalled save (or arriving after it stalled): answered
+    # Waiting behind the stalled write (or arriving after it stalled): answered
     # without being sent, so that the server's thread is free.
-    second = Caller(partial(committer.run, add(b, "2")))
+    second = Caller(partial(run, committer, save(b, 1)))
     second.start()
     assert isinstance(second.answer(), WritesStalled)
     assert time.monotonic() - started < 1
     with pytest.raises(WritesStalled):
-        committer.run(add(b, "3"))
+        run(committer, save(b, 1))
     assert committer.health().stuck_since is not None
-    release.set()
-    assert first.answer() == Decimal("1.00")
-    assert store.balance(b) == Decimal(0)
+    table.hold.set()
+    table.hold = None
+    assert isinstance(first.answer(), Save)
+    assert (b, 1) not in table.events
     assert committer.health().stuck_since is None
 
 
-def test_a_slow_read_is_not_a_stalled_commit(store: Store) -> None:
-    committer = GroupCommitter(
-        store.load, store.save, store.has_newer_events, stalled_seconds=0.1
-    )
-    a, b = store.wallet(), store.wallet()
-    load = store.load
+def test_a_caller_whose_own_write_stalls_hears_it_may_yet_be_made(table: Table) -> None:
+    committer = GroupCommitter(table.insert, linger=0, stalled_seconds=0.1)
+    table.hold = threading.Event()
+    holder = Caller(partial(run, committer, save(uuid4(), 1)))
+    holder.start()
+    assert table.holding.wait(10)
+    # Staged behind the write in flight: the first leads the next write, the
+    # second waits in it.
+    leading, waiting = save(uuid4(), 1), save(uuid4(), 1)
+    callers = []
+    for each in (leading, waiting):
+        committer.stage(each)
+        callers.append(Caller(partial(committer.commit, each)))
+        callers[-1].start()
+    first_write, table.hold = table.hold, threading.Event()
+    table.holding.clear()
+    first_write.set()
+    assert table.holding.wait(10)  # The next write is held in its turn.
+    # Sent, and not confirmed in time: it may yet be made.
+    assert isinstance(callers[1].answer(), WriteNotConfirmed)
+    table.hold.set()
+    assert callers[0].answer() is leading
+    assert waiting.answered  # The write went on, and did go through.
+    assert holder.answer() is not None
 
-    def slow_load(wallet_id: UUID) -> Wallet:
-        time.sleep(0.3)  # a busy database, say: reads are not what stalls
-        return load(wallet_id)
 
-    committer.load = slow_load
-    answers = together(committer, [add(a, "1"), add(b, "2")])
-    assert answers == [Decimal("1.00"), Decimal("2.00")]
+def test_an_unconfirmed_write_is_reported_until_one_goes_through(
+    committer: GroupCommitter, table: Table
+) -> None:
+    table.faults = [WriteNotConfirmed("The standby did not answer")]
+    with pytest.raises(WriteNotConfirmed):
+        run(committer, save(uuid4(), 1))
+    health = committer.health()
+    assert health.stuck_since is not None
+    assert "standby" in health.why
+    assert committer.stats().unconfirmed == 1
+    run(committer, save(uuid4(), 1))
+    assert committer.health().stuck_since is None
+
+
+# What it tells the metrics
+
+
+def test_each_write_is_counted_by_its_size(
+    committer: GroupCommitter, table: Table
+) -> None:
+    a, b = uuid4(), uuid4()
+    together(committer, table, [save(a, 1), save(b, 1), Save([event(a, 2)], {a: None})])
+    stats = committer.stats()
+    # The save that held the committer made a write of one of its own.
+    assert stats.batch_sizes == {1: 1, 3: 1}
+    assert stats.retries == 0
+    assert (committer.batches, committer.commands) == (2, 4)
+
+
+def test_arguments_leave_out_what_a_batch_does_not_need() -> None:
+    a = uuid4()
+    events, kwargs = arguments([save(a, 1)])
+    assert [e.originator_id for e in events] == [a]
+    assert kwargs == {}  # no guards, no priors known, nothing answered
