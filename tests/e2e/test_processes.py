@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pocket.bootstrap import open_pocket
+from pocket.commands import AddMoney, DrawMoney, OpenWallet
 from pocket.config import Settings
 from tests.e2e.processes import (
     Api,
@@ -135,15 +136,21 @@ def test_a_follower_killed_at_any_point_catches_up_exactly(
     env = {"POCKET_DATABASE_URL": postgres_url}
     settings = Settings.from_url(postgres_url)
     pocket = open_pocket(settings)
-    wallets = [pocket.create_wallet(str(n)) for n in range(10)]
+    wallets = [pocket.open_wallet(OpenWallet(user_id=str(n))) for n in range(10)]
     stop = threading.Event()
 
     def write() -> None:
         while not stop.is_set():
             for wallet_id in wallets:
-                pocket.add_money(wallet_id, Decimal("1.01"), "API")
+                pocket.add_money(
+                    AddMoney(wallet_id=wallet_id, amount=Decimal("1.01"), source="API")
+                )
             for wallet_id in wallets[::3]:
-                pocket.draw_money(wallet_id, Decimal("0.50"), "ATM")
+                pocket.draw_money(
+                    DrawMoney(
+                        wallet_id=wallet_id, amount=Decimal("0.50"), destination="ATM"
+                    )
+                )
 
     writer = threading.Thread(target=write)
     writer.start()

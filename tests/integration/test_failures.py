@@ -18,6 +18,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from pocket.application import Pocket
 from pocket.bootstrap import bootstrap, open_pocket
+from pocket.commands import AddMoney, OpenWallet
 from pocket.config import Settings
 from pocket.domainmodel import Cause, Wallet
 from pocket.errors import InsufficientFunds
@@ -54,9 +55,11 @@ def proxied_pocket(postgres_url: str, proxy: Proxy) -> Iterator[Pocket]:
 def test_a_reply_lost_after_the_commit_is_found_not_inserted_again(
     proxied_pocket: Pocket, proxy: Proxy
 ) -> None:
-    wallet_id = proxied_pocket.create_wallet("u")
+    wallet_id = proxied_pocket.open_wallet(OpenWallet(user_id="u"))
     trap = proxy.arm("lost-after-commit")
-    wallet = proxied_pocket.add_money(wallet_id, Decimal("10"), "lost-after-commit")
+    wallet = proxied_pocket.add_money(
+        AddMoney(wallet_id=wallet_id, amount=Decimal("10"), source="lost-after-commit")
+    )
     assert trap.sprung.is_set()
     assert wallet.balance == Decimal("10.00")
     assert proxied_pocket.get_wallet(wallet_id).balance == Decimal("10.00")
@@ -66,13 +69,15 @@ def test_a_reply_lost_after_the_commit_is_found_not_inserted_again(
 def test_a_statement_cut_off_while_waiting_is_ended_then_inserted_again(
     proxied_pocket: Pocket, proxy: Proxy, postgres_url: str
 ) -> None:
-    wallet_id = proxied_pocket.create_wallet("u")
+    wallet_id = proxied_pocket.open_wallet(OpenWallet(user_id="u"))
     with psycopg.connect(postgres_url) as conn:
         # A writer ahead in the queue: the cut-off statement waits behind it.
         conn.execute("LOCK TABLE pocket_events IN EXCLUSIVE MODE")
         trap = proxy.arm("waiting")
         threading.Timer(0.5, conn.commit).start()
-        wallet = proxied_pocket.add_money(wallet_id, Decimal("3"), "waiting")
+        wallet = proxied_pocket.add_money(
+            AddMoney(wallet_id=wallet_id, amount=Decimal("3"), source="waiting")
+        )
     assert trap.sprung.is_set()
     assert wallet.version == 2
     assert proxied_pocket.get_wallet(wallet_id).balance == Decimal("3.00")
@@ -82,7 +87,7 @@ def test_a_statement_cut_off_while_waiting_is_ended_then_inserted_again(
 def test_a_batch_of_another_writer_is_a_conflict_not_ours(
     postgres_pocket: Pocket,
 ) -> None:
-    wallet_id = postgres_pocket.create_wallet("u")
+    wallet_id = postgres_pocket.open_wallet(OpenWallet(user_id="u"))
     recorder = postgres_pocket.recorder
     assert isinstance(recorder, PocketEventsRecorder)
     mine = StoredEvent(wallet_id, 2, "x", b'{"mine": 1}')
@@ -179,8 +184,10 @@ def test_pocket_runs_on_text_originator_ids(postgres_settings: Settings) -> None
     )
     app = open_pocket(settings)
     try:
-        wallet_id = app.create_wallet("u")
-        assert app.add_money(wallet_id, Decimal("2"), "x").balance == Decimal("2.00")
+        wallet_id = app.open_wallet(OpenWallet(user_id="u"))
+        assert app.add_money(
+            AddMoney(wallet_id=wallet_id, amount=Decimal("2"), source="x")
+        ).balance == Decimal("2.00")
     finally:
         app.close()
 
@@ -194,7 +201,7 @@ def test_without_create_table_a_missing_function_is_a_clear_error_and_no_ddl(
     app = Pocket(env=dict(settings.env))
     try:
         with pytest.raises(ProgrammingError, match="CREATE_TABLE is off"):
-            app.create_wallet("u")
+            app.open_wallet(OpenWallet(user_id="u"))
     finally:
         app.close()
     assert not table_exists(postgres_url, "pocket_events")
@@ -205,7 +212,7 @@ def test_tables_made_without_the_insert_function_get_it_on_first_insert(
 ) -> None:
     with psycopg.connect(postgres_url) as conn:
         conn.execute("DROP FUNCTION pocket_events_insert")
-    wallet_id = postgres_pocket.create_wallet("u")
+    wallet_id = postgres_pocket.open_wallet(OpenWallet(user_id="u"))
     assert postgres_pocket.get_wallet(wallet_id).version == 1
 
 
@@ -224,7 +231,7 @@ def test_an_undefined_function_that_creating_ours_does_not_cure_is_raised_once(
             "FOR EACH ROW EXECUTE FUNCTION broken()"
         )
     with pytest.raises(ProgrammingError, match="no_such_function"):
-        postgres_pocket.create_wallet("u")
+        postgres_pocket.open_wallet(OpenWallet(user_id="u"))
 
 
 def test_a_change_may_use_a_token_checked_longer_ago_than_a_read_may() -> None:

@@ -16,6 +16,7 @@ from pocket.config import Settings
 from pocket.errors import TokenRevoked
 from pocket.service import PocketService, Principal
 from pocket.tokens import hash_token
+from tests.money import add_money, close_wallet, draw_money, transfer
 
 
 @pytest.fixture
@@ -42,17 +43,17 @@ def test_a_token_revoked_elsewhere_moves_no_money_where_it_is_cached(
     account, token = here.create_user("a")
     friend, _ = here.create_user("b")
     user_id = account.user.id
-    here.add_money(user_id, Decimal("10.00"), "salary")
+    add_money(here, user_id, Decimal("10.00"), "salary")
     stolen = signed_in(here, token)  # now in this process's cache
     elsewhere.issue_token(user_id, replacing=hash_token(token))
     assert here.authenticate(token) is not None  # a read may still trust it...
     guard = stolen.guard
     attempts: list[Callable[[], object]] = [  # ...but no change is made with it
-        lambda: here.add_money(user_id, Decimal("1"), "x", guard=guard),
-        lambda: here.draw_money(user_id, Decimal("1"), "x", guard=guard),
-        lambda: here.transfer(user_id, friend.user.id, Decimal("1"), guard=guard),
-        lambda: here.draw_money(user_id, Decimal("99"), "refused", guard=guard),
-        lambda: here.close_wallet(user_id, guard=guard),
+        lambda: add_money(here, user_id, Decimal("1"), "x", guard=guard),
+        lambda: draw_money(here, user_id, Decimal("1"), "x", guard=guard),
+        lambda: transfer(here, user_id, friend.user.id, Decimal("1"), guard=guard),
+        lambda: draw_money(here, user_id, Decimal("99"), "refused", guard=guard),
+        lambda: close_wallet(here, user_id, guard=guard),
     ]
     for attempt in attempts:
         with pytest.raises(TokenRevoked):
@@ -68,14 +69,19 @@ def test_a_replay_is_not_given_to_a_revoked_token(
     here, elsewhere = two
     account, token = here.create_user("a")
     principal = signed_in(here, token)
-    first = here.add_money(
-        account.user.id, Decimal("5"), "x", command_id="k1", guard=principal.guard
+    first = add_money(
+        here, account.user.id, Decimal("5"), "x", command_id="k1", guard=principal.guard
     )
     assert first.wallet.balance == Decimal("5.00")
     elsewhere.issue_token(account.user.id, replacing=hash_token(token))
     with pytest.raises(TokenRevoked):
-        here.add_money(
-            account.user.id, Decimal("5"), "x", command_id="k1", guard=principal.guard
+        add_money(
+            here,
+            account.user.id,
+            Decimal("5"),
+            "x",
+            command_id="k1",
+            guard=principal.guard,
         )
 
 
@@ -93,7 +99,7 @@ def test_commands_of_valid_tokens_commit_beside_those_of_a_revoked_one(
         account, principal = users[n % 8][0], principals[n % 8]
         start.wait()
         try:
-            here.add_money(account.user.id, Decimal("1"), "x", guard=principal.guard)
+            add_money(here, account.user.id, Decimal("1"), "x", guard=principal.guard)
         except TokenRevoked:
             return False
         return True
@@ -121,7 +127,7 @@ def test_once_a_revocation_returns_no_command_with_the_old_token_commits(
         while True:
             begun_after = revoked.is_set()
             try:
-                here.add_money(user_id, Decimal("0.01"), "x", guard=guard)
+                add_money(here, user_id, Decimal("0.01"), "x", guard=guard)
                 ok = True
             except TokenRevoked:
                 ok = False

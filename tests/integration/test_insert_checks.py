@@ -18,6 +18,7 @@ from eventsourcing.persistence import IntegrityError, StoredEvent
 
 from pocket.application import Pocket
 from pocket.bootstrap import open_pocket
+from pocket.commands import AddMoney, DrawMoney, OpenWallet
 from pocket.config import Settings
 from pocket.database import Database
 from pocket.deadlines import WriteNotConfirmed, WritesStalled
@@ -59,8 +60,8 @@ def head_of(pocket: Pocket, wallet_id: UUID) -> bytes:
 def test_new_events_must_follow_the_very_event_they_were_decided_on(
     pocket: Pocket,
 ) -> None:
-    wallet_id = pocket.create_wallet("ann")
-    pocket.add_money(wallet_id, Decimal(10), "pay")
+    wallet_id = pocket.open_wallet(OpenWallet(user_id="ann"))
+    pocket.add_money(AddMoney(wallet_id=wallet_id, amount=Decimal(10), source="pay"))
     recorder = recorder_of(pocket)
     event = next_event(pocket, wallet_id, "1")
     # Decided on another event of the same number (one a failover lost, say):
@@ -79,7 +80,7 @@ def test_new_events_must_follow_the_very_event_they_were_decided_on(
 def test_an_answer_read_from_a_record_this_server_does_not_hold_is_refused(
     pocket: Pocket,
 ) -> None:
-    wallet_id = pocket.create_wallet("ann")
+    wallet_id = pocket.open_wallet(OpenWallet(user_id="ann"))
     recorder = recorder_of(pocket)
     with pytest.raises(IntegrityError):
         recorder.insert_events([], answered=[uuid4()])
@@ -97,7 +98,7 @@ def test_an_answer_alone_waits_for_the_synchronous_standby(
     )
     app = open_pocket(settings)
     try:
-        wallet_id = app.create_wallet("ann")
+        wallet_id = app.open_wallet(OpenWallet(user_id="ann"))
         standby.stop()
         # Nothing to insert, but the answer read from wallet_id counts only
         # once the standby has it: it does not, in time.
@@ -114,8 +115,10 @@ def test_a_cached_wallet_whose_history_was_lost_is_read_again_not_refreshed(
 ) -> None:
     a, b = open_pocket(postgres_settings), open_pocket(postgres_settings)
     try:
-        wallet_id = a.create_wallet("ann")
-        a.add_money(wallet_id, Decimal(10), "pay")  # A caches version 2: 10.00
+        wallet_id = a.open_wallet(OpenWallet(user_id="ann"))
+        a.add_money(  # A caches version 2: 10.00
+            AddMoney(wallet_id=wallet_id, amount=Decimal(10), source="pay")
+        )
         # A failover loses version 2; another process writes a different
         # version 2 and a version 3 on the new primary (balance 2.00).
         with psycopg.connect(postgres_settings_url(postgres_settings)) as conn:
@@ -124,8 +127,8 @@ def test_a_cached_wallet_whose_history_was_lost_is_read_again_not_refreshed(
                 "AND originator_version = 2",
                 [wallet_id],
             )
-        b.add_money(wallet_id, Decimal(1), "other")
-        b.add_money(wallet_id, Decimal(1), "other")
+        b.add_money(AddMoney(wallet_id=wallet_id, amount=Decimal(1), source="other"))
+        b.add_money(AddMoney(wallet_id=wallet_id, amount=Decimal(1), source="other"))
         # A meets other writers (a conflict elsewhere): it refreshes its cached
         # wallets before deciding. Version 3 must not be applied on top of
         # the version 2 it holds, which the database no longer has: the wallet
@@ -144,7 +147,9 @@ def test_a_cached_wallet_whose_history_was_lost_is_read_again_not_refreshed(
         committer.load_many = spied
         committer.contended_until = time.monotonic() + 10
         with pytest.raises(InsufficientFunds):
-            a.draw_money(wallet_id, Decimal(10), "atm")
+            a.draw_money(
+                DrawMoney(wallet_id=wallet_id, amount=Decimal(10), destination="atm")
+            )
         assert read_whole == [{wallet_id}]
         assert committer.heads[wallet_id] == head_of(b, wallet_id)
         assert a.get_wallet(wallet_id).balance == Decimal("2.00")
@@ -154,7 +159,7 @@ def test_a_cached_wallet_whose_history_was_lost_is_read_again_not_refreshed(
 
 
 def test_a_write_whose_deadline_has_passed_is_not_sent(pocket: Pocket) -> None:
-    wallet_id = pocket.create_wallet("ann")
+    wallet_id = pocket.open_wallet(OpenWallet(user_id="ann"))
     recorder = recorder_of(pocket)
     event = next_event(pocket, wallet_id, "1")
     with recorder.watchdog.deadline(0), pytest.raises(WritesStalled):

@@ -17,6 +17,7 @@ import pytest
 from eventsourcing.persistence import StoredEvent
 
 from pocket.application import Pocket, WalletInfo
+from pocket.commands import AddMoney, CloseWallet, DrawMoney, OpenWallet, Transfer
 from pocket.config import Settings
 from pocket.domainmodel import Cause
 from pocket.errors import (
@@ -36,8 +37,10 @@ def pocket(any_settings: Settings) -> Iterator[Pocket]:
 
 
 def funded(pocket: Pocket, amount: str = "100") -> UUID:
-    wallet_id = pocket.create_wallet("u")
-    pocket.add_money(wallet_id, Decimal(amount), "seed")
+    wallet_id = pocket.open_wallet(OpenWallet(user_id="u"))
+    pocket.add_money(
+        AddMoney(wallet_id=wallet_id, amount=Decimal(amount), source="seed")
+    )
     return wallet_id
 
 
@@ -50,10 +53,24 @@ def head(pocket: Pocket) -> int:
 
 def test_a_command_retried_with_its_id_runs_once(pocket: Pocket) -> None:
     wallet_id = funded(pocket)
-    first = pocket.draw_money(wallet_id, Decimal("30"), "ATM", command_id="k-1")
+    first = pocket.draw_money(
+        DrawMoney(
+            wallet_id=wallet_id,
+            amount=Decimal("30"),
+            destination="ATM",
+            command_id="k-1",
+        )
+    )
     written = head(pocket)
-    pocket.add_money(wallet_id, Decimal("1"), "later")
-    again = pocket.draw_money(wallet_id, Decimal("30"), "ATM", command_id="k-1")
+    pocket.add_money(AddMoney(wallet_id=wallet_id, amount=Decimal("1"), source="later"))
+    again = pocket.draw_money(
+        DrawMoney(
+            wallet_id=wallet_id,
+            amount=Decimal("30"),
+            destination="ATM",
+            command_id="k-1",
+        )
+    )
     assert again == first  # the first answer, not the wallet as it is now
     assert head(pocket) == written + 1
     assert pocket.get_wallet(wallet_id).balance == Decimal("71.00")
@@ -61,12 +78,33 @@ def test_a_command_retried_with_its_id_runs_once(pocket: Pocket) -> None:
 
 def test_a_command_id_reused_for_another_command_is_refused(pocket: Pocket) -> None:
     wallet_id = funded(pocket)
-    pocket.draw_money(wallet_id, Decimal("30"), "ATM", command_id="k-1")
+    pocket.draw_money(
+        DrawMoney(
+            wallet_id=wallet_id,
+            amount=Decimal("30"),
+            destination="ATM",
+            command_id="k-1",
+        )
+    )
     written = head(pocket)
     with pytest.raises(IdempotencyKeyReused):
-        pocket.draw_money(wallet_id, Decimal("31"), "ATM", command_id="k-1")
+        pocket.draw_money(
+            DrawMoney(
+                wallet_id=wallet_id,
+                amount=Decimal("31"),
+                destination="ATM",
+                command_id="k-1",
+            )
+        )
     with pytest.raises(IdempotencyKeyReused):
-        pocket.add_money(wallet_id, Decimal("30"), "ATM", command_id="k-1")
+        pocket.add_money(
+            AddMoney(
+                wallet_id=wallet_id,
+                amount=Decimal("30"),
+                source="ATM",
+                command_id="k-1",
+            )
+        )
     assert head(pocket) == written
 
 
@@ -75,9 +113,25 @@ def test_a_refused_command_records_no_key_so_it_can_be_retried(
 ) -> None:
     wallet_id = funded(pocket, "10")
     with pytest.raises(InsufficientFunds):
-        pocket.draw_money(wallet_id, Decimal("20"), "ATM", command_id="k-2")
-    pocket.add_money(wallet_id, Decimal("10"), "top-up")
-    after = pocket.draw_money(wallet_id, Decimal("20"), "ATM", command_id="k-2")
+        pocket.draw_money(
+            DrawMoney(
+                wallet_id=wallet_id,
+                amount=Decimal("20"),
+                destination="ATM",
+                command_id="k-2",
+            )
+        )
+    pocket.add_money(
+        AddMoney(wallet_id=wallet_id, amount=Decimal("10"), source="top-up")
+    )
+    after = pocket.draw_money(
+        DrawMoney(
+            wallet_id=wallet_id,
+            amount=Decimal("20"),
+            destination="ATM",
+            command_id="k-2",
+        )
+    )
     assert after.balance == Decimal("0.00")
 
 
@@ -90,7 +144,14 @@ def test_the_same_command_id_at_once_in_threads_moves_money_once(
     def attempt() -> str:
         start.wait()
         try:
-            pocket.draw_money(wallet_id, Decimal("10"), "ATM", command_id="same")
+            pocket.draw_money(
+                DrawMoney(
+                    wallet_id=wallet_id,
+                    amount=Decimal("10"),
+                    destination="ATM",
+                    command_id="same",
+                )
+            )
         except CommandInFlight:
             return "in flight"
         return "done"
@@ -114,7 +175,14 @@ def test_the_same_command_id_from_two_processes_moves_money_once(
         start.wait()
         for n in range(20):
             results.append(
-                app.draw_money(wallet_id, Decimal("1"), "ATM", command_id=f"k{n}")
+                app.draw_money(
+                    DrawMoney(
+                        wallet_id=wallet_id,
+                        amount=Decimal("1"),
+                        destination="ATM",
+                        command_id=f"k{n}",
+                    )
+                )
             )
 
     threads = [threading.Thread(target=attempt, args=(app,)) for app in apps]
@@ -134,12 +202,27 @@ def test_the_same_command_id_from_two_processes_moves_money_once(
 
 
 def transfer(pocket: Pocket, sender: UUID, receiver: UUID, amount: str) -> None:
-    pocket.transfer(sender, receiver, Decimal(amount), "test")
+    pocket.transfer(
+        Transfer(
+            sender_id=sender,
+            receiver_id=receiver,
+            amount=Decimal(amount),
+            description="test",
+        )
+    )
 
 
 def test_a_transfer_moves_money_between_wallets(pocket: Pocket) -> None:
     alice, bob = funded(pocket), funded(pocket, "0.01")
-    result = pocket.transfer(alice, bob, Decimal("40"), "rent", command_id="t")
+    result = pocket.transfer(
+        Transfer(
+            sender_id=alice,
+            receiver_id=bob,
+            amount=Decimal("40"),
+            description="rent",
+            command_id="t",
+        )
+    )
     assert (result.sender.balance, result.receiver.balance) == (
         Decimal("60.00"),
         Decimal("40.01"),
@@ -150,7 +233,15 @@ def test_a_transfer_moves_money_between_wallets(pocket: Pocket) -> None:
     assert sent.transfer_id == received.transfer_id == result.id
     assert sent.counterparty_wallet_id == bob
     assert received.counterparty_wallet_id == alice
-    again = pocket.transfer(alice, bob, Decimal("40"), "rent", command_id="t")
+    again = pocket.transfer(
+        Transfer(
+            sender_id=alice,
+            receiver_id=bob,
+            amount=Decimal("40"),
+            description="rent",
+            command_id="t",
+        )
+    )
     assert again == result
     assert pocket.get_wallet(alice).balance == Decimal("60.00")
 
@@ -227,18 +318,26 @@ def test_opposite_transfers_from_two_processes_keep_the_total(
 
 def test_a_closed_wallet_refuses_money_and_keeps_its_history(pocket: Pocket) -> None:
     wallet_id, other = funded(pocket, "5"), funded(pocket, "5")
-    pocket.draw_money(wallet_id, Decimal("5"), "out")
-    closed = pocket.close_wallet(wallet_id, command_id="c")
+    pocket.draw_money(
+        DrawMoney(wallet_id=wallet_id, amount=Decimal("5"), destination="out")
+    )
+    closed = pocket.close_wallet(CloseWallet(wallet_id=wallet_id, command_id="c"))
     assert closed.closed
     for command in (
-        lambda: pocket.add_money(wallet_id, Decimal("1"), "x"),
-        lambda: pocket.draw_money(wallet_id, Decimal("1"), "x"),
+        lambda: pocket.add_money(
+            AddMoney(wallet_id=wallet_id, amount=Decimal("1"), source="x")
+        ),
+        lambda: pocket.draw_money(
+            DrawMoney(wallet_id=wallet_id, amount=Decimal("1"), destination="x")
+        ),
         lambda: transfer(pocket, other, wallet_id, "1"),
-        lambda: pocket.close_wallet(wallet_id),
+        lambda: pocket.close_wallet(CloseWallet(wallet_id=wallet_id)),
     ):
         with pytest.raises(WalletClosed):
             command()
-    assert pocket.close_wallet(wallet_id, command_id="c") == closed
+    assert (
+        pocket.close_wallet(CloseWallet(wallet_id=wallet_id, command_id="c")) == closed
+    )
     assert [t.type for t in pocket.movements(wallet_id)] == ["IN", "OUT"]
     assert pocket.get_wallet(wallet_id).closed
 
@@ -247,13 +346,15 @@ def test_a_closed_wallet_refuses_money_and_keeps_its_history(pocket: Pocket) -> 
 
 
 def test_history_pages_with_running_balances(pocket: Pocket) -> None:
-    wallet_id = pocket.create_wallet("u")
+    wallet_id = pocket.open_wallet(OpenWallet(user_id="u"))
     for n in range(1, 8):
-        pocket.add_money(wallet_id, Decimal(n), "API")
+        pocket.add_money(AddMoney(wallet_id=wallet_id, amount=Decimal(n), source="API"))
     first = pocket.history(wallet_id, limit=3)
     assert [t.balance for t in first.transactions] == [Decimal(v) for v in (1, 3, 6)]
     assert first.has_more
-    pocket.add_money(wallet_id, Decimal(100), "arrives meanwhile")
+    pocket.add_money(
+        AddMoney(wallet_id=wallet_id, amount=Decimal(100), source="arrives meanwhile")
+    )
     second = pocket.history(wallet_id, after=first.transactions[-1].id, limit=3)
     assert [t.amount for t in second.transactions] == [Decimal(v) for v in (4, 5, 6)]
     third = pocket.history(wallet_id, after=second.transactions[-1].id, limit=3)
@@ -264,9 +365,11 @@ def test_history_pages_with_running_balances(pocket: Pocket) -> None:
 def test_a_page_reads_the_same_few_events_however_long_the_history(
     pocket: Pocket,
 ) -> None:
-    wallet_id = pocket.create_wallet("u")
+    wallet_id = pocket.open_wallet(OpenWallet(user_id="u"))
     for _ in range(600):
-        pocket.add_money(wallet_id, Decimal("1"), "API")
+        pocket.add_money(
+            AddMoney(wallet_id=wallet_id, amount=Decimal("1"), source="API")
+        )
     read = count_rows_read(pocket)
     start = pocket.history(wallet_id, limit=50)
     at_start = read()
@@ -299,9 +402,11 @@ def count_rows_read(pocket: Pocket) -> Callable[[], int]:
 
 
 def test_the_wallet_as_of_a_version(pocket: Pocket) -> None:
-    wallet_id = pocket.create_wallet("u")
+    wallet_id = pocket.open_wallet(OpenWallet(user_id="u"))
     for _ in range(150):
-        pocket.add_money(wallet_id, Decimal("2"), "API")
+        pocket.add_money(
+            AddMoney(wallet_id=wallet_id, amount=Decimal("2"), source="API")
+        )
     assert pocket.get_wallet(wallet_id, version=1).balance == Decimal("0.00")
     assert pocket.get_wallet(wallet_id, version=101).balance == Decimal("200.00")
     assert pocket.get_wallet(wallet_id, version=151).balance == Decimal("300.00")
@@ -313,10 +418,12 @@ def test_the_wallet_as_of_a_version(pocket: Pocket) -> None:
 def test_the_wallet_as_of_a_moment(pocket: Pocket) -> None:
     before = datetime.now(UTC)
     time.sleep(0.002)
-    wallet_id = pocket.create_wallet("u")
+    wallet_id = pocket.open_wallet(OpenWallet(user_id="u"))
     moments = []
     for _ in range(5):
-        pocket.add_money(wallet_id, Decimal("1"), "API")
+        pocket.add_money(
+            AddMoney(wallet_id=wallet_id, amount=Decimal("1"), source="API")
+        )
         moments.append(datetime.now(UTC))
         time.sleep(0.002)
     for n, moment in enumerate(moments, start=1):
@@ -329,8 +436,10 @@ def test_the_wallet_as_of_a_moment(pocket: Pocket) -> None:
 
 def test_events_record_who_caused_them(pocket: Pocket) -> None:
     cause = Cause(actor="user:3", correlation_id="req-42")
-    wallet_id = pocket.create_wallet("3", cause=cause)
-    pocket.add_money(wallet_id, Decimal("1"), "API", cause=cause)
+    wallet_id = pocket.open_wallet(OpenWallet(user_id="3", cause=cause))
+    pocket.add_money(
+        AddMoney(wallet_id=wallet_id, amount=Decimal("1"), source="API", cause=cause)
+    )
     (entry,) = pocket.movements(wallet_id)
     assert (entry.actor, entry.correlation_id) == ("user:3", "req-42")
 
@@ -383,7 +492,9 @@ def test_wallets_recorded_by_the_first_release_still_load(pocket: Pocket) -> Non
     ]
     wallet = pocket.get_wallet(wallet_id)
     assert (wallet.balance, wallet.closed) == (Decimal("15.00"), False)
-    after = pocket.add_money(wallet_id, Decimal("1"), "API")
+    after = pocket.add_money(
+        AddMoney(wallet_id=wallet_id, amount=Decimal("1"), source="API")
+    )
     assert after.balance == Decimal("16.00")
     assert pocket.snapshots is not None
     pocket.snapshots.recorder.insert_events(
@@ -404,7 +515,14 @@ def test_threads_retrying_the_same_keys_move_each_amount_once(pocket: Pocket) ->
     def retry_all_keys() -> None:
         for n in range(25):
             try:
-                pocket.draw_money(wallet_id, Decimal("1"), "shop", command_id=f"k{n}")
+                pocket.draw_money(
+                    DrawMoney(
+                        wallet_id=wallet_id,
+                        amount=Decimal("1"),
+                        destination="shop",
+                        command_id=f"k{n}",
+                    )
+                )
             except CommandInFlight:
                 continue
             except Exception as error:

@@ -17,6 +17,7 @@ import pytest
 from pocket.application import Pocket
 from pocket.bootstrap import follower_lock, named_lock, open_catalog, open_pocket
 from pocket.catalog import live_records
+from pocket.commands import AddMoney, CloseWallet, DrawMoney, OpenWallet, Transfer
 from pocket.config import Settings
 from pocket.database import Database
 from pocket.migration import MigrationRefused, Progress, migrate
@@ -35,15 +36,32 @@ def pocket(sql_settings: Settings) -> Iterator[Pocket]:
 
 
 def make_history(pocket: Pocket, wallets: int = 4, rounds: int = 5) -> list[UUID]:
-    ids = [pocket.create_wallet(str(n)) for n in range(wallets)]
+    ids = [pocket.open_wallet(OpenWallet(user_id=str(n))) for n in range(wallets)]
     for _ in range(rounds):
         for wallet_id in ids:
-            pocket.add_money(wallet_id, Decimal("2.50"), "API")
-        pocket.draw_money(ids[0], Decimal("1.25"), "ATM")
+            pocket.add_money(
+                AddMoney(wallet_id=wallet_id, amount=Decimal("2.50"), source="API")
+            )
+        pocket.draw_money(
+            DrawMoney(wallet_id=ids[0], amount=Decimal("1.25"), destination="ATM")
+        )
     if wallets >= 4:
-        pocket.transfer(ids[1], ids[2], Decimal("3"), "t")
-        pocket.draw_money(ids[3], pocket.get_wallet(ids[3]).balance, "out")
-        pocket.close_wallet(ids[3])
+        pocket.transfer(
+            Transfer(
+                sender_id=ids[1],
+                receiver_id=ids[2],
+                amount=Decimal("3"),
+                description="t",
+            )
+        )
+        pocket.draw_money(
+            DrawMoney(
+                wallet_id=ids[3],
+                amount=pocket.get_wallet(ids[3]).balance,
+                destination="out",
+            )
+        )
+        pocket.close_wallet(CloseWallet(wallet_id=ids[3]))
     return ids
 
 
@@ -100,7 +118,11 @@ def test_a_rebuild_during_writes_and_a_live_follower_loses_nothing(
 
         def write() -> None:
             while not stop.is_set():
-                pocket.add_money(ids[0], Decimal("0.01"), "meanwhile")
+                pocket.add_money(
+                    AddMoney(
+                        wallet_id=ids[0], amount=Decimal("0.01"), source="meanwhile"
+                    )
+                )
 
         writer = threading.Thread(target=write)
         writer.start()

@@ -14,6 +14,7 @@ from eventsourcing.persistence import IntegrityError, Tracking
 from pocket.application import Pocket
 from pocket.bootstrap import open_catalog, open_pocket
 from pocket.catalog import ProjectionCatalog
+from pocket.commands import AddMoney, DrawMoney, OpenWallet
 from pocket.config import Settings
 from pocket.database import Database
 from pocket.runner import PocketRunner
@@ -45,12 +46,18 @@ def table(catalog: ProjectionCatalog) -> dict[UUID, WalletRecord]:
 
 
 def make_history(pocket: Pocket, wallets: int = 5, moves: int = 4) -> list[UUID]:
-    ids = [pocket.create_wallet(str(n)) for n in range(wallets)]
+    ids = [pocket.open_wallet(OpenWallet(user_id=str(n))) for n in range(wallets)]
     for round_ in range(moves):
         for wallet_id in ids:
-            pocket.add_money(wallet_id, Decimal("10.05"), "API")
+            pocket.add_money(
+                AddMoney(wallet_id=wallet_id, amount=Decimal("10.05"), source="API")
+            )
             if round_ % 2:
-                pocket.draw_money(wallet_id, Decimal("3.01"), "ATM")
+                pocket.draw_money(
+                    DrawMoney(
+                        wallet_id=wallet_id, amount=Decimal("3.01"), destination="ATM"
+                    )
+                )
     return ids
 
 
@@ -164,7 +171,7 @@ def test_a_running_system_applies_new_events_by_itself(sql_settings: Settings) -
 def test_the_library_interface_applies_one_event(
     pocket: Pocket, catalog: ProjectionCatalog, projector: WalletRecords
 ) -> None:
-    wallet_id = pocket.create_wallet("9")
+    wallet_id = pocket.open_wallet(OpenWallet(user_id="9"))
     (notification,) = pocket.recorder.select_notifications(start=1, limit=1)
     event = pocket.mapper.to_domain_event(notification)
     projector.process_event(event, Tracking("Pocket", notification.id))

@@ -12,6 +12,7 @@ from uuid import uuid4
 import pytest
 
 from pocket.bootstrap import bootstrap
+from pocket.commands import OpenWallet
 from pocket.config import Settings
 from pocket.errors import (
     InvalidText,
@@ -23,6 +24,7 @@ from pocket.errors import (
 )
 from pocket.service import PocketService
 from pocket.tokens import hash_token
+from tests.money import add_money, transfer
 
 
 @pytest.fixture
@@ -75,7 +77,7 @@ def test_a_wallet_left_unopened_is_opened_when_the_user_is_next_used(
     user_id = crash_between_user_and_wallet(service)
     with pytest.raises(WalletNotFound):
         service.pocket.get_wallet(service.users.get(user_id).wallet_id)
-    account = service.add_money(user_id, Decimal("5"), "API")
+    account = add_money(service, user_id, Decimal("5"), "API")
     assert account.wallet.balance == Decimal("5.00")
     assert service.users.get(user_id).wallet_opened
 
@@ -100,7 +102,9 @@ def test_a_crash_after_opening_but_before_marking_is_completed(
 ) -> None:
     user_id = crash_between_user_and_wallet(service)
     user = service.users.get(user_id)
-    service.pocket.create_wallet(str(user_id), wallet_id=user.wallet_id)
+    service.pocket.open_wallet(
+        OpenWallet(user_id=str(user_id), wallet_id=user.wallet_id)
+    )
     assert service.open_pending_wallets() == 1
     assert service.get_account(user_id).wallet.aggregate_id == user.wallet_id
 
@@ -191,8 +195,10 @@ def test_without_an_admin_token_configured_there_is_no_admin(
 def test_a_transfer_between_users_names_both(service: PocketService) -> None:
     alice, _ = service.create_user("alice")
     bob, _ = service.create_user("bob")
-    service.add_money(alice.user.id, Decimal("30"), "API")
-    sender, result = service.transfer(alice.user.id, bob.user.id, Decimal("12.50"), "x")
+    add_money(service, alice.user.id, Decimal("30"), "API")
+    sender, result = transfer(
+        service, alice.user.id, bob.user.id, Decimal("12.50"), "x"
+    )
     assert sender.wallet.balance == Decimal("17.50")
     assert result.receiver.balance == Decimal("12.50")
     (received,) = service.pocket.movements(bob.user.wallet_id)
@@ -202,9 +208,9 @@ def test_a_transfer_between_users_names_both(service: PocketService) -> None:
 
 def test_a_transfer_to_nobody_is_refused(service: PocketService) -> None:
     alice, _ = service.create_user("alice")
-    service.add_money(alice.user.id, Decimal("30"), "API")
+    add_money(service, alice.user.id, Decimal("30"), "API")
     with pytest.raises(RecipientNotFound):
-        service.transfer(alice.user.id, 999, Decimal("1"))
+        transfer(service, alice.user.id, 999, Decimal("1"))
     assert service.get_account(alice.user.id).wallet.balance == Decimal("30.00")
 
 

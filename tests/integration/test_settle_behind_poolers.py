@@ -25,6 +25,7 @@ from eventsourcing.persistence import OperationalError
 
 from pocket.application import Pocket
 from pocket.bootstrap import open_pocket
+from pocket.commands import AddMoney, OpenWallet
 from pocket.config import Settings
 from pocket.postgres_events import PocketEventsRecorder
 from pocket.postgres_processes import Backend
@@ -113,7 +114,11 @@ def add_money_in_thread(
 
     def run() -> None:
         try:
-            outcome.append(pocket.add_money(wallet_id, Decimal("2"), marker))
+            outcome.append(
+                pocket.add_money(
+                    AddMoney(wallet_id=wallet_id, amount=Decimal("2"), source=marker)
+                )
+            )
         except Exception as error:  # The test looks at it.
             outcome.append(error)
 
@@ -136,8 +141,10 @@ def test_session_mode_a_process_handed_on_is_not_ended(start: Any) -> None:
     # Four server processes: Pocket's connection has one, three other clients
     # the rest, and a fourth client waits for one.
     setup: Setup = start("session", 4)
-    wallet_id = setup.pocket.create_wallet("u")
-    setup.pocket.add_money(wallet_id, Decimal("1"), "first")
+    wallet_id = setup.pocket.open_wallet(OpenWallet(user_id="u"))
+    setup.pocket.add_money(
+        AddMoney(wallet_id=wallet_id, amount=Decimal("1"), source="first")
+    )
     first = backend_of(setup.pocket)
     url = setup.bouncer.url_for(setup.url.rsplit("/", 1)[1])
     holders = [psycopg.connect(url, autocommit=True) for _ in range(3)]
@@ -173,8 +180,10 @@ def test_transaction_mode_no_process_is_ended_and_the_outcome_is_unknown(
     start: Any,
 ) -> None:
     setup: Setup = start("transaction", 3)
-    wallet_id = setup.pocket.create_wallet("u")
-    setup.pocket.add_money(wallet_id, Decimal("1"), "first")
+    wallet_id = setup.pocket.open_wallet(OpenWallet(user_id="u"))
+    setup.pocket.add_money(
+        AddMoney(wallet_id=wallet_id, amount=Decimal("1"), source="first")
+    )
     first = backend_of(setup.pocket)
     url = setup.bouncer.url_for(setup.url.rsplit("/", 1)[1])
     # Other clients take every server process, and keep the one Pocket's
