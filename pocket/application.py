@@ -8,10 +8,10 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any, ClassVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import InfrastructureFactory, IntegrityError
+from eventsourcing.persistence import InfrastructureFactory
 from eventsourcing.system import Leader
 from eventsourcing.utils import Environment
 
@@ -23,7 +23,6 @@ from pocket.errors import (
     IdempotencyKeyReused,
     TokenRevoked,
     VersionNotFound,
-    WalletAlreadyExists,
     WalletNotFound,
 )
 from pocket.groupcommit import CommitStats, GroupCommitter, WritesHealth
@@ -128,14 +127,13 @@ class Pocket(Leader[UUID]):
 
     # Commands: one handler each, get, decide and save (see pocket.unitofwork).
 
-    def open_wallet(self, command: OpenWallet) -> UUID:
+    @handler
+    def open_wallet(self, command: OpenWallet, wallets: Wallets) -> UUID:
         """Opens an empty wallet for a user; returns its id."""
-        wallet = Wallet.open(command.user_id, command.wallet_id, command.cause)
-        try:
-            self.save(wallet)
-        except IntegrityError:
-            raise WalletAlreadyExists(wallet.id) from None
-        return wallet.id
+        wallet = wallets.create(
+            Wallet.open(command.user_id, command.wallet_id, command.cause)
+        )
+        return wallets.save(wallet.id)
 
     @handler
     def add_money(self, command: AddMoney, wallets: Wallets) -> WalletInfo:
@@ -155,17 +153,20 @@ class Pocket(Leader[UUID]):
     def transfer(self, command: Transfer, wallets: Wallets) -> TransferInfo:
         """Moves money between two wallets: both sides in one transaction, or none."""
         sender, receiver = wallets.get_all(command.sender_id, command.receiver_id)
+        # Each transfer made has an id of its own, named in both wallets' events
+        # (a command object sent twice, with no key, makes two).
+        transfer_id = uuid4()
         transfer(
             sender,
             receiver,
             amount=command.amount,
             description=command.description,
-            transfer_id=command.transfer_id,
+            transfer_id=transfer_id,
             cause=command.cause,
         )
         return wallets.save(
             TransferInfo(
-                command.transfer_id,
+                transfer_id,
                 check_amount(command.amount),
                 command.description,
                 WalletInfo.of(sender),

@@ -89,8 +89,6 @@ class Transfer(Command):
     receiver_id: UUID
     amount: Decimal
     description: str = ""
-    # The transfer's own id, named in both wallets' events.
-    transfer_id: UUID = field(default_factory=uuid4)
 
     def fingerprint(self) -> tuple[object, ...]:
         return (

@@ -1,16 +1,18 @@
 """The library's SQLite infrastructure, with the commands' guards checked in the
-transaction that inserts their events (see pocket.guards).
+transaction that inserts their events (see pocket.guards), and each aggregate's
+new events refused unless they follow a stored one.
 
-SQLite runs one writing transaction at a time, so the users' token hashes read
-in it, after its inserts, cannot change before it commits.
+SQLite runs one writing transaction at a time, so the users' token hashes and
+the versions read in it, after its inserts, cannot change before it commits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from uuid import UUID
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.sqlite import (
     SQLiteApplicationRecorder,
     SQLiteCursor,
@@ -21,7 +23,17 @@ from pocket.guards import GuardsBroken, TokenGuard, broken_guards
 
 
 class PocketSQLiteEventsRecorder(SQLiteApplicationRecorder):
-    """Events: the library's recorder, refusing a batch whose guards do not hold."""
+    """Events: the library's recorder, refusing a batch whose guards do not hold,
+    or whose events do not follow their aggregates' stored ones.
+
+    The library refuses a version that is taken; Pocket also refuses one whose
+    predecessor is not stored: a command decided on the events of a save still
+    being written (pocket.unitofwork) must fail if that save does, or a wallet
+    would hold a history with a hole in it, and a balance from nowhere.
+    """
+
+    # Whether this recorder refuses events that do not follow a stored one.
+    checks_follows = True
 
     def _insert_events(
         self,
@@ -33,6 +45,19 @@ class PocketSQLiteEventsRecorder(SQLiteApplicationRecorder):
         # be), so the token hashes read next cannot change before the commit; a
         # read first would make the insert fail at once on a busy database.
         notification_ids = super()._insert_events(c, stored_events, **kwargs)
+        firsts: dict[UUID | str, int] = {}
+        for event in stored_events:
+            firsts.setdefault(event.originator_id, event.originator_version)
+        for originator_id, version in firsts.items():
+            if version > 1:
+                c.execute(
+                    f"SELECT 1 FROM {self.events_table_name} "
+                    "WHERE originator_id = ? AND originator_version = ?",
+                    (stored_id(originator_id), version - 1),
+                )
+                if c.fetchone() is None:
+                    msg = f"Version {version} of {originator_id} follows none stored"
+                    raise IntegrityError(msg)  # The transaction is rolled back.
         guards: Sequence[TokenGuard] = kwargs.get("guards") or ()
         if guards:
             ids = sorted({g.user_id for g in guards})
@@ -46,6 +71,11 @@ class PocketSQLiteEventsRecorder(SQLiteApplicationRecorder):
             if broken:
                 raise GuardsBroken(broken)  # The transaction is rolled back.
         return notification_ids
+
+
+def stored_id(originator_id: UUID | str) -> str:
+    """An aggregate id as the library's SQLite tables hold it."""
+    return originator_id.hex if isinstance(originator_id, UUID) else originator_id
 
 
 class PocketSQLiteFactory(SQLiteFactory):

@@ -44,7 +44,7 @@ from eventsourcing.persistence import (
 
 from pocket.commands import Command
 from pocket.domainmodel import CommandRecord, Wallet
-from pocket.errors import ConcurrencyConflict, PocketError
+from pocket.errors import ConcurrencyConflict, PocketError, WalletAlreadyExists
 from pocket.groupcommit import Conflict, GroupCommitter, Save
 from pocket.guards import GuardsBroken, TokenGuard
 from pocket.idempotency import KeyedCommands
@@ -171,9 +171,11 @@ class UnitOfWork:
 class Wallets:
     """A handler's wallets: got (locked, newest state) and saved together."""
 
-    def __init__(self, work: UnitOfWork, command: Command) -> None:
+    def __init__(self, work: UnitOfWork, command: Command, attempt: int = 1) -> None:
         self.work = work
         self.command = command
+        # Which run of the handler this is (after conflicts, the second, ...).
+        self.attempt = attempt
         self.entries: list[Entry] = []
         self.seen: dict[UUID, Seen] = {}
         self.held = False
@@ -214,6 +216,8 @@ class Wallets:
         wallets = []
         for wallet_id in wallet_ids:
             entry = by_id[wallet_id]
+            if not store.checks_follows and not self._settled(entry):
+                loaded.update(store.load([wallet_id]))
             fresh = wallet_id in loaded
             if fresh:
                 entry.wallet, entry.head = loaded[entry.wallet_id]
@@ -226,6 +230,24 @@ class Wallets:
             )
             wallets.append(entry.wallet)
         return wallets
+
+    def create(self, wallet: Wallet) -> Wallet:
+        """A new wallet, to be saved with the handler's save; WalletAlreadyExists
+        if one with its id is stored (or cached) already."""
+        if self.entries:
+            msg = "A handler gets all its wallets in one call"
+            raise RuntimeError(msg)
+        (entry,) = self.entries = self.work.cache.acquire([wallet.id])
+        self.held = True
+        # Where nothing says it exists, the insert will (a conflict), and the
+        # handler runs again: then it is looked for.
+        if entry.wallet is not None or (
+            self.attempt > 1 and self.work.store.latest(wallet.id)[0]
+        ):
+            raise WalletAlreadyExists(wallet.id)
+        entry.wallet, entry.head, entry.last = wallet, None, None
+        self.seen[wallet.id] = Seen(entry, 0, None, None, loaded=True)
+        return wallet
 
     def save(self, answer: R) -> R:
         """Saves the wallets' new events (with the command's record, if it is
@@ -326,6 +348,17 @@ class Wallets:
             self.work.confirm(self.command.guard, [])
         return True
 
+    def _settled(self, entry: Entry) -> bool:
+        """Waits for the last save staged on a wallet, where the event store
+        would not refuse a save decided on one that then failed (the library's
+        in-memory store checks versions, not what they follow); returns
+        whether it went through."""
+        last = entry.last
+        if last is None:
+            return True
+        last.settled.wait(self.work.committer.stalled_seconds * 2)
+        return last.answered and last.error is None
+
     def _refresh(self, entry: Entry) -> bool:
         """Brings a cached wallet up to date with the events written elsewhere
         since; reads it whole if its head is not the one stored (returns
@@ -360,7 +393,7 @@ def handler(method: Callable[[A, C, Wallets], R]) -> Callable[[A, C], R]:
         wallets = Wallets(work, command)
         with work.keyed.claim(key), work.deadline():
             for attempt in range(1, work.max_attempts + 1):
-                wallets = Wallets(work, command)
+                wallets = Wallets(work, command, attempt)
                 try:
                     replayed: R | None = wallets.replay()
                     if replayed is not None:

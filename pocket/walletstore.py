@@ -54,6 +54,13 @@ class WalletStore:
         self._latest_states: Composed | None = None
         self._newer_events: Composed | None = None
         self._latest_event: Composed | None = None
+        # Whether the event store refuses events that do not follow a stored
+        # one (Pocket's recorders do: PostgreSQL's insert function also checks
+        # the one they were decided on): then a handler may decide on events
+        # staged and not yet committed.
+        self.checks_follows = self.recorder is not None or getattr(
+            recorder, "checks_follows", False
+        )
         if self.recorder is not None and app.snapshots is not None:
             datastore, table = self.recorder.datastore, self.recorder.events_table_name
             self._latest_states = latest_states_statement(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -15,7 +16,6 @@ from pocket.application import Pocket
 from pocket.bootstrap import bootstrap
 from pocket.commands import AddMoney, DrawMoney, OpenWallet
 from pocket.config import Settings
-from pocket.domainmodel import Wallet
 from pocket.errors import (
     InsufficientFunds,
     InvalidAmount,
@@ -23,6 +23,7 @@ from pocket.errors import (
     WalletNotFound,
 )
 from pocket.service import PocketService
+from pocket.walletstore import Loaded
 from tests.money import add_money
 
 
@@ -220,7 +221,7 @@ def test_a_batch_reads_its_uncached_wallets_in_one_read(
     cold = Pocket(env=dict(postgres_settings.env))  # a new process: nothing cached
     try:
         missing = uuid4()
-        read = cold._get_many({short, long, snapped, missing})
+        read = cold.work.store.load_many({short, long, snapped, missing})
         assert set(read) == {short, long, snapped}  # what does not exist is left out
         for wallet_id, (wallet, head) in read.items():
             loaded = cold._get(wallet_id)
@@ -235,22 +236,30 @@ def test_a_batch_reads_its_uncached_wallets_in_one_read(
         cold.close()
 
 
-def test_commands_on_wallets_new_to_a_process_load_no_wallet_one_by_one(
+def test_commands_on_wallets_new_to_a_process_read_each_wallet_in_one_statement(
     postgres_settings: Settings,
 ) -> None:
     writer = Pocket(env=dict(postgres_settings.env))
     wallets = [writer.open_wallet(OpenWallet(user_id=f"u{n}")) for n in range(16)]
     writer.close()
     cold = Pocket(env=dict(postgres_settings.env))
-    committer = cold._committer
-    singles: list[UUID] = []
-    load = committer.load
+    store = cold.work.store
+    reads: list[set[UUID]] = []
+    load_many = store.load_many
 
-    def load_one(wallet_id: UUID) -> Wallet:
-        singles.append(wallet_id)
-        return load(wallet_id)
+    def read(wallet_ids: Collection[UUID]) -> Loaded:
+        reads.append(set(wallet_ids))
+        return load_many(wallet_ids)
 
-    committer.load = load_one
+    store.load_many = read  # type: ignore[method-assign]
+    repository_reads: list[UUID] = []
+    get = cold.repository.get
+
+    def repository_get(wallet_id: UUID, **kwargs: Any) -> Any:
+        repository_reads.append(wallet_id)
+        return get(wallet_id, **kwargs)
+
+    cold.repository.get = repository_get  # type: ignore[method-assign,assignment]
     start = threading.Barrier(16)
 
     def add(wallet_id: UUID) -> Decimal:
@@ -263,8 +272,12 @@ def test_commands_on_wallets_new_to_a_process_load_no_wallet_one_by_one(
         with ThreadPoolExecutor(16) as pool:
             balances = list(pool.map(add, wallets))
         assert balances == [Decimal("2.50")] * 16
-        assert singles == []  # every uncached wallet came with its batch's one read
-        assert committer.batches < 16  # and the commands did share batches
+        # Each uncached wallet came in one statement (its snapshot, its events
+        # and its head), read in its caller's thread, once; none through the
+        # repository's reads, a query for the snapshot and another for events.
+        assert sorted(w for ids in reads for w in ids) == sorted(wallets)
+        assert repository_reads == []
+        assert cold.commit_counts[0] < 16  # and the commands did share writes
     finally:
         cold.close()
 

@@ -1,5 +1,6 @@
-"""Failures in awkward places: a reply lost after a commit, a rule that breaks
-after changing a wallet, a token replaced during its own lookup."""
+"""Failures in awkward places: a reply lost after a commit, a token replaced
+during its own lookup. (A handler that breaks after changing a wallet:
+tests/integration/test_unitofwork.py.)"""
 
 from __future__ import annotations
 
@@ -20,9 +21,6 @@ from pocket.application import Pocket
 from pocket.bootstrap import bootstrap, open_pocket
 from pocket.commands import AddMoney, OpenWallet
 from pocket.config import Settings
-from pocket.domainmodel import Cause, Wallet
-from pocket.errors import InsufficientFunds
-from pocket.groupcommit import Command, GroupCommitter
 from pocket.postgres_events import PocketEventsRecorder
 from pocket.tokens import TokenCache
 from pocket.web.handlers import lost_connection
@@ -97,38 +95,6 @@ def test_a_batch_of_another_writer_is_a_conflict_not_ours(
         recorder._already_written([mine])
     assert recorder._already_written([theirs]) is not None
     assert recorder._already_written([StoredEvent(wallet_id, 3, "x", b"{}")]) is None
-
-
-def test_a_command_that_breaks_after_changing_its_wallet_fails_alone(
-    sql_settings: Settings,
-) -> None:
-    pocket = open_pocket(sql_settings)
-    try:
-        good, bad = pocket.create_wallet("good"), pocket.create_wallet("bad")
-        committer = GroupCommitter(
-            pocket.repository.get,
-            pocket.save,
-            lambda _: False,
-        )
-
-        def half_done(wallets: list[Wallet]) -> None:
-            wallets[0].add_money(Decimal("5"), "half", Cause())
-            raise InsufficientFunds(Decimal(0), Decimal(1))
-
-        def fine(wallets: list[Wallet]) -> Decimal:
-            wallets[0].add_money(Decimal("1"), "whole", Cause())
-            return wallets[0].balance
-
-        broken = Command([bad], half_done, lambda: None, lambda _: None)
-        sound = Command([good], fine, lambda: None, lambda _: None)
-        committer._commit([broken, sound])
-        assert broken.failed
-        assert isinstance(broken.outcome, InsufficientFunds)
-        assert (sound.failed, sound.outcome) == (False, Decimal("1.00"))
-        assert pocket.get_wallet(bad).version == 1  # the half change was not saved
-        assert pocket.get_wallet(good).balance == Decimal("1.00")
-    finally:
-        pocket.close()
 
 
 def test_a_token_replaced_during_its_lookup_is_not_cached(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from decimal import Decimal
 from uuid import UUID, uuid4
 
@@ -24,8 +24,8 @@ from pocket.database import Database
 from pocket.deadlines import WriteNotConfirmed, WritesStalled
 from pocket.domainmodel import Cause
 from pocket.errors import InsufficientFunds
-from pocket.groupcommit import Loaded
 from pocket.postgres_events import PocketEventsRecorder
+from pocket.walletstore import Loaded
 from tests.pgserver import ReplicatedPair
 
 
@@ -136,22 +136,21 @@ def test_a_cached_wallet_whose_history_was_lost_is_read_again_not_refreshed(
         # so the draw would be refused either way; an event that carries a
         # change, not a result, would not be.)
         read_whole: list[set[UUID]] = []
-        committer = a._committer
-        load_many = committer.load_many
-        assert load_many is not None
+        store = a.work.store
+        load_many = store.load_many
 
-        def spied(ids: set[UUID]) -> Loaded:
+        def spied(ids: Collection[UUID]) -> Loaded:
             read_whole.append(set(ids))
             return load_many(ids)
 
-        committer.load_many = spied
-        committer.contended_until = time.monotonic() + 10
+        store.load_many = spied  # type: ignore[method-assign,assignment]
+        a.work.contended_until = time.monotonic() + 10
         with pytest.raises(InsufficientFunds):
             a.draw_money(
                 DrawMoney(wallet_id=wallet_id, amount=Decimal(10), destination="atm")
             )
         assert read_whole == [{wallet_id}]
-        assert committer.heads[wallet_id] == head_of(b, wallet_id)
+        assert a.work.cache.entries[wallet_id].head == head_of(b, wallet_id)
         assert a.get_wallet(wallet_id).balance == Decimal("2.00")
     finally:
         a.close()

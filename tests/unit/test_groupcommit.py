@@ -46,7 +46,7 @@ class Table:
         time.sleep(self.delay)
         with self.lock:
             self.inserts.append(
-                [(e.originator_id, e.originator_version) for e in events]
+                [(UUID(str(e.originator_id)), e.originator_version) for e in events]
             )
             self.kwargs.append(kwargs)
             if self.faults and events:
@@ -61,7 +61,9 @@ class Table:
             priors: dict[UUID, bytes] = kwargs.get("priors", {})
             firsts: dict[UUID, int] = {}
             for event in events:
-                firsts.setdefault(event.originator_id, event.originator_version)
+                firsts.setdefault(
+                    UUID(str(event.originator_id)), event.originator_version
+                )
             for wallet_id, version in firsts.items():
                 before = self.events.get((wallet_id, version - 1))
                 if version > 1 and before is None:
@@ -74,7 +76,9 @@ class Table:
                     raise IntegrityError("version taken")
             ids = []
             for event in events:
-                self.events[event.originator_id, event.originator_version] = event
+                self.events[
+                    UUID(str(event.originator_id)), event.originator_version
+                ] = event
                 ids.append(self.next_id)
                 self.next_id += 1
             return ids

@@ -325,7 +325,7 @@ def test_a_key_still_in_flight_is_409(
     ann = sign_up(client, money="50")
     before = head(service)
     # Hold the key as a request in progress would.
-    with service.pocket._keyed.claim(Idempotency(f"user:{ann.id}:busy", "")):
+    with service.pocket.work.keyed.claim(Idempotency(f"user:{ann.id}:busy", "")):
         answer = client.post(
             f"/users/{ann.id}/add_money",
             json={"amount": "1", "source": "x"},

@@ -110,15 +110,22 @@ def test_refusals_are_counted_by_status_and_code(client: FlaskClient) -> None:
 
 
 def test_group_commits_are_counted_by_their_size(client: FlaskClient) -> None:
-    user_id, auth = signed_up(client, "Ann")
+    user_id, auth = signed_up(client, "Ann")  # Its wallet opened: one batch.
+    before = metrics(client)
     for _ in range(3):
         body = {"amount": "1", "source": "x"}
         client.post(f"/users/{user_id}/add_money", json=body, headers=auth)
     samples = metrics(client)
+
+    def added(name: str, **labels: str) -> float:
+        now, then = value(samples, name, **labels), value(before, name, **labels)
+        assert now is not None and then is not None
+        return now - then
+
     # One at a time: each batch held one command.
-    assert value(samples, "pocket_group_commit_batch_size_bucket", le="1") == 3
-    assert value(samples, "pocket_group_commit_batch_size_count") == 3
-    assert value(samples, "pocket_group_commit_batch_size_sum") == 3
+    assert added("pocket_group_commit_batch_size_bucket", le="1") == 3
+    assert added("pocket_group_commit_batch_size_count") == 3
+    assert added("pocket_group_commit_batch_size_sum") == 3
     assert value(samples, "pocket_group_commit_retries_total") == 0
 
 
