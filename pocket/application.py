@@ -93,9 +93,7 @@ class Pocket(Leader[UUID]):
             else functools.partial(watchdog.deadline, timeout)
         )
         self._committer = GroupCommitter(
-            recorder.insert_events,
-            stalled_seconds=min(STALLED_SECONDS, timeout),
-            deadline=deadline,
+            recorder.insert_events, stalled_seconds=min(STALLED_SECONDS, timeout)
         )
         self.work = UnitOfWork(
             store=WalletStore(self),

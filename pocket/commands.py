@@ -39,6 +39,11 @@ class Command:
         """Its idempotency key and fingerprint, if it has a command id."""
         return idempotency(self.command_id, *self.fingerprint())
 
+    def wallet_ids(self) -> tuple[UUID, ...]:
+        """The stored wallets it is about (read before its handler runs, with
+        the other commands' of its batch, in one read)."""
+        raise NotImplementedError
+
     def fingerprint(self) -> tuple[object, ...]:
         """What it asks for, to tell a resend from another command under the
         same key. The parts, and their order, are those records have been
@@ -53,6 +58,9 @@ class OpenWallet(Command):
     user_id: str
     wallet_id: UUID = field(default_factory=uuid4)
 
+    def wallet_ids(self) -> tuple[UUID, ...]:
+        return ()  # A new wallet: there is none to read.
+
     def fingerprint(self) -> tuple[object, ...]:
         return ("open", self.user_id, self.wallet_id)
 
@@ -64,6 +72,9 @@ class AddMoney(Command):
     wallet_id: UUID
     amount: Decimal
     source: str
+
+    def wallet_ids(self) -> tuple[UUID, ...]:
+        return (self.wallet_id,)
 
     def fingerprint(self) -> tuple[object, ...]:
         return ("add_money", self.wallet_id, self.amount, self.source)
@@ -77,6 +88,9 @@ class DrawMoney(Command):
     amount: Decimal
     destination: str
 
+    def wallet_ids(self) -> tuple[UUID, ...]:
+        return (self.wallet_id,)
+
     def fingerprint(self) -> tuple[object, ...]:
         return ("draw_money", self.wallet_id, self.amount, self.destination)
 
@@ -89,6 +103,9 @@ class Transfer(Command):
     receiver_id: UUID
     amount: Decimal
     description: str = ""
+
+    def wallet_ids(self) -> tuple[UUID, ...]:
+        return (self.sender_id, self.receiver_id)
 
     def fingerprint(self) -> tuple[object, ...]:
         return (
@@ -105,6 +122,9 @@ class CloseWallet(Command):
     """Close an empty wallet for good (its history stays readable)."""
 
     wallet_id: UUID
+
+    def wallet_ids(self) -> tuple[UUID, ...]:
+        return (self.wallet_id,)
 
     def fingerprint(self) -> tuple[object, ...]:
         return ("close", self.wallet_id)

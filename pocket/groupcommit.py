@@ -1,27 +1,24 @@
-"""Group commit, beneath the handlers' saves: the saves that arrive together are
-written in one transaction, each caller still hearing its own outcome.
+"""Group commit, beneath the handlers' saves: the saves of many handlers are
+written in one transaction, each still hearing its own outcome.
 
 PostgreSQL serializes writers to one event store (the insert locks the table),
-so more threads do not make more commits: batching does. A handler stages its
-save (its events as stored, the head each wallet was decided on, its guard) and
-waits; the first caller to find nobody writing leads: it writes every staged
-save at once, in the order they were staged, and hands the lead to a waiting
-caller if more arrived meanwhile. The committer decides nothing and reads
+so more threads do not make more commits: batching does. The unit of work runs
+the handlers of the commands that arrive together and hands their saves (their
+events as stored, the head each wallet was decided on, their guards) to the
+committer, which writes them at once, in order. It decides nothing and reads
 nothing: it knows stored events, not wallets, and never calls the application.
 
 When a batch is refused as a conflict (one save's wallet had moved on: another
 process wrote it, or a failover lost what it was decided on), the committer
 cannot tell which save it was, so it writes each save of the batch alone, in
-order, and each caller hears its own outcome: a Conflict (decide again) for the
-saves that do not follow what is stored, the notification ids for the rest. A
-batch refused because some guards no longer hold fails those saves and writes
-the others.
+order: each hears its own outcome, a Conflict (decide it again) or its
+notification ids. A batch refused because some guards no longer hold fails
+those saves and writes the others.
 
-No wait is unbounded: the insert itself is interrupted past the commit timeout
-(pocket.deadlines), and once a write has been waiting STALLED_SECONDS, the
-callers waiting behind it, and new ones, are answered at once (503), so that a
-database that does not confirm writes (a synchronous standby gone) holds one of
-the server's threads, not all of them.
+No write is unbounded: the insert is interrupted past the commit timeout
+(pocket.deadlines), and the committer says since when a write has been waiting,
+so that the callers behind one that stalls (a synchronous standby gone) are
+answered at once (pocket.unitofwork).
 """
 
 from __future__ import annotations
@@ -31,7 +28,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -42,8 +38,6 @@ from pocket.deadlines import STALLED_SECONDS, WriteNotConfirmed, WritesStalled
 from pocket.guards import GuardsBroken, TokenGuard
 
 log = logging.getLogger(__name__)
-# How often a caller waiting for its outcome looks whether the write has stalled.
-WAIT_TICK_SECONDS = 0.05
 # The recorder's insert: events, then guards, priors and answered as keywords
 # (see pocket.postgres_events.PocketEventsRecorder.insert_events).
 Insert = Callable[..., Sequence[int] | None]
@@ -74,22 +68,12 @@ class Save:
     # The outcome: the events' notification ids, or the error.
     notification_ids: Sequence[int] = ()
     error: BaseException | None = None
-    # On the save whose caller led the write: every save that write committed.
-    batch: list[Save] = field(default_factory=list)
-    # Whether its caller leads (at staging, or handed the lead later).
-    leads: bool = False
     answered: bool = False
-    # Set to wake its caller: answered, or handed the lead.
-    woken: threading.Event = field(default_factory=threading.Event)
-    # Set once it is answered (for others who wait for its outcome).
-    settled: threading.Event = field(default_factory=threading.Event)
 
     def answer(self, error: BaseException | None = None) -> None:
-        """Gives the outcome to the waiting caller."""
+        """Records the outcome."""
         self.error = error
         self.answered = True
-        self.settled.set()
-        self.woken.set()
 
 
 @dataclass(frozen=True)
@@ -113,29 +97,12 @@ class CommitStats:
 
 
 class GroupCommitter:
-    """Writes this process's staged saves, many to a transaction.
-
-    No thread of its own: the caller who stages a save while nobody is writing
-    leads; the others wait for their outcome, or for the lead.
-    """
+    """Writes batches of saves, many to a transaction; counts how it went."""
 
     def __init__(
-        self,
-        insert: Insert,
-        *,
-        max_batch: int = 256,
-        linger: float = 0.0005,
-        stalled_seconds: float = STALLED_SECONDS,
-        deadline: Callable[[], AbstractContextManager[object]] = nullcontext,
+        self, insert: Insert, *, stalled_seconds: float = STALLED_SECONDS
     ) -> None:
         self.insert = insert
-        self.max_batch = max_batch
-        # How long a leader waits for the callers of the last batch, likely on
-        # their way back with their next save, so that they share this write.
-        self.linger = linger
-        self.expected = 0
-        # What bounds one write (pocket.deadlines on PostgreSQL).
-        self.deadline = deadline
         # Since when (monotonic) the write in flight has been waiting, and after
         # how long that counts as stalled.
         self.writing_since: float | None = None
@@ -145,78 +112,55 @@ class GroupCommitter:
         self.unconfirmed: tuple[float, str] | None = None
         self.unconfirmed_batches = 0
         self.lock = threading.Lock()
-        # Notified when as many saves wait as the leader expects.
-        self.arrived = threading.Condition(self.lock)
-        self.pending: list[Save] = []
-        self.leading = False
         # How many transactions carried how many saves, and how many conflicts.
         self.batches = 0
         self.commands = 0
         self.batch_sizes: Counter[int] = Counter()
         self.retries = 0
 
-    def stage(self, save: Save) -> None:
-        """Queues a save for the next write (its caller holds its wallets, so
-        saves of one wallet are queued in the order they were decided).
-
-        Raises WritesStalled, and queues nothing, while the write in flight has
-        stalled.
-        """
-        with self.lock:
-            if self._stalled():
-                raise WritesStalled(self._stalled_why())
-            self.pending.append(save)
-            save.leads = not self.leading
-            self.leading = True
-            if len(self.pending) == self.expected:
-                self.arrived.notify()
-
-    def commit(self, save: Save) -> Save:
-        """Waits until a staged save is written (writing it, and the others
-        staged with it, if its caller leads); returns it with its notification
-        ids.
-
-        Raises Conflict or GuardsBroken (nothing of it was written), WritesStalled
-        (the write in flight stalled; it was not sent), WriteNotConfirmed (its
-        own write stalled: it may yet be made, and a resend with its key makes
-        it exactly once), or the database's error.
-        """
-        while not save.answered:
-            if not save.leads:
-                self._wait(save)
+    def write(self, saves: Sequence[Save]) -> None:
+        """Writes the saves in one transaction where it can; answers each: its
+        notification ids, or Conflict or GuardsBroken (nothing of it written),
+        or the database's error (WriteNotConfirmed: it may yet be made)."""
+        batch = list(saves)
+        if not batch:
+            return
+        with self.lock:  # Counted under the lock, so that stats() reads them whole.
+            self.batches += 1
+            self.commands += len(batch)
+            self.batch_sizes[len(batch)] += 1
+        while batch:
+            try:
+                self._insert(batch)
+            except GuardsBroken as broken:
+                batch = self._fail_broken(batch, broken)
                 continue
-            batch = self._take()
-            while batch:
-                events, kwargs = arguments(batch)
-                try:
-                    with self.deadline(), self._writing():
-                        ids = self.insert(events, **kwargs)
-                except GuardsBroken as broken:
-                    batch = self._fail_broken(batch, broken)
-                    continue
-                except IntegrityError:
-                    self._count_conflict()
-                    if len(batch) > 1:
-                        self._write_alone(batch)
-                    else:
-                        batch[0].answer(Conflict())
-                except Exception as error:  # The database failed: every caller hears.
-                    self._fail(batch, error)
+            except IntegrityError:
+                if len(batch) > 1:
+                    for save in batch:
+                        self._write_alone(save)
                 else:
-                    self._succeed(batch, ids or ())
-                save.batch.extend(s for s in batch if s.error is None)
-                break
-            self._pass_lead()
-        if save.error is not None:
-            raise save.error
-        return save
+                    batch[0].answer(Conflict())
+            except Exception as error:  # The database failed: every save hears.
+                self._fail(batch, error)
+            break
+
+    def stalled(self) -> bool:
+        """Whether the write in flight has been waiting too long."""
+        since = self.writing_since
+        return since is not None and time.monotonic() - since > self.stalled_seconds
+
+    def stalled_why(self) -> str:
+        """How long the write in flight has been waiting."""
+        since = self.writing_since
+        waited = 0.0 if since is None else time.monotonic() - since
+        return f"The database has not confirmed a write for {waited:.1f} s"
 
     def health(self) -> WritesHealth:
         """Whether this process's writes go through now."""
         with self.lock:
-            if self._stalled():
-                since = self.writing_since
-                assert since is not None
+            since = self.writing_since
+            if since is not None and time.monotonic() - since > self.stalled_seconds:
                 started = time.time() - (time.monotonic() - since)
                 return WritesHealth(started, "a commit has not been confirmed yet")
             if self.unconfirmed is not None:
@@ -240,52 +184,21 @@ class GroupCommitter:
                 self.commands / self.batches,
             )
 
-    # The leader's steps
-
-    def _take(self) -> list[Save]:
-        """The saves waiting, up to a batch, after a moment's wait for the
-        callers of the last batch."""
+    def _insert(self, batch: list[Save]) -> None:
+        """One insert of a batch, timed (see stalled); answers each save on
+        success, counts a conflict."""
+        events, kwargs = arguments(batch)
         with self.lock:
-            if len(self.pending) < self.expected:
-                self.arrived.wait(self.linger)
-            batch = self.pending[: self.max_batch]
-            del self.pending[: self.max_batch]
-            waiting = len(self.pending)
-            self.batches += 1
-            self.commands += len(batch)
-            self.batch_sizes[len(batch)] += 1
-        self.expected = len(batch) + waiting if len(batch) > 1 else 0
-        return batch
-
-    def _pass_lead(self) -> None:
-        """Hands the lead to the first save staged meanwhile, if any."""
-        with self.lock:
-            if self.pending:
-                successor = self.pending[0]
-                successor.leads = True
-                successor.woken.set()
-            else:
-                self.leading = False
-
-    def _write_alone(self, batch: list[Save]) -> None:
-        """Writes each save of a batch refused as a conflict on its own, in
-        order: each meets its own conflict, or goes through."""
-        for save in batch:
-            events, kwargs = arguments([save])
-            try:
-                with self.deadline(), self._writing():
-                    ids = self.insert(events, **kwargs)
-            except GuardsBroken as broken:
-                save.answer(broken)
-            except IntegrityError:
-                self._count_conflict()
-                save.answer(Conflict())
-            except Exception as error:
-                self._fail([save], error)
-            else:
-                self._succeed([save], ids or ())
-
-    def _succeed(self, batch: list[Save], ids: Sequence[int]) -> None:
+            self.writing_since = time.monotonic()
+        try:
+            ids = self.insert(events, **kwargs) or ()
+        except IntegrityError:
+            with self.lock:
+                self.retries += 1
+            raise
+        finally:
+            with self.lock:
+                self.writing_since = None
         self.unconfirmed = None
         position = 0
         for save in batch:
@@ -293,6 +206,18 @@ class GroupCommitter:
             save.notification_ids = ids[position : position + count]
             position += count
             save.answer()
+
+    def _write_alone(self, save: Save) -> None:
+        """Writes one save of a batch refused as a conflict: it meets its own
+        conflict, or goes through."""
+        try:
+            self._insert([save])
+        except GuardsBroken as broken:
+            save.answer(broken)
+        except IntegrityError:
+            save.answer(Conflict())
+        except Exception as error:
+            self._fail([save], error)
 
     def _fail(self, batch: list[Save], error: Exception) -> None:
         if isinstance(error, WriteNotConfirmed | WritesStalled):
@@ -302,64 +227,14 @@ class GroupCommitter:
         for save in batch:
             save.answer(error)
 
-    def _fail_broken(self, batch: list[Save], broken: GuardsBroken) -> list[Save]:
+    @staticmethod
+    def _fail_broken(batch: list[Save], broken: GuardsBroken) -> list[Save]:
         """Nothing was written: the saves whose guards broke (their tokens were
         replaced) fail; returns the rest, to be written."""
         for save in batch:
             if any(broken.broke(guard) for guard in save.guards):
                 save.answer(broken)
         return [s for s in batch if not s.answered]
-
-    def _count_conflict(self) -> None:
-        with self.lock:
-            self.retries += 1
-
-    def _writing(self) -> AbstractContextManager[None]:
-        """Times a write: once it has waited stalled_seconds, the callers behind
-        it are answered at once (see _wait)."""
-        return _Timed(self)
-
-    # The others' wait
-
-    def _wait(self, save: Save) -> None:
-        """Waits for the outcome, or the lead, for as long as writes go through."""
-        while not save.woken.wait(WAIT_TICK_SECONDS):
-            with self.lock:
-                if save.woken.is_set() or not self._stalled():
-                    continue
-                if save in self.pending:
-                    # Not sent: it never will be.
-                    self.pending.remove(save)
-                    raise WritesStalled(self._stalled_why())
-            # In the write in flight: it may yet be made. The caller hears so
-            # now, and its thread is free; the write goes on.
-            msg = "The database has not confirmed the write yet"
-            raise WriteNotConfirmed(msg)
-
-    def _stalled(self) -> bool:
-        """Whether the write in flight has been waiting too long (under the lock)."""
-        since = self.writing_since
-        return since is not None and time.monotonic() - since > self.stalled_seconds
-
-    def _stalled_why(self) -> str:
-        assert self.writing_since is not None
-        waited = time.monotonic() - self.writing_since
-        return f"The database has not confirmed a write for {waited:.1f} s"
-
-
-class _Timed:
-    """Marks a committer as writing, from entry to exit."""
-
-    def __init__(self, committer: GroupCommitter) -> None:
-        self.committer = committer
-
-    def __enter__(self) -> None:
-        with self.committer.lock:
-            self.committer.writing_since = time.monotonic()
-
-    def __exit__(self, *exc: object) -> None:
-        with self.committer.lock:
-            self.committer.writing_since = None
 
 
 def arguments(batch: Sequence[Save]) -> tuple[list[StoredEvent], dict[str, Any]]:

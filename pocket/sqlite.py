@@ -8,7 +8,8 @@ the versions read in it, after its inserts, cannot change before it commits.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -24,12 +25,15 @@ from pocket.guards import GuardsBroken, TokenGuard, broken_guards
 
 class PocketSQLiteEventsRecorder(SQLiteApplicationRecorder):
     """Events: the library's recorder, refusing a batch whose guards do not hold,
-    or whose events do not follow their aggregates' stored ones.
+    or whose events do not follow the stored ones they were decided on.
 
     The library refuses a version that is taken; Pocket also refuses one whose
-    predecessor is not stored: a command decided on the events of a save still
-    being written (pocket.unitofwork) must fail if that save does, or a wallet
-    would hold a history with a hole in it, and a balance from nowhere.
+    predecessor is not stored, or is not the event it was decided on (its
+    SHA-256, the prior, where the caller knows it), as PostgreSQL's insert
+    function does: a command decided on the events of a save written with it
+    (pocket.unitofwork) must fail if that save does, or a wallet would hold a
+    history with a hole in it, or another writer's event under its own, and a
+    balance from nowhere.
     """
 
     # Whether this recorder refuses events that do not follow a stored one.
@@ -45,18 +49,23 @@ class PocketSQLiteEventsRecorder(SQLiteApplicationRecorder):
         # be), so the token hashes read next cannot change before the commit; a
         # read first would make the insert fail at once on a busy database.
         notification_ids = super()._insert_events(c, stored_events, **kwargs)
+        priors: Mapping[UUID | str, bytes] = kwargs.get("priors") or {}
         firsts: dict[UUID | str, int] = {}
         for event in stored_events:
             firsts.setdefault(event.originator_id, event.originator_version)
         for originator_id, version in firsts.items():
             if version > 1:
                 c.execute(
-                    f"SELECT 1 FROM {self.events_table_name} "
+                    f"SELECT state FROM {self.events_table_name} "
                     "WHERE originator_id = ? AND originator_version = ?",
                     (stored_id(originator_id), version - 1),
                 )
-                if c.fetchone() is None:
-                    msg = f"Version {version} of {originator_id} follows none stored"
+                row = c.fetchone()
+                prior = priors.get(originator_id)
+                if row is None or (
+                    prior is not None and hashlib.sha256(row[0]).digest() != prior
+                ):
+                    msg = f"Version {version} of {originator_id} does not follow"
                     raise IntegrityError(msg)  # The transaction is rolled back.
         guards: Sequence[TokenGuard] = kwargs.get("guards") or ()
         if guards:

@@ -38,12 +38,6 @@ from pocket.postgres_reads import latest_states_statement, newer_events_statemen
 Loaded = dict[UUID, tuple[Wallet, bytes | None]]
 
 
-class Stale(Exception):
-    """A cached wallet's head is not the stored event of its version (a failover
-    lost it): events after it would be applied to a history the database does
-    not hold. The wallet must be read again, whole."""
-
-
 class WalletStore:
     """Reads wallets for commands, from an application's event store."""
 
@@ -57,7 +51,7 @@ class WalletStore:
         # Whether the event store refuses events that do not follow a stored
         # one (Pocket's recorders do: PostgreSQL's insert function also checks
         # the one they were decided on): then a handler may decide on events
-        # staged and not yet committed.
+        # staged and not yet written.
         self.checks_follows = self.recorder is not None or getattr(
             recorder, "checks_follows", False
         )
@@ -114,23 +108,40 @@ class WalletStore:
                 raise WalletNotFound(wallet_id)
         return loaded
 
-    def refresh(self, wallet: Wallet, known: bytes | None) -> bytes | None:
-        """Applies to a cached wallet (in place) the events written since it was
-        read; returns its head now. Raises Stale if the stored event of its
-        version is not the one its head (known) names."""
+    def refresh(
+        self, wallets: dict[UUID, tuple[Wallet, bytes | None]]
+    ) -> tuple[dict[UUID, bytes | None], set[UUID]]:
+        """Applies to cached wallets (in place) the events written since they
+        were read, each with the head it was read at; returns the heads of
+        those it advanced, and the wallets it found stale: the stored event of
+        their version is not the one their head names (a failover lost it), so
+        events after it would be applied to a history the database does not
+        hold. On PostgreSQL one read; elsewhere one read each, and no heads."""
+        if not wallets:
+            return {}, set()
         if self._newer_events is None:
-            for event in self.app.events.get(wallet.id, gt=wallet.version):
+            for wallet, _ in wallets.values():
+                for event in self.app.events.get(wallet.id, gt=wallet.version):
+                    project_aggregate(wallet, [event])
+            return {}, set()
+        ids = list(wallets)
+        versions = [wallets[i][0].version for i in ids]
+        rows = self._read(self._newer_events, {"ids": ids, "versions": versions})
+        by_wallet: dict[UUID, list[Any]] = {}
+        for row in rows:
+            by_wallet.setdefault(row["originator_id"], []).append(row)
+        advanced: dict[UUID, bytes | None] = {}
+        stale: set[UUID] = set()
+        for wallet_id, (wallet, known) in wallets.items():
+            found = by_wallet.get(wallet_id, [])
+            if not found or known is None or head(bytes(found[0]["state"])) != known:
+                stale.add(wallet_id)
+                continue
+            for row in found[1:]:
+                event = self.app.mapper.to_domain_event(stored_event(row))
                 project_aggregate(wallet, [event])
-            return None
-        params = {"ids": [wallet.id], "versions": [wallet.version]}
-        rows = self._read(self._newer_events, params)
-        if not rows or known is None or head(bytes(rows[0]["state"])) != known:
-            raise Stale(wallet.id)
-        for row in rows[1:]:
-            project_aggregate(
-                wallet, [self.app.mapper.to_domain_event(stored_event(row))]
-            )
-        return head(bytes(rows[-1]["state"]))
+                advanced[wallet_id] = head(bytes(row["state"]))
+        return advanced, stale
 
     def latest(self, wallet_id: UUID) -> tuple[int, bytes | None]:
         """A wallet's latest stored version and its head (None where not known)."""

@@ -119,7 +119,8 @@ def test_group_commits_are_counted_by_their_size(client: FlaskClient) -> None:
 
     def added(name: str, **labels: str) -> float:
         now, then = value(samples, name, **labels), value(before, name, **labels)
-        assert now is not None and then is not None
+        assert now is not None
+        assert then is not None
         return now - then
 
     # One at a time: each batch held one command.
