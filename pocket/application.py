@@ -37,7 +37,8 @@ from pocket.results import (
     to_history_entry,
 )
 from pocket.sqlite import PocketSQLiteFactory
-from pocket.unitofwork import UnitOfWork, Wallets, handler
+from pocket.unitofwork import UnitOfWork, handler
+from pocket.wallets import Wallets
 from pocket.walletstore import WalletStore
 
 # What the application answers is defined in pocket.results, so that the modules

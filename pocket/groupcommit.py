@@ -23,11 +23,12 @@ answered at once (pocket.unitofwork).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -130,12 +131,15 @@ class GroupCommitter:
             self.commands += len(batch)
             self.batch_sizes[len(batch)] += 1
         while batch:
+            events, kwargs = arguments(batch)
             try:
-                self._insert(batch)
+                with self._timed():
+                    ids = self.insert(events, **kwargs)
             except GuardsBroken as broken:
                 batch = self._fail_broken(batch, broken)
                 continue
             except IntegrityError:
+                self._count_conflict()
                 if len(batch) > 1:
                     for save in batch:
                         self._write_alone(save)
@@ -143,6 +147,8 @@ class GroupCommitter:
                     batch[0].answer(Conflict())
             except Exception as error:  # The database failed: every save hears.
                 self._fail(batch, error)
+            else:
+                self._written(batch, ids or ())
             break
 
     def stalled(self) -> bool:
@@ -184,21 +190,19 @@ class GroupCommitter:
                 self.commands / self.batches,
             )
 
-    def _insert(self, batch: list[Save]) -> None:
-        """One insert of a batch, timed (see stalled); answers each save on
-        success, counts a conflict."""
-        events, kwargs = arguments(batch)
+    @contextlib.contextmanager
+    def _timed(self) -> Iterator[None]:
+        """Marks a write in flight, to tell when it has stalled."""
         with self.lock:
             self.writing_since = time.monotonic()
         try:
-            ids = self.insert(events, **kwargs) or ()
-        except IntegrityError:
-            with self.lock:
-                self.retries += 1
-            raise
+            yield
         finally:
             with self.lock:
                 self.writing_since = None
+
+    def _written(self, batch: list[Save], ids: Sequence[int]) -> None:
+        """Answers each save of a batch written with its notification ids."""
         self.unconfirmed = None
         position = 0
         for save in batch:
@@ -210,14 +214,23 @@ class GroupCommitter:
     def _write_alone(self, save: Save) -> None:
         """Writes one save of a batch refused as a conflict: it meets its own
         conflict, or goes through."""
+        events, kwargs = arguments([save])
         try:
-            self._insert([save])
+            with self._timed():
+                ids = self.insert(events, **kwargs)
         except GuardsBroken as broken:
             save.answer(broken)
         except IntegrityError:
+            self._count_conflict()
             save.answer(Conflict())
         except Exception as error:
             self._fail([save], error)
+        else:
+            self._written([save], ids or ())
+
+    def _count_conflict(self) -> None:
+        with self.lock:
+            self.retries += 1
 
     def _fail(self, batch: list[Save], error: Exception) -> None:
         if isinstance(error, WriteNotConfirmed | WritesStalled):

@@ -24,7 +24,8 @@ from pocket.config import Settings
 from pocket.deadlines import WriteNotConfirmed, WritesStalled
 from pocket.domainmodel import CommandRecord
 from pocket.errors import ConcurrencyConflict, InsufficientFunds
-from pocket.unitofwork import Wallets, handler
+from pocket.unitofwork import handler
+from pocket.wallets import Wallets
 
 
 class Inserts:
