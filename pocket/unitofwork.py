@@ -80,8 +80,11 @@ class Job:
     outcome: Any = None
     error: BaseException | None = None
     answered: bool = False
-    # Whether its caller runs the next batch (at arrival, or handed over later).
+    # Whether its caller runs the next batch (at arrival, or handed over later),
+    # and whether its caller has stopped waiting (told its write may yet be
+    # made): it still runs, but its caller never will run a batch again.
     leads: bool = False
+    abandoned: bool = False
     woken: threading.Event = field(default_factory=threading.Event)
     # In a batch: its wallets, what it staged, and the saves staged before it
     # that a refusal was decided on (it stands if they are written).
@@ -157,14 +160,29 @@ class UnitOfWork:
                 self.arrived.notify()
         while not job.answered:
             if job.leads:
-                with self.deadline():
-                    self._batch()
-                self._pass_lead()
+                self._lead()
             else:
                 self._wait(job)
         if job.error is not None:
             raise job.error
         return job.outcome
+
+    def _lead(self) -> None:
+        """Runs a batch, then hands the running of batches to the first caller
+        waiting, if any (running the next one itself where only commands whose
+        callers have stopped waiting are left)."""
+        while True:
+            with self.deadline():
+                self._batch()
+            with self.lock:
+                successor = next((j for j in self.queue if not j.abandoned), None)
+                if successor is not None:
+                    successor.leads = True
+                    successor.woken.set()
+                    return
+                if not self.queue:
+                    self.running = False
+                    return
 
     def _batch(self) -> None:
         """Runs the handlers of the jobs waiting, writes their saves in one
@@ -189,7 +207,7 @@ class UnitOfWork:
                     job.answer(error=error)
         finally:
             with self.lock:
-                self.queue[0:0] = self.again
+                self.queue[0:0] = [job for job in self.again if not job.answered]
             self.again = []
 
     def _read(self, jobs: list[Job]) -> None:
@@ -281,16 +299,6 @@ class UnitOfWork:
         job.save, job.depends, job.outcome, job.error = None, [], None, None
         self.again.append(job)
 
-    def _pass_lead(self) -> None:
-        """Hands the running of batches to the first job waiting, if any."""
-        with self.lock:
-            if self.queue:
-                successor = self.queue[0]
-                successor.leads = True
-                successor.woken.set()
-            else:
-                self.running = False
-
     def _wait(self, job: Job) -> None:
         """Waits for the answer, or the lead, for as long as writes go through."""
         while not job.woken.wait(WAIT_TICK_SECONDS):
@@ -301,8 +309,9 @@ class UnitOfWork:
                     # Not run: it never will be.
                     self.queue.remove(job)
                     raise WritesStalled(self.committer.stalled_why())
-            # In the write in flight: it may yet be made. The caller hears so
-            # now, and its thread is free; the write goes on.
+                # In the write in flight: it may yet be made. The caller hears
+                # so now, and its thread is free; the write goes on.
+                job.abandoned = True
             msg = "The database has not confirmed the write yet"
             raise WriteNotConfirmed(msg)
         if not job.answered:
