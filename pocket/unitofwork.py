@@ -158,31 +158,34 @@ class UnitOfWork:
             self.running = True
             if len(self.queue) == self.expected:
                 self.arrived.notify()
-        while not job.answered:
-            if job.leads:
-                self._lead()
-            else:
+        while not job.answered or job.leads:
+            if not job.leads:
                 self._wait(job)
+                continue
+            with self.deadline():
+                self._batch()
+            job.leads = self._keep_running(job)
         if job.error is not None:
             raise job.error
         return job.outcome
 
-    def _lead(self) -> None:
-        """Runs a batch, then hands the running of batches to the first caller
-        waiting, if any (running the next one itself where only commands whose
-        callers have stopped waiting are left)."""
-        while True:
-            with self.deadline():
-                self._batch()
-            with self.lock:
-                successor = next((j for j in self.queue if not j.abandoned), None)
-                if successor is not None:
-                    successor.leads = True
-                    successor.woken.set()
-                    return
-                if not self.queue:
-                    self.running = False
-                    return
+    def _keep_running(self, job: Job) -> bool:
+        """After a batch: whether this caller runs the next one too (its own
+        command was queued again, or only commands whose callers have stopped
+        waiting are left); else hands the running of batches to the first
+        caller waiting, if any."""
+        with self.lock:
+            successor = next((j for j in self.queue if not j.abandoned), None)
+            if successor is job:
+                return True
+            if successor is not None:
+                successor.leads = True
+                successor.woken.set()
+                return False
+            if self.queue:
+                return True
+            self.running = False
+            return False
 
     def _batch(self) -> None:
         """Runs the handlers of the jobs waiting, writes their saves in one
