@@ -50,7 +50,7 @@ class Conflict(Exception):
     it again."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Save:
     """One handler's save, staged: what it writes and what the insert checks;
     then its outcome."""

@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 from uuid import UUID
 
 from eventsourcing.persistence import (
@@ -55,7 +55,7 @@ from pocket.deadlines import WriteNotConfirmed, WritesStalled
 from pocket.errors import ConcurrencyConflict, PocketError
 from pocket.groupcommit import Conflict, GroupCommitter, Save
 from pocket.guards import GuardsBroken, TokenGuard
-from pocket.idempotency import KeyedCommands
+from pocket.idempotency import Idempotency, KeyedCommands
 from pocket.walletcache import WalletCache
 from pocket.wallets import Deferred, Seen, Wallets
 from pocket.walletstore import WalletStore
@@ -70,12 +70,14 @@ CONTENDED_SECONDS = 10.0
 WAIT_TICK_SECONDS = 0.05
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Job:
     """One caller's command, waiting for its batch; then its answer."""
 
     command: Command
     handler: Callable[[Command, Wallets], Any]
+    # Its idempotency key, if it has one (computed once).
+    key: Idempotency | None = None
     attempt: int = 1
     outcome: Any = None
     error: BaseException | None = None
@@ -233,7 +235,7 @@ class UnitOfWork:
     def _run(self, job: Job) -> None:
         """Runs a job's handler: what it saves is staged for the batch's write;
         a refusal is checked; a failure answered."""
-        wallets = job.wallets = Wallets(self, job.command, job.attempt)
+        wallets = job.wallets = Wallets(self, job.command, job.key, job.attempt)
         try:
             replayed = wallets.replay()
             job.outcome = (
@@ -379,9 +381,12 @@ def handler(method: Callable[[A, C, Wallets], R]) -> Callable[[A, C], R]:
     @functools.wraps(method)
     def run(app: A, command: C) -> R:
         work = app.work
-        with work.keyed.claim(command.key()):
-            answer: R = work.perform(Job(command, functools.partial(method, app)))
-            return answer
+        key = command.key()
+        job = Job(command, functools.partial(method, app), key)
+        if key is None:
+            return cast(R, work.perform(job))
+        with work.keyed.claim(key):
+            return cast(R, work.perform(job))
 
     return run
 

@@ -12,7 +12,7 @@ from pocket.domainmodel import Wallet
 from pocket.groupcommit import Save
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Entry:
     """A cached wallet: as this process last read or decided it (with the events
     of saves staged and not yet written), its head, and its last save."""

@@ -14,6 +14,7 @@ from pocket.commands import Command
 from pocket.domainmodel import CommandRecord, Wallet
 from pocket.errors import WalletAlreadyExists
 from pocket.groupcommit import Save
+from pocket.idempotency import Idempotency
 from pocket.walletcache import Entry
 from pocket.walletstore import head
 
@@ -29,7 +30,7 @@ class Deferred(Exception):
     in the next batch, on what this one wrote."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Seen:
     """A wallet as a handler got it."""
 
@@ -45,9 +46,16 @@ class Seen:
 class Wallets:
     """A handler's wallets: got (on their newest state) and saved together."""
 
-    def __init__(self, work: UnitOfWork, command: Command, attempt: int = 1) -> None:
+    def __init__(
+        self,
+        work: UnitOfWork,
+        command: Command,
+        key: Idempotency | None = None,
+        attempt: int = 1,
+    ) -> None:
         self.work = work
         self.command = command
+        self.key = key
         # Which run of the handler this is (after conflicts, the second, ...).
         self.attempt = attempt
         self.seen: dict[UUID, Seen] = {}
@@ -106,12 +114,14 @@ class Wallets:
             mapped = [work.mapper.to_stored_event(event) for event in pending]
             save.priors[entry.wallet_id] = entry.head
             entry.head, entry.last = head(mapped[-1].state), save
+            # A snapshot where its events passed a multiple of the interval.
             interval = work.snapshot_interval
-            if any(e.originator_version % interval == 0 for e in pending):
+            first, last = pending[0].originator_version, pending[-1].originator_version
+            if last // interval != (first - 1) // interval:
                 self.snapshots.append(Wallet.Snapshot.take(entry.wallet))
             domain_events.extend(pending)
             events.extend(mapped)
-        key = self.command.key()
+        key = self.key
         if key is not None:
             record = work.keyed.record(key, answer)  # type: ignore[arg-type]
             for event in record.collect_events():
@@ -126,7 +136,7 @@ class Wallets:
         """The answer of an earlier run of the command (keyed), if it ran; it
         stands once the server that commits holds its record (and its guard
         still holds): that is checked with the batch's write."""
-        key = self.command.key()
+        key = self.key
         if key is None:
             return None
         answer = self.work.keyed.replay(key)

@@ -53,24 +53,13 @@ def head(pocket: Pocket) -> int:
 
 def test_a_command_retried_with_its_id_runs_once(pocket: Pocket) -> None:
     wallet_id = funded(pocket)
-    first = pocket.draw_money(
-        DrawMoney(
-            wallet_id=wallet_id,
-            amount=Decimal("30"),
-            destination="ATM",
-            command_id="k-1",
-        )
+    withdrawal = DrawMoney(
+        wallet_id=wallet_id, amount=Decimal("30"), destination="ATM", command_id="k-1"
     )
+    first = pocket.draw_money(withdrawal)
     written = head(pocket)
     pocket.add_money(AddMoney(wallet_id=wallet_id, amount=Decimal("1"), source="later"))
-    again = pocket.draw_money(
-        DrawMoney(
-            wallet_id=wallet_id,
-            amount=Decimal("30"),
-            destination="ATM",
-            command_id="k-1",
-        )
-    )
+    again = pocket.draw_money(withdrawal)
     assert again == first  # the first answer, not the wallet as it is now
     assert head(pocket) == written + 1
     assert pocket.get_wallet(wallet_id).balance == Decimal("71.00")
@@ -112,26 +101,15 @@ def test_a_refused_command_records_no_key_so_it_can_be_retried(
     pocket: Pocket,
 ) -> None:
     wallet_id = funded(pocket, "10")
+    withdrawal = DrawMoney(
+        wallet_id=wallet_id, amount=Decimal("20"), destination="ATM", command_id="k-2"
+    )
     with pytest.raises(InsufficientFunds):
-        pocket.draw_money(
-            DrawMoney(
-                wallet_id=wallet_id,
-                amount=Decimal("20"),
-                destination="ATM",
-                command_id="k-2",
-            )
-        )
+        pocket.draw_money(withdrawal)
     pocket.add_money(
         AddMoney(wallet_id=wallet_id, amount=Decimal("10"), source="top-up")
     )
-    after = pocket.draw_money(
-        DrawMoney(
-            wallet_id=wallet_id,
-            amount=Decimal("20"),
-            destination="ATM",
-            command_id="k-2",
-        )
-    )
+    after = pocket.draw_money(withdrawal)
     assert after.balance == Decimal("0.00")
 
 
@@ -214,15 +192,14 @@ def transfer(pocket: Pocket, sender: UUID, receiver: UUID, amount: str) -> None:
 
 def test_a_transfer_moves_money_between_wallets(pocket: Pocket) -> None:
     alice, bob = funded(pocket), funded(pocket, "0.01")
-    result = pocket.transfer(
-        Transfer(
-            sender_id=alice,
-            receiver_id=bob,
-            amount=Decimal("40"),
-            description="rent",
-            command_id="t",
-        )
+    rent = Transfer(
+        sender_id=alice,
+        receiver_id=bob,
+        amount=Decimal("40"),
+        description="rent",
+        command_id="t",
     )
+    result = pocket.transfer(rent)
     assert (result.sender.balance, result.receiver.balance) == (
         Decimal("60.00"),
         Decimal("40.01"),
@@ -233,15 +210,7 @@ def test_a_transfer_moves_money_between_wallets(pocket: Pocket) -> None:
     assert sent.transfer_id == received.transfer_id == result.id
     assert sent.counterparty_wallet_id == bob
     assert received.counterparty_wallet_id == alice
-    again = pocket.transfer(
-        Transfer(
-            sender_id=alice,
-            receiver_id=bob,
-            amount=Decimal("40"),
-            description="rent",
-            command_id="t",
-        )
-    )
+    again = pocket.transfer(rent)
     assert again == result
     assert pocket.get_wallet(alice).balance == Decimal("60.00")
 
