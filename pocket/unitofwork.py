@@ -46,7 +46,6 @@ from uuid import UUID
 from eventsourcing.persistence import (
     Mapper,
     Notification,
-    PersistenceError,
     Recording,
 )
 
@@ -340,15 +339,21 @@ class UnitOfWork:
                 save.payload or (), save.events, save.notification_ids, strict=False
             )
         ]
-        if recordings:
+        if not recordings:
+            return
+        try:
             self.notify(recordings)
+        except Exception:
+            # The commands have committed: their callers must hear so. The
+            # followers find the events anyway (NOTIFY, or their next poll).
+            log.exception("Followers not prompted; they will catch up")
 
     def _put_snapshots(self, snapshots: list[Any]) -> None:
         if not snapshots:
             return
         try:
             self.snapshot(snapshots)
-        except PersistenceError as error:
+        except Exception as error:
             # A snapshot only speeds up later loads, and the command has
             # committed: failing to take one must not make it an error.
             log.warning("Snapshot skipped (%s); the next one will do", error)

@@ -420,3 +420,37 @@ def test_a_replay_whose_record_is_not_confirmed_is_not_answered(pocket: Pocket) 
     )
     with pytest.raises(WriteNotConfirmed):
         add(pocket, a, "1", key="k")
+
+
+# After the write
+
+
+def test_a_follower_prompt_that_fails_does_not_fail_committed_commands(
+    pocket: Pocket, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = wallet(pocket)
+
+    def broken(_: object) -> None:
+        raise RuntimeError("the follower's queue is shut")
+
+    pocket.work.notify = broken
+    assert add(pocket, a, "1").balance == Decimal("1.00")
+    assert pocket.get_wallet(a).balance == Decimal("1.00")
+    assert "Followers not prompted" in caplog.text
+
+
+def test_a_snapshot_that_fails_does_not_fail_its_command(pocket: Pocket) -> None:
+    a = wallet(pocket)
+    for _ in range(98):
+        add(pocket, a, "0.01")
+
+    tried: list[object] = []
+
+    def broken(snapshots: object) -> None:
+        tried.append(snapshots)
+        raise OperationalError("the snapshots table is locked")
+
+    pocket.work.snapshot = broken
+    assert add(pocket, a, "0.01").version == 100  # the snapshot's turn
+    assert len(tried) == 1
+    assert pocket.get_wallet(a).balance == Decimal("0.99")
