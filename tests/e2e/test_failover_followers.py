@@ -170,8 +170,10 @@ def test_a_follower_takes_over_on_the_new_primary_and_then_from_a_killed_one(
     # The active follower dies: the other takes over, and applies what follows.
     (dead,) = [f for f in followers if f.process.pid == active]
     (alive,) = [f for f in followers if f is not dead]
-    dead.kill()
+    # Timed from just before the kill: the other follower, waiting for the lock,
+    # may take it the moment the process is gone, before kill() returns.
     died, died_at = time.monotonic(), time.time()
+    dead.kill()
     rng = random.Random(99)
     more = [
         Request(user, "add_money", {"amount": "2.00", "source": "after"})
