@@ -141,8 +141,10 @@ class UnitOfWork:
         self.arrived = threading.Condition(self.lock)
         self.queue: list[Job] = []
         self.running = False
-        # The jobs of the batch being run that are to run again, in order.
+        # The jobs of the batch being run that are to run again, in order; the
+        # wallets read from the database for it (as stored when it began).
         self.again: list[Job] = []
+        self.fresh: set[UUID] = set()
 
     def perform(self, job: Job) -> Any:
         """Runs a job's handler in the next batch; returns its answer.
@@ -227,9 +229,13 @@ class UnitOfWork:
                 cached[wallet_id].head = wallet_head
             for wallet_id in stale:
                 self.cache.forget(cached[wallet_id])  # Read whole, below.
+            self.fresh = set(cached) - stale
+        else:
+            self.fresh = set()
         missing = [i for i in ids if self.cache.get(i) is None]
         for wallet, wallet_head in self.store.load_many(missing).values():
             self.cache.put(wallet, wallet_head)
+            self.fresh.add(wallet.id)
 
     def _run(self, job: Job) -> None:
         """Runs a job's handler: what it saves is staged for the batch's write;

@@ -39,7 +39,7 @@ class Seen:
     head: bytes | None
     # The save staged before it in this batch on the wallet, if any.
     staged: Save | None
-    # Read from the database for this batch (not from the cache).
+    # Read from the database for this batch (not kept from an earlier one).
     loaded: bool
 
 
@@ -69,7 +69,8 @@ class Wallets:
     def get(self, wallet_id: UUID) -> Wallet:
         """A wallet, as decided last in this process (or as stored)."""
         entry = self.work.cache.get(wallet_id)
-        loaded = entry is None
+        # Read from the database for this batch, or now: as stored.
+        loaded = entry is None or wallet_id in self.work.fresh
         if entry is None:
             ((wallet, wallet_head),) = self.work.store.load([wallet_id]).values()
             entry = self.work.cache.put(wallet, wallet_head)

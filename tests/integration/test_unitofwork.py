@@ -301,6 +301,30 @@ def test_a_refusal_on_a_cached_wallet_still_current_stands_and_writes_nothing(
     assert inserts.calls == []
 
 
+def test_a_refusal_on_a_wallet_read_for_its_batch_stands_without_another_read(
+    sql_settings: Settings, pocket: Pocket
+) -> None:
+    a = wallet(pocket, "5")
+    cold = open_pocket(sql_settings)  # a new process: nothing cached
+    try:
+        checks: list[UUID] = []
+        latest = cold.work.store.latest
+
+        def spied(wallet_id: UUID) -> tuple[int, bytes | None]:
+            checks.append(wallet_id)
+            return latest(wallet_id)
+
+        cold.work.store.latest = spied  # type: ignore[method-assign]
+        with pytest.raises(InsufficientFunds):
+            draw(cold, a, "6")
+        assert checks == []  # read as stored for this batch: nothing to check
+        with pytest.raises(InsufficientFunds):
+            draw(cold, a, "6")
+        assert checks == [a]  # cached from an earlier batch: checked
+    finally:
+        cold.close()
+
+
 # Conflicts
 
 
