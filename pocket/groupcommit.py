@@ -130,26 +130,7 @@ class GroupCommitter:
             self.batches += 1
             self.commands += len(batch)
             self.batch_sizes[len(batch)] += 1
-        while batch:
-            events, kwargs = arguments(batch)
-            try:
-                with self._timed():
-                    ids = self.insert(events, **kwargs)
-            except GuardsBroken as broken:
-                batch = self._fail_broken(batch, broken)
-                continue
-            except IntegrityError:
-                self._count_conflict()
-                if len(batch) > 1:
-                    for save in batch:
-                        self._write_alone(save)
-                else:
-                    batch[0].answer(Conflict())
-            except Exception as error:  # The database failed: every save hears.
-                self._fail(batch, error)
-            else:
-                self._written(batch, ids or ())
-            break
+        self._write(batch)
 
     def stalled(self) -> bool:
         """Whether the write in flight has been waiting too long."""
@@ -164,14 +145,12 @@ class GroupCommitter:
 
     def health(self) -> WritesHealth:
         """Whether this process's writes go through now."""
-        with self.lock:
-            since = self.writing_since
-            if since is not None and time.monotonic() - since > self.stalled_seconds:
-                started = time.time() - (time.monotonic() - since)
-                return WritesHealth(started, "a commit has not been confirmed yet")
-            if self.unconfirmed is not None:
-                return WritesHealth(*self.unconfirmed)
-        return WritesHealth()
+        since = self.writing_since
+        if since is not None and self.stalled():
+            started = time.time() - (time.monotonic() - since)
+            return WritesHealth(started, "a commit has not been confirmed yet")
+        unconfirmed = self.unconfirmed
+        return WritesHealth(*unconfirmed) if unconfirmed else WritesHealth()
 
     def stats(self) -> CommitStats:
         """How commits have gone so far in this process."""
@@ -211,22 +190,30 @@ class GroupCommitter:
             position += count
             save.answer()
 
-    def _write_alone(self, save: Save) -> None:
-        """Writes one save of a batch refused as a conflict: it meets its own
-        conflict, or goes through."""
-        events, kwargs = arguments([save])
-        try:
-            with self._timed():
-                ids = self.insert(events, **kwargs)
-        except GuardsBroken as broken:
-            save.answer(broken)
-        except IntegrityError:
-            self._count_conflict()
-            save.answer(Conflict())
-        except Exception as error:
-            self._fail([save], error)
-        else:
-            self._written([save], ids or ())
+    def _write(self, batch: list[Save]) -> None:
+        """Inserts a batch, answering each save; after a conflict, each save of
+        it alone, in order, so that each meets its own conflict or goes
+        through; after broken guards, the others."""
+        while batch:
+            events, kwargs = arguments(batch)
+            try:
+                with self._timed():
+                    ids = self.insert(events, **kwargs)
+            except GuardsBroken as broken:
+                batch = self._fail_broken(batch, broken)
+                continue
+            except IntegrityError:
+                self._count_conflict()
+                if len(batch) > 1:
+                    for save in batch:
+                        self._write([save])
+                else:
+                    batch[0].answer(Conflict())
+            except Exception as error:  # The database failed: every save hears.
+                self._fail(batch, error)
+            else:
+                self._written(batch, ids or ())
+            break
 
     def _count_conflict(self) -> None:
         with self.lock:
