@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -79,12 +80,13 @@ class KeyedCommands:
             key.command_id, key.fingerprint, result_to_record(result), id=record_id
         )
 
+    def claim(self, key: Idempotency | None) -> AbstractContextManager[None]:
+        """Holds a key while its command runs; refuses it to others meanwhile
+        (a command with no key holds nothing: that costs nothing)."""
+        return contextlib.nullcontext() if key is None else self._claim(key)
+
     @contextlib.contextmanager
-    def claim(self, key: Idempotency | None) -> Iterator[None]:
-        """Holds a key while its command runs; refuses it to others meanwhile."""
-        if key is None:
-            yield
-            return
+    def _claim(self, key: Idempotency) -> Iterator[None]:
         with self.lock:
             if key.command_id in self.running:
                 raise self.in_flight(key.command_id)

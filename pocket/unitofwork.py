@@ -56,7 +56,7 @@ from pocket.groupcommit import Conflict, GroupCommitter, Save
 from pocket.guards import GuardsBroken, TokenGuard
 from pocket.idempotency import Idempotency, KeyedCommands
 from pocket.walletcache import WalletCache
-from pocket.wallets import Deferred, Seen, Wallets
+from pocket.wallets import Deferred, Wallets
 from pocket.walletstore import WalletStore
 
 log = logging.getLogger(__name__)
@@ -364,17 +364,6 @@ class UnitOfWork:
             # committed: failing to take one must not make it an error.
             log.warning("Snapshot skipped (%s); the next one will do", error)
 
-    def current(self, seen: Seen) -> bool:
-        """Whether a wallet got from the cache is the wallet as stored (nothing
-        was written elsewhere since); forgets it if not."""
-        version, latest = self.store.latest(seen.entry.wallet_id)
-        if version == seen.version and (
-            latest is None or seen.head is None or latest == seen.head
-        ):
-            return True
-        self.cache.forget(seen.entry)
-        return False
-
 
 class Handles(Protocol):
     """An application whose commands run in units of work."""
@@ -394,8 +383,6 @@ def handler(method: Callable[[A, C, Wallets], R]) -> Callable[[A, C], R]:
         work = app.work
         key = command.key()
         job = Job(command, functools.partial(method, app), key)
-        if key is None:
-            return cast(R, work.perform(job))
         with work.keyed.claim(key):
             return cast(R, work.perform(job))
 

@@ -14,9 +14,9 @@ from pocket.commands import Command
 from pocket.domainmodel import CommandRecord, Wallet
 from pocket.errors import WalletAlreadyExists
 from pocket.groupcommit import Save
+from pocket.guards import head
 from pocket.idempotency import Idempotency
 from pocket.walletcache import Entry
-from pocket.walletstore import head
 
 if TYPE_CHECKING:
     from pocket.unitofwork import UnitOfWork
@@ -56,6 +56,8 @@ class Wallets:
         self.work = work
         self.command = command
         self.key = key
+        # What every save of the command must still hold when it commits.
+        self.guards = [command.guard] if command.guard is not None else []
         # Which run of the handler this is (after conflicts, the second, ...).
         self.attempt = attempt
         self.seen: dict[UUID, Seen] = {}
@@ -104,7 +106,7 @@ class Wallets:
         keyed) to be written with the batch's; returns the answer, which the
         caller hears once they are."""
         work = self.work
-        save = Save(guards=[self.command.guard] if self.command.guard else [])
+        save = Save(guards=self.guards)
         events: list[StoredEvent] = []
         domain_events: list[Any] = []
         for seen in self.seen.values():
@@ -143,7 +145,7 @@ class Wallets:
         answer = self.work.keyed.replay(key)
         if answer is not None:
             self.staged = Save(
-                guards=[self.command.guard] if self.command.guard else [],
+                guards=self.guards,
                 answered_from=[CommandRecord.id_for(key.command_id)],
             )
         return answer
@@ -162,11 +164,22 @@ class Wallets:
             for seen in self.seen.values():
                 if seen.staged is not None:
                     self.depends.append(seen.staged)
-                elif not seen.loaded and not self.work.current(seen):
+                elif not seen.loaded and not self._current(seen):
                     return False
-        if self.command.guard is not None:
-            self.staged = Save(guards=[self.command.guard])
+        if self.guards:
+            self.staged = Save(guards=self.guards)
         return True
+
+    def _current(self, seen: Seen) -> bool:
+        """Whether a wallet kept from an earlier batch is the wallet as stored
+        (nothing was written elsewhere since); forgets it if not."""
+        version, latest = self.work.store.latest(seen.entry.wallet_id)
+        if version == seen.version and (
+            latest is None or seen.head is None or latest == seen.head
+        ):
+            return True
+        self.work.cache.forget(seen.entry)
+        return False
 
     def forget(self) -> None:
         """Drops these wallets from the cache: read again by the next handler."""
