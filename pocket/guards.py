@@ -1,4 +1,6 @@
-"""Guards: what must still hold when a command's transaction commits.
+"""Guards: what must still hold when a command's transaction commits: the token
+it was sent with (below), and for each wallet it changes, the last stored event
+it was decided on (its prior, see head).
 
 A command sent with a user's bearer token carries a TokenGuard: the token, as it
 was when the request was authenticated (perhaps from the short-lived token
@@ -12,6 +14,7 @@ before the command (which a revocation could follow before the commit).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -37,6 +40,15 @@ class GuardsBroken(Exception):
     def broke(self, guard: TokenGuard) -> bool:
         """Whether this guard is one that no longer held."""
         return guard.user_id in self.user_ids
+
+
+def head(state: bytes) -> bytes:
+    """A stored event's identity, the prior a save names for each wallet it
+    changes (what must still be the wallet's last event when it commits), as
+    the inserts check it: the SHA-256 of the event's stored state, which holds
+    its timestamp and its cause. PostgreSQL's insert function computes the same
+    in SQL (sha256(state))."""
+    return hashlib.sha256(state).digest()
 
 
 def broken_guards(

@@ -116,6 +116,10 @@ class PocketEventsRecorder(SerializedSchema, PostgresApplicationRecorder):
     group commit, and a fraction of the CPU.
     """
 
+    # Whether this recorder refuses events that do not follow a stored one (the
+    # insert function also checks the one they were decided on).
+    checks_follows = True
+
     def __init__(
         self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"
     ) -> None:

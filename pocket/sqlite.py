@@ -8,7 +8,6 @@ the versions read in it, after its inserts, cannot change before it commits.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
@@ -20,7 +19,7 @@ from eventsourcing.sqlite import (
     SQLiteFactory,
 )
 
-from pocket.guards import GuardsBroken, TokenGuard, broken_guards
+from pocket.guards import GuardsBroken, TokenGuard, broken_guards, head
 
 
 class PocketSQLiteEventsRecorder(SQLiteApplicationRecorder):
@@ -62,9 +61,7 @@ class PocketSQLiteEventsRecorder(SQLiteApplicationRecorder):
                 )
                 row = c.fetchone()
                 prior = priors.get(originator_id)
-                if row is None or (
-                    prior is not None and hashlib.sha256(row[0]).digest() != prior
-                ):
+                if row is None or (prior is not None and head(row[0]) != prior):
                     msg = f"Version {version} of {originator_id} does not follow"
                     raise IntegrityError(msg)  # The transaction is rolled back.
         guards: Sequence[TokenGuard] = kwargs.get("guards") or ()

@@ -7,13 +7,12 @@ event's stored state (which holds its timestamp and its cause). A save sends the
 head each wallet was decided on, and the database refuses, as a conflict, events
 decided on a history it does not hold (one a failover lost). On PostgreSQL each
 read is one statement, for one wallet or many; elsewhere (SQLite) the library's
-repository reads, and heads are not known (None): the event store's version
-check alone stands guard there.
+repository reads, and a wallet read has no head (None) until this process saves
+it: until then the event store's version check stands guard alone.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Collection
 from typing import Any
 from uuid import UUID
@@ -30,6 +29,7 @@ from psycopg.sql import SQL, Composed, Identifier
 from pocket.deadlines import WritesStalled
 from pocket.domainmodel import Wallet
 from pocket.errors import WalletNotFound
+from pocket.guards import head
 from pocket.postgres_events import PocketEventsRecorder
 from pocket.postgres_pool import replace_connections
 from pocket.postgres_reads import latest_states_statement, newer_events_statement
@@ -49,12 +49,9 @@ class WalletStore:
         self._newer_events: Composed | None = None
         self._latest_event: Composed | None = None
         # Whether the event store refuses events that do not follow a stored
-        # one (Pocket's recorders do: PostgreSQL's insert function also checks
-        # the one they were decided on): then a handler may decide on events
-        # staged and not yet written.
-        self.checks_follows = self.recorder is not None or getattr(
-            recorder, "checks_follows", False
-        )
+        # one (Pocket's recorders do; the library's in-memory one does not):
+        # then a handler may decide on events staged and not yet written.
+        self.checks_follows: bool = getattr(recorder, "checks_follows", False)
         if self.recorder is not None and app.snapshots is not None:
             datastore, table = self.recorder.datastore, self.recorder.events_table_name
             self._latest_states = latest_states_statement(
@@ -108,9 +105,7 @@ class WalletStore:
                 raise WalletNotFound(wallet_id)
         return loaded
 
-    def refresh(
-        self, wallets: dict[UUID, tuple[Wallet, bytes | None]]
-    ) -> tuple[dict[UUID, bytes | None], set[UUID]]:
+    def refresh(self, wallets: Loaded) -> tuple[dict[UUID, bytes | None], set[UUID]]:
         """Applies to cached wallets (in place) the events written since they
         were read, each with the head it was read at; returns the heads of
         those it advanced, and the wallets it found stale: the stored event of
@@ -185,12 +180,6 @@ class WalletStore:
                     raise
                 replace_connections(recorder.datastore)
         raise AssertionError  # pragma: no cover
-
-
-def head(state: bytes) -> bytes:
-    """A stored event's identity, as the insert function checks it: the SHA-256
-    of its stored state."""
-    return hashlib.sha256(state).digest()
 
 
 def stored_event(row: dict[str, Any]) -> StoredEvent:

@@ -15,8 +15,7 @@ from eventsourcing.persistence import IntegrityError, OperationalError, StoredEv
 
 from pocket.deadlines import WriteNotConfirmed
 from pocket.groupcommit import Conflict, GroupCommitter, Save, arguments
-from pocket.guards import GuardsBroken, TokenGuard
-from pocket.walletstore import head
+from pocket.guards import GuardsBroken, TokenGuard, head
 
 
 class Table:
