@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
@@ -84,17 +85,21 @@ class Pocket(Leader[UUID]):
     def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__(env)
         recorder = self.recorder
-        # A write is interrupted past the commit timeout (PostgreSQL); the
-        # callers waiting behind it are answered sooner (see pocket.groupcommit).
-        timeout = getattr(recorder, "commit_timeout", STALLED_SECONDS)
+        # On PostgreSQL a write is interrupted past the commit timeout, and the
+        # callers waiting behind it are answered sooner: a write waiting that
+        # long is one the database has not confirmed (a synchronous standby
+        # gone, see pocket.unitofwork). SQLite has no standby, and its writers
+        # wait their turn for the file: a slow write there is a busy file, never
+        # called stalled (sign-ups from many threads would meet 503s).
         watchdog = getattr(recorder, "watchdog", None)
-        deadline: Callable[[], AbstractContextManager[object]] = (
-            nullcontext
-            if watchdog is None
-            else functools.partial(watchdog.deadline, timeout)
-        )
+        deadline: Callable[[], AbstractContextManager[object]] = nullcontext
+        stalled_seconds = math.inf
+        if watchdog is not None:
+            timeout = recorder.commit_timeout  # type: ignore[attr-defined]
+            deadline = functools.partial(watchdog.deadline, timeout)
+            stalled_seconds = min(STALLED_SECONDS, timeout)
         self._committer = GroupCommitter(
-            recorder.insert_events, stalled_seconds=min(STALLED_SECONDS, timeout)
+            recorder.insert_events, stalled_seconds=stalled_seconds
         )
         self.work = UnitOfWork(
             store=WalletStore(self),
