@@ -64,6 +64,10 @@ class WalletRecords(ProcessApplication[UUID]):
         # (for metrics).
         self.sections_applied = 0
         self.notifications_applied = 0
+        # Where this object last moved the position to: the next section is read
+        # from there without asking the database first. Only a hint: the
+        # compare-and-set still checks it, and any failure forgets it.
+        self.known_position: int | None = None
 
     def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
         """Pocket's factories: recorders that apply wallet_records' batches."""
@@ -113,20 +117,36 @@ class WalletRecords(ProcessApplication[UUID]):
             if until is not None and (self.position or 0) >= until:
                 break
             count = self.process_section(leader_name)
-            if not count:
-                break
             covered += count
+            if count < self.batch_size:
+                break  # A short section ends the log as it stood: no empty read.
         return covered
 
     def process_section(self, leader_name: str, stop: int | None = None) -> int:
         """Applies the next section of the leader's log in one transaction;
         returns how many notifications it covered (0: none left)."""
-        after = self.recorder.max_tracking_id(leader_name)
+        try:
+            return self._process_section(leader_name, stop)
+        except BaseException:
+            self.forget_position()  # Moved by another, perhaps: read it again.
+            raise
+
+    def forget_position(self) -> None:
+        """Reads the position from the database before the next section (another
+        process may have moved it: a follower that held the lock before, a
+        rebuild)."""
+        self.known_position = None
+
+    def _process_section(self, leader_name: str, stop: int | None) -> int:
+        after = self.known_position
+        if after is None:
+            after = self.recorder.max_tracking_id(leader_name)
         reader = self.readers[leader_name]
         notifications = reader.notification_log.select(
             start=after, limit=self.batch_size, stop=stop, inclusive_of_start=False
         )
         if not notifications:
+            self.known_position = after
             return 0
         processing_event = ProcessingEvent[UUID](
             Tracking(leader_name, notifications[-1].id)
@@ -139,6 +159,7 @@ class WalletRecords(ProcessApplication[UUID]):
             if notification.topic in self.topics:
                 self.policy(mapper.to_domain_event(notification), processing_event)
         self._record(processing_event)
+        self.known_position = notifications[-1].id
         self.sections_applied += 1
         self.notifications_applied += len(notifications)
         return len(notifications)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from decimal import Decimal
@@ -17,7 +18,7 @@ from pocket.catalog import ProjectionCatalog
 from pocket.commands import AddMoney, DrawMoney, OpenWallet
 from pocket.config import Settings
 from pocket.database import Database
-from pocket.runner import PocketRunner
+from pocket.runner import PocketRunner, ProjectorThread
 from pocket.system import WalletRecords, WalletRecordsV2, projector_of, system
 from pocket.walletrecords import Batch, WalletChanges, WalletRecord
 from tests.replay import replayed_records
@@ -165,6 +166,75 @@ def test_a_running_system_applies_new_events_by_itself(sql_settings: Settings) -
         assert record.balance == pocket.get_wallet(wallet_id).balance
     finally:
         runner.stop()
+    assert not any(thread.is_alive() for thread in runner.threads.values())
+
+
+def test_a_position_moved_by_another_follower_is_read_again_not_applied_twice(
+    pocket: Pocket, catalog: ProjectionCatalog, projector: WalletRecords
+) -> None:
+    make_history(pocket, wallets=2, moves=1)
+    projector.catch_up("Pocket")  # It now knows its position without asking.
+    make_history(pocket, wallets=2, moves=2)
+    with closing(projector_of(pocket, catalog.live_version())) as other:
+        other.catch_up("Pocket")  # Moves the position past what projector knows.
+    make_history(pocket, wallets=1, moves=1)
+    with pytest.raises(IntegrityError):
+        projector.process_section("Pocket")  # From its stale position: refused.
+    assert projector.catch_up("Pocket") > 0  # Read again: the rest, once.
+    assert table(catalog) == replayed_records(pocket)
+    assert projector.position == pocket.recorder.max_notification_id()
+
+
+def running_follower(settings: Settings, gather: float) -> PocketRunner:
+    """A started runner whose followers gather for `gather` seconds."""
+    runner = PocketRunner(system, dict(settings.env))
+    runner.start()
+    for thread in runner.threads.values():
+        assert isinstance(thread, ProjectorThread)
+        thread.gather = gather
+    return runner
+
+
+def test_events_that_arrive_while_the_follower_gathers_are_applied_in_one_round(
+    sql_settings: Settings,
+) -> None:
+    runner = running_follower(sql_settings, gather=2.0)
+    try:
+        pocket = runner.pocket
+        live = runner.get(WalletRecordsV2)
+        wallet_id = pocket.open_wallet(OpenWallet(user_id="1"))
+        live.recorder.wait("Pocket", pocket.recorder.max_notification_id(), timeout=10)
+        before = live.sections_applied
+        for _ in range(20):  # Far quicker than the 2 s the follower gathers for.
+            pocket.add_money(
+                AddMoney(wallet_id=wallet_id, amount=Decimal("1.00"), source="API")
+            )
+        live.recorder.wait("Pocket", pocket.recorder.max_notification_id(), timeout=10)
+        # One round, two if the writes straddled the end of a gathering: never
+        # a round per write.
+        assert live.sections_applied - before <= 2
+        record = table(ProjectionCatalog(Database.of(pocket)))[wallet_id]
+        assert record.balance == Decimal("20.00")
+    finally:
+        runner.stop()
+    assert not any(thread.is_alive() for thread in runner.threads.values())
+
+
+def test_the_first_event_after_a_quiet_spell_is_applied_without_gathering(
+    sql_settings: Settings,
+) -> None:
+    # Were a quiet follower to gather before applying, this would wait 60 s,
+    # and stopping would wait for it too.
+    runner = running_follower(sql_settings, gather=60.0)
+    try:
+        pocket = runner.pocket
+        pocket.open_wallet(OpenWallet(user_id="1"))
+        live = runner.get(WalletRecordsV2).recorder
+        live.wait("Pocket", pocket.recorder.max_notification_id(), timeout=10)
+    finally:
+        started = time.monotonic()
+        runner.stop()
+    assert time.monotonic() - started < 30
     assert not any(thread.is_alive() for thread in runner.threads.values())
 
 
