@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tools.bench.figures import Sizes
 from tools.bench.http_load import FEW_USERS, sign_up
-from tools.bench.servers import beside_python, server_process
+from tools.bench.servers import beside_python, cpu_seconds, server_process
 from tools.bench.wrk import drive, write_script
 from tools.scratch import DEFAULT_ADMIN_URL, scratch_postgres
 
@@ -85,12 +85,6 @@ def part_of(frames: list[str]) -> str:
             if any(marker in frame for marker in markers):
                 return name
     return OTHER
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime, stime: clock ticks
 
 
 def breakdown(raw: Path) -> Counter[str]:

@@ -1,6 +1,8 @@
-"""The servers the benchmark's HTTP figures are measured on: `pocket serve`
-processes on the benchmark's database, and the same app under granian for
-comparison, each on a free port and stopped when its block ends."""
+"""The processes the benchmark's HTTP figures are measured on, in one place that
+knows how each is started: `pocket serve` (with its follower or without), `pocket
+follow`, Pocket's app under granian, and the baseline apps (tools.bench.
+baseline_apps) on pocket serve's own server; each on a free port and stopped
+when its block ends. And the CPU a process has used, read from /proc."""
 
 from __future__ import annotations
 
@@ -27,36 +29,76 @@ def serving(url: str) -> Iterator[int]:
 
 @contextlib.contextmanager
 def server_process(
-    url: str, python: str = sys.executable
+    url: str, python: str = sys.executable, *, follower: bool = False
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    """A `pocket serve --no-follower` on the database while the block runs: its
-    port and its process (for a profiler to sample). python may be another
+    """A `pocket serve` on the database while the block runs (with its projection
+    follower in the process, as `make run` starts it, or --no-follower): its port
+    and its process (for its CPU, or a profiler). python may be another
     checkout's interpreter, to measure that one."""
     port = free_port()
-    command = [python, "-m", "pocket.cli", "serve", "--no-follower"]
+    command = [python, "-m", "pocket.cli", "serve"]
+    command += [] if follower else ["--no-follower"]
     command += ["--port", str(port), "--threads", str(CALLERS)]
-    with running(command, port, url) as server:
+    with running(command, port, pocket_env(url)) as server:
         yield port, server
 
 
 @contextlib.contextmanager
+def follower_process(url: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A `pocket follow` on the database while the block runs (it answers no
+    HTTP: whoever needs it to have caught up waits on the projection's position)."""
+    command = [sys.executable, "-m", "pocket.cli", "follow"]
+    with started(command, pocket_env(url)) as follower:
+        yield follower
+
+
+@contextlib.contextmanager
+def baseline_process(
+    app: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """One of the baseline apps ("flask" or "library", see tools.bench.
+    baseline_apps) on pocket serve's server, with CALLERS threads, in a process
+    of its own while the block runs: its port and its process."""
+    port = free_port()
+    command = [sys.executable, "-m", "tools.bench.baseline_apps", app]
+    command += ["--port", str(port), "--threads", str(CALLERS)]
+    with running(command, port, env or {}) as server:
+        yield port, server
+
+
+def pocket_env(url: str) -> dict[str, str]:
+    """What a pocket process on the database is started with."""
+    return {"POCKET_DATABASE_URL": url, "POCKET_LOG_LEVEL": "WARNING"}
+
+
+@contextlib.contextmanager
 def running(
-    command: list[str], port: int, url: str
+    command: list[str], port: int, env: dict[str, str]
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A server process on the database while the block runs, once it answers
-    GET /health on port; terminated afterwards."""
-    server = subprocess.Popen(
+    """A server process while the block runs, once it answers GET /health on
+    port; terminated afterwards."""
+    with started(command, env) as server:
+        wait_until_serving(port, server, " ".join(command[1:4]))
+        yield server
+
+
+@contextlib.contextmanager
+def started(
+    command: list[str], env: dict[str, str]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A process, with env added to this one's environment, while the block
+    runs; terminated afterwards."""
+    process = subprocess.Popen(
         command,
-        env={**os.environ, "POCKET_DATABASE_URL": url, "POCKET_LOG_LEVEL": "WARNING"},
+        env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_until_serving(port, server)
-        yield server
+        yield process
     finally:
-        server.terminate()
-        server.wait(30)
+        process.terminate()
+        process.wait(30)
 
 
 def beside_python(name: str) -> str | None:
@@ -86,14 +128,15 @@ def granian_serving(url: str) -> Iterator[int | None]:
         "--log-level=error",
         "pocket.wsgi:app",
     ]
-    with running(command, port, url):
+    with running(command, port, pocket_env(url)):
         yield port
 
 
 def wait_until_serving(
-    port: int, server: subprocess.Popen[bytes], timeout: float = 60.0
+    port: int, server: subprocess.Popen[bytes], name: str, timeout: float = 60.0
 ) -> None:
-    """Waits for the server to answer GET /health; raises if it exits first."""
+    """Waits for the server to answer GET /health; raises, naming it, if it
+    exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and server.poll() is None:
         with contextlib.suppress(OSError):
@@ -102,5 +145,12 @@ def wait_until_serving(
             if conn.getresponse().status == 200:
                 return
         time.sleep(0.1)
-    msg = f"pocket serve did not start (exit code {server.poll()})"
+    msg = f"{name} did not start (exit code {server.poll()})"
     raise RuntimeError(msg)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU a process (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
