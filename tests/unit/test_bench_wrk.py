@@ -10,9 +10,17 @@ import pytest
 
 from tools.bench import http_load
 from tools.bench.figures import TINY, Results
-from tools.bench.http_load import WRK_MISSING, record
+from tools.bench.http_figures import record
+from tools.bench.http_load import WRK_MISSING
 from tools.bench.report import report
-from tools.bench.wrk import BenchUser, Load, lua_string, parse_wrk, write_script
+from tools.bench.wrk import (
+    BenchUser,
+    Load,
+    lua_string,
+    parse_wrk,
+    write_posts,
+    write_script,
+)
 
 WRK_OUTPUT = """\
 Running 8s test @ http://127.0.0.1:40123
@@ -76,9 +84,16 @@ def test_two_servers_add_their_rates_and_keep_the_worse_p99() -> None:
 def test_the_script_holds_each_user_s_id_and_token(tmp_path: Path) -> None:
     users = [BenchUser(7, "pkt_a-b", uuid4()), BenchUser(8, "pkt_c", uuid4())]
     script = write_script(tmp_path / "users.lua", users).read_text()
-    assert '{7, "pkt\\095a\\045b"},' in script
-    assert '{8, "pkt\\095c"},' in script
-    assert 'wrk.format("POST"' in script
+    seven, eight = lua_string("/users/7/add_money"), lua_string("/users/8/add_money")
+    assert f'{{{seven}, "pkt\\095a\\045b"}},' in script
+    assert f'{{{eight}, "pkt\\095c"}},' in script
+    assert 'wrk.format("POST", target[1]' in script
+
+
+def test_a_script_posts_to_any_path_given(tmp_path: Path) -> None:
+    path = "/accounts/0a/deposit"
+    script = write_posts(tmp_path / "library.lua", [(path, "")]).read_text()
+    assert f'{{{lua_string(path)}, ""}},' in script
 
 
 def test_a_lua_string_escapes_every_byte_but_letters_and_digits() -> None:

@@ -1,13 +1,14 @@
 """The benchmark's HTTP figures: add_money through `pocket serve` under wrk,
-beside GET /health of the same server, with few users and many, on one server
-and two, and under granian for comparison; a run with any failed answer is a
-note, not a figure; and the money the answers say was added is checked."""
+beside GET /health of the same server and of a bare Flask app, and beside the
+eventsourcing library's documented shape; with few users and many, on one
+server and two, with the follower in the server and in a process of its own,
+and under granian for comparison; a run with any failed answer is a note, not a
+figure; and the money the answers say was added is checked."""
 
 from __future__ import annotations
 
 import tempfile
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
@@ -15,36 +16,53 @@ from pathlib import Path
 from pocket.application import Pocket
 from pocket.bootstrap import bootstrap
 from pocket.config import Settings
+from tools.bench.deployments import deployments
 from tools.bench.figures import CALLERS, Results, Sizes
+from tools.bench.http_baselines import bare_flask, library_shape
+from tools.bench.http_figures import money_found, record
 from tools.bench.servers import granian_serving, serving
-from tools.bench.wrk import AMOUNT, BenchUser, Load, drive, write_script, wrk_command
+from tools.bench.wrk import BenchUser, Load, drive, write_script, wrk_command
+from tools.scratch import DEFAULT_ADMIN_URL
 
 # The users add_money picks from (few, then many).
 FEW_USERS = 64
 MANY_USERS = 2000
 WRK_MISSING = "wrk not installed: apt-get install wrk (no HTTP figures)"
 GRANIAN_MISSING = "granian not installed: pip install granian (no comparison figures)"
+LIBRARY_ON_POSTGRES = "the library's shape is measured on PostgreSQL only"
 
 
-def http_api(pocket: Pocket, url: str, sizes: Sizes, results: Results) -> None:
+def http_api(
+    pocket: Pocket,
+    url: str,
+    sizes: Sizes,
+    results: Results,
+    admin_url: str = DEFAULT_ADMIN_URL,
+) -> None:
     """add_money through `pocket serve`, driven by wrk, beside GET /health of the
-    same server; then with more users, then on two servers at once. Checks that
-    the wallets hold the money the answers say was added."""
+    same server and of a bare Flask app, and beside the library's shape; then
+    with more users, on two servers at once, and with the follower in the
+    server or beside it. Checks that the wallets hold the money the answers say
+    was added."""
     if wrk_command() is None:
         results.note(WRK_MISSING)
         return
     users = sign_up(url, FEW_USERS + MANY_USERS)
     few, many = users[:FEW_USERS], users[FEW_USERS:]
     with tempfile.TemporaryDirectory(prefix="pocket-bench-wrk-") as directory:
-        health = write_script(Path(directory, "health.lua"), [])
-        few_script = write_script(Path(directory, "few.lua"), few)
-        many_script = write_script(Path(directory, "many.lua"), many)
+        folder = Path(directory)
+        health = write_script(folder / "health.lua", [])
+        few_script = write_script(folder / "few.lua", few)
+        many_script = write_script(folder / "many.lua", many)
         # Routed by user: each server gets its own half of the users (as a proxy
         # routing on the user id in the path would), so no wallet is written by
         # both and neither server's cached wallets go stale.
-        halves = [
-            write_script(Path(directory, f"half{n}.lua"), many[n::2]) for n in (0, 1)
-        ]
+        halves = [write_script(folder / f"half{n}.lua", many[n::2]) for n in (0, 1)]
+        bare_flask(health, sizes, results)
+        if Settings.from_url(url).is_postgres:
+            library_shape(admin_url, FEW_USERS, folder, sizes, results)
+        else:
+            results.note(LIBRARY_ON_POSTGRES)
         with serving(url) as port:
             record(results, "http_trivial", drive([port], health, sizes))
             loads = record(
@@ -74,8 +92,9 @@ def http_api(pocket: Pocket, url: str, sizes: Sizes, results: Results) -> None:
                     "http_two_routed",
                     drive([port, second], halves, sizes),
                 )
-                # While both servers run: what wrk left in flight has landed.
-                results.note(check_money(pocket, users, loads))
+        loads += deployments(pocket, url, few_script, sizes, results)
+    # The servers have stopped: what wrk left in flight has landed, or never will.
+    results.note(check_money(pocket, users, loads))
 
 
 def sign_up(url: str, count: int) -> list[BenchUser]:
@@ -94,52 +113,12 @@ def sign_up(url: str, count: int) -> list[BenchUser]:
         service.close()
 
 
-def record(
-    results: Results, key: str, loads: list[Load], *, p50: bool = False
-) -> list[Load]:
-    """Adds a run's rate (summed over its wrk processes) and p99 (the worse), and
-    p50 if asked; or, if any answer was not a 200 or a socket failed, a note
-    instead of the figures: failures are never counted as throughput."""
-    if any(load.failures for load in loads):
-        results.note(f"{key} left out: {describe_failures(loads)}")
-        return loads
-    results.add(key, sum(load.rate for load in loads))
-    results.add(f"{key}_p99", max(load.p99_ms for load in loads))
-    if p50:
-        (load,) = loads
-        results.add(f"{key}_p50", load.p50_ms)
-    return loads
-
-
-def describe_failures(loads: list[Load]) -> str:
-    """What went wrong in a run, in words."""
-    statuses: Counter[int] = Counter()
-    for load in loads:
-        statuses.update(load.statuses)
-    answers = ", ".join(
-        f"{count:,} x {status}" for status, count in sorted(statuses.items())
-    )
-    sockets = sum(load.socket_errors for load in loads)
-    return f"answers {answers}; {sockets:,} socket errors"
-
-
 def check_money(pocket: Pocket, users: list[BenchUser], loads: list[Load]) -> str:
     """Raises unless the users' wallets hold the amount for every 200 answer to
-    add_money, and no more than for every request the scripts made (wrk stops
-    with a request in flight on each connection, which the server still
-    commits); returns what it found, in words."""
+    add_money, and no more than for every request the scripts made; returns
+    what it found, in words."""
     held = settled_total(pocket, users)
-    ok = sum(load.ok for load in loads)
-    made = sum(load.made for load in loads)
-    found = (
-        f"the {len(users):,} users' wallets hold {held:,}; wrk had {ok:,} answers "
-        f"200 to add_money {AMOUNT} and its scripts made {made:,} requests"
-    )
-    if not ok * AMOUNT <= held <= made * AMOUNT:
-        msg = f"Money lost or made up: {found}"
-        raise RuntimeError(msg)
-    in_flight = (held - ok * AMOUNT) / AMOUNT
-    return f"money checked: {found} ({in_flight:,.0f} in flight as wrk stopped)"
+    return money_found(held, loads, f"the {len(users):,} users' wallets")
 
 
 def settled_total(pocket: Pocket, users: list[BenchUser]) -> Decimal:

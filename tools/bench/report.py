@@ -18,13 +18,26 @@ from tools.scratch import DEFAULT_ADMIN_URL
 
 # The HTTP figures, printed together: wrk measures them, when it is installed.
 HTTP_ROWS: list[tuple[str, str, str]] = [
+    # The baselines: the same server (pocket.server) with a bare Flask app, and
+    # with the library's documented shape behind Flask (tools.bench.baseline_apps).
+    ("http_flask", "baseline: GET /health, bare Flask app, same server", "/s"),
+    ("http_flask_p99", "  latency p99", "ms"),
     ("http_trivial", f"baseline: GET /health, {CALLERS} connections, 1 server", "/s"),
     ("http_trivial_p99", "  latency p99", "ms"),
+    ("http_flask_ratio", "  bare Flask / pocket serve (target <= 1.3x)", "x"),
+    (
+        "http_library",
+        f"baseline: POST deposit, eventsourcing app, {FEW_USERS} aggregates",
+        "/s",
+    ),
+    ("http_library_p99", "  latency p99", "ms"),
+    ("http_library_cpu_us", "  server CPU per request", "us"),
     ("http_add_money", f"POST add_money, {FEW_USERS} users, 1 server", "/s"),
     ("http_add_money_p50", "  latency p50", "ms"),
     ("http_add_money_p99", "  latency p99", "ms"),
     ("http_add_money_vs_raw", "  ratio to raw single-row INSERT commits", "x"),
     ("http_ratio", "  ratio to GET /health", "x"),
+    ("http_add_money_vs_library", "  ratio to the library's shape", "x"),
     ("http_add_money_2000", f"POST add_money, {MANY_USERS:,} users, 1 server", "/s"),
     ("http_add_money_2000_p99", "  latency p99", "ms"),
     ("http_two_processes", f"POST add_money, {MANY_USERS:,} users, 2 servers", "/s"),
@@ -37,6 +50,27 @@ HTTP_ROWS: list[tuple[str, str, str]] = [
     ),
     ("http_two_routed_p99", "  latency p99, the slower server's", "ms"),
     ("http_two_routed_ratio", "  ratio to one server", "x"),
+    # What users run: `make run` (the follower in the server), or the server
+    # beside a `pocket follow`.
+    (
+        "http_default",
+        f"POST add_money, {FEW_USERS} users, pocket serve with its follower",
+        "/s",
+    ),
+    ("http_default_p99", "  latency p99", "ms"),
+    ("http_default_cpu_us", "  server CPU per request", "us"),
+    ("http_default_vs_library", "  ratio to the library's shape", "x"),
+    ("http_default_cpu_vs_library", "  CPU per request, ratio to the library's", "x"),
+    (
+        "http_split",
+        f"POST add_money, {FEW_USERS} users, --no-follower + pocket follow",
+        "/s",
+    ),
+    ("http_split_p99", "  latency p99", "ms"),
+    ("http_split_cpu_us", "  server CPU per request", "us"),
+    ("http_split_follow_cpu_us", "  pocket follow CPU per event applied", "us"),
+    ("http_split_vs_library", "  ratio to the library's shape", "x"),
+    ("http_default_vs_split", "  follower in the server / split (target >= 0.9x)", "x"),
     # Another server for the same app (pocket.wsgi), for comparison only: it
     # does not keep the slow-client limits that pocket serve's waitress does.
     ("http_granian_trivial", "comparison: GET /health, granian WSGI, 1 server", "/s"),
@@ -45,6 +79,17 @@ HTTP_ROWS: list[tuple[str, str, str]] = [
     ("http_granian_p99", "  latency p99", "ms"),
     ("http_granian_ratio", "  ratio to pocket serve (waitress)", "x"),
 ]
+
+# The library's shape runs on PostgreSQL only: on SQLite these are "-".
+POSTGRES_ONLY = {
+    "http_library",
+    "http_library_p99",
+    "http_library_cpu_us",
+    "http_add_money_vs_library",
+    "http_default_vs_library",
+    "http_default_cpu_vs_library",
+    "http_split_vs_library",
+}
 
 # What is printed, in order: (key, label, unit); a ratio row follows its figure.
 ROWS: list[tuple[str, str, str]] = [
@@ -84,7 +129,8 @@ def report(results: list[Results], sizes: Sizes) -> str:
         f"Python {platform.python_version()}, {postgres_version(results)}",
         f"Sizes: {json.dumps(asdict(sizes))}",
         f"HTTP: wrk -t{WRK_THREADS} -c{CALLERS}, {sizes.http_seconds} s a run, "
-        "a random user per request (2 servers: a wrk -t1 -c8 on each, at once)",
+        "a random user per request (2 servers: a wrk -t1 -c8 on each, at once); "
+        "pocket serve --no-follower where a row does not say",
         "",
         " " * width + "".join(f"{b:>14}" for b in backends),
     ]

@@ -30,7 +30,7 @@ def run(
     for backend in backends:
         out(f"Measuring {backend}...")
         with database(backend, admin_url) as url:
-            results.append(measure(backend, url, sizes, out))
+            results.append(measure(backend, url, sizes, out, admin_url))
     return results
 
 
@@ -46,9 +46,14 @@ def database(backend: str, admin_url: str) -> Iterator[str]:
 
 
 def measure(
-    backend: str, url: str, sizes: Sizes, out: Callable[[str], None]
+    backend: str,
+    url: str,
+    sizes: Sizes,
+    out: Callable[[str], None],
+    admin_url: str = DEFAULT_ADMIN_URL,
 ) -> Results:
-    """Every figure for one backend, on one database."""
+    """Every figure for one backend, on one database (and, for the library's
+    shape, on a database of its own on admin_url's server)."""
     results = Results(backend)
     settings = Settings.from_url(url)
     raw_baselines(settings, url, sizes, results)
@@ -57,7 +62,7 @@ def measure(
     try:
         python_api(pocket, sizes, results)
         out("  Python API done")
-        http_api(pocket, url, sizes, results)
+        http_api(pocket, url, sizes, results, admin_url)
         out("  HTTP done")
         write_events(pocket, sizes.events)
         projection(pocket, sizes, results)
@@ -81,6 +86,12 @@ def ratios(results: Results) -> None:
         "commands_16_vs_raw": ("commands_16", "raw_insert_commits"),
         "http_add_money_vs_raw": ("http_add_money", "raw_insert_commits"),
         "http_ratio": ("http_add_money", "http_trivial"),
+        "http_flask_ratio": ("http_flask", "http_trivial"),
+        "http_add_money_vs_library": ("http_add_money", "http_library"),
+        "http_default_vs_library": ("http_default", "http_library"),
+        "http_default_cpu_vs_library": ("http_default_cpu_us", "http_library_cpu_us"),
+        "http_split_vs_library": ("http_split", "http_library"),
+        "http_default_vs_split": ("http_default", "http_split"),
         "http_two_processes_ratio": ("http_two_processes", "http_add_money_2000"),
         "http_two_routed_ratio": ("http_two_routed", "http_add_money_2000"),
         "http_granian_ratio": ("http_granian", "http_add_money"),

@@ -65,8 +65,8 @@ class Load:
 # The seed comes after `--` on wrk's command line.
 WRK_SCRIPT = """\
 -- Written by Pocket's benchmark (tools/bench).
-local users = {{
-{users}
+local targets = {{
+{targets}
 }}
 local body = {body}
 local threads = {{}}
@@ -85,15 +85,15 @@ end
 
 function request()
   made = made + 1
-  if #users == 0 then
+  if #targets == 0 then
     return wrk.format("GET", "/health")
   end
-  local user = users[math.random(#users)]
+  local target = targets[math.random(#targets)]
   local headers = {{
-    ["Authorization"] = "Bearer " .. user[2],
+    ["Authorization"] = "Bearer " .. target[2],
     ["Content-Type"] = "application/json",
   }}
-  return wrk.format("POST", "/users/" .. user[1] .. "/add_money", headers, body)
+  return wrk.format("POST", target[1], headers, body)
 end
 
 function response(status, headers, body)
@@ -128,8 +128,17 @@ def wrk_command() -> str | None:
 def write_script(path: Path, users: list[BenchUser]) -> Path:
     """wrk's Lua script: add_money for a random one of the users per request (or,
     with no users, GET /health), counting what it made and each answer's status."""
-    rows = "\n".join(f"  {{{u.user_id}, {lua_string(u.token)}}}," for u in users)
-    path.write_text(WRK_SCRIPT.format(users=rows, body=lua_string(ADD_MONEY_BODY)))
+    targets = [(f"/users/{u.user_id}/add_money", u.token) for u in users]
+    return write_posts(path, targets)
+
+
+def write_posts(path: Path, targets: list[tuple[str, str]]) -> Path:
+    """wrk's Lua script: the money body POSTed to a random one of the targets'
+    paths per request, with its bearer token (or, with no targets, GET /health)."""
+    rows = "\n".join(
+        f"  {{{lua_string(where)}, {lua_string(token)}}}," for where, token in targets
+    )
+    path.write_text(WRK_SCRIPT.format(targets=rows, body=lua_string(ADD_MONEY_BODY)))
     return path
 
 
