@@ -9,7 +9,11 @@ from pathlib import Path
 
 CHECKOUT = Path(__file__).parents[2]
 # The benchmark's own tests, the only ones that import it.
-BENCHMARK_TESTS = {"tests/test_bench.py", "tests/unit/test_bench_wrk.py"}
+BENCHMARK_TESTS = {
+    "tests/test_bench.py",
+    "tests/unit/test_bench_wrk.py",
+    "tests/unit/test_bench_live.py",
+}
 
 
 def imports(where: str) -> dict[str, set[str]]:

@@ -10,8 +10,8 @@ One module per job: figures.py (sizes and results), run.py (a run, backend by
 backend), baselines.py (the database alone), commands.py (the Python API),
 http_load.py (HTTP) with wrk.py (the load), servers.py (every process measured),
 http_figures.py (a run's figures), http_baselines.py with baseline_apps.py (a bare
-Flask app and the library's shape on the same server), deployments.py with
-watch.py (the follower in the server or beside it), projection.py (catch-up and
-rebuild), history.py with cold.py (long histories), report.py (the table),
-__main__.py (the command line).
+Flask app and the library's shape on the same server) and deployments.py (the
+follower in the server or beside it), live.py with watch.py (the follower live),
+projection.py (catch-up and rebuild), history.py with cold.py (long histories),
+report.py (the table), __main__.py (the command line).
 """

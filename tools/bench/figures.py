@@ -23,6 +23,7 @@ class Sizes:
     raw_inserts: int = 3_000
     raw_upserts: int = 200_000
     repeats: int = 5
+    live_seconds: int = 10  # the follower live, at a steady pace
 
 
 TINY = Sizes(
@@ -34,6 +35,7 @@ TINY = Sizes(
     raw_inserts=50,
     raw_upserts=2_000,
     repeats=2,
+    live_seconds=1,
 )
 
 

@@ -13,6 +13,7 @@ import psycopg
 
 from tools.bench.figures import CALLERS, Results, Sizes
 from tools.bench.http_load import FEW_USERS, MANY_USERS
+from tools.bench.live import LIVE_RATE
 from tools.bench.wrk import WRK_THREADS
 from tools.scratch import DEFAULT_ADMIN_URL
 
@@ -108,6 +109,16 @@ ROWS: list[tuple[str, str, str]] = [
     ("catchup_per_event", "baseline: catch-up, one transaction per event", "ev/s"),
     ("catchup", "projection catch-up, batched", "ev/s"),
     ("catchup_ratio", "  ratio to one transaction per event", "x"),
+    ("catchup_cpu_us", "  CPU per event, batched", "us"),
+    (
+        "follow_live_cpu_us",
+        f"pocket follow live, {LIVE_RATE} commands/s: CPU per event (<= 100)",
+        "us",
+    ),
+    ("follow_live_rate", "  commands a second, achieved", "/s"),
+    ("follow_live_lag_events", "  lag, most seen in 50 ms samples: events", "ev"),
+    ("follow_live_lag_ms", "  lag, most seen: oldest unapplied event's age", "ms"),
+    ("follow_live_cpu_ratio", "  ratio to catch-up CPU per event (target <= 3)", "x"),
     ("rebuild", "pocket migrate rebuild", "ev/s"),
     ("rebuild_peak_mb", "  peak memory of the pocket migrate process", "MB"),
     ("latency_small", "one command, 10-event wallet, new process", "ms"),

@@ -15,6 +15,7 @@ from tools.bench.commands import python_api
 from tools.bench.figures import Results, Sizes
 from tools.bench.history import history
 from tools.bench.http_load import http_api
+from tools.bench.live import live_follower
 from tools.bench.projection import projection, rebuild, write_events
 from tools.scratch import DEFAULT_ADMIN_URL, scratch_postgres
 
@@ -64,6 +65,8 @@ def measure(
         out("  Python API done")
         http_api(pocket, url, sizes, results, admin_url)
         out("  HTTP done")
+        live_follower(pocket, url, sizes, results)
+        out("  live follower done")
         write_events(pocket, sizes.events)
         projection(pocket, sizes, results)
         out("  catch-up done")
@@ -96,9 +99,11 @@ def ratios(results: Results) -> None:
         "http_two_routed_ratio": ("http_two_routed", "http_add_money_2000"),
         "http_granian_ratio": ("http_granian", "http_add_money"),
         "catchup_ratio": ("catchup", "catchup_per_event"),
+        "follow_live_cpu_ratio": ("follow_live_cpu_us", "catchup_cpu_us"),
         "latency_ratio": ("latency_large", "latency_small"),
         "page_ratio": ("page_end", "page_start"),
     }
     for key, (top, bottom) in pairs.items():
-        if f.get(top) and f.get(bottom):
+        # A top of 0 is a figure (a CPU time under /proc's 10 ms resolution).
+        if top in f and f.get(bottom):
             f[key] = f[top] / f[bottom]
