@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from decimal import Decimal
 from uuid import UUID
 
 import pytest
 from eventsourcing.persistence import IntegrityError, Tracking
+from eventsourcing.postgres import PostgresApplicationRecorder
 
 from pocket.application import Pocket
 from pocket.bootstrap import open_catalog, open_pocket
@@ -18,7 +19,7 @@ from pocket.catalog import ProjectionCatalog
 from pocket.commands import AddMoney, DrawMoney, OpenWallet
 from pocket.config import Settings
 from pocket.database import Database
-from pocket.runner import PocketRunner, ProjectorThread
+from pocket.runner import Listener, PocketRunner, ProjectorThread
 from pocket.system import WalletRecords, WalletRecordsV2, projector_of, system
 from pocket.walletrecords import Batch, WalletChanges, WalletRecord
 from tests.replay import replayed_records
@@ -250,3 +251,39 @@ def test_the_library_interface_applies_one_event(
     )
     with pytest.raises(IntegrityError):
         projector.process_event(event, Tracking("Pocket", notification.id))
+
+
+def test_a_burst_of_notifies_prompts_the_followers_a_few_times_not_once_each(
+    postgres_settings: Settings,
+) -> None:
+    pocket = open_pocket(postgres_settings)
+    prompts: list[float] = []
+    assert isinstance(pocket.recorder, PostgresApplicationRecorder)
+    listener = Listener(pocket.recorder, lambda: prompts.append(time.monotonic()))
+    listener.gather = 0.5
+    listener.start()
+    try:
+        wait_until(lambda: len(prompts) >= 1)  # The pull it makes once listening.
+        wallet_id = pocket.open_wallet(OpenWallet(user_id="1"))
+        wait_until(lambda: len(prompts) >= 2)  # A write after a quiet spell.
+        before = len(prompts)
+        for _ in range(100):  # A hundred commits, each with its NOTIFY.
+            pocket.add_money(
+                AddMoney(wallet_id=wallet_id, amount=Decimal("1.00"), source="API")
+            )
+        time.sleep(1.5)  # Three gatherings: every NOTIFY of the burst is heard.
+        heard = len(prompts) - before
+        assert 1 <= heard <= 1 + (prompts[-1] - prompts[before]) / 0.5
+        assert heard < 100
+    finally:
+        listener.stopping.set()
+        listener.join(10)
+        pocket.close()
+    assert not listener.is_alive()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the timeout"
+        time.sleep(0.01)
