@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import quote
 
@@ -31,6 +31,26 @@ class RequestMetrics:
     requests: Counter
     latency: Histogram
     refusals: Counter
+    # Each label set's child, found once: labels() checks and locks every call.
+    # A race makes the same child twice over, which labels() returns each time.
+    counted: dict[tuple[str, str, str], Counter] = field(default_factory=dict)
+    timed: dict[tuple[str, str], Histogram] = field(default_factory=dict)
+
+    def count(self, method: str, route: str, status: str) -> Counter:
+        """The requests counter of one method, route and status."""
+        key = (method, route, status)
+        child = self.counted.get(key)
+        if child is None:
+            child = self.counted[key] = self.requests.labels(*key)
+        return child
+
+    def timer(self, method: str, route: str) -> Histogram:
+        """The latency histogram of one method and route."""
+        key = (method, route)
+        child = self.timed.get(key)
+        if child is None:
+            child = self.timed[key] = self.latency.labels(*key)
+        return child
 
     @classmethod
     def on(cls, registry: CollectorRegistry) -> RequestMetrics:
@@ -89,8 +109,8 @@ def count(
     metrics: RequestMetrics, method: str, route: str, status: int, seconds: float
 ) -> None:
     """Counts and times an answered request; a refusal, by its code."""
-    metrics.requests.labels(method, route, str(status)).inc()
-    metrics.latency.labels(method, route).observe(seconds)
+    metrics.count(method, route, str(status)).inc()
+    metrics.timer(method, route).observe(seconds)
     code = g.get("error_code")
     if status in REFUSALS and code is not None:
         metrics.refusals.labels(str(status), code).inc()
