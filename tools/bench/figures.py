@@ -6,9 +6,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from pocket.cli import SERVE_THREADS
+
 # Concurrent callers: threads of the Python API, wrk's connections, a server's
-# threads.
-CALLERS = 16
+# threads (pocket serve's default, which its benchmark runs keep).
+CALLERS = SERVE_THREADS
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,8 @@ def server_process(
     port = free_port()
     command = [python, "-m", "pocket.cli", "serve"]
     command += [] if follower else ["--no-follower"]
-    command += ["--port", str(port), "--threads", str(CALLERS)]
+    # Its default threads, as users run it (as many as the baselines' CALLERS).
+    command += ["--port", str(port)]
     with running(command, port, pocket_env(url)) as server:
         yield port, server
 
