@@ -273,6 +273,24 @@ REFUSED_BY_NGINX = {
         b"GET /health HTTP/1.1\r\nHost: pocket\r\nNo colon here\r\n\r\n",
         (400, "bad_request"),
     ),
+    "a negative Content-Length": (
+        POST + b"Content-Length: -1\r\n\r\n",
+        (400, "bad_request"),
+    ),
+    "a bad chunk size": (
+        POST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        (400, "bad_request"),
+    ),
+    "Content-Length and Transfer-Encoding": (
+        POST
+        + b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"2\r\n{}\r\n0\r\n\r\n",
+        (400, "bad_request"),
+    ),
+    "a 100 KB request line": (
+        b"GET /health?" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: pocket\r\n\r\n",
+        (414, "uri_too_long"),
+    ),
     "an unknown HTTP version": (
         b"GET /health HTTP/2.7\r\nHost: pocket\r\n\r\n",
         (505, "http_version_not_supported"),
