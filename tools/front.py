@@ -29,9 +29,9 @@ UPSTREAM = re.compile(r"^(\s*)server unix:\S+;(\s*# EDIT.*)$", re.M)
 
 
 def granian_command(socket: Path, threads: int = 16) -> list[str]:
-    """granian serving pocket.wsgi:app on the socket, as docs/deployment.md says.
-    No --backpressure: with it granian refuses connections beyond it at once
-    instead of queueing them, and nginx would answer those 503."""
+    """granian serving pocket.wsgi:app on the socket, as docs/deployment.md says:
+    the command that was measured and attacked behind nginx (without
+    --backpressure, which that setup did not keep)."""
     return [
         str(Path(sys.executable).with_name("granian")),
         "--interface=wsgi",
