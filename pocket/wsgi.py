@@ -5,7 +5,9 @@ clients from taking the API down (see server.py), and the follower in the same
 process unless told otherwise. This factory builds the same Flask app, without a
 follower (run `pocket follow` beside it), for other servers: the benchmark
 (`make bench`) measures one against waitress, and a deployment behind a proxy
-that enforces client limits itself may run one. For example, with granian:
+that enforces client limits itself may run one: deploy/nginx.conf in front of
+granian (docs/deployment.md, "Behind nginx, on granian (faster)"). At its
+simplest, with granian:
 
     POCKET_DATABASE_URL=... granian --interface wsgi --factory pocket.wsgi:app
 

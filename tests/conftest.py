@@ -24,6 +24,7 @@ from tests.pgserver import (
     server_problem,
     throwaway_server,
 )
+from tools.front import nginx_command
 from tools.scratch import DEFAULT_ADMIN_URL, scratch_postgres
 
 ADMIN_URL = os.environ.get("POCKET_TEST_POSTGRES_URL", DEFAULT_ADMIN_URL)
@@ -32,6 +33,8 @@ REQUIRE_POSTGRES = os.environ.get("POCKET_REQUIRE_POSTGRES") == "1"
 REQUIRE_PATRONI = os.environ.get("POCKET_REQUIRE_PATRONI") == "1"
 # CI installs pgbouncer: there, the pooler tests must fail without it, not skip.
 REQUIRE_PGBOUNCER = os.environ.get("POCKET_REQUIRE_PGBOUNCER") == "1"
+# CI installs nginx: there, the tests of the nginx front must fail without it.
+REQUIRE_NGINX = os.environ.get("POCKET_REQUIRE_NGINX") == "1"
 
 
 def postgres_problem() -> str | None:
@@ -87,6 +90,15 @@ def require_pgbouncer() -> None:
     if problem is not None and REQUIRE_PGBOUNCER:
         pytest.fail(f"POCKET_REQUIRE_PGBOUNCER=1 but {problem}")
     skip_or_fail(problem or server_problem())
+
+
+def require_nginx() -> None:
+    """Skips (or, with POCKET_REQUIRE_NGINX=1, fails) when nginx is not installed."""
+    if nginx_command() is not None:
+        return
+    if REQUIRE_NGINX:
+        pytest.fail("POCKET_REQUIRE_NGINX=1 but nginx is not installed")
+    pytest.skip("nginx is not installed")
 
 
 @pytest.fixture(scope="module")
