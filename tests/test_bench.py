@@ -14,12 +14,15 @@ import pytest
 from tests.conftest import ADMIN_URL, require_postgres
 from tools.bench.figures import TINY
 from tools.bench.http_load import FEW_USERS, MANY_USERS, WRK_MISSING
-from tools.bench.report import HTTP_ROWS, POSTGRES_ONLY, ROWS, report
+from tools.bench.report import FRONT_ONLY, HTTP_ROWS, POSTGRES_ONLY, ROWS, report
 from tools.bench.run import run
 from tools.bench.wrk import wrk_command
+from tools.front import nginx_command
 
 # CI installs wrk: there, a missing wrk must fail, not leave out the HTTP figures.
 REQUIRE_WRK = os.environ.get("POCKET_REQUIRE_WRK") == "1"
+# And nginx: there, the deployment behind nginx must be measured too.
+REQUIRE_NGINX = os.environ.get("POCKET_REQUIRE_NGINX") == "1"
 # Figures that may be 0 on tiny sizes: a follower that kept up when sampled, or
 # a follower's CPU under /proc's resolution (10 ms) over a few hundred events.
 MAY_BE_ZERO = {
@@ -28,6 +31,8 @@ MAY_BE_ZERO = {
     "follow_live_cpu_us",
     "follow_live_cpu_ratio",
     "http_split_follow_cpu_us",
+    "http_front_cpu_us",
+    "http_front_cpu_vs_default",
 }
 
 
@@ -37,6 +42,10 @@ def expected_figures(backend: str) -> set[str]:
     every = {key for key, _, _ in ROWS}
     if backend != "postgres":
         every -= POSTGRES_ONLY
+    if nginx_command() is None:
+        if REQUIRE_NGINX:
+            pytest.fail("POCKET_REQUIRE_NGINX=1 but nginx is not installed")
+        every -= FRONT_ONLY
     if wrk_command() is not None:
         return every
     if REQUIRE_WRK:

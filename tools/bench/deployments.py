@@ -1,19 +1,35 @@
 """add_money as users run Pocket: `pocket serve` with its projection follower in
 the process (what `make run` starts), then `pocket serve --no-follower` beside a
-`pocket follow` process; side by side, each with its processes' CPU per request
-(from /proc, from the start of the wrk run until the projection has applied
-what it wrote) and, for `pocket follow`, its CPU per event applied."""
+`pocket follow` process, then the faster deployment (nginx in front of granian,
+beside a `pocket follow`: docs/deployment.md); side by side, each with its
+processes' CPU per request (from /proc, from the start of the wrk run until the
+projection has applied what it wrote) and, for `pocket follow`, its CPU per event
+applied."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from pocket.application import Pocket
 from tools.bench.figures import Results, Sizes
 from tools.bench.http_figures import answered, record, record_cpu
-from tools.bench.servers import cpu_seconds, follower_process, server_process
+from tools.bench.servers import (
+    beside_python,
+    cpu_seconds,
+    follower_process,
+    group_cpu_seconds,
+    server_process,
+)
 from tools.bench.watch import Projection
 from tools.bench.wrk import Load, drive
+from tools.front import granian_on_socket, nginx_command, nginx_front
+from tools.scratch import free_port
+
+FRONT_MISSING = (
+    "nginx or granian not installed: apt-get install nginx, pip install granian "
+    "(no figures for the deployment behind nginx)"
+)
 
 
 def deployments(
@@ -40,4 +56,33 @@ def deployments(
         applied = projection.events_between(start, projection.position())
     record_cpu(results, "http_split_cpu_us", used, answered(split))
     record_cpu(results, "http_split_follow_cpu_us", used_follower, applied)
-    return loads + split
+    return loads + split + behind_nginx(projection, url, script, sizes, results)
+
+
+def behind_nginx(
+    projection: Projection, url: str, script: Path, sizes: Sizes, results: Results
+) -> list[Load]:
+    """add_money through nginx to granian, beside a `pocket follow`: the rate, and
+    the CPU per request of nginx's and granian's processes (each a process group:
+    a master and its worker)."""
+    if nginx_command() is None or beside_python("granian") is None:
+        results.note(FRONT_MISSING)
+        return []
+    with (
+        tempfile.TemporaryDirectory(prefix="pocket-bench-front-") as directory,
+        follower_process(url) as follower,
+    ):
+        socket = Path(directory, "app.sock")
+        port = free_port()
+        with (
+            granian_on_socket(url, socket) as app,
+            nginx_front(socket, port, Path(directory, "nginx")) as front,
+        ):
+            projection.wait_for(follower)
+            groups = (app.pid, front.pid)
+            before = sum(group_cpu_seconds(group) for group in groups)
+            loads = record(results, "http_front", drive([port], script, sizes))
+            projection.wait_for(follower)
+            used = sum(group_cpu_seconds(group) for group in groups) - before
+    record_cpu(results, "http_front_cpu_us", used, answered(loads))
+    return loads

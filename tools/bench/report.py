@@ -72,6 +72,16 @@ HTTP_ROWS: list[tuple[str, str, str]] = [
     ("http_split_follow_cpu_us", "  pocket follow CPU per event applied", "us"),
     ("http_split_vs_library", "  ratio to the library's shape", "x"),
     ("http_default_vs_split", "  follower in the server / split (target >= 0.9x)", "x"),
+    # The faster deployment (docs/deployment.md): nginx, granian, pocket follow.
+    (
+        "http_front",
+        f"POST add_money, {FEW_USERS} users, nginx + granian + pocket follow",
+        "/s",
+    ),
+    ("http_front_p99", "  latency p99", "ms"),
+    ("http_front_cpu_us", "  nginx and granian CPU per request", "us"),
+    ("http_front_vs_default", "  ratio to pocket serve with its follower", "x"),
+    ("http_front_cpu_vs_default", "  CPU per request, ratio to pocket serve's", "x"),
     # Another server for the same app (pocket.wsgi), for comparison only: it
     # does not keep the slow-client limits that pocket serve's waitress does.
     ("http_granian_trivial", "comparison: GET /health, granian WSGI, 1 server", "/s"),
@@ -80,6 +90,15 @@ HTTP_ROWS: list[tuple[str, str, str]] = [
     ("http_granian_p99", "  latency p99", "ms"),
     ("http_granian_ratio", "  ratio to pocket serve (waitress)", "x"),
 ]
+
+# Measured only where nginx and granian are installed (else "-" and a note).
+FRONT_ONLY = {
+    "http_front",
+    "http_front_p99",
+    "http_front_cpu_us",
+    "http_front_vs_default",
+    "http_front_cpu_vs_default",
+}
 
 # The library's shape runs on PostgreSQL only: on SQLite these are "-".
 POSTGRES_ONLY = {
