@@ -423,16 +423,31 @@ class Listener(threading.Thread):
             # Events written while nobody listened are found by this pull.
             self.notify()
             while not self.stopping.is_set() and not self.moving.is_set():
-                # Every write sends a NOTIFY: one read takes all that have
-                # arrived, one prompt answers them, and the pause lets the next
-                # moment's queue up to be read at once (hearing them one at a
-                # time cost more than applying their events).
                 heard = False
                 for _ in conn.notifies(timeout=1.0, stop_after=1):
                     heard = True
                 if heard:
                     self.notify()
-                    self.stopping.wait(self.gather)
+                    self._gather(conn)
+
+    def _gather(self, conn: psycopg.Connection[Any]) -> None:
+        """While writes keep coming: pauses for the gathering time, then takes
+        every NOTIFY that arrived meanwhile at once and prompts once for them.
+
+        Every write sends a NOTIFY; heard one at a time (a Python object each,
+        from psycopg's notifies()) they cost more than applying their events.
+        Only their arrival matters, so they are read from libpq and dropped.
+        """
+        pgconn = conn.pgconn
+        while not self.stopping.is_set() and not self.moving.is_set():
+            self.stopping.wait(self.gather)
+            pgconn.consume_input()  # Raises on a lost connection: run() retries.
+            arrived = False
+            while pgconn.notifies() is not None:
+                arrived = True
+            if not arrived:
+                return  # Quiet: back to waiting for the next one.
+            self.notify()
 
 
 def open_runner(system: System, env: dict[str, str], **options: Any) -> PocketRunner:
