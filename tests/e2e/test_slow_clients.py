@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import pytest
 from pocket.server import MAX_HEADER_BYTES, file_descriptors_for
 from pocket.web.errors import MAX_BODY_BYTES
 from tests.e2e.processes import Api, PocketProcess, serve, wait_for
+from tests.e2e.trickle import Trickler
 
 pytestmark = pytest.mark.e2e
 T = TypeVar("T")
@@ -32,59 +32,6 @@ SLOW_HEADER = b"GET /health HTTP/1.1\r\nHost: pocket\r\nX-Slow: "
 
 def port_of(api: Api) -> int:
     return int(api.base_url.rsplit(":", 1)[1])
-
-
-class SlowLoris(threading.Thread):
-    """Holds `count` connections that each send one header byte a second, from one
-    thread; whenever the server closes one, it opens another at once."""
-
-    def __init__(self, port: int, count: int) -> None:
-        super().__init__(daemon=True)
-        self.port = port
-        self.count = count
-        self.stopping = threading.Event()
-        self.connected = threading.Event()
-        self.closed_by_server = 0
-        self.error: BaseException | None = None
-        self.sockets: list[tuple[socket.socket, int]] = []
-
-    def run(self) -> None:
-        try:
-            self.sockets = [(self.connect(), 0) for _ in range(self.count)]
-            self.connected.set()
-            while not self.stopping.wait(1.0):
-                self.sockets = [self.trickle(sock, sent) for sock, sent in self.sockets]
-        except BaseException as error:  # reported by the test
-            self.error = error
-        finally:
-            self.connected.set()
-            for sock, _ in self.sockets:
-                sock.close()
-
-    def connect(self) -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-        sock.setblocking(False)
-        return sock
-
-    def trickle(self, sock: socket.socket, sent: int) -> tuple[socket.socket, int]:
-        """Sends the next byte, or reconnects if the server closed the connection."""
-        try:
-            if sock.recv(1024) == b"":
-                raise ConnectionResetError
-        except BlockingIOError:
-            pass  # Still open, nothing to read: as expected.
-        except OSError:
-            return self.reconnect(sock)
-        try:
-            sock.send(SLOW_HEADER[sent : sent + 1] or b"a")
-        except OSError:
-            return self.reconnect(sock)
-        return sock, sent + 1
-
-    def reconnect(self, sock: socket.socket) -> tuple[socket.socket, int]:
-        sock.close()
-        self.closed_by_server += 1
-        return self.connect(), 0
 
 
 def timed(latencies: list[float], call: Callable[..., T], *args: Any) -> T:
@@ -122,7 +69,7 @@ def test_two_hundred_slow_clients_for_twenty_seconds_do_not_stop_normal_requests
     # The normal client signs up again and again, from one address.
     env = {"POCKET_DATABASE_URL": url, "POCKET_SIGNUP_RATE": "off"}
     server, api = serve(tmp_path, env)
-    attacker = SlowLoris(port_of(api), ATTACKERS)
+    attacker = Trickler(port_of(api), ATTACKERS, b"", SLOW_HEADER)
     try:
         attacker.start()
         attacker.connected.wait(30)
