@@ -8,6 +8,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from flask import Flask, Response, g, request
@@ -22,6 +23,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 # The refusals worth counting by code: the rules' (409) and the fields' (422).
 REFUSALS = frozenset({HTTPStatus.CONFLICT, HTTPStatus.UNPROCESSABLE_ENTITY})
 UNMATCHED = "unmatched"  # The route of a request no route took (404, 405).
+Metric = TypeVar("Metric", Counter, Histogram)
 
 
 @dataclass(frozen=True)
@@ -31,26 +33,18 @@ class RequestMetrics:
     requests: Counter
     latency: Histogram
     refusals: Counter
-    # Each label set's child, found once: labels() checks and locks every call.
-    # A race makes the same child twice over, which labels() returns each time.
-    counted: dict[tuple[str, str, str], Counter] = field(default_factory=dict)
-    timed: dict[tuple[str, str], Histogram] = field(default_factory=dict)
+    # Each metric's child per label set, found once: labels() checks and locks
+    # every call. A race makes the same child twice over, which labels() returns
+    # each time.
+    children: dict[tuple[object, ...], Any] = field(default_factory=dict)
 
-    def count(self, method: str, route: str, status: str) -> Counter:
-        """The requests counter of one method, route and status."""
-        key = (method, route, status)
-        child = self.counted.get(key)
-        if child is None:
-            child = self.counted[key] = self.requests.labels(*key)
-        return child
-
-    def timer(self, method: str, route: str) -> Histogram:
-        """The latency histogram of one method and route."""
-        key = (method, route)
-        child = self.timed.get(key)
-        if child is None:
-            child = self.timed[key] = self.latency.labels(*key)
-        return child
+    def child(self, metric: Metric, *labels: str) -> Metric:
+        """The metric's child for these label values."""
+        key = (metric, *labels)
+        found: Metric | None = self.children.get(key)
+        if found is None:
+            found = self.children[key] = metric.labels(*labels)
+        return found
 
     @classmethod
     def on(cls, registry: CollectorRegistry) -> RequestMetrics:
@@ -109,8 +103,8 @@ def count(
     metrics: RequestMetrics, method: str, route: str, status: int, seconds: float
 ) -> None:
     """Counts and times an answered request; a refusal, by its code."""
-    metrics.count(method, route, str(status)).inc()
-    metrics.timer(method, route).observe(seconds)
+    metrics.child(metrics.requests, method, route, str(status)).inc()
+    metrics.child(metrics.latency, method, route).observe(seconds)
     code = g.get("error_code")
     if status in REFUSALS and code is not None:
         metrics.refusals.labels(str(status), code).inc()
