@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from tools.bench.figures import Sizes
 from tools.bench.http_load import FEW_USERS, sign_up
-from tools.bench.servers import cpu_seconds, pocket_env, wait_until_serving
+from tools.bench.servers import cpu_seconds, pocket_env, started, wait_until_serving
 from tools.bench.wrk import drive, write_script
 from tools.scratch import DEFAULT_ADMIN_URL, free_port, scratch_postgres
 
@@ -52,24 +50,13 @@ class Run:
     follower_us: float | None  # CPU per request, the pocket follow process
 
 
-@contextlib.contextmanager
 def process(
     command: list[str], checkout: Path, url: str
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A pocket command of a checkout on the database while the block runs."""
-    env = {**os.environ, **pocket_env(url), "PYTHONPATH": str(checkout)}
-    child = subprocess.Popen(
-        command,
-        env=env,
-        cwd=checkout,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield child
-    finally:
-        child.terminate()
-        child.wait(30)
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    """A pocket command of a checkout on the database while the block runs (run
+    in the checkout: `python -m` puts the working folder first on the path)."""
+    env = {**pocket_env(url), "PYTHONPATH": str(checkout)}
+    return started(command, env, cwd=checkout)
 
 
 def measure(

@@ -85,13 +85,14 @@ def running(
 
 @contextlib.contextmanager
 def started(
-    command: list[str], env: dict[str, str]
+    command: list[str], env: dict[str, str], cwd: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A process, with env added to this one's environment, while the block
-    runs; terminated afterwards."""
+    """A process, with env added to this one's environment (and in cwd, if
+    given), while the block runs; terminated afterwards."""
     process = subprocess.Popen(
         command,
         env={**os.environ, **env},
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -152,8 +153,7 @@ def wait_until_serving(
 
 def cpu_seconds(pid: int) -> float:
     """User and system CPU a process (all its threads) has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    _, ticks = stat_of(Path(f"/proc/{pid}/stat"))
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -163,9 +163,15 @@ def group_cpu_seconds(group: int) -> float:
     total = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pgrp, ticks = stat_of(stat)
         except OSError:
             continue  # Gone meanwhile.
-        if int(fields[2]) == group:  # pgrp
-            total += int(fields[11]) + int(fields[12])
+        if pgrp == group:
+            total += ticks
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def stat_of(path: Path) -> tuple[int, int]:
+    """A /proc/PID/stat's process group, and its user and system CPU in ticks."""
+    fields = path.read_text().rsplit(")", 1)[1].split()
+    return int(fields[2]), int(fields[11]) + int(fields[12])  # pgrp; utime, stime
