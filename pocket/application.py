@@ -7,7 +7,7 @@ import logging
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
@@ -16,12 +16,35 @@ from eventsourcing.persistence import InfrastructureFactory
 from eventsourcing.system import Leader
 from eventsourcing.utils import Environment
 
-from pocket.commands import AddMoney, CloseWallet, DrawMoney, OpenWallet, Transfer
+from pocket.commands import (
+    AddMoney,
+    CaptureHold,
+    CloseWallet,
+    DrawMoney,
+    ExpireHold,
+    OpenWallet,
+    PlaceHold,
+    SetCreditLimit,
+    SetDailyLimit,
+    Transfer,
+    VoidHold,
+)
 from pocket.deadlines import STALLED_SECONDS
-from pocket.domainmodel import Wallet, check_amount, transfer
+from pocket.domainmodel import (
+    MAX_HOLD,
+    OPEN,
+    Wallet,
+    capture_hold,
+    check_amount,
+    transfer,
+    utcnow,
+)
 from pocket.errors import (
     CommandInFlight,
+    HoldEnded,
+    HoldNotFound,
     IdempotencyKeyReused,
+    InvalidExpiry,
     TokenRevoked,
     VersionNotFound,
     WalletNotFound,
@@ -33,6 +56,7 @@ from pocket.postgres_pool import POSTGRES_DEFAULTS
 from pocket.results import (
     HistoryEntry,
     HistoryPage,
+    HoldInfo,
     TransferInfo,
     WalletInfo,
     to_history_entry,
@@ -49,6 +73,7 @@ __all__ = [
     "HISTORY_PAGE_MAX",
     "HistoryEntry",
     "HistoryPage",
+    "HoldInfo",
     "Pocket",
     "TransferInfo",
     "WalletInfo",
@@ -180,12 +205,144 @@ class Pocket(Leader[UUID]):
 
     @handler
     def close_wallet(self, command: CloseWallet, wallets: Wallets) -> WalletInfo:
-        """Closes an empty wallet for good."""
+        """Closes an empty wallet with no open holds for good."""
         wallet = wallets.get(command.wallet_id)
         wallet.close(command.cause)
         return wallets.save(WalletInfo.of(wallet))
 
+    @handler
+    def place_hold(self, command: PlaceHold, wallets: Wallets) -> HoldInfo:
+        """Reserves an amount until its expiry, for a destination or another
+        wallet; refused as a draw would be. Returns the hold."""
+        now = utcnow()
+        wallet = wallets.get(command.wallet_id)
+        receiver = None
+        if command.receiver_id is not None:
+            receiver = wallets.get(command.receiver_id)
+        hold_id = uuid4()  # One per hold placed (as a transfer's id).
+        wallet.place_hold(
+            hold_id=hold_id,
+            amount=command.amount,
+            expires_at=expiry_of(command, now),
+            destination=command.destination,
+            receiver=receiver,
+            description=command.description,
+            cause=command.cause,
+            now=now,
+        )
+        hold = HoldInfo.open_of(hold_id, wallet.holds[str(hold_id)])
+        return wallets.save(hold.answer(WalletInfo.of(wallet, now)))
+
+    @handler
+    def capture_hold(self, command: CaptureHold, wallets: Wallets) -> HoldInfo:
+        """Ends an open hold by moving all it holds, or less, to its destination
+        (a wallet's: as a transfer); the rest is released."""
+        now = utcnow()
+        wallet = wallets.get(command.wallet_id)
+        hold = self._open_hold(wallet, command.hold_id, now)
+        receiver = None
+        if hold.counterparty_wallet_id is not None:
+            receiver = wallets.get(hold.counterparty_wallet_id)
+        transfer_id = uuid4()
+        taken = capture_hold(
+            wallet,
+            receiver,
+            hold_id=command.hold_id,
+            amount=command.amount,
+            transfer_id=transfer_id,
+            cause=command.cause,
+            now=now,
+        )
+        ended = hold.ended(
+            "captured",
+            wallet.modified_on,
+            captured=taken,
+            released=hold.amount - taken,
+            transfer_id=None if receiver is None else transfer_id,
+        )
+        return wallets.save(
+            ended.answer(
+                WalletInfo.of(wallet, now),
+                None if receiver is None else WalletInfo.of(receiver, now),
+            )
+        )
+
+    @handler
+    def void_hold(self, command: VoidHold, wallets: Wallets) -> HoldInfo:
+        """Ends an open hold with nothing taken."""
+        now = utcnow()
+        wallet = wallets.get(command.wallet_id)
+        hold = self._open_hold(wallet, command.hold_id, now)
+        wallet.void_hold(command.hold_id, command.cause, now)
+        ended = hold.ended("voided", wallet.modified_on, released=hold.amount)
+        return wallets.save(ended.answer(WalletInfo.of(wallet, now)))
+
+    @handler
+    def expire_hold(self, command: ExpireHold, wallets: Wallets) -> HoldInfo:
+        """Records that a hold reached its expiry (the hold-expiry follower sends
+        this); HoldEnded if it ended otherwise first."""
+        now = utcnow()
+        wallet = wallets.get(command.wallet_id)
+        if str(command.hold_id) not in wallet.holds:
+            raise self._ended(wallet.id, command.hold_id)
+        hold = HoldInfo.open_of(command.hold_id, wallet.holds[str(command.hold_id)])
+        wallet.expire_hold(command.hold_id, command.cause, now)
+        ended = hold.ended("expired", wallet.modified_on, released=hold.amount)
+        return wallets.save(ended.answer(WalletInfo.of(wallet, now)))
+
+    @handler
+    def set_credit_limit(self, command: SetCreditLimit, wallets: Wallets) -> WalletInfo:
+        """Lets a wallet's available amount go this far below zero (the admin's)."""
+        wallet = wallets.get(command.wallet_id)
+        wallet.set_credit_limit(command.credit_limit, command.cause)
+        return wallets.save(WalletInfo.of(wallet))
+
+    @handler
+    def set_daily_limit(self, command: SetDailyLimit, wallets: Wallets) -> WalletInfo:
+        """Caps what a wallet spends in a UTC day, or lifts the cap (the admin's)."""
+        wallet = wallets.get(command.wallet_id)
+        wallet.set_daily_limit(command.daily_limit, command.cause)
+        return wallets.save(WalletInfo.of(wallet))
+
+    def _open_hold(self, wallet: Wallet, hold_id: UUID, now: datetime) -> HoldInfo:
+        """A hold the wallet has open, or the error saying how it ended."""
+        try:
+            return HoldInfo.open_of(hold_id, wallet.open_hold(hold_id, now))
+        except HoldNotFound:
+            raise self._ended(wallet.id, hold_id) from None
+        except HoldEnded as ended:  # Past its expiry, not recorded yet.
+            hold = HoldInfo.open_of(hold_id, wallet.holds[str(hold_id)])
+            raise HoldEnded(hold_id, ended.status, hold) from None
+
+    def _ended(self, wallet_id: UUID, hold_id: UUID) -> HoldEnded | HoldNotFound:
+        """How a hold the wallet no longer has open ended (HoldEnded, with the
+        hold), or HoldNotFound if the wallet never had it."""
+        hold = self._find_hold(wallet_id, hold_id)
+        if hold is None:
+            return HoldNotFound(hold_id)
+        return HoldEnded(hold_id, hold.status, hold)
+
     # Queries
+
+    def hold(self, wallet_id: UUID, hold_id: UUID) -> HoldInfo:
+        """One of a wallet's holds, open or ended; HoldNotFound if it has none by
+        that id."""
+        wallet = self._get(wallet_id)
+        hold = wallet.holds.get(str(hold_id))
+        if hold is not None:
+            return HoldInfo.open_of(hold_id, hold)
+        found = self._find_hold(wallet_id, hold_id)
+        if found is None:
+            raise HoldNotFound(hold_id)
+        return found
+
+    def open_holds(self, wallet_id: UUID) -> list[HoldInfo]:
+        """A wallet's open holds (not past their expiry), soonest to expire first."""
+        wallet = self._get(wallet_id)
+        holds = [HoldInfo.open_of(i, h) for i, h in wallet.holds.items()]
+        return sorted(
+            (h for h in holds if h.status == OPEN), key=lambda h: h.expires_at
+        )
 
     def get_wallet(
         self,
@@ -225,15 +382,25 @@ class Pocket(Leader[UUID]):
         """
         limit = max(1, min(limit, HISTORY_PAGE_MAX))
         wallet = WalletInfo.of(self._get(wallet_id))
-        # Only two events are not money movements (opening and closing), so
-        # limit + 3 events hold at least limit + 1 movements when there are that
-        # many: enough to tell whether another page follows.
-        if newest_first:
-            before = after - 1 if after > 0 else None
-            events = self.events.get(wallet_id, lte=before, desc=True, limit=limit + 3)
-        else:
-            events = self.events.get(wallet_id, gt=max(after, 0), limit=limit + 3)
-        entries = [h for e in events if (h := to_history_entry(e)) is not None]
+        # Reads until it has one entry more than the page (so it can tell whether
+        # another page follows) or the events end: most events are entries, but
+        # opening, closing and limits are not.
+        entries: list[HistoryEntry] = []
+        position = after if newest_first else max(after, 0)
+        while len(entries) <= limit:
+            if newest_first:
+                before = position - 1 if position > 0 else None
+                if before is not None and before < 1:
+                    break
+                events = list(
+                    self.events.get(wallet_id, lte=before, desc=True, limit=limit + 3)
+                )
+            else:
+                events = list(self.events.get(wallet_id, gt=position, limit=limit + 3))
+            entries.extend(h for e in events if (h := to_history_entry(e)) is not None)
+            if len(events) < limit + 3:
+                break
+            position = events[-1].originator_version
         return HistoryPage(wallet, entries[:limit], len(entries) > limit)
 
     def movements(self, wallet_id: UUID) -> list[HistoryEntry]:
@@ -268,6 +435,22 @@ class Pocket(Leader[UUID]):
         """Group commits so far in this process: batch sizes and retries."""
         return self._committer.stats()
 
+    def _find_hold(self, wallet_id: UUID, hold_id: UUID) -> HoldInfo | None:
+        """A hold from the wallet's events, newest first, a page at a time, back
+        to its placing; None if the wallet never had it."""
+        found: list[object] = []
+        before: int | None = None
+        while True:
+            page = list(self.events.get(wallet_id, lte=before, desc=True, limit=500))
+            for event in page:
+                if getattr(event, "hold_id", None) == hold_id:
+                    found.insert(0, event)
+                    if isinstance(event, Wallet.HoldPlaced):
+                        return HoldInfo.from_events(found)
+            if len(page) < 500:
+                return None
+            before = page[-1].originator_version - 1
+
     def _get(self, wallet_id: UUID, version: int | None = None) -> Wallet:
         try:
             wallet: object = self.repository.get(wallet_id, version=version)
@@ -291,3 +474,24 @@ class Pocket(Leader[UUID]):
         if low == 0:
             raise VersionNotFound(wallet_id, 0)
         return low
+
+
+def expiry_of(command: PlaceHold, now: datetime) -> datetime:
+    """A hold's expiry: its time, or its number of seconds from now."""
+    if (command.expires_at is None) == (command.expires_in is None):
+        msg = "A hold needs an expiry: expires_at (a time) or expires_in (seconds)."
+        raise InvalidExpiry("expires_in", msg)
+    if command.expires_at is not None:
+        return command.expires_at
+    seconds = command.expires_in
+    if isinstance(seconds, bool) or not isinstance(seconds, int):
+        raise InvalidExpiry(
+            "expires_in", "expires_in must be a whole number of seconds."
+        )
+    if not 1 <= seconds <= MAX_HOLD.total_seconds():
+        limit = int(MAX_HOLD.total_seconds())
+        msg = (
+            f"expires_in must be between 1 and {limit} seconds ({MAX_HOLD.days} days)."
+        )
+        raise InvalidExpiry("expires_in", msg)
+    return now + timedelta(seconds=seconds)

@@ -11,6 +11,7 @@ hold when it commits (its guard: the caller's token, see pocket.guards).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from uuid import UUID, uuid4
 
@@ -128,3 +129,116 @@ class CloseWallet(Command):
 
     def fingerprint(self) -> tuple[object, ...]:
         return ("close", self.wallet_id)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlaceHold(Command):
+    """Reserve an amount in a wallet until an expiry, for a destination outside
+    Pocket or for another wallet (receiver_id), to capture or void later; refused
+    as a draw would be. Its expiry is a time (expires_at) or a number of seconds
+    from when it runs (expires_in): one of the two."""
+
+    wallet_id: UUID
+    amount: Decimal
+    destination: str | None = None
+    receiver_id: UUID | None = None
+    description: str = ""
+    expires_at: datetime | None = None
+    expires_in: int | None = None
+
+    def wallet_ids(self) -> tuple[UUID, ...]:
+        if self.receiver_id is None:
+            return (self.wallet_id,)
+        return (self.wallet_id, self.receiver_id)
+
+    def fingerprint(self) -> tuple[object, ...]:
+        return (
+            "place_hold",
+            self.wallet_id,
+            self.amount,
+            self.destination,
+            self.receiver_id,
+            self.description,
+            self.expires_at,
+            self.expires_in,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaptureHold(Command):
+    """End an open hold by moving what it holds, or less (amount; the rest is
+    released), to its destination or its receiver's wallet."""
+
+    wallet_id: UUID
+    hold_id: UUID
+    amount: Decimal | None = None
+
+    def wallet_ids(self) -> tuple[UUID, ...]:
+        # A capture to a wallet gets the receiver too, once the hold names it.
+        return (self.wallet_id,)
+
+    def fingerprint(self) -> tuple[object, ...]:
+        return ("capture_hold", self.wallet_id, self.hold_id, self.amount)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VoidHold(Command):
+    """End an open hold with nothing taken."""
+
+    wallet_id: UUID
+    hold_id: UUID
+
+    def wallet_ids(self) -> tuple[UUID, ...]:
+        return (self.wallet_id,)
+
+    def fingerprint(self) -> tuple[object, ...]:
+        return ("void_hold", self.wallet_id, self.hold_id)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExpireHold(Command):
+    """Record that a hold reached its expiry (what the hold-expiry follower
+    sends, under the key expiry_key() gives it)."""
+
+    wallet_id: UUID
+    hold_id: UUID
+
+    def wallet_ids(self) -> tuple[UUID, ...]:
+        return (self.wallet_id,)
+
+    def fingerprint(self) -> tuple[object, ...]:
+        return ("expire_hold", self.wallet_id, self.hold_id)
+
+
+def expiry_key(hold_id: UUID) -> str:
+    """The command id of a hold's expiry: every follower that sends it sends the
+    same one, so that it runs once."""
+    return f"pocket-expiry-{hold_id}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetCreditLimit(Command):
+    """Let a wallet's available amount go this far below zero (0: not at all)."""
+
+    wallet_id: UUID
+    credit_limit: Decimal
+
+    def wallet_ids(self) -> tuple[UUID, ...]:
+        return (self.wallet_id,)
+
+    def fingerprint(self) -> tuple[object, ...]:
+        return ("set_credit_limit", self.wallet_id, self.credit_limit)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetDailyLimit(Command):
+    """Cap what a wallet spends in a UTC day (None: no cap)."""
+
+    wallet_id: UUID
+    daily_limit: Decimal | None
+
+    def wallet_ids(self) -> tuple[UUID, ...]:
+        return (self.wallet_id,)
+
+    def fingerprint(self) -> tuple[object, ...]:
+        return ("set_daily_limit", self.wallet_id, self.daily_limit)

@@ -31,15 +31,121 @@ class InvalidText(PocketError, ValueError):
 
 
 class InsufficientFunds(PocketError):
-    """Drawing would take the wallet below zero."""
+    """Drawing, sending or holding would take the available amount below zero
+    (the balance, less what open holds reserve, plus any credit limit)."""
 
-    def __init__(self, balance: Decimal, amount: Decimal) -> None:
-        super().__init__(
-            f"Insufficient funds: the balance is {balance:.2f}, "
-            f"{amount:.2f} was asked for."
-        )
+    def __init__(
+        self,
+        balance: Decimal,
+        amount: Decimal,
+        *,
+        held: Decimal = Decimal("0.00"),
+        credit_limit: Decimal = Decimal("0.00"),
+    ) -> None:
+        available = balance - held + credit_limit
+        if held or credit_limit:
+            parts = [f"the balance {balance:.2f}"]
+            if held:
+                parts.append(f"less {held:.2f} held")
+            if credit_limit:
+                parts.append(f"plus a credit limit of {credit_limit:.2f}")
+            message = (
+                f"Insufficient funds: {available:.2f} is available "
+                f"({', '.join(parts)}), {amount:.2f} was asked for."
+            )
+        else:
+            message = (
+                f"Insufficient funds: the balance is {balance:.2f}, "
+                f"{amount:.2f} was asked for."
+            )
+        super().__init__(message)
         self.balance = balance
         self.amount = amount
+        self.held = held
+        self.credit_limit = credit_limit
+        self.available = available
+
+
+class DailyLimitExceeded(PocketError):
+    """The wallet's daily spending limit would be passed: draws, outgoing
+    transfers and captures of the current UTC day, with its open holds."""
+
+    def __init__(self, limit: Decimal, spent: Decimal, amount: Decimal) -> None:
+        super().__init__(
+            f"Daily limit exceeded: the wallet may spend {limit:.2f} a day (UTC); "
+            f"{spent:.2f} is spent or held today, {amount:.2f} more was asked for."
+        )
+        self.limit = limit
+        self.spent = spent
+        self.amount = amount
+
+
+class HoldNotFound(PocketError, LookupError):
+    """The wallet has no hold with this id."""
+
+    def __init__(self, hold_id: object) -> None:
+        super().__init__(f"There is no hold {hold_id} on this wallet.")
+        self.hold_id = hold_id
+
+
+class HoldEnded(PocketError):
+    """The hold has already ended (captured, voided or expired): it ends once."""
+
+    def __init__(self, hold_id: UUID, status: str, hold: object = None) -> None:
+        super().__init__(
+            f"The hold {hold_id} is already {status}: a hold ends only once."
+        )
+        self.hold_id = hold_id
+        self.status = status
+        # The hold as it ended (a pocket.results.HoldInfo), where it is known.
+        self.hold = hold
+
+
+class CaptureExceedsHold(PocketError):
+    """A capture may take at most the amount held."""
+
+    def __init__(self, held: Decimal, amount: Decimal) -> None:
+        super().__init__(
+            f"A capture may take at most the {held:.2f} held; "
+            f"{amount:.2f} was asked for."
+        )
+        self.held = held
+        self.amount = amount
+
+
+class HoldNotDue(PocketError):
+    """A hold expires only once its time has come."""
+
+    def __init__(self, hold_id: UUID, expires_at: object) -> None:
+        super().__init__(f"The hold {hold_id} expires at {expires_at}, not before.")
+        self.hold_id = hold_id
+
+
+class HoldsOpen(PocketError):
+    """A wallet with open holds cannot be closed."""
+
+    def __init__(self, held: Decimal) -> None:
+        super().__init__(
+            f"The wallet has {held:.2f} in open holds: capture or void them "
+            "before closing it."
+        )
+        self.held = held
+
+
+class InvalidExpiry(PocketError, ValueError):
+    """A hold's expiry is missing, in the past, or beyond the maximum."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(problem)
+        self.field = field
+
+
+class InvalidLimit(PocketError, ValueError):
+    """A limit breaks the money rules (it may be zero)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(problem)
+        self.field = field
 
 
 class WalletClosed(PocketError):

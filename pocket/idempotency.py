@@ -24,7 +24,7 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError, Repository
 
 from pocket.domainmodel import CommandRecord
-from pocket.results import Result, TransferInfo, WalletInfo
+from pocket.results import HoldInfo, Result, TransferInfo, WalletInfo
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,19 @@ def result_to_record(result: Result) -> dict[str, Any]:
     """A command's answer as its record keeps it."""
     if isinstance(result, WalletInfo):
         return {"wallet": wallet_to_record(result)}
+    if isinstance(result, HoldInfo):
+        hold = {
+            f.name: getattr(result, f.name)
+            for f in dataclasses.fields(result)
+            if f.name not in ("wallet", "receiver", "replayed")
+        }
+        hold["wallet"] = (
+            None if result.wallet is None else wallet_to_record(result.wallet)
+        )
+        hold["receiver"] = (
+            None if result.receiver is None else wallet_to_record(result.receiver)
+        )
+        return {"hold": hold}
     return {
         "transfer": {
             "id": result.id,
@@ -122,13 +135,23 @@ def wallet_to_record(wallet: WalletInfo) -> dict[str, Any]:
         "version": wallet.version,
         "closed": wallet.closed,
         "modified_on": wallet.modified_on,
+        "held": wallet.held,
+        "credit_limit": wallet.credit_limit,
+        "daily_limit": wallet.daily_limit,
     }
 
 
 def result_from_record(data: dict[str, Any]) -> Result:
-    """The answer a command record kept."""
+    """The answer a command record kept (records made before holds keep no
+    held amount or limits: none of either then)."""
     if "wallet" in data:
         return WalletInfo(**data["wallet"])
+    if "hold" in data:
+        hold = dict(data["hold"])
+        for side in ("wallet", "receiver"):
+            if hold[side] is not None:
+                hold[side] = WalletInfo(**hold[side])
+        return HoldInfo(**hold)
     recorded = data["transfer"]
     return TransferInfo(
         id=recorded["id"],
