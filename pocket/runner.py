@@ -40,10 +40,14 @@ from eventsourcing.utils import EnvType
 
 from pocket.application import Pocket
 from pocket.catalog import ProjectionCatalog
+from pocket.commands import ExpireHold, expiry_key
 from pocket.database import Database
+from pocket.domainmodel import Cause, correlation_id, utcnow
+from pocket.errors import HoldEnded, HoldNotDue, HoldNotFound, PocketError
+from pocket.expiry import EXPIRY_TICK_SECONDS
 from pocket.locks import ProcessLock, process_lock
 from pocket.postgres_pool import connect_kwargs, refused_as_read_only
-from pocket.system import WalletRecords
+from pocket.system import HoldExpiry, SectionFollower, WalletRecords
 from pocket.walletrecords import ProjectionSwitched
 
 log = logging.getLogger(__name__)
@@ -95,7 +99,14 @@ class PocketRunner(MultiThreadedRunner[UUID]):
     @property
     def projectors(self) -> list[WalletRecords]:
         """The projector of each version, as this runner constructed them."""
-        return [cast(WalletRecords, self.apps[name]) for name in self.system.followers]
+        return [f for f in self.followers if isinstance(f, WalletRecords)]
+
+    @property
+    def followers(self) -> list[SectionFollower]:
+        """Every follower of Pocket's log: the projectors, the hold-expiry one."""
+        return [
+            cast(SectionFollower, self.apps[name]) for name in self.system.followers
+        ]
 
     def start(self) -> None:
         """Makes the live version's tables, then starts a thread per projector."""
@@ -106,18 +117,26 @@ class PocketRunner(MultiThreadedRunner[UUID]):
         catalog = ProjectionCatalog(Database.of(pocket))
         catalog.ensure()
         listens = isinstance(pocket.recorder, PostgresApplicationRecorder)
-        for projector in self.projectors:
+        for projector in self.followers:
             if self.batch_size:
                 projector.batch_size = min(self.batch_size, pocket.log_section_size)
             projector.follow(pocket.name, pocket.notification_log)
-            thread = ProjectorThread(
-                projector,
+            arguments = (
                 catalog,
                 self._lock_for(projector),
                 self.poll_interval or (30.0 if listens else 0.5),
                 self.has_errored,
-                leave_server=self.leave_server,
             )
+            thread: FollowerThread
+            if isinstance(projector, HoldExpiry):
+                thread = ExpiryThread(
+                    projector, *arguments, pocket=pocket, leave_server=self.leave_server
+                )
+            else:
+                assert isinstance(projector, WalletRecords)
+                thread = ProjectorThread(
+                    projector, *arguments, leave_server=self.leave_server
+                )
             self.threads[projector.name] = thread
             pocket.lead(thread)
             thread.start()
@@ -163,7 +182,7 @@ class PocketRunner(MultiThreadedRunner[UUID]):
             app.close()
         self.apps.clear()
 
-    def _lock_for(self, projector: WalletRecords) -> ProcessLock:
+    def _lock_for(self, projector: SectionFollower) -> ProcessLock:
         db = Database.of(self.pocket)
         path = self.pocket.env.get("SQLITE_DBNAME")
         return process_lock(db.datastore, path, follower_lock_name(projector.name))
@@ -174,14 +193,14 @@ def follower_lock_name(projector: str) -> str:
     return f"follower-{projector}"
 
 
-class ProjectorThread(MultiThreadedRunnerThread[UUID]):
-    """Follows Pocket's log into one version of wallet_records, for as long as the
-    runner runs: it takes the version's lock, applies while the version is live,
-    and backs off and tries again after any failure."""
+class FollowerThread(MultiThreadedRunnerThread[UUID]):
+    """Follows Pocket's log for one follower, for as long as the runner runs: it
+    takes the follower's lock, applies while it may (see ProjectorThread), and
+    backs off and tries again after any failure."""
 
     def __init__(
         self,
-        projector: WalletRecords,
+        projector: SectionFollower,
         catalog: ProjectionCatalog,
         lock: ProcessLock,
         poll_interval: float,
@@ -267,7 +286,7 @@ class ProjectorThread(MultiThreadedRunnerThread[UUID]):
     def _may_apply(self) -> bool:
         """Whether this version is live and the lock is ours (taking it if it is
         free); sets the role."""
-        if self.catalog.live_version() != self.projector.version:
+        if not self._is_live():
             if self.lock.held:
                 log.info("%s is no longer live: standing by", self.projector.name)
             self.lock.release()  # The lock, or the place in line for it.
@@ -282,6 +301,11 @@ class ProjectorThread(MultiThreadedRunnerThread[UUID]):
             # Another process may have applied events while this one did not.
             self.projector.forget_position()
         self.role = ACTIVE
+        return True
+
+    def _is_live(self) -> bool:
+        """Whether this follower's events may be applied now (a projector's
+        version must be live; other followers always may)."""
         return True
 
     def _hold_lock(self) -> bool:
@@ -367,6 +391,82 @@ class ProjectorThread(MultiThreadedRunnerThread[UUID]):
             exc_info=not expected,
         )
         return delay
+
+
+class ProjectorThread(FollowerThread):
+    """Follows Pocket's log into one version of wallet_records: applies only
+    while the version is live."""
+
+    projector: WalletRecords
+
+    def __init__(self, projector: WalletRecords, *args: Any, **kwargs: Any) -> None:
+        super().__init__(projector, *args, **kwargs)
+
+    def _is_live(self) -> bool:
+        return self.catalog.live_version() == self.projector.version
+
+
+class ExpiryThread(FollowerThread):
+    """Runs the hold-expiry follower: keeps its table of open holds from the log
+    and, while it holds the follower's lock, records each due hold's expiry
+    through Pocket, under the key every follower sends it with (so it runs once
+    however many send it)."""
+
+    projector: HoldExpiry
+
+    def __init__(
+        self, projector: HoldExpiry, *args: Any, pocket: Pocket, **kwargs: Any
+    ) -> None:
+        super().__init__(projector, *args, **kwargs)
+        self.pocket = pocket
+        # Expiries this thread recorded, and those another ending beat (metrics).
+        self.expired = 0
+        self.beaten = 0
+
+    def _step(self) -> tuple[float, int]:
+        wait, applied = super()._step()
+        if self.role != ACTIVE:
+            return wait, applied
+        if applied:
+            return 0.0, applied  # Up to date first: its holds may have ended.
+        self.expire_due()
+        soonest = self.projector.next_expiry()
+        if soonest is not None:
+            wait = min(wait, max(0.0, (soonest - utcnow()).total_seconds()))
+        return min(wait, EXPIRY_TICK_SECONDS), applied
+
+    def expire_due(self) -> int:
+        """Records the expiry of each open hold whose time has come; returns how
+        many it recorded. One whose hold ended first (a capture, a void, another
+        follower's expiry) is dropped: the ending's event removes it from the
+        table of open holds."""
+        expired = 0
+        for due in self.projector.due(utcnow()):
+            if self.is_stopping.is_set():
+                break
+            command = ExpireHold(
+                wallet_id=due.wallet_id,
+                hold_id=due.hold_id,
+                command_id=expiry_key(due.hold_id),
+                cause=Cause(actor="system", correlation_id=correlation_id()),
+            )
+            try:
+                answer = self.pocket.expire_hold(command)
+            except (HoldEnded, HoldNotDue):
+                self.beaten += 1
+                continue
+            except HoldNotFound:
+                log.warning("Hold %s to expire is not in its wallet", due.hold_id)
+                continue
+            except PocketError as error:
+                log.warning("Hold %s not expired: %s", due.hold_id, error)
+                continue
+            if answer.replayed:  # Another follower recorded it.
+                self.beaten += 1
+                continue
+            expired += 1
+        self.expired += expired
+        return expired
 
 
 def is_connection_error(error: BaseException) -> bool:

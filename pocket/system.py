@@ -16,16 +16,20 @@ was read, so a second follower, a crash or a retry never applies an event twice.
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from typing import Any, ClassVar
 from uuid import UUID
 
-from eventsourcing.application import ProcessingEvent
+from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import InfrastructureFactory, Tracking
 from eventsourcing.system import ProcessApplication, System
 from eventsourcing.utils import Environment, get_topic
 
 from pocket.application import Pocket
+from pocket.expiry import EXPIRY, EXPIRY_BATCH, HOLD_EVENTS, DueHold, HoldChanges
+from pocket.expiry_postgres import HoldExpiryPostgresFactory
+from pocket.expiry_sqlite import HoldExpirySQLiteFactory
 from pocket.postgres_pool import POSTGRES_DEFAULTS
 from pocket.walletrecords import (
     COLUMNS,
@@ -38,11 +42,13 @@ from pocket.walletrecords_postgres import WalletRecordsPostgresFactory
 from pocket.walletrecords_sqlite import WalletRecordsSQLiteFactory
 
 
-class WalletRecords(ProcessApplication[UUID]):
-    """Folds Pocket's wallet events into one version of wallet_records."""
+class SectionFollower(ProcessApplication[UUID]):
+    """A process application that follows Pocket's log a section at a time: folds
+    each section's events into one batch of changes (changes_class), which its
+    recorder applies in the transaction that moves its tracking position by
+    compare-and-set. The projector and the hold-expiry follower are two."""
 
-    version: ClassVar[int]
-    topics = tuple(get_topic(cls) for cls in WALLET_EVENTS)
+    changes_class: ClassVar[type[Any]]
     # Notifications applied in one transaction, at most (the library's: 10).
     pull_section_size = 1000
     # One thread uses a projector: it needs few connections.
@@ -55,9 +61,9 @@ class WalletRecords(ProcessApplication[UUID]):
     def __init__(self, env: Any = None) -> None:
         super().__init__(env)
         self.batch_size = self.pull_section_size
-        # Followers apply only while this version is live; pocket migrate
+        # Projectors apply only while their version is live; pocket migrate
         # builds a version that is not live yet.
-        self.live_only = True
+        self.live_only = False
         # Set to end pull_and_process between two transactions.
         self.stopping = threading.Event()
         # Sections applied by this object, and the notifications they covered
@@ -70,7 +76,7 @@ class WalletRecords(ProcessApplication[UUID]):
         self.known_position: int | None = None
 
     def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
-        """Pocket's factories: recorders that apply wallet_records' batches."""
+        """Pocket's factories: recorders that apply the followers' batches."""
         module = env.get("PERSISTENCE_MODULE")
         if module == "eventsourcing.postgres":
             return WalletRecordsPostgresFactory(env)
@@ -92,7 +98,7 @@ class WalletRecords(ProcessApplication[UUID]):
             tracking = processing_event.tracking
             assert tracking is not None
             after = self.recorder.max_tracking_id(tracking.application_name)
-            batch = Batch(WalletChanges(), after, live_only=False)
+            batch = Batch(self.changes_class(), after, live_only=False)
             processing_event.collect_events(batch=batch)
         assert isinstance(batch, Batch)
         batch.changes.fold(domain_event)
@@ -152,7 +158,7 @@ class WalletRecords(ProcessApplication[UUID]):
             Tracking(leader_name, notifications[-1].id)
         )
         processing_event.collect_events(
-            batch=Batch(WalletChanges(), after, live_only=self.live_only)
+            batch=Batch(self.changes_class(), after, live_only=self.live_only)
         )
         mapper = self.mappers[leader_name]
         for notification in notifications:
@@ -166,8 +172,20 @@ class WalletRecords(ProcessApplication[UUID]):
 
     @property
     def position(self) -> int | None:
-        """The last notification of Pocket's log this version reflects."""
+        """The last notification of Pocket's log this follower has applied."""
         return self.recorder.max_tracking_id(Pocket.name)
+
+
+class WalletRecords(SectionFollower):
+    """Folds Pocket's wallet events into one version of wallet_records."""
+
+    version: ClassVar[int]
+    topics = tuple(get_topic(cls) for cls in WALLET_EVENTS)
+    changes_class = WalletChanges
+
+    def __init__(self, env: Any = None) -> None:
+        super().__init__(env)
+        self.live_only = True
 
 
 class WalletRecordsV1(WalletRecords):
@@ -182,6 +200,41 @@ class WalletRecordsV2(WalletRecords):
 
     name = table_of(2)
     version = 2
+
+
+class HoldExpiry(SectionFollower):
+    """The hold-expiry follower: keeps the open holds (each one's wallet and
+    expiry) from Pocket's log, and its runner thread (pocket.runner) records
+    each hold's expiry, through Pocket's expire_hold, when its time comes.
+
+    Exactly once: a hold ends once in its wallet (a second ending is refused
+    there), and every follower sends a hold's expiry under the same idempotency
+    key (pocket.commands.expiry_key)."""
+
+    name = EXPIRY
+    topics = tuple(get_topic(cls) for cls in HOLD_EVENTS)
+    changes_class = HoldChanges
+
+    def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
+        """Pocket's factories, with the follower's recorder of open holds."""
+        module = env.get("PERSISTENCE_MODULE")
+        if module == "eventsourcing.postgres":
+            return HoldExpiryPostgresFactory(env)
+        if module == "eventsourcing.sqlite":
+            return HoldExpirySQLiteFactory(env)
+        return super().construct_factory(env)
+
+    def due(self, now: datetime, limit: int = EXPIRY_BATCH) -> list[DueHold]:
+        """The open holds whose expiry has come by now, soonest first."""
+        return self.recorder.due(now, limit)  # type: ignore[attr-defined,no-any-return]
+
+    def next_expiry(self) -> datetime | None:
+        """When the soonest open hold it knows of expires."""
+        return self.recorder.next_expiry()  # type: ignore[attr-defined,no-any-return]
+
+    def open_count(self) -> int:
+        """How many open holds it knows of."""
+        return self.recorder.open_count()  # type: ignore[attr-defined,no-any-return]
 
 
 VERSIONS: dict[int, type[WalletRecords]] = {1: WalletRecordsV1, 2: WalletRecordsV2}
@@ -204,7 +257,11 @@ def projector_of(
 
 
 # Pocket leads; every version of the projector follows it (only the live one
-# applies events). `pocket serve` and `pocket follow` run this system.
-system = System(pipes=[[Pocket, projector] for projector in VERSIONS.values()])
+# applies events), and so does the hold-expiry follower. `pocket serve` and
+# `pocket follow` run this system.
+PIPES: list[list[type[Application[Any]]]] = [
+    [Pocket, projector] for projector in VERSIONS.values()
+]
+system = System(pipes=[*PIPES, [Pocket, HoldExpiry]])
 # Pocket alone: `pocket serve --no-follower`, and the operator commands.
 writer = System(pipes=[[Pocket]])

@@ -19,7 +19,7 @@ from pocket.catalog import ProjectionCatalog
 from pocket.commands import AddMoney, DrawMoney, OpenWallet
 from pocket.config import Settings
 from pocket.database import Database
-from pocket.runner import Listener, PocketRunner, ProjectorThread
+from pocket.runner import FollowerThread, Listener, PocketRunner
 from pocket.system import WalletRecords, WalletRecordsV2, projector_of, system
 from pocket.walletrecords import Batch, WalletChanges, WalletRecord
 from tests.replay import replayed_records
@@ -191,7 +191,7 @@ def running_follower(settings: Settings, gather: float) -> PocketRunner:
     runner = PocketRunner(system, dict(settings.env))
     runner.start()
     for thread in runner.threads.values():
-        assert isinstance(thread, ProjectorThread)
+        assert isinstance(thread, FollowerThread)
         thread.gather = gather
     return runner
 
