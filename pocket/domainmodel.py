@@ -555,7 +555,7 @@ def check_expiry(expires_at: object, now: datetime) -> datetime:
         msg = "A hold's expiry must be a time with its UTC offset."
         raise InvalidExpiry("expires_at", msg)
     if expires_at - now < MIN_HOLD:
-        msg = "A hold must last at least a second: its expiry is in the past."
+        msg = "A hold must last at least a second from now."
         raise InvalidExpiry("expires_at", msg)
     if expires_at - now > MAX_HOLD:
         msg = f"A hold may last at most {MAX_HOLD.days} days."

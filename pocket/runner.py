@@ -435,6 +435,11 @@ class ExpiryThread(FollowerThread):
             wait = min(wait, max(0.0, (soonest - utcnow()).total_seconds()))
         return min(wait, EXPIRY_TICK_SECONDS), applied
 
+    def _failed(self, error: Exception) -> float:
+        # A projector backs off up to 30 s; expiries have a bound to keep, so
+        # this one tries again at least this often once the database is back.
+        return min(super()._failed(error), 2 * EXPIRY_TICK_SECONDS)
+
     def expire_due(self) -> int:
         """Records the expiry of each open hold whose time has come; returns how
         many it recorded. One whose hold ended first (a capture, a void, another
