@@ -5,10 +5,11 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError
@@ -20,6 +21,7 @@ from pocket.commands import (
     AddMoney,
     CaptureHold,
     CloseWallet,
+    Command,
     DrawMoney,
     ExpireHold,
     OpenWallet,
@@ -45,6 +47,7 @@ from pocket.errors import (
     HoldNotFound,
     IdempotencyKeyReused,
     InvalidExpiry,
+    PocketError,
     TokenRevoked,
     VersionNotFound,
     WalletNotFound,
@@ -80,7 +83,31 @@ __all__ = [
 ]
 
 HISTORY_PAGE_MAX = 500
+P = TypeVar("P", bound="Pocket")
+C = TypeVar("C", bound=Command)
+H = TypeVar("H", bound=HoldInfo)
 log = logging.getLogger(__name__)
+
+
+def counted(outcome: str) -> Callable[[Callable[[P, C], H]], Callable[[P, C], H]]:
+    """Counts a hold command's outcome in Pocket.hold_counts: outcome when it
+    ran, refused when a rule refused it."""
+
+    def decorate(method: Callable[[P, C], H]) -> Callable[[P, C], H]:
+        @functools.wraps(method)
+        def run(app: P, command: C) -> H:
+            try:
+                answer = method(app, command)
+            except PocketError:
+                app.hold_counts["refused"] += 1
+                raise
+            if not answer.replayed:
+                app.hold_counts[outcome] += 1
+            return answer
+
+        return run
+
+    return decorate
 
 
 class Pocket(Leader[UUID]):
@@ -123,6 +150,9 @@ class Pocket(Leader[UUID]):
             timeout = recorder.commit_timeout  # type: ignore[attr-defined]
             deadline = functools.partial(watchdog.deadline, timeout)
             stalled_seconds = min(STALLED_SECONDS, timeout)
+        # Holds placed, captured, voided, expired and refused by this process
+        # (for metrics; a resent command answered from its record counts none).
+        self.hold_counts: Counter[str] = Counter()
         self._committer = GroupCommitter(
             recorder.insert_events, stalled_seconds=stalled_seconds
         )
@@ -210,6 +240,7 @@ class Pocket(Leader[UUID]):
         wallet.close(command.cause)
         return wallets.save(WalletInfo.of(wallet))
 
+    @counted("placed")
     @handler
     def place_hold(self, command: PlaceHold, wallets: Wallets) -> HoldInfo:
         """Reserves an amount until its expiry, for a destination or another
@@ -233,6 +264,7 @@ class Pocket(Leader[UUID]):
         hold = HoldInfo.open_of(hold_id, wallet.holds[str(hold_id)])
         return wallets.save(hold.answer(WalletInfo.of(wallet, now)))
 
+    @counted("captured")
     @handler
     def capture_hold(self, command: CaptureHold, wallets: Wallets) -> HoldInfo:
         """Ends an open hold by moving all it holds, or less, to its destination
@@ -267,6 +299,7 @@ class Pocket(Leader[UUID]):
             )
         )
 
+    @counted("voided")
     @handler
     def void_hold(self, command: VoidHold, wallets: Wallets) -> HoldInfo:
         """Ends an open hold with nothing taken."""
@@ -277,6 +310,7 @@ class Pocket(Leader[UUID]):
         ended = hold.ended("voided", wallet.modified_on, released=hold.amount)
         return wallets.save(ended.answer(WalletInfo.of(wallet, now)))
 
+    @counted("expired")
     @handler
     def expire_hold(self, command: ExpireHold, wallets: Wallets) -> HoldInfo:
         """Records that a hold reached its expiry (the hold-expiry follower sends

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -35,7 +35,7 @@ from pocket.catalog import ProjectionCatalog
 from pocket.gate import DatabaseGate
 from pocket.groupcommit import CommitStats
 from pocket.operations import lag_seconds
-from pocket.runner import ROLES, PocketRunner, ProjectorThread
+from pocket.runner import ROLES, ExpiryThread, PocketRunner, ProjectorThread
 from pocket.verifications import VerificationLog
 from pocket.walletrecords import PROJECTION
 
@@ -73,6 +73,10 @@ class PocketCollector(Collector):
         threads = self.runner.threads.values()
         yield from follower_metrics(
             t for t in threads if isinstance(t, ProjectorThread)
+        )
+        yield from hold_metrics(
+            self.pocket.hold_counts,
+            [t for t in threads if isinstance(t, ExpiryThread)],
         )
         # While the gate is closed the database is known to be down: a scrape
         # must not wait on it.
@@ -221,6 +225,46 @@ def follower_metrics(threads: Iterable[ProjectorThread]) -> Iterator[Metric]:
         events.add_metric(version, thread.projector.notifications_applied)
         failures.add_metric(version, thread.failed_rounds)
     yield from (role, batches, events, failures)
+
+
+def hold_metrics(
+    counts: Mapping[str, int], expirers: list[ExpiryThread]
+) -> Iterator[Metric]:
+    """Holds placed, captured, voided, expired and refused by this process's
+    commands; and its hold-expiry follower's role."""
+    holds = CounterMetricFamily(
+        "pocket_holds",
+        "Hold commands this process ran, by outcome: placed, captured, voided, "
+        "expired (recorded by the expiry follower), refused (a rule refused the "
+        "command: funds, limits, a hold that had ended).",
+        labels=["outcome"],
+    )
+    for outcome in HOLD_OUTCOMES:
+        holds.add_metric([outcome], counts.get(outcome, 0))
+    yield holds
+    if not expirers:
+        return
+    role = GaugeMetricFamily(
+        "pocket_expiry_follower_role",
+        "What this process's hold-expiry follower does: 1 for its role (active: "
+        "records expiries; standby: waits for the active one's lock), 0 for the "
+        "others.",
+        labels=["role"],
+    )
+    beaten = CounterMetricFamily(
+        "pocket_expiry_follower_beaten",
+        "Expiries this process's follower sent that another ending beat (a "
+        "capture, a void, another follower's expiry).",
+    )
+    for thread in expirers:
+        if thread.role is not None:
+            for name in ROLES[:2]:
+                role.add_metric([name], 1 if thread.role == name else 0)
+        beaten.add_metric([], thread.beaten)
+    yield from (role, beaten)
+
+
+HOLD_OUTCOMES = ("placed", "captured", "voided", "expired", "refused")
 
 
 def registry_for(

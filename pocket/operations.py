@@ -19,8 +19,11 @@ from pocket.bootstrap import follower_lock, named_lock
 from pocket.catalog import ProjectionCatalog, read_live_version
 from pocket.database import Database, Transaction
 from pocket.domainmodel import ZERO, Wallet
+from pocket.expiry import EXPIRY
+from pocket.expiry_sqlite import utc_text
 from pocket.postgres_events import PocketEventsRecorder
 from pocket.reads import Reads
+from pocket.runner import follower_lock_name
 from pocket.system import WalletRecords
 from pocket.verifications import Verification, VerificationLog
 from pocket.walletrecords import (
@@ -85,7 +88,55 @@ def status(pocket: Pocket) -> dict[str, Any]:
                     for v, p in sorted(positions.items())
                 ],
             }
-        ]
+        ],
+        "followers": [expiry_status(pocket, db, head)],
+    }
+
+
+def expiry_status(pocket: Pocket, db: Database, head: int) -> dict[str, Any]:
+    """The hold-expiry follower: its position and lag in Pocket's log, whether
+    it runs, the open holds it knows of, and those past their expiry that it has
+    not recorded yet (due)."""
+    tracking = f"{EXPIRY}_tracking"
+    now = datetime.now(UTC)
+    with db.transaction(commit=False) as tx:
+        position, open_holds, due, soonest = 0, 0, 0, None
+        if tx.has_table(tracking):
+            rows = tx.execute(
+                f"SELECT notification_id FROM {tracking} WHERE application_name = %s",
+                [Pocket.name],
+            )
+            position = int(rows[0]["notification_id"]) if rows else 0
+        if tx.has_table(EXPIRY):
+            (counts,) = tx.execute(
+                f"SELECT count(*) AS open, min(expires_at) AS soonest FROM {EXPIRY}"
+            )
+            open_holds, soonest = int(counts["open"]), counts["soonest"]
+            moment: object = now if db.dialect == "postgres" else utc_text(now)
+            (overdue,) = tx.execute(
+                f"SELECT count(*) AS due FROM {EXPIRY} WHERE expires_at <= %s",
+                [moment],
+            )
+            due = int(overdue["due"])
+    lag_events = count_after(pocket, db, position)
+    lock = named_lock(pocket, follower_lock_name(EXPIRY))
+    follower = lock.holder()
+    if isinstance(soonest, str):
+        soonest = datetime.fromisoformat(soonest)
+    return {
+        "name": EXPIRY,
+        "position": position,
+        "head": head,
+        "lag_events": lag_events,
+        "lag_seconds": lag_seconds(pocket, position) if lag_events else 0.0,
+        "follower": {
+            "running": follower is not None,
+            **(follower or {}),
+            "standbys": lock.standbys(),
+        },
+        "open_holds": open_holds,
+        "due_holds": due,
+        "next_expiry": None if soonest is None else soonest.isoformat(),
     }
 
 
@@ -216,7 +267,29 @@ def format_status(report: dict[str, Any]) -> str:
         for other in others:
             version, position = other["version"], other["position"]
             lines.append(f"  also built     v{version} at position {position:,}")
+    for f in report.get("followers", []):
+        lines += format_follower(f)
     return "\n".join(lines)
+
+
+def format_follower(f: dict[str, Any]) -> list[str]:
+    """A follower other than the projection's (the hold-expiry one), for a person."""
+    follower = f["follower"]
+    who = (
+        f"running (pid {follower.get('pid')} on {follower.get('host')})"
+        if follower["running"]
+        else "not running"
+    )
+    lines = [
+        f"{f['name']}",
+        f"  position       {f['position']:,} of {f['head']:,}",
+        f"  lag            {f['lag_events']:,} events, {f['lag_seconds']:.1f} s",
+        f"  follower       {who}",
+        f"  open holds     {f['open_holds']:,}, {f['due_holds']:,} past their expiry",
+    ]
+    if f["next_expiry"]:
+        lines.append(f"  next expiry    {format_moment(f['next_expiry'])}")
+    return lines
 
 
 # Verify

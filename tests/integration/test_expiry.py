@@ -13,7 +13,7 @@ from uuid import UUID
 import pytest
 
 from pocket.application import Pocket
-from pocket.bootstrap import open_pocket
+from pocket.bootstrap import open_catalog, open_pocket
 from pocket.commands import (
     AddMoney,
     CaptureHold,
@@ -27,6 +27,8 @@ from pocket.config import Settings
 from pocket.domainmodel import Wallet, utcnow
 from pocket.errors import HoldEnded, HoldNotDue
 from pocket.expiry import EXPIRY_BOUND_SECONDS
+from pocket.metrics import registry_for
+from pocket.operations import format_status, status
 from pocket.runner import ExpiryThread, PocketRunner
 from pocket.system import HoldExpiry, system
 
@@ -138,6 +140,12 @@ def test_a_running_system_expires_holds_within_the_bound(
         assert thread.expired == len(holds)
         wallet = pocket.get_wallet(wallet_id)
         assert (wallet.held, wallet.available) == (Decimal(0), Decimal("100.00"))
+        registry = registry_for(runner, open_catalog(pocket))
+        value = registry.get_sample_value
+        assert value("pocket_holds_total", {"outcome": "placed"}) == len(holds)
+        assert value("pocket_holds_total", {"outcome": "expired"}) == len(holds)
+        assert value("pocket_holds_total", {"outcome": "refused"}) == 0
+        assert value("pocket_expiry_follower_role", {"role": "active"}) == 1
     finally:
         runner.stop()
 
@@ -185,3 +193,24 @@ def test_followers_racing_to_expire_record_each_expiry_once(
     finally:
         for runner in runners:
             runner.stop()
+
+
+def test_status_shows_the_followers_position_lag_and_open_holds(
+    pocket: Pocket, expiry: HoldExpiry
+) -> None:
+    open_catalog(pocket)
+    wallet_id = funded_wallet(pocket)
+    hold(pocket, wallet_id, seconds=1)
+    hold(pocket, wallet_id)
+    expiry.catch_up(pocket.name)
+    time.sleep(1.1)
+    hold(pocket, wallet_id)  # Not applied yet: the follower lags by one event.
+    (report,) = status(pocket)["followers"]
+    head = pocket.recorder.max_notification_id()
+    assert report["name"] == "hold_expiry"
+    assert (report["position"], report["head"]) == (head - 1, head)
+    assert report["lag_events"] == 1
+    assert (report["open_holds"], report["due_holds"]) == (2, 1)
+    assert not report["follower"]["running"]
+    text = format_status(status(pocket))
+    assert "open holds     2, 1 past their expiry" in text
