@@ -395,7 +395,8 @@ class Pocket(Leader[UUID]):
         wallet = self._get(wallet_id, version=version)
         if wallet.version != version:
             raise VersionNotFound(wallet_id, version)
-        return WalletInfo.of(wallet)
+        # As it was then: its holds held what they held at that version's time.
+        return WalletInfo.of(wallet, wallet.modified_on)
 
     def history(
         self,
