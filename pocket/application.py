@@ -63,7 +63,7 @@ from pocket.results import (
 )
 from pocket.sqlite import PocketSQLiteFactory
 from pocket.unitofwork import UnitOfWork, handler
-from pocket.wallets import Wallets
+from pocket.wallets import Deferred, Wallets
 from pocket.walletstore import WalletStore
 
 # What the application answers is defined in pocket.results, so that the modules
@@ -320,6 +320,12 @@ class Pocket(Leader[UUID]):
         hold = self._find_hold(wallet_id, hold_id)
         if hold is None:
             return HoldNotFound(hold_id)
+        if hold.ended_on is None:
+            # Open as stored, ended in the wallet in hand: by a save staged in
+            # this batch and not written yet. How it ended is told from the
+            # store once it is, in the next batch (or, if that save fails, the
+            # command runs on the hold as it then stands).
+            raise Deferred
         return HoldEnded(hold_id, hold.status, hold)
 
     # Queries

@@ -5,6 +5,7 @@ daily limit, and snapshots that keep all of it. No database, no application."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -12,6 +13,7 @@ from uuid import UUID, uuid4
 
 import pytest
 from eventsourcing.application import project_aggregate
+from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import (
     DatetimeAsISO,
     DecimalAsStr,
@@ -264,7 +266,7 @@ def test_a_hold_ends_only_once(ending: str) -> None:
     now = utcnow()
     hold_id = hold(wallet, "30", now=now, lasts=timedelta(seconds=2))
     later = now + timedelta(seconds=3)
-    end = {
+    end: dict[str, Callable[[datetime], object]] = {
         "capture": lambda at: capture(wallet, hold_id, now=at),
         "void": lambda at: wallet.void_hold(hold_id, CAUSE, now=at),
         "expire": lambda at: wallet.expire_hold(hold_id, CAUSE, now=at),
@@ -286,11 +288,12 @@ def test_a_hold_past_its_expiry_cannot_be_captured_or_voided(ending: str) -> Non
     hold_id = hold(wallet, "30", now=now, lasts=timedelta(seconds=2))
     at_expiry = now + timedelta(seconds=2)
     wallet.collect_events()
+    ends: dict[str, Callable[[], object]] = {
+        "capture": lambda: capture(wallet, hold_id, now=at_expiry),
+        "void": lambda: wallet.void_hold(hold_id, CAUSE, now=at_expiry),
+    }
     with pytest.raises(HoldEnded) as refused:
-        if ending == "capture":
-            capture(wallet, hold_id, now=at_expiry)
-        else:
-            wallet.void_hold(hold_id, CAUSE, now=at_expiry)
+        ends[ending]()
     assert refused.value.status == "expired"
     assert wallet.collect_events() == []
     assert wallet.balance == D("100.00")
@@ -474,7 +477,7 @@ def test_a_snapshot_keeps_holds_limits_and_the_days_spending() -> None:
     hold(wallet, "10", now=now)
     hold(wallet, "20.02", now=now, receiver=new_wallet("0", "8"))
     wallet.draw_money(D("3"), "ATM", CAUSE, now=now)
-    copy = through_json(Wallet.Snapshot.take(wallet)).mutate(None)
+    copy = through_json(Snapshot.take(wallet)).mutate(None)
     assert isinstance(copy, Wallet)
     assert same_state(copy, wallet)
     now = wallet.modified_on
@@ -489,7 +492,7 @@ def test_a_snapshot_keeps_the_holds_as_they_were_when_it_was_taken() -> None:
     wallet = new_wallet("100")
     now = utcnow()
     first = hold(wallet, "10", now=now)
-    snapshot = Wallet.Snapshot.take(wallet)
+    snapshot = Snapshot.take(wallet)
     # Snapshots are put after the batch's write, by when the wallet has moved on.
     hold(wallet, "20", now=now)
     capture(wallet, first, now=now)
@@ -506,7 +509,7 @@ def test_a_snapshot_keeps_the_holds_as_they_were_when_it_was_taken() -> None:
 
 def test_a_snapshot_from_before_holds_upcasts_to_no_holds_and_no_limits() -> None:
     wallet = new_wallet("100")
-    snapshot = Wallet.Snapshot.take(wallet)
+    snapshot = Snapshot.take(wallet)
     state = {
         k: v
         for k, v in snapshot.state.items()
@@ -540,7 +543,7 @@ def same_state(one: Wallet, other: Wallet) -> bool:
     ) == (other.holds, other.spent_on, other.spent)
 
 
-def through_json(snapshot: Wallet.Snapshot) -> Wallet.Snapshot:
+def through_json(snapshot: Snapshot) -> Snapshot:
     """A snapshot as a store keeps it and gives it back (the application's
     transcodings)."""
     transcoder = JSONTranscoder()
@@ -548,7 +551,7 @@ def through_json(snapshot: Wallet.Snapshot) -> Wallet.Snapshot:
         transcoder.register(transcoding)
     mapper: Mapper[UUID] = Mapper(transcoder=transcoder)
     copy = mapper.to_domain_event(mapper.to_stored_event(snapshot))
-    assert isinstance(copy, Wallet.Snapshot)
+    assert isinstance(copy, Snapshot)
     return copy
 
 
