@@ -354,6 +354,39 @@ def test_capture_void_and_expiry_racing_in_processes_end_each_hold_once(
         pocket.close()
 
 
+@pytest.mark.parametrize("ending", ["capture", "void"])
+def test_a_capture_or_void_past_the_expiry_records_it_and_is_told_expired(
+    pocket: Pocket, ending: str
+) -> None:
+    wallet_id = funded(pocket, "100")
+    expires_at = utcnow() + timedelta(seconds=1.1)
+    hold = place(pocket, wallet_id, "30", expires_at=expires_at)
+    time.sleep(max(0.0, expires_at.timestamp() - time.time()))
+    command: Command = (CaptureHold if ending == "capture" else VoidHold)(
+        wallet_id=wallet_id, hold_id=hold.id, command_id="late"
+    )
+    send: Callable[[Command], HoldInfo] = getattr(pocket, f"{ending}_hold")
+    for _ in range(2):  # Sent again, it is told the same from its record.
+        with pytest.raises(HoldEnded) as refused:
+            send(command)
+        assert refused.value.status == "expired"
+    # Its expiry is recorded once: the follower's own expiry hears it ended.
+    with pytest.raises(HoldEnded) as refused:
+        pocket.expire_hold(
+            ExpireHold(
+                wallet_id=wallet_id, hold_id=hold.id, command_id=expiry_key(hold.id)
+            )
+        )
+    assert refused.value.status == "expired"
+    assert endings(pocket, wallet_id) == {hold.id: ["expired"]}
+    wallet = pocket.get_wallet(wallet_id)
+    assert (wallet.balance, wallet.held, wallet.available) == (
+        D("100.00"),
+        D("0.00"),
+        D("100.00"),
+    )
+
+
 # A capture never takes more than its hold
 
 
