@@ -357,7 +357,9 @@ def fold_expected(wallets: dict[UUID, Expected], event: Any) -> None:
     wallet.version = event.originator_version
     if isinstance(event, Wallet.MoneyAdded | Wallet.TransferReceived):
         wallet.balance += event.amount
-    elif isinstance(event, Wallet.MoneyDrawn | Wallet.TransferSent):
+    elif isinstance(
+        event, Wallet.MoneyDrawn | Wallet.TransferSent | Wallet.HoldCaptured
+    ):
         wallet.balance -= event.amount
     elif isinstance(event, Wallet.Closed):
         wallet.closed = True

@@ -91,18 +91,24 @@ class WalletChanges:
         self.closed.add(wallet_id)
 
     def fold(self, event: object) -> None:
-        """Adds one event's effect."""
+        """Adds one event's effect. Every wallet event moves the row's version,
+        the ones that move no money too."""
         if isinstance(event, Wallet.Created):
             self.open(event.originator_id, event.user_id, event.originator_version)
         elif isinstance(event, Wallet.MoneyAdded | Wallet.TransferReceived):
             self.move(event.originator_id, event.amount, event.originator_version)
-        elif isinstance(event, Wallet.MoneyDrawn | Wallet.TransferSent):
+        elif isinstance(
+            event, Wallet.MoneyDrawn | Wallet.TransferSent | Wallet.HoldCaptured
+        ):
             self.move(event.originator_id, -event.amount, event.originator_version)
         elif isinstance(event, Wallet.Closed):
             self.close(event.originator_id, event.originator_version)
+        elif isinstance(event, WALLET_EVENTS):
+            self.move(event.originator_id, ZERO, event.originator_version)
 
 
-# The wallet events that change wallet_records: the projector reads no others.
+# The wallet events the projector reads: every one, since each moves a wallet's
+# version (a test holds this list to Wallet's events).
 WALLET_EVENTS = (
     Wallet.Created,
     Wallet.MoneyAdded,
@@ -110,6 +116,12 @@ WALLET_EVENTS = (
     Wallet.TransferSent,
     Wallet.TransferReceived,
     Wallet.Closed,
+    Wallet.HoldPlaced,
+    Wallet.HoldCaptured,
+    Wallet.HoldVoided,
+    Wallet.HoldExpired,
+    Wallet.CreditLimitSet,
+    Wallet.DailyLimitSet,
 )
 
 

@@ -25,6 +25,7 @@ from pocket.operations import format_status, last_verification, status, verify
 from pocket.runner import PocketRunner
 from pocket.system import WalletRecordsV2, projector_of, system
 from pocket.walletrecords import LATEST_VERSION, WalletRecord
+from tests.holds import hold_history
 from tests.replay import replayed_records
 
 
@@ -313,6 +314,15 @@ def test_verify_agrees_with_a_faithful_projection(pocket: Pocket) -> None:
     lines: list[str] = []
     assert verify(pocket, out=lines.append) == 0
     assert "0 mismatch(es)" in lines[-1]
+
+
+def test_verify_agrees_with_a_projection_that_followed_holds_and_limits(
+    pocket: Pocket,
+) -> None:
+    hold_history(pocket)
+    follow_all(pocket)
+    lines: list[str] = []
+    assert verify(pocket, out=lines.append) == 0, lines
 
 
 def test_verify_catches_a_row_tampered_with_by_hand(pocket: Pocket) -> None:

@@ -20,8 +20,15 @@ from pocket.commands import AddMoney, DrawMoney, OpenWallet
 from pocket.config import Settings
 from pocket.database import Database
 from pocket.runner import Listener, PocketRunner, ProjectorThread
-from pocket.system import WalletRecords, WalletRecordsV2, projector_of, system
+from pocket.system import (
+    VERSIONS,
+    WalletRecords,
+    WalletRecordsV2,
+    projector_of,
+    system,
+)
 from pocket.walletrecords import Batch, WalletChanges, WalletRecord
+from tests.holds import PAYER_BALANCE, hold_history
 from tests.replay import replayed_records
 
 
@@ -61,6 +68,22 @@ def make_history(pocket: Pocket, wallets: int = 5, moves: int = 4) -> list[UUID]
                     )
                 )
     return ids
+
+
+@pytest.mark.parametrize("version", sorted(VERSIONS))
+def test_every_version_follows_holds_and_limits_as_the_events_say(
+    pocket: Pocket, catalog: ProjectionCatalog, version: int
+) -> None:
+    payer, payee = hold_history(pocket)
+    catalog.create_rows(version)
+    with closing(projector_of(pocket, version, live_only=False)) as projector:
+        projector.batch_size = 3  # sections that end between a hold and its end
+        projector.catch_up("Pocket")
+    rows = {r.aggregate_id: r for r in catalog.records(version)}
+    assert rows == replayed_records(pocket, version)
+    assert rows[payer].balance == PAYER_BALANCE
+    assert rows[payee].balance == Decimal("3.50")
+    assert rows[payer].version == pocket.get_wallet(payer).version
 
 
 def test_catching_up_makes_the_table_equal_to_a_replay(
