@@ -77,3 +77,32 @@ def test_events_that_move_no_money_still_move_the_version() -> None:
     changes = folded(wallet)
     assert wallet.version == 6
     assert changes.deltas[wallet.id] == (Decimal("100.00"), 6)
+
+
+def test_holds_fold_into_what_they_reserve_and_a_capture_ends_all_its_hold() -> None:
+    wallet = funded()
+    soon = utcnow() + timedelta(hours=1)
+    kept, taken, dropped = uuid4(), uuid4(), uuid4()
+    for hold_id, amount in [(kept, "10"), (taken, "30"), (dropped, "5")]:
+        wallet.place_hold(
+            hold_id=hold_id,
+            amount=Decimal(amount),
+            expires_at=soon,
+            destination="shop",
+            cause=CAUSE,
+        )
+    capture_hold(
+        wallet,
+        None,
+        hold_id=taken,
+        amount=Decimal("12"),  # the other 18.00 is released
+        transfer_id=uuid4(),
+        cause=CAUSE,
+    )
+    wallet.void_hold(dropped, CAUSE)
+    wallet.set_credit_limit(Decimal("50"), CAUSE)
+    wallet.set_credit_limit(Decimal("40"), CAUSE)
+    changes = folded(wallet)
+    assert changes.held[wallet.id] == Decimal("10.00")
+    assert changes.credit_limits[wallet.id] == Decimal("40.00")
+    assert changes.deltas[wallet.id] == (Decimal("88.00"), wallet.version)
