@@ -6,11 +6,11 @@ from __future__ import annotations
 import io
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -20,6 +20,7 @@ from pocket.catalog import live_records
 from pocket.commands import AddMoney, CloseWallet, DrawMoney, OpenWallet, Transfer
 from pocket.config import Settings
 from pocket.database import Database
+from pocket.domainmodel import Cause, Wallet
 from pocket.migration import MigrationRefused, Progress, migrate
 from pocket.operations import format_status, last_verification, status, verify
 from pocket.runner import PocketRunner
@@ -342,6 +343,108 @@ def test_verify_catches_a_row_tampered_with_by_hand(pocket: Pocket) -> None:
     lines: list[str] = []
     assert verify(pocket, out=lines.append) == 1
     assert any(str(ids[1]) in line and "999.99" in line for line in lines)
+
+
+def test_verify_catches_a_held_amount_tampered_with_by_hand(pocket: Pocket) -> None:
+    payer, _ = hold_history(pocket)
+    follow_all(pocket)
+    Database.of(pocket).execute(
+        f"UPDATE {ROWS} SET held = %s WHERE aggregate_id = %s",
+        [Decimal("9.99"), payer],
+    )
+    lines: list[str] = []
+    assert verify(pocket, out=lines.append) == 1
+    assert f"wallet {payer}: wallet_records has held 9.99, the events say 2.25" in (
+        lines
+    )
+
+
+def crafted(pocket: Pocket, craft: Callable[[Wallet, UUID], None]) -> list[str]:
+    """verify's lines about a wallet with 50.00 and a hold of 10.00, to which
+    craft adds events the rules would have refused."""
+    wallet = Wallet.open("1", uuid4(), Cause())
+    wallet.add_money(Decimal(50), "API", Cause())
+    hold_id = uuid4()
+    wallet.place_hold(
+        hold_id=hold_id,
+        amount=Decimal(10),
+        expires_at=datetime.now(UTC) + timedelta(hours=1),
+        destination="shop",
+        cause=Cause(),
+    )
+    craft(wallet, hold_id)
+    pocket.save(wallet)
+    follow_all(pocket)
+    lines: list[str] = []
+    assert verify(pocket, out=lines.append) > 0
+    return lines
+
+
+def void(wallet: Wallet, hold_id: UUID) -> None:
+    """A HoldVoided, whether or not the wallet still has the hold open."""
+    wallet.holds.setdefault(str(hold_id), {})
+    wallet.trigger_event(
+        Wallet.HoldVoided,
+        hold_id=hold_id,
+        amount=Decimal(10),
+        balance=wallet.balance,
+        actor="system",
+        correlation_id="crafted",
+    )
+
+
+def test_verify_catches_a_hold_ended_twice(pocket: Pocket) -> None:
+    def twice(wallet: Wallet, hold_id: UUID) -> None:
+        void(wallet, hold_id)
+        void(wallet, hold_id)
+
+    lines = crafted(pocket, twice)
+    assert any(
+        "event 5 ends hold" in line and "which had ended already (voided)" in line
+        for line in lines
+    ), lines
+
+
+def test_verify_catches_a_hold_ended_that_was_never_placed(pocket: Pocket) -> None:
+    lines = crafted(pocket, lambda wallet, _: void(wallet, uuid4()))
+    assert any("which this wallet never placed" in line for line in lines), lines
+
+
+def test_verify_catches_a_hold_placed_twice(pocket: Pocket) -> None:
+    def again(wallet: Wallet, hold_id: UUID) -> None:
+        wallet.place_hold(
+            hold_id=hold_id,
+            amount=Decimal(5),
+            expires_at=datetime.now(UTC) + timedelta(hours=1),
+            destination="shop",
+            cause=Cause(),
+        )
+
+    lines = crafted(pocket, again)
+    assert any("places hold" in line and "again" in line for line in lines), lines
+    # The projection counted both; the log's first placing is what counts.
+    assert any("has held 15.00, the events say 10.00" in line for line in lines)
+
+
+def test_verify_catches_a_capture_larger_than_its_hold(pocket: Pocket) -> None:
+    def greedy(wallet: Wallet, hold_id: UUID) -> None:
+        wallet.trigger_event(
+            Wallet.HoldCaptured,
+            hold_id=hold_id,
+            amount=Decimal(25),
+            released=Decimal(0),
+            destination="shop",
+            transfer_id=None,
+            counterparty_wallet_id=None,
+            counterparty_user_id=None,
+            description="",
+            balance=wallet.balance - Decimal(25),
+            actor="system",
+            correlation_id="crafted",
+        )
+
+    lines = crafted(pocket, greedy)
+    assert any("captures 25.00 of hold" in s and "which held 10.00" in s for s in lines)
 
 
 def test_verify_records_what_it_found_for_the_console(pocket: Pocket) -> None:
