@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
@@ -475,6 +476,44 @@ def test_concurrent_holds_never_take_available_below_zero(
     assert spending(wallet(client, ann)) == ("5000.00", "4800.00", "200.00")
     listed = client.get(f"/users/{ann.id}/holds", headers=ann.auth).get_json()
     assert len(listed["holds"]) == 16
+
+
+def race_to_end(app: Flask, caller: Caller, hold_id: str) -> dict[str, TestResponse]:
+    """Four captures and four voids of one hold at once, by name."""
+    answers: dict[str, TestResponse] = {}
+    start = threading.Barrier(8)
+
+    def end_it(name: str) -> None:
+        own = app.test_client()
+        start.wait()
+        answers[name] = end(own, caller, hold_id, name.rstrip("0123456789"))
+
+    names = [f"{how}{n}" for how in ("capture", "void") for n in range(4)]
+    threads = [threading.Thread(target=end_it, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+def test_captures_and_voids_racing_on_one_hold_end_it_once_and_the_rest_hear_how(
+    client: FlaskClient,
+) -> None:
+    ann = sign_up(client, money="100")
+    for _ in range(5):
+        answers = race_to_end(client.application, ann, placed(client, ann, amount="10"))
+        (winner,) = [name for name, a in answers.items() if a.status_code == 200]
+        outcome = "captured" if winner.startswith("capture") else "voided"
+        ended = {k: v for k, v in answers[winner].get_json().items() if k != "wallet"}
+        for name, answer in answers.items():
+            if name != winner:
+                assert answer.status_code == 409
+                error = answer.get_json()["error"]
+                assert error["code"] == "hold_ended"
+                assert error["hold"] == ended
+                assert error["hold"]["status"] == outcome
+    assert wallet(client, ann)["held"] == "0.00"
 
 
 # Bad inputs
