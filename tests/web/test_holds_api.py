@@ -247,7 +247,14 @@ def test_an_expired_hold_cannot_be_captured_and_says_it_expired(
         assert answer.status_code == 409
         assert error_code(answer) == "hold_ended"
         assert answer.get_json()["error"]["hold"]["status"] == "expired"
-    assert head(service) == before
+    # The first refusal records the expiry it found (so that an ending still
+    # being written elsewhere conflicts with it): one event, its HoldExpired;
+    # no money moved.
+    assert head(service) == before + 1
+    wallet_id = service.user(ann.id).wallet_id
+    last = list(service.pocket.events.get(wallet_id, desc=True, limit=1))
+    assert [type(e).__name__ for e in last] == ["HoldExpired"]
+    assert spending(wallet(client, ann)) == ("50.00", "0.00", "50.00")
 
 
 # A hold for another user
