@@ -10,15 +10,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
-from pocket.application import HistoryPage, WalletInfo
+from pocket.application import HistoryPage, HoldInfo, WalletInfo
 from pocket.catalog import ProjectionCatalog, live_records
 from pocket.commands import OpenWallet, new_cause
 from pocket.config import Settings
 from pocket.database import Database
 from pocket.domainmodel import Cause, check_text
 from pocket.errors import (
+    HoldNotFound,
     RecipientNotFound,
     TokenRevoked,
     UserNotFound,
@@ -241,8 +242,23 @@ class PocketService:
             user.wallet_id, after=after, limit=limit, newest_first=newest_first
         )
 
+    def open_holds(self, user: User | int) -> list[HoldInfo]:
+        """A user's open holds, soonest to expire first."""
+        user = self.reader(user)
+        if not user.wallet_opened:
+            return []
+        return self.pocket.open_holds(user.wallet_id)
+
+    def hold(self, user: User | int, hold_id: UUID) -> HoldInfo:
+        """One of a user's holds, open or ended (HoldNotFound if their wallet
+        has none by that id)."""
+        user = self.reader(user)
+        if not user.wallet_opened:
+            raise HoldNotFound(hold_id)
+        return self.pocket.hold(user.wallet_id, hold_id)
+
     def recipient(self, user_id: int) -> User:
-        """The user a transfer is sent to, their wallet surely opened."""
+        """The user a transfer (or a hold) is for, their wallet surely opened."""
         try:
             return self.user(user_id)
         except UserNotFound:

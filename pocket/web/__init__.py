@@ -7,8 +7,8 @@ factory is here; each job has a module: `auth` (who may call what), `context`
 `json_views` (what resources look like), `errors` (the catalogue of errors),
 `handlers` (every error in the one JSON shape), `observe` (each request
 counted, timed and logged), and a blueprint per resource: `users`, `money`,
-`history`, `meta`, `admin` (the console's data); `pages` serves the wallet page
-and the operator console.
+`holds`, `history`, `meta`, `admin` (the console's data, a wallet's limits);
+`pages` serves the wallet page and the operator console.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pocket.web import (
     auth,
     handlers,
     history,
+    holds,
     meta,
     money,
     observe,
@@ -45,7 +46,15 @@ def create_app(service: PocketService) -> Flask:
     handlers.init_app(app)
     pages.init_app(app)
     users.init_app(app)
-    for blueprint in (users.bp, money.bp, history.bp, meta.bp, admin.bp, pages.bp):
+    for blueprint in (
+        users.bp,
+        money.bp,
+        holds.bp,
+        history.bp,
+        meta.bp,
+        admin.bp,
+        pages.bp,
+    ):
         app.register_blueprint(blueprint)
     # Static files (the pages' scripts and styles, vendored libraries) are public.
     access(Access.PUBLIC)(app.view_functions["static"])

@@ -1,4 +1,5 @@
-"""What the operator console reads: the state of the service, in one answer."""
+"""The operator's routes: the state of the service in one answer (what the
+operator console reads), and a wallet's limits."""
 
 from __future__ import annotations
 
@@ -6,12 +7,27 @@ import psycopg
 from eventsourcing.persistence import OperationalError
 from flask import Blueprint, Response, jsonify
 
+from pocket.application import WalletInfo
+from pocket.commands import SetCreditLimit, SetDailyLimit
+from pocket.errors import InvalidLimit
 from pocket.operations import last_verification, status
+from pocket.service import Account
 from pocket.web.auth import Access, access
-from pocket.web.context import service
+from pocket.web.body import Body, Choice
+from pocket.web.context import cause, service
+from pocket.web.fields import CREDIT_LIMIT, DAILY_LIMIT
+from pocket.web.json_views import account_json
 from pocket.web.spec import Operation, documented
 
 bp = Blueprint("admin", __name__)
+LIMITS = Body(
+    "Limits",
+    choices=(
+        Choice(("credit_limit", "daily_limit"), exclusive=False, kind=InvalidLimit),
+    ),
+    credit_limit=CREDIT_LIMIT.optional(),
+    daily_limit=DAILY_LIMIT.optional(),
+)
 
 
 @bp.get("/admin/status")
@@ -49,3 +65,46 @@ def admin_status() -> Response:
         writes=pocket_service.writes(),
         verify=None if verification is None else verification.as_json(),
     )
+
+
+@bp.put("/admin/users/<int:user_id>/limits")
+@access(Access.ADMIN)
+@documented(
+    Operation(
+        "Set a wallet's credit limit, daily limit, or both (admin)",
+        "admin",
+        ("200", "The user and the wallet with its new limits.", "Account"),
+        ("400", "401", "404", "409", "413", "415", "422", "503"),
+        body=LIMITS,
+        description=(
+            "credit_limit: how far below zero what the wallet may spend "
+            "(available) may go (0.00: not at all). daily_limit: what it may "
+            "spend in a UTC day, open holds included; null lifts it. Each given "
+            "is recorded as an event of its own, the admin its actor; one left "
+            "out is left as it is."
+        ),
+    )
+)
+def set_limits(user_id: int) -> Response:
+    """Sets the limits given of the user's wallet (admin)."""
+    body = LIMITS.read()
+    user = service().user(user_id)
+    wallet: WalletInfo | None = None
+    if "credit_limit" in body:
+        wallet = service().pocket.set_credit_limit(
+            SetCreditLimit(
+                wallet_id=user.wallet_id,
+                credit_limit=body["credit_limit"],
+                cause=cause(),
+            )
+        )
+    if "daily_limit" in body:
+        wallet = service().pocket.set_daily_limit(
+            SetDailyLimit(
+                wallet_id=user.wallet_id,
+                daily_limit=body["daily_limit"],
+                cause=cause(),
+            )
+        )
+    assert wallet is not None  # The body gives one limit at least.
+    return jsonify(account_json(Account(user, wallet)))

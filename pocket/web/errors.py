@@ -19,6 +19,7 @@ INVALID = "Some fields are missing or invalid."
 GIVEN_TWICE = "Given more than once: say it once, so that it means one thing."
 TOO_LARGE_MESSAGE = f"The body must be at most {MAX_BODY_BYTES} bytes."
 INTERNAL_ERROR_MESSAGE = "Something went wrong on our side; it has been logged."
+VALIDATION_FAILED = "validation_failed"
 
 
 class ApiError(Exception):
@@ -35,6 +36,10 @@ class ApiError(Exception):
     ) -> None:
         super().__init__(message or self.message or self.status.phrase)
         self.fields = fields
+
+    def answer_code(self) -> str:
+        """The code it is answered with."""
+        return self.code or http_code(self.status)
 
 
 class BadRequest(ApiError):
@@ -102,11 +107,18 @@ class ValidationFailed(ApiError):
     """Fields or parameters are missing, invalid, unknown or given twice."""
 
     status = HTTPStatus.UNPROCESSABLE_ENTITY
-    code = "validation_failed"
+    code = VALIDATION_FAILED
     message = INVALID
 
-    def __init__(self, fields: dict[str, str]) -> None:
+    def __init__(self, fields: dict[str, str], code: str | None = None) -> None:
         super().__init__(fields=fields)
+        # A more specific 422 code (invalid_expiry, invalid_limit), when every
+        # field named is wrong in that one way.
+        self.specific_code = code
+
+    def answer_code(self) -> str:
+        """The code it is answered with."""
+        return self.specific_code or super().answer_code()
 
 
 class TooManySignups(ApiError):
@@ -196,7 +208,7 @@ ANSWERS = [
         errors.SameWallet,
         UNPROCESSABLE,
         "validation_failed",
-        "A transfer must go to another user.",
+        "A transfer or a hold must go to another user.",
         "to_user_id",
     ),
     Answer(
@@ -209,7 +221,14 @@ ANSWERS = [
         f"This {KEY} was used for a different request.",
         KEY,
     ),
+    Answer(errors.InvalidExpiry, UNPROCESSABLE, "invalid_expiry"),
+    Answer(errors.InvalidLimit, UNPROCESSABLE, "invalid_limit"),
     Answer(errors.InsufficientFunds, HTTPStatus.CONFLICT, "insufficient_funds"),
+    Answer(errors.DailyLimitExceeded, HTTPStatus.CONFLICT, "daily_limit_exceeded"),
+    Answer(errors.HoldEnded, HTTPStatus.CONFLICT, "hold_ended"),
+    Answer(errors.CaptureExceedsHold, HTTPStatus.CONFLICT, "capture_exceeds_hold"),
+    Answer(errors.HoldNotDue, HTTPStatus.CONFLICT, "hold_not_due"),
+    Answer(errors.HoldsOpen, HTTPStatus.CONFLICT, "holds_open"),
     Answer(errors.WalletClosed, HTTPStatus.CONFLICT, "wallet_closed"),
     Answer(errors.WalletNotEmpty, HTTPStatus.CONFLICT, "wallet_not_empty"),
     Answer(
@@ -226,6 +245,7 @@ ANSWERS = [
     ),
     Answer(errors.UserNotFound, HTTPStatus.NOT_FOUND, "user_not_found"),
     Answer(errors.WalletNotFound, HTTPStatus.NOT_FOUND, "wallet_not_found"),
+    Answer(errors.HoldNotFound, HTTPStatus.NOT_FOUND, "hold_not_found"),
     Answer(
         errors.VersionNotFound,
         HTTPStatus.NOT_FOUND,
@@ -244,10 +264,22 @@ BY_KIND = {answer.kind: answer for answer in ANSWERS}
 
 def answer_for(error: Exception) -> Answer | None:
     """How the API answers an error of Pocket's (None: a fault of ours)."""
-    for kind in type(error).__mro__:
-        if kind in BY_KIND:
-            return BY_KIND[kind]
+    return answer_for_kind(type(error))
+
+
+def answer_for_kind(kind: type[Exception]) -> Answer | None:
+    """How the API answers a kind of Pocket's errors (None: a fault of ours)."""
+    for ancestor in kind.__mro__:
+        if ancestor in BY_KIND:
+            return BY_KIND[ancestor]
     return None
+
+
+def field_code(kind: type[Exception]) -> str:
+    """The 422 code of a kind of error about a field (validation_failed unless
+    the table says a more specific one)."""
+    known = answer_for_kind(kind)
+    return VALIDATION_FAILED if known is None else known.code
 
 
 def catalogue() -> list[Answer]:

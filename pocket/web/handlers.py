@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
+from typing import Any
 
 import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError, PersistenceError
@@ -13,8 +14,9 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from pocket.deadlines import RESEND, WriteNotConfirmed, WritesStalled
-from pocket.errors import PocketError
+from pocket.errors import HoldEnded, PocketError
 from pocket.postgres_pool import refused_as_read_only
+from pocket.results import HoldInfo
 from pocket.web.context import service
 from pocket.web.errors import (
     BY_STATUS,
@@ -27,6 +29,7 @@ from pocket.web.errors import (
     error_body,
     http_code,
 )
+from pocket.web.json_views import hold_json
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +44,17 @@ def init_app(app: Flask) -> None:
 
 
 def answer(
-    status: HTTPStatus, code: str, message: str, fields: dict[str, str] | None = None
+    status: HTTPStatus,
+    code: str,
+    message: str,
+    fields: dict[str, str] | None = None,
+    **details: Any,
 ) -> tuple[Response, int]:
-    """The one JSON shape of every error."""
+    """The one JSON shape of every error (details: what more an error tells)."""
     g.error_code = code  # For the refusals counted by code (pocket.web.observe).
-    response = jsonify(error_body(code, message, fields))
+    body = error_body(code, message, fields)
+    body["error"].update(details)
+    response = jsonify(body)
     if status == HTTPStatus.UNAUTHORIZED:
         response.headers["WWW-Authenticate"] = 'Bearer realm="pocket"'
     return response, status
@@ -53,8 +62,9 @@ def answer(
 
 def api_error(error: ApiError) -> tuple[Response, int]:
     """Errors raised by the HTTP layer itself."""
-    code = error.code or http_code(error.status)
-    response, status = answer(error.status, code, str(error), error.fields)
+    response, status = answer(
+        error.status, error.answer_code(), str(error), error.fields
+    )
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(error.retry_after)
     return response, status
@@ -67,9 +77,12 @@ def domain_error(error: PocketError) -> tuple[Response, int]:
         return unexpected_error(error)
     problem = known.message or str(error)
     field = known.field or error.field
-    if field is None:
-        return answer(known.status, known.code, problem)
-    return answer(known.status, known.code, INVALID, {field: problem})
+    if field is not None:
+        return answer(known.status, known.code, INVALID, {field: problem})
+    if isinstance(error, HoldEnded) and isinstance(error.hold, HoldInfo):
+        # A capture or void that lost a race hears how the hold really ended.
+        return answer(known.status, known.code, problem, hold=hold_json(error.hold))
+    return answer(known.status, known.code, problem)
 
 
 def http_error(error: HTTPException) -> tuple[Response, int]:

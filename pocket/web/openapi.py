@@ -9,6 +9,7 @@ tests check it against the routes and run generated requests against the live ap
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from typing import Any
 
@@ -19,13 +20,26 @@ from pocket import __version__
 from pocket.web.auth import IDEMPOTENCY_KEY, REQUEST_ID
 from pocket.web.body import Body, Schema
 from pocket.web.errors import catalogue
-from pocket.web.spec import JSON, USER_ID, Operation, Param
+from pocket.web.spec import HOLD_ID, JSON, USER_ID, Operation, Param
+
+# The path parameters, in the order they come in a path.
+PATH_PARAMS = (USER_ID, HOLD_ID)
 
 MONEY_OUT: Schema = {
     "type": "string",
     "pattern": r"^[0-9]+\.[0-9]{2}$",
     "description": "Money, with exactly two decimal places.",
     "examples": ["15.00"],
+}
+# A balance, and what a wallet may spend, go below zero only as far as a credit
+# limit lets them.
+SIGNED_MONEY: Schema = {
+    **MONEY_OUT,
+    "pattern": r"^-?[0-9]+\.[0-9]{2}$",
+    "description": (
+        "Money, with exactly two decimal places; below zero only as far as the "
+        "wallet's credit limit lets it."
+    ),
 }
 TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
 UUID_STRING: Schema = {"type": "string", "format": "uuid"}
@@ -51,6 +65,62 @@ def obj(properties: dict[str, Schema], optional: tuple[str, ...] = ()) -> Schema
     }
 
 
+# What a wallet may spend, shown with it wherever the API shows a wallet.
+WALLET_SPENDING: dict[str, Schema] = {
+    "held": {**MONEY_OUT, "description": "What the open holds reserve."},
+    "available": {
+        **SIGNED_MONEY,
+        "description": "What it may spend: the balance, less held, plus the credit "
+        "limit.",
+    },
+    "credit_limit": {
+        **MONEY_OUT,
+        "description": "How far below zero it may go (0.00: not at all).",
+    },
+    "daily_limit": {
+        "oneOf": [MONEY_OUT, {"type": "null"}],
+        "description": "What it may spend in a UTC day, holds included; null: "
+        "no limit.",
+    },
+}
+HOLD_STATUS: Schema = {"enum": ["open", "captured", "voided", "expired"]}
+COUNTERPARTY: Schema = {
+    "type": "object",
+    "properties": {"user_id": USER_ID_OUT, "wallet_id": UUID_STRING},
+    "required": ["user_id", "wallet_id"],
+    "additionalProperties": False,
+}
+
+
+def nullable(schema: Schema, description: str) -> Schema:
+    """A schema that also takes null, said what it is."""
+    return {"oneOf": [schema, {"type": "null"}], "description": description}
+
+
+HOLD: dict[str, Schema] = {
+    "id": UUID_STRING,
+    "status": {
+        **HOLD_STATUS,
+        "description": "expired as soon as its expiry passes, recorded or not.",
+    },
+    "amount": {**MONEY_OUT, "description": "What it holds."},
+    "expires_at": TIMESTAMP,
+    "destination": nullable(
+        {"type": "string"}, "Where it goes outside Pocket; null for a user."
+    ),
+    "counterparty": nullable(COUNTERPARTY, "The user it is for; null otherwise."),
+    "description": {"type": "string"},
+    "placed_on": TIMESTAMP,
+    "captured": nullable(MONEY_OUT, "What a capture took."),
+    "released": nullable(MONEY_OUT, "What went back to the wallet as it ended."),
+    "ended_on": nullable(
+        TIMESTAMP, "When it ended; null while open, or expired but not recorded."
+    ),
+    "transfer_id": nullable(
+        UUID_STRING, "The transfer a capture for a user made; null otherwise."
+    ),
+}
+
 SCHEMAS: dict[str, Schema] = {
     "User": obj(
         {
@@ -64,18 +134,20 @@ SCHEMAS: dict[str, Schema] = {
         {
             "aggregate_id": UUID_STRING,
             "user_id": USER_ID_OUT,
-            "balance": MONEY_OUT,
+            "balance": SIGNED_MONEY,
             "version": {"type": "integer", "minimum": 1},
             "closed": {"type": "boolean"},
+            **WALLET_SPENDING,
         }
     ),
     "WalletAsOf": obj(
         {
             "aggregate_id": UUID_STRING,
             "user_id": USER_ID_OUT,
-            "balance": MONEY_OUT,
+            "balance": SIGNED_MONEY,
             "version": {"type": "integer", "minimum": 1},
             "closed": {"type": "boolean"},
+            **WALLET_SPENDING,
             "as_of": TIMESTAMP,
         }
     ),
@@ -126,15 +198,32 @@ SCHEMAS: dict[str, Schema] = {
                 "type": "integer",
                 "description": "The entry's position in the wallet's history.",
             },
-            "type": {"enum": ["IN", "OUT"]},
+            "type": {
+                "enum": ["IN", "OUT", "HOLD", "RELEASE"],
+                "description": (
+                    "IN, OUT: money came in, went out (a hold's capture too); "
+                    "HOLD: a hold was placed (nothing moved); RELEASE: a hold "
+                    "ended with nothing taken."
+                ),
+            },
             "amount": MONEY_OUT,
-            "balance": {**MONEY_OUT, "description": "The balance after this entry."},
+            "balance": {**SIGNED_MONEY, "description": "The balance after this entry."},
             "date": TIMESTAMP,
             "source": {"type": "string"},
             "destination": {"type": "string"},
             "transfer_id": UUID_STRING,
             "counterparty": obj({"user_id": USER_ID_OUT, "wallet_id": UUID_STRING}),
             "description": {"type": "string"},
+            "hold_id": UUID_STRING,
+            "expires_at": {**TIMESTAMP, "description": "A HOLD's expiry."},
+            "outcome": {
+                "enum": ["captured", "voided", "expired"],
+                "description": "How a hold ended (its OUT or RELEASE entry).",
+            },
+            "released": {
+                **MONEY_OUT,
+                "description": "What a capture of less than the hold released.",
+            },
             "actor": {
                 "type": ["string", "null"],
                 "description": "Who caused it: user:<id>, admin or system.",
@@ -150,11 +239,15 @@ SCHEMAS: dict[str, Schema] = {
             "transfer_id",
             "counterparty",
             "description",
+            "hold_id",
+            "expires_at",
+            "outcome",
+            "released",
         ),
     ),
     "TransactionPage": obj(
         {
-            "balance": MONEY_OUT,
+            "balance": SIGNED_MONEY,
             "transactions": {"type": "array", "items": ref("Transaction")},
             "next": {
                 "type": ["string", "null"],
@@ -178,6 +271,11 @@ SCHEMAS: dict[str, Schema] = {
     "TransferResult": obj(
         {"user": ref("User"), "wallet": ref("Wallet"), "transfer": ref("Transfer")}
     ),
+    "Hold": obj(HOLD),
+    "HoldResult": obj(
+        {**HOLD, "wallet": {**ref("Wallet"), "description": "The owner's wallet."}}
+    ),
+    "HoldList": obj({"holds": {"type": "array", "items": ref("Hold")}}),
     "Error": obj(
         {
             "error": obj(
@@ -188,8 +286,12 @@ SCHEMAS: dict[str, Schema] = {
                         "type": "object",
                         "additionalProperties": {"type": "string"},
                     },
+                    "hold": {
+                        **ref("Hold"),
+                        "description": "With hold_ended: the hold as it ended.",
+                    },
                 },
-                optional=("fields",),
+                optional=("fields", "hold"),
             )
         }
     ),
@@ -419,12 +521,21 @@ TAGS = [
         ),
     },
     {
+        "name": "holds",
+        "description": (
+            "Reserving money until it is captured, voided or expires "
+            "(send an Idempotency-Key)."
+        ),
+    },
+    {
         "name": "history",
         "description": "A wallet's past: its transactions, and the wallet as it was.",
     },
     {
         "name": "admin",
-        "description": "The operator's (POCKET_ADMIN_TOKEN): users and status.",
+        "description": (
+            "The operator's (POCKET_ADMIN_TOKEN): users, status, a wallet's limits."
+        ),
     },
     {"name": "pages", "description": "The wallet page and the operator console."},
     {
@@ -502,7 +613,7 @@ def paths(operations: list[Documented]) -> dict[str, dict[str, Schema]]:
     order = {tag["name"]: n for n, tag in enumerate(TAGS)}
     found: dict[str, dict[str, Schema]] = {}
     for rule, method, operation, query in operations:
-        path = rule.rule.replace("<int:", "{").replace("<", "{").replace(">", "}")
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         found.setdefault(path, {})[method] = operation_spec(rule, operation, query)
     return dict(
         sorted(
@@ -529,7 +640,7 @@ def operation_spec(
     if operation.description:
         spec["description"] = operation.description
     spec["responses"] = responses
-    params = [USER_ID] if "user_id" in rule.arguments else []
+    params = [p for p in PATH_PARAMS if p.name in rule.arguments]
     if operation.keyed:
         params.append(IDEMPOTENCY_KEY)
     spec["parameters"] = [p.spec() for p in (*params, *query, REQUEST_ID)]
