@@ -98,9 +98,14 @@ def test_the_readmes_curl_session_works_pasted_in_order(
     assert '"code":"insufficient_funds"' in out
     assert '"transfer":{' in out  # the transfer to the second user went through
     assert '"code":"wallet_not_empty"' in out  # the closing, while money is left
+    # A hold of 6.00, 2.50 of it captured: the rest released, nothing held after.
+    assert '"held":"6.00","available":"1.50"' in out
+    assert '"status":"captured"' in out
+    assert '"captured":"2.50","released":"3.50"' in out
+    assert '"balance":"5.00","version":7,"closed":false,"held":"0.00"' in out
     # Asking about the past: version 2 held 20.00, the moment after the draw 15.00.
     balances = re.findall(
-        r'"balance":"([0-9.]+)","version":\d+,"closed":\w+,"as_of"', out
+        r'"balance":"([0-9.]+)","version":\d+,"closed":\w+,[^{}]*"as_of"', out
     )
     assert balances == ["20.00", "15.00"], out
     for answer in ("internal_error", "not_found", "validation_failed", "Traceback"):

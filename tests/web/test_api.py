@@ -69,6 +69,10 @@ def test_the_seed_session(client: FlaskClient) -> None:
         "balance": "0.00",
         "version": 1,
         "closed": False,
+        "held": "0.00",
+        "available": "0.00",
+        "credit_limit": "0.00",
+        "daily_limit": None,
     }
     uid = user["id"]
     sign_in(client, body["token"])
@@ -101,7 +105,7 @@ def test_the_seed_session(client: FlaskClient) -> None:
     fetched = client.get(f"/users/{uid}").get_json()
     assert fetched == {
         "user": user,
-        "wallet": {**wallet, "balance": "15.00", "version": 3},
+        "wallet": {**wallet, "balance": "15.00", "available": "15.00", "version": 3},
     }
 
 

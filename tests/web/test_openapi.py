@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import pytest
 import schemathesis
@@ -51,7 +52,7 @@ def test_every_route_is_documented_and_every_documented_path_exists(app: Flask) 
         for method in operations
     }
     served = {
-        (re.sub(r"<(?:int:)?(\w+)>", r"{\1}", rule.rule), method)
+        (re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method)
         for rule in app.url_map.iter_rules()
         if rule.endpoint != "static"
         for method in rule.methods or ()
@@ -100,16 +101,28 @@ def test_every_body_is_parsed_as_its_schema_says(app: Flask) -> None:
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     document = client.get("/openapi.json").get_json()
     bodies = list(documented_bodies(document))
-    assert len(bodies) == 6
+    assert len(bodies) == 10
     for method, path, schema in bodies:
-        url = path.replace("{user_id}", "999")  # Nobody: nothing is changed.
+        # Nobody, and no hold: nothing is changed.
+        url = path.replace("{user_id}", "999").replace("{hold_id}", str(uuid4()))
         empty = client.open(url, method=method, json={}, headers=admin)
         required = set(schema["required"])
-        if required:
+        choices = [
+            [
+                branch["required"][0]
+                for branch in choice.get("oneOf", choice.get("anyOf", []))
+            ]
+            for choice in schema.get("allOf", [schema])
+        ]
+        chosen = {name for names in choices for name in names}
+        if required or chosen:
             assert empty.status_code == 422, path
-            assert empty.get_json()["error"]["fields"] == dict.fromkeys(
-                sorted(required), "This field is required."
-            )
+            fields = empty.get_json()["error"]["fields"]
+            assert {n for n in fields if n not in chosen} == required
+            assert all(fields[n] == "This field is required." for n in required)
+            # Each choice's fields are named, saying which to give.
+            for names in choices:
+                assert all(" or ".join(names) in fields[n] for n in names), path
         else:
             assert empty.status_code == 404, path  # Parsed; then no such user.
         assert schema["additionalProperties"] is False
@@ -214,7 +227,7 @@ def run_generated_cases(
     check()
 
 
-TAGS = ["users", "money", "history", "admin", "pages", "meta"]
+TAGS = ["users", "money", "holds", "history", "admin", "pages", "meta"]
 
 
 def test_every_operation_is_under_one_declared_tag_in_a_reading_order(
@@ -254,3 +267,54 @@ def test_the_history_s_order_is_documented_with_the_default_unchanged(
     parameters = paths["/users/{user_id}/transactions"]["get"]["parameters"]
     (order,) = [p for p in parameters if p["name"] == "order"]
     assert order["schema"] == {"enum": ["oldest", "newest"], "default": "oldest"}
+
+
+def test_holds_and_limits_are_documented_with_their_parameters(app: Flask) -> None:
+    document = app.test_client().get("/openapi.json").get_json()
+    paths = document["paths"]
+    hold = "/users/{user_id}/holds/{hold_id}"
+    assert set(paths["/users/{user_id}/holds"]) == {"get", "post"}
+    assert set(paths[hold]) == {"get"}
+    for path in ("/users/{user_id}/holds", hold, f"{hold}/capture", f"{hold}/void"):
+        for spec in paths[path].values():
+            assert spec["tags"] == ["holds"], path
+    capture = paths[f"{hold}/capture"]["post"]
+    parameters = {p["name"]: p for p in capture["parameters"]}
+    assert parameters["hold_id"]["in"] == "path"
+    assert parameters["hold_id"]["schema"] == {"type": "string", "format": "uuid"}
+    assert "Idempotency-Key" in parameters
+    assert capture["requestBody"]["required"] is False
+    placing = paths["/users/{user_id}/holds"]["post"]
+    assert "201" in placing["responses"]
+    assert "Idempotency-Key" in {p["name"] for p in placing["parameters"]}
+    limits = paths["/admin/users/{user_id}/limits"]["put"]
+    assert limits["tags"] == ["admin"]
+    assert "Idempotency-Key" not in {p["name"] for p in limits["parameters"]}
+    schemas = document["components"]["schemas"]
+    assert schemas["NewHold"]["allOf"] == [
+        {"oneOf": [{"required": ["destination"]}, {"required": ["to_user_id"]}]},
+        {"oneOf": [{"required": ["expires_in"]}, {"required": ["expires_at"]}]},
+    ]
+    assert schemas["Limits"]["anyOf"] == [
+        {"required": ["credit_limit"]},
+        {"required": ["daily_limit"]},
+    ]
+    wallet = schemas["Wallet"]["properties"]
+    assert {"held", "available", "credit_limit", "daily_limit"} <= set(wallet)
+    assert "hold" in schemas["Error"]["properties"]["error"]["properties"]
+    codes = {
+        code
+        for response in document["components"]["responses"].values()
+        for code in response["content"]["application/json"]["schema"]["allOf"][1][
+            "properties"
+        ]["error"]["properties"]["code"]["enum"]
+    }
+    assert {
+        "hold_not_found",
+        "hold_ended",
+        "capture_exceeds_hold",
+        "daily_limit_exceeded",
+        "holds_open",
+        "invalid_expiry",
+        "invalid_limit",
+    } <= codes
