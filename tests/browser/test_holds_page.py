@@ -255,3 +255,23 @@ def test_the_holds_fit_a_phone_screen(pages: Pages, server: Server) -> None:
         page.locator(f"#{part}").screenshot(
             path=str(pages.folder / f"holds-05-phone-{part}.png")
         )
+
+
+def test_a_hold_that_expires_while_shown_goes_and_its_release_shows(
+    pages: Pages, server: Server
+) -> None:
+    user_id, token, owner = new_user(server[1], "Waiter", "10")
+    page = pages.open("/")
+    sign_in(page, user_id, token)
+    page.get_by_label("Unit of time").select_option("seconds")
+    place(page, "4", destination="Parking", expires_in="3")
+    expect_figures(page, "10.00", "4.00", "6.00")
+    expect(page.locator("#holds .time-left")).to_have_text(re.compile(r"in [1-3] s"))
+    # The follower records its expiry; the page asks again once its time has come.
+    expect(page.locator("#holds li")).to_have_count(0, timeout=15000)
+    expect_figures(page, "10.00", "0.00", "10.00")
+    latest = page.locator("#history tbody tr").first
+    expect(latest).to_contain_text("RELEASE hold expired: back to available")
+    expect(latest.locator("td[data-label=Amount]")).to_have_text("4.00")
+    assert [t["type"] for t in history(owner, user_id)] == ["IN", "HOLD", "RELEASE"]
+    pages.shot(page, "holds-06-expired")
