@@ -135,7 +135,9 @@ def test_a_hold_is_voided_and_a_capture_of_one_voided_elsewhere_says_how_it_ende
     expect(for_taxi.locator(".hold-what")).to_have_text("10.00 for Taxi")
     expect_figures(page, "30.00", "15.00", "15.00")
 
-    for_friend.get_by_role("button", name="Void").click()
+    with page.expect_request(re.compile(r"/void$")) as voided:
+        for_friend.get_by_role("button", name="Void").click()
+    assert KEY.fullmatch(voided.value.headers["idempotency-key"])
     expect(page.locator("#holds-message")).to_have_text(
         f"Voided the hold of 5.00 for user {friend_id}: 5.00 released. "
         "Available: 20.00."
@@ -215,12 +217,21 @@ def test_the_limits_show_when_set_and_a_hold_past_the_daily_limit_is_refused(
     sign_in(page, user_id, token)
     expect(page.locator("#daily-limit")).to_have_text("30.00 a day (UTC)")
     expect(page.locator("#credit-limit-row")).to_be_hidden()
+    status, _ = admin.request(
+        "PUT", f"/admin/users/{user_id}/limits", {"credit_limit": "20"}
+    )
+    assert status == 200
+    page.reload()
+    expect(page.locator("#credit-limit")).to_have_text("20.00")
+    expect(page.locator("#spending-hint")).to_contain_text(
+        "down to \N{MINUS SIGN}20.00"
+    )
     with page.expect_response(re.compile(r"/holds$")) as refused:
         place(page, "31", destination="Shop", expires_in="5")
     error = refused.value.json()["error"]
     assert (refused.value.status, error["code"]) == (409, "daily_limit_exceeded")
     expect(page.locator("#hold-amount-error")).to_have_text(error["message"])
-    expect_figures(page, "100.00", "0.00", "100.00")
+    expect_figures(page, "100.00", "0.00", "120.00")
     pages.shot(page, "holds-04-daily-limit")
 
 

@@ -145,8 +145,11 @@ function showAccount(data) {
   $("available").textContent = wallet.available;
   // A limit shows only where one is set: a credit limit of 0.00, a daily limit of null, is none.
   const credit = wallet.credit_limit && wallet.credit_limit !== "0.00" ? wallet.credit_limit : null;
-  $("credit-limit").textContent = credit ? `${credit} below zero` : "";
+  $("credit-limit").textContent = credit || "";
   $("credit-limit-row").hidden = !credit;
+  $("spending-hint").textContent = credit
+    ? `Held: what open holds reserve. Available: what you may spend now, the balance less what is held, plus the credit limit (the balance may go down to −${credit}).`
+    : "Held: what open holds reserve. Available: what you may spend now, the balance less what is held.";
   $("daily-limit").textContent = wallet.daily_limit ? `${wallet.daily_limit} a day (UTC)` : "";
   $("daily-limit-row").hidden = !wallet.daily_limit;
   $("wallet-state").textContent = wallet.closed
