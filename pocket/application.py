@@ -8,6 +8,7 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID, uuid4
@@ -33,6 +34,7 @@ from pocket.commands import (
 )
 from pocket.deadlines import STALLED_SECONDS
 from pocket.domainmodel import (
+    EXPIRED,
     MAX_HOLD,
     OPEN,
     Wallet,
@@ -66,7 +68,7 @@ from pocket.results import (
 )
 from pocket.sqlite import PocketSQLiteFactory
 from pocket.unitofwork import UnitOfWork, handler
-from pocket.wallets import Wallets
+from pocket.wallets import Deferred, Wallets
 from pocket.walletstore import WalletStore
 
 # What the application answers is defined in pocket.results, so that the modules
@@ -108,6 +110,26 @@ def counted(outcome: str) -> Callable[[Callable[[P, C], H]], Callable[[P, C], H]
         return run
 
     return decorate
+
+
+E = TypeVar("E", bound=CaptureHold | VoidHold)
+
+
+def refused_if_expired(
+    method: Callable[[P, E], HoldInfo],
+) -> Callable[[P, E], HoldInfo]:
+    """A capture's or void's answer "expired" (it recorded the expiry of the
+    hold it found past it) as the refusal its caller hears: HoldEnded, from its
+    command record too when the command is sent again."""
+
+    @functools.wraps(method)
+    def run(app: P, command: E) -> HoldInfo:
+        answer = method(app, command)
+        if answer.status == EXPIRED:
+            raise HoldEnded(answer.id, EXPIRED, answer)
+        return answer
+
+    return run
 
 
 class Pocket(Leader[UUID]):
@@ -265,6 +287,7 @@ class Pocket(Leader[UUID]):
         return wallets.save(hold.answer(WalletInfo.of(wallet, now)))
 
     @counted("captured")
+    @refused_if_expired
     @handler
     def capture_hold(self, command: CaptureHold, wallets: Wallets) -> HoldInfo:
         """Ends an open hold by moving all it holds, or less, to its destination
@@ -272,6 +295,8 @@ class Pocket(Leader[UUID]):
         now = utcnow()
         wallet = wallets.get(command.wallet_id)
         hold = self._open_hold(wallet, command.hold_id, now)
+        if hold.expires_at <= now:
+            return self._record_expiry(wallet, hold, command, wallets, now)
         receiver = None
         if hold.counterparty_wallet_id is not None:
             receiver = wallets.get(hold.counterparty_wallet_id)
@@ -300,12 +325,15 @@ class Pocket(Leader[UUID]):
         )
 
     @counted("voided")
+    @refused_if_expired
     @handler
     def void_hold(self, command: VoidHold, wallets: Wallets) -> HoldInfo:
         """Ends an open hold with nothing taken."""
         now = utcnow()
         wallet = wallets.get(command.wallet_id)
         hold = self._open_hold(wallet, command.hold_id, now)
+        if hold.expires_at <= now:
+            return self._record_expiry(wallet, hold, command, wallets, now)
         wallet.void_hold(command.hold_id, command.cause, now)
         ended = hold.ended("voided", wallet.modified_on, released=hold.amount)
         return wallets.save(ended.answer(WalletInfo.of(wallet, now)))
@@ -339,14 +367,32 @@ class Pocket(Leader[UUID]):
         return wallets.save(WalletInfo.of(wallet))
 
     def _open_hold(self, wallet: Wallet, hold_id: UUID, now: datetime) -> HoldInfo:
-        """A hold the wallet has open, or the error saying how it ended."""
+        """A hold the wallet has open (past its expiry, not recorded yet, its
+        status says "expired"), or the error saying how it ended."""
         try:
             return HoldInfo.open_of(hold_id, wallet.open_hold(hold_id, now))
         except HoldNotFound:
             raise self._ended(wallet.id, hold_id) from None
-        except HoldEnded as ended:  # Past its expiry, not recorded yet.
+        except HoldEnded:
             hold = HoldInfo.open_of(hold_id, wallet.holds[str(hold_id)])
-            raise HoldEnded(hold_id, ended.status, hold) from None
+            return replace(hold, status=EXPIRED, released=hold.amount)
+
+    def _record_expiry(
+        self,
+        wallet: Wallet,
+        hold: HoldInfo,
+        command: CaptureHold | VoidHold,
+        wallets: Wallets,
+        now: datetime,
+    ) -> HoldInfo:
+        """Records the expiry of a hold that a capture or void found past it:
+        its caller is told "expired" only if no other ending, decided before
+        the expiry and written after this was decided, is written first (a
+        refusal that wrote nothing would stand against it, and the hold would
+        end as captured or voided after its caller heard "expired")."""
+        wallet.expire_hold(hold.id, command.cause, now)
+        ended = hold.ended(EXPIRED, wallet.modified_on, released=hold.amount)
+        return wallets.save(ended.answer(WalletInfo.of(wallet, now)))
 
     def _ended(self, wallet_id: UUID, hold_id: UUID) -> HoldEnded | HoldNotFound:
         """How a hold the wallet no longer has open ended (HoldEnded, with the
@@ -354,6 +400,12 @@ class Pocket(Leader[UUID]):
         hold = self._find_hold(wallet_id, hold_id)
         if hold is None:
             return HoldNotFound(hold_id)
+        if hold.ended_on is None:
+            # Open as stored, ended in the wallet in hand: by a save staged in
+            # this batch and not written yet. How it ended is told from the
+            # store once it is, in the next batch (or, if that save fails, the
+            # command runs on the hold as it then stands).
+            raise Deferred
         return HoldEnded(hold_id, hold.status, hold)
 
     # Queries
@@ -395,7 +447,8 @@ class Pocket(Leader[UUID]):
         wallet = self._get(wallet_id, version=version)
         if wallet.version != version:
             raise VersionNotFound(wallet_id, version)
-        return WalletInfo.of(wallet)
+        # As it was then: its holds held what they held at that version's time.
+        return WalletInfo.of(wallet, wallet.modified_on)
 
     def history(
         self,

@@ -21,6 +21,7 @@ from pocket.walletrecords import (
     ProjectionError,
     WalletRecord,
     has_closed,
+    has_holds,
     record_from_row,
     table_of,
     version_of,
@@ -73,14 +74,21 @@ class ProjectionCatalog:
     def create_rows(self, version: int) -> None:
         """Creates a version's rows table, if it is not there yet."""
         pg = self.db.dialect == "postgres"
+        money = "numeric(20, 2)" if pg else "TEXT"
         columns = [
             f"aggregate_id {'uuid' if pg else 'TEXT'} PRIMARY KEY",
             "user_id text NOT NULL",
-            f"balance {'numeric(20, 2)' if pg else 'TEXT'} NOT NULL",
+            f"balance {money} NOT NULL",
             "version bigint NOT NULL",
         ]
         if has_closed(version):
             columns.append("closed boolean NOT NULL DEFAULT false")
+        if has_holds(version):
+            zero = "0" if pg else "'0.00'"
+            columns += [
+                f"{name} {money} NOT NULL DEFAULT {zero}"
+                for name in ("held", "available", "credit_limit")
+            ]
         with self.db.transaction() as tx:
             tx.lock_schema()
             tx.execute(

@@ -170,14 +170,18 @@ class Wallet(Aggregate):
         correlation_id: str
 
         def apply(self, aggregate: Any) -> None:
-            cast(Wallet, aggregate).holds[str(self.hold_id)] = {
-                "amount": self.amount,
-                "expires_at": self.expires_at,
-                "destination": self.destination,
-                "counterparty_wallet_id": self.counterparty_wallet_id,
-                "counterparty_user_id": self.counterparty_user_id,
-                "description": self.description,
-                "placed_on": self.timestamp,
+            wallet = cast(Wallet, aggregate)
+            wallet.holds = {
+                **wallet.holds,
+                str(self.hold_id): {
+                    "amount": self.amount,
+                    "expires_at": self.expires_at,
+                    "destination": self.destination,
+                    "counterparty_wallet_id": self.counterparty_wallet_id,
+                    "counterparty_user_id": self.counterparty_user_id,
+                    "description": self.description,
+                    "placed_on": self.timestamp,
+                },
             }
 
     class HoldCaptured(Aggregate.Event):
@@ -200,7 +204,7 @@ class Wallet(Aggregate):
 
         def apply(self, aggregate: Any) -> None:
             wallet = cast(Wallet, aggregate)
-            del wallet.holds[str(self.hold_id)]
+            wallet.end_hold(self.hold_id)
             wallet.balance = self.balance
             wallet.spend(self.amount, self.timestamp)
 
@@ -214,7 +218,7 @@ class Wallet(Aggregate):
         correlation_id: str
 
         def apply(self, aggregate: Any) -> None:
-            del cast(Wallet, aggregate).holds[str(self.hold_id)]
+            cast(Wallet, aggregate).end_hold(self.hold_id)
 
     class HoldExpired(Aggregate.Event):
         """A hold ended at its expiry with nothing taken: amount is free again."""
@@ -226,7 +230,7 @@ class Wallet(Aggregate):
         correlation_id: str
 
         def apply(self, aggregate: Any) -> None:
-            del cast(Wallet, aggregate).holds[str(self.hold_id)]
+            cast(Wallet, aggregate).end_hold(self.hold_id)
 
     class CreditLimitSet(Aggregate.Event):
         """The admin let the available amount go this far below zero."""
@@ -257,6 +261,9 @@ class Wallet(Aggregate):
         self.balance = ZERO
         self.closed = False
         # Open holds, by the text of their id (a snapshot's keys are text).
+        # Replaced, never changed in place: a snapshot copies the wallet's
+        # attributes, not what they hold, and is put after the batch's write,
+        # by when the wallet may have moved on.
         self.holds: dict[str, dict[str, Any]] = {}
         self.credit_limit = ZERO
         self.daily_limit: Decimal | None = None
@@ -309,6 +316,11 @@ class Wallet(Aggregate):
         now = now or utcnow()
         spent = self.spent if self.spent_on == day_of(now) else ZERO
         return spent + self.held(now)
+
+    def end_hold(self, hold_id: UUID) -> None:
+        """Drops an ended hold (into a new dict: see __init__)."""
+        key = str(hold_id)
+        self.holds = {k: h for k, h in self.holds.items() if k != key}
 
     def spend(self, amount: Decimal, moment: datetime) -> None:
         """Counts money that went out at a moment against its day."""

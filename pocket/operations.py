@@ -18,7 +18,7 @@ from pocket.application import Pocket
 from pocket.bootstrap import follower_lock, named_lock
 from pocket.catalog import ProjectionCatalog, read_live_version
 from pocket.database import Database, Transaction
-from pocket.domainmodel import ZERO, Wallet
+from pocket.domainmodel import CAPTURED, EXPIRED, VOIDED, ZERO, Wallet
 from pocket.expiry import EXPIRY
 from pocket.expiry_sqlite import utc_text
 from pocket.postgres_events import PocketEventsRecorder
@@ -30,6 +30,7 @@ from pocket.walletrecords import (
     LATEST_VERSION,
     PROJECTION,
     WalletRecord,
+    has_holds,
     record_from_row,
     table_of,
 )
@@ -303,7 +304,25 @@ class Expected:
     balance: Decimal = ZERO
     version: int = 0
     closed: bool = False
+    # What the holds placed and not yet ended in the log reserve.
+    held: Decimal = ZERO
+    credit_limit: Decimal = ZERO
     problems: list[str] = field(default_factory=list)
+
+    @property
+    def available(self) -> Decimal:
+        """What the wallet may spend, as wallet_records v3 keeps it."""
+        return self.balance - self.held + self.credit_limit
+
+
+@dataclass
+class HoldSeen:
+    """A hold as the log has it so far: its wallet, what it reserved, and how it
+    ended (None while open)."""
+
+    wallet_id: UUID
+    amount: Decimal
+    ended: str | None = None
 
 
 @dataclass(frozen=True)
@@ -405,6 +424,7 @@ def replay_balances(
     (read by recorder: Pocket's own unless another server's is given)."""
     recorder = pocket.recorder if recorder is None else recorder
     wallets: dict[UUID, Expected] = {}
+    holds: dict[UUID, HoldSeen] = {}
     topics = WalletRecords.topics
     after = 0
     while after < position:
@@ -416,12 +436,16 @@ def replay_balances(
         after = notifications[-1].id
         for notification in notifications:
             if notification.topic in topics:
-                fold_expected(wallets, pocket.mapper.to_domain_event(notification))
+                event = pocket.mapper.to_domain_event(notification)
+                fold_expected(wallets, event, holds)
     return wallets
 
 
-def fold_expected(wallets: dict[UUID, Expected], event: Any) -> None:
-    """One event's effect on the expected wallets, checking the balance it records."""
+def fold_expected(
+    wallets: dict[UUID, Expected], event: Any, holds: dict[UUID, HoldSeen]
+) -> None:
+    """One event's effect on the expected wallets (and the holds seen so far),
+    checking the balance it records and, for a hold's end, the hold."""
     if isinstance(event, Wallet.Created):
         wallets[event.originator_id] = Expected(event.user_id)
     wallet = wallets.get(event.originator_id)
@@ -430,15 +454,74 @@ def fold_expected(wallets: dict[UUID, Expected], event: Any) -> None:
     wallet.version = event.originator_version
     if isinstance(event, Wallet.MoneyAdded | Wallet.TransferReceived):
         wallet.balance += event.amount
-    elif isinstance(event, Wallet.MoneyDrawn | Wallet.TransferSent):
+    elif isinstance(
+        event, Wallet.MoneyDrawn | Wallet.TransferSent | Wallet.HoldCaptured
+    ):
         wallet.balance -= event.amount
     elif isinstance(event, Wallet.Closed):
         wallet.closed = True
+    elif isinstance(event, Wallet.CreditLimitSet):
+        wallet.credit_limit = event.credit_limit
+    if isinstance(event, Wallet.HoldPlaced):
+        place_expected(wallet, event, holds)
+    elif isinstance(event, HOLD_ENDS):
+        end_expected(wallet, event, holds)
     recorded = getattr(event, "balance", None)
     if recorded is not None and recorded != wallet.balance:
         wallet.problems.append(
             f"event {event.originator_version} records balance {recorded:.2f}, "
             f"but its amounts add up to {wallet.balance:.2f}"
+        )
+
+
+# How a hold ends, by the event that ends it.
+HOLD_ENDS = (Wallet.HoldCaptured, Wallet.HoldVoided, Wallet.HoldExpired)
+ENDED_BY = {
+    Wallet.HoldCaptured: CAPTURED,
+    Wallet.HoldVoided: VOIDED,
+    Wallet.HoldExpired: EXPIRED,
+}
+
+
+def place_expected(
+    wallet: Expected, event: Wallet.HoldPlaced, holds: dict[UUID, HoldSeen]
+) -> None:
+    """A hold placed: it reserves its amount, unless its id was placed before."""
+    seen = holds.get(event.hold_id)
+    if seen is not None:
+        wallet.problems.append(
+            f"event {event.originator_version} places hold {event.hold_id} "
+            f"again (first placed in wallet {seen.wallet_id})"
+        )
+        return
+    holds[event.hold_id] = HoldSeen(event.originator_id, event.amount)
+    wallet.held += event.amount
+
+
+def end_expected(wallet: Expected, event: Any, holds: dict[UUID, HoldSeen]) -> None:
+    """A hold ended (captured, voided, expired): once, in its own wallet, and
+    a capture takes no more than the hold reserved."""
+    version, hold_id = event.originator_version, event.hold_id
+    ended = ENDED_BY[type(event)]
+    seen = holds.get(hold_id)
+    if seen is None or seen.wallet_id != event.originator_id:
+        wallet.problems.append(
+            f"event {version} ends hold {hold_id} ({ended}), which this wallet "
+            "never placed"
+        )
+        return
+    if seen.ended is not None:
+        wallet.problems.append(
+            f"event {version} ends hold {hold_id} ({ended}), which had ended "
+            f"already ({seen.ended})"
+        )
+        return
+    seen.ended = ended
+    wallet.held -= seen.amount
+    if ended == CAPTURED and event.amount > seen.amount:
+        wallet.problems.append(
+            f"event {version} captures {event.amount:.2f} of hold {hold_id}, "
+            f"which held {seen.amount:.2f}"
         )
 
 
@@ -469,4 +552,11 @@ def compare(
         problems.append(
             f"wallet_records has closed={row.closed}, the events say {expected.closed}"
         )
+    if has_holds(live):
+        for name in ("held", "available", "credit_limit"):
+            has, says = getattr(row, name), getattr(expected, name)
+            if has != says:
+                problems.append(
+                    f"wallet_records has {name} {has:.2f}, the events say {says:.2f}"
+                )
     return problems

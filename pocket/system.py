@@ -237,7 +237,19 @@ class HoldExpiry(SectionFollower):
         return self.recorder.open_count()  # type: ignore[attr-defined,no-any-return]
 
 
-VERSIONS: dict[int, type[WalletRecords]] = {1: WalletRecordsV1, 2: WalletRecordsV2}
+class WalletRecordsV3(WalletRecords):
+    """Version 3: and what open holds reserve, the credit limit, and what the
+    wallet may spend (available)."""
+
+    name = table_of(3)
+    version = 3
+
+
+VERSIONS: dict[int, type[WalletRecords]] = {
+    1: WalletRecordsV1,
+    2: WalletRecordsV2,
+    3: WalletRecordsV3,
+}
 assert VERSIONS.keys() == COLUMNS.keys(), "each version needs a projector"
 
 

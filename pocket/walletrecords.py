@@ -12,15 +12,18 @@ from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError, PersistenceError
 
-from pocket.domainmodel import ZERO, Wallet
+from pocket.domainmodel import CENT, ZERO, Wallet
 
 PROJECTION = "wallet_records"
 # The versions of wallet_records this code can build and follow, with the
-# columns readers see. Version 2 added closed (wallets can close). To change the
-# table: describe the new version here and in system.py, and run pocket migrate.
+# columns readers see. Version 2 added closed (wallets can close); version 3
+# held (what the open holds in the log reserve), available (balance - held +
+# credit_limit) and credit_limit. To change the table: describe the new
+# version here and in system.py, and run pocket migrate.
 COLUMNS: dict[int, str] = {
     1: "aggregate_id, user_id, balance, version",
     2: "aggregate_id, user_id, balance, version, closed",
+    3: "aggregate_id, user_id, balance, version, closed, held, available, credit_limit",
 }
 LATEST_VERSION = max(COLUMNS)
 TABLE_NAME = re.compile(rf"{PROJECTION}_v(\d+)")
@@ -42,15 +45,26 @@ def has_closed(version: int) -> bool:
     return "closed" in COLUMNS[version]
 
 
+def has_holds(version: int) -> bool:
+    """Whether a version's rows keep held, available and credit_limit."""
+    return "held" in COLUMNS[version]
+
+
 @dataclass(frozen=True)
 class WalletRecord:
-    """One row of wallet_records (closed is None in versions without it)."""
+    """One row of wallet_records (a column a version lacks is None).
+
+    held is what the holds the log has not seen end reserve: a hold past its
+    expiry counts until the hold-expiry follower records its end."""
 
     aggregate_id: UUID
     user_id: str
     balance: Decimal
     version: int
     closed: bool | None = None
+    held: Decimal | None = None
+    available: Decimal | None = None
+    credit_limit: Decimal | None = None
 
 
 def record_from_row(row: dict[str, Any]) -> WalletRecord:
@@ -62,10 +76,23 @@ def record_from_row(row: dict[str, Any]) -> WalletRecord:
         if isinstance(aggregate_id, UUID)
         else UUID(aggregate_id),
         user_id=str(row["user_id"]),
-        balance=Decimal(str(row["balance"])).quantize(Decimal("0.01")),
+        balance=money(row["balance"]),
         version=int(row["version"]),
         closed=None if closed is None else bool(closed),
+        held=optional_money(row.get("held")),
+        available=optional_money(row.get("available")),
+        credit_limit=optional_money(row.get("credit_limit")),
     )
+
+
+def money(value: object) -> Decimal:
+    """An amount of a row (numeric on PostgreSQL, text on SQLite)."""
+    return Decimal(str(value)).quantize(CENT)
+
+
+def optional_money(value: object) -> Decimal | None:
+    """An amount of a column that some versions lack."""
+    return None if value is None else money(value)
 
 
 @dataclass
@@ -73,8 +100,13 @@ class WalletChanges:
     """What a batch of events does to wallet_records, folded per wallet."""
 
     opened: dict[UUID, tuple[str, int]] = field(default_factory=dict)
+    # Every wallet the batch changes: its balance's change and its last version.
     deltas: dict[UUID, tuple[Decimal, int]] = field(default_factory=dict)
     closed: set[UUID] = field(default_factory=set)
+    # The change of what open holds reserve, and the last credit limit set
+    # (versions with holds apply them; every such wallet is in deltas too).
+    held: dict[UUID, Decimal] = field(default_factory=dict)
+    credit_limits: dict[UUID, Decimal] = field(default_factory=dict)
 
     def open(self, wallet_id: UUID, user_id: str, version: int) -> None:
         """A wallet was created."""
@@ -90,8 +122,19 @@ class WalletChanges:
         self.move(wallet_id, ZERO, version)
         self.closed.add(wallet_id)
 
+    def hold(self, wallet_id: UUID, amount: Decimal, version: int) -> None:
+        """A hold reserved an amount (positive) or ended (negative)."""
+        self.move(wallet_id, ZERO, version)
+        self.held[wallet_id] = self.held.get(wallet_id, ZERO) + amount
+
+    def limit(self, wallet_id: UUID, credit_limit: Decimal, version: int) -> None:
+        """The wallet's credit limit was set."""
+        self.move(wallet_id, ZERO, version)
+        self.credit_limits[wallet_id] = credit_limit
+
     def fold(self, event: object) -> None:
-        """Adds one event's effect."""
+        """Adds one event's effect. Every wallet event moves the row's version,
+        the ones that move no money too."""
         if isinstance(event, Wallet.Created):
             self.open(event.originator_id, event.user_id, event.originator_version)
         elif isinstance(event, Wallet.MoneyAdded | Wallet.TransferReceived):
@@ -100,9 +143,25 @@ class WalletChanges:
             self.move(event.originator_id, -event.amount, event.originator_version)
         elif isinstance(event, Wallet.Closed):
             self.close(event.originator_id, event.originator_version)
+        elif isinstance(event, Wallet.HoldPlaced):
+            self.hold(event.originator_id, event.amount, event.originator_version)
+        elif isinstance(event, Wallet.HoldCaptured):
+            # What it took leaves the wallet; the hold, all of it, ends.
+            self.move(event.originator_id, -event.amount, event.originator_version)
+            ended = event.amount + event.released
+            self.hold(event.originator_id, -ended, event.originator_version)
+        elif isinstance(event, Wallet.HoldVoided | Wallet.HoldExpired):
+            self.hold(event.originator_id, -event.amount, event.originator_version)
+        elif isinstance(event, Wallet.CreditLimitSet):
+            self.limit(
+                event.originator_id, event.credit_limit, event.originator_version
+            )
+        elif isinstance(event, WALLET_EVENTS):
+            self.move(event.originator_id, ZERO, event.originator_version)
 
 
-# The wallet events that change wallet_records: the projector reads no others.
+# The wallet events the projector reads: every one, since each moves a wallet's
+# version (a test holds this list to Wallet's events).
 WALLET_EVENTS = (
     Wallet.Created,
     Wallet.MoneyAdded,
@@ -110,6 +169,12 @@ WALLET_EVENTS = (
     Wallet.TransferSent,
     Wallet.TransferReceived,
     Wallet.Closed,
+    Wallet.HoldPlaced,
+    Wallet.HoldCaptured,
+    Wallet.HoldVoided,
+    Wallet.HoldExpired,
+    Wallet.CreditLimitSet,
+    Wallet.DailyLimitSet,
 )
 
 

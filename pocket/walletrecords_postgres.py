@@ -17,6 +17,7 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
+from pocket.domainmodel import ZERO
 from pocket.postgres import PocketPostgresFactory
 from pocket.postgres_events import SerializedSchema
 from pocket.postgres_pool import once_more
@@ -27,6 +28,7 @@ from pocket.walletrecords import (
     ProjectionSwitched,
     WalletChanges,
     has_closed,
+    has_holds,
     version_of,
 )
 
@@ -77,6 +79,19 @@ class WalletRecordsPostgresRecorder(SerializedSchema, PostgresProcessRecorder):
             "AS d(id, delta, version) WHERE t.aggregate_id = d.id "
             "RETURNING t.aggregate_id"
         ).format(rows)
+        # Versions with holds: held and the credit limit too, and available
+        # from the row's new figures (the right-hand sides read the old row).
+        self.add_deltas_with_holds = SQL(
+            "UPDATE {0} AS t SET balance = t.balance + d.delta, "
+            "held = t.held + d.held, "
+            "credit_limit = coalesce(d.credit_limit, t.credit_limit), "
+            "available = t.balance + d.delta - (t.held + d.held) "
+            "+ coalesce(d.credit_limit, t.credit_limit), version = d.version "
+            "FROM unnest(%s::uuid[], %s::numeric[], %s::bigint[], %s::numeric[], "
+            "%s::numeric[]) AS d(id, delta, version, held, credit_limit) "
+            "WHERE t.aggregate_id = d.id RETURNING t.aggregate_id"
+        ).format(rows)
+        self.holds = self.version is not None and has_holds(self.version)
         self.close_rows = SQL(
             "UPDATE {0} SET closed = true WHERE aggregate_id = ANY(%s::uuid[])"
         ).format(rows)
@@ -155,13 +170,19 @@ class WalletRecordsPostgresRecorder(SerializedSchema, PostgresProcessRecorder):
             )
         if changes.deltas:
             deltas = changes.deltas.items()
+            columns = [
+                [i for i, _ in deltas],
+                [d for _, (d, _) in deltas],
+                [v for _, (_, v) in deltas],
+            ]
+            if self.holds:
+                columns += [
+                    [changes.held.get(i, ZERO) for i, _ in deltas],
+                    [changes.credit_limits.get(i) for i, _ in deltas],
+                ]
             curs.execute(
-                self.add_deltas,
-                (
-                    [i for i, _ in deltas],
-                    [d for _, (d, _) in deltas],
-                    [v for _, (_, v) in deltas],
-                ),
+                self.add_deltas_with_holds if self.holds else self.add_deltas,
+                columns,
                 prepare=True,
             )
             missing = len(changes.deltas) - len(curs.fetchall())

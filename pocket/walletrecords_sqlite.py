@@ -10,6 +10,7 @@ PostgreSQL factory does.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -28,6 +29,7 @@ from eventsourcing.sqlite import (
     SQLiteProcessRecorder,
 )
 
+from pocket.domainmodel import ZERO
 from pocket.walletrecords import (
     PROJECTION,
     Batch,
@@ -35,6 +37,7 @@ from pocket.walletrecords import (
     ProjectionSwitched,
     WalletChanges,
     has_closed,
+    has_holds,
     version_of,
 )
 
@@ -70,6 +73,7 @@ class WalletRecordsSQLiteRecorder(SQLiteProcessRecorder):
         )
         self.rows_table = tracking_table_name.removesuffix("_tracking")
         self.version = version_of(self.rows_table)
+        self.holds = self.version is not None and has_holds(self.version)
 
     def construct_create_table_statements(self) -> list[str]:
         statements = [
@@ -153,37 +157,71 @@ class WalletRecordsSQLiteRecorder(SQLiteProcessRecorder):
         if changes.deltas:
             # SQLite has no exact decimal arithmetic: add in Python, in the same
             # write transaction that holds the database's lock.
-            balances = self._balances(c, list(changes.deltas))
-            missing = len(changes.deltas) - len(balances)
+            figures = self._figures(c, list(changes.deltas))
+            missing = len(changes.deltas) - len(figures)
             if missing:
                 msg = f"{table} lacks rows for {missing} wallet(s)"
                 raise ProjectionError(msg)
-            c.executemany(
-                f"UPDATE {table} SET balance = ?, version = ? WHERE aggregate_id = ?",
-                [
-                    (str(balances[i] + d), v, str(i))
-                    for i, (d, v) in changes.deltas.items()
-                ],
-            )
+            if self.holds:
+                c.executemany(
+                    f"UPDATE {table} SET balance = ?, held = ?, available = ?, "
+                    "credit_limit = ?, version = ? WHERE aggregate_id = ?",
+                    [
+                        (*figures[i].changed(d, i, changes), v, str(i))
+                        for i, (d, v) in changes.deltas.items()
+                    ],
+                )
+            else:
+                c.executemany(
+                    f"UPDATE {table} SET balance = ?, version = ? "
+                    "WHERE aggregate_id = ?",
+                    [
+                        (str(figures[i].balance + d), v, str(i))
+                        for i, (d, v) in changes.deltas.items()
+                    ],
+                )
         if changes.closed and self.version is not None and has_closed(self.version):
             c.executemany(
                 f"UPDATE {table} SET closed = 1 WHERE aggregate_id = ?",
                 [(str(i),) for i in changes.closed],
             )
 
-    def _balances(self, c: SQLiteCursor, ids: list[UUID]) -> dict[UUID, Decimal]:
-        balances: dict[UUID, Decimal] = {}
+    def _figures(self, c: SQLiteCursor, ids: list[UUID]) -> dict[UUID, Figures]:
+        """The amounts of the rows of ids (held and the credit limit 0 in
+        versions without them)."""
+        columns = "balance, held, credit_limit" if self.holds else "balance"
+        figures: dict[UUID, Figures] = {}
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
             marks = ", ".join("?" * len(chunk))
             c.execute(
-                f"SELECT aggregate_id, balance FROM {self.rows_table} "
+                f"SELECT aggregate_id, {columns} FROM {self.rows_table} "
                 f"WHERE aggregate_id IN ({marks})",
                 [str(i) for i in chunk],
             )
             for row in c.fetchall():
-                balances[UUID(row[0])] = Decimal(row[1])
-        return balances
+                amounts = [Decimal(value) for value in tuple(row)[1:]]
+                figures[UUID(row[0])] = Figures(*amounts)
+        return figures
+
+
+@dataclass(frozen=True)
+class Figures:
+    """A row's amounts, as read before a batch changes them."""
+
+    balance: Decimal
+    held: Decimal = ZERO
+    credit_limit: Decimal = ZERO
+
+    def changed(
+        self, delta: Decimal, wallet_id: UUID, changes: WalletChanges
+    ) -> tuple[str, str, str, str]:
+        """balance, held, available and credit_limit after a batch's changes."""
+        balance = self.balance + delta
+        held = self.held + changes.held.get(wallet_id, ZERO)
+        credit_limit = changes.credit_limits.get(wallet_id, self.credit_limit)
+        available = balance - held + credit_limit
+        return str(balance), str(held), str(available), str(credit_limit)
 
 
 class WalletRecordsSQLiteFactory(SQLiteFactory):

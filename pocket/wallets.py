@@ -26,7 +26,8 @@ R = TypeVar("R")
 
 class Deferred(Exception):
     """The handler got a wallet with a save staged in this batch, on an event
-    store that would not refuse a save decided on one that then fails: it runs
+    store that would not refuse a save decided on one that then fails, or must
+    tell what such a save did (how a hold ended, read from the store): it runs
     in the next batch, on what this one wrote."""
 
 

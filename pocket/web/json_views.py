@@ -105,6 +105,8 @@ def record_json(record: WalletRecord | None) -> dict[str, Any] | None:
     }
     if record.closed is not None:  # versions of wallet_records that keep it
         row["closed"] = record.closed
+    if record.held is not None and record.available is not None:  # from v3 on
+        row.update(held=money(record.held), available=money(record.available))
     return row
 
 

@@ -164,8 +164,21 @@ SCHEMAS: dict[str, Schema] = {
                         "type": "boolean",
                         "description": "From version 2 of wallet_records on.",
                     },
+                    "held": {
+                        **MONEY_OUT,
+                        "description": "From version 3 on: what the holds the "
+                        "log has not seen end reserve.",
+                    },
+                    "available": {
+                        **MONEY_OUT,
+                        # Below zero once a lowered credit limit, or a hold past
+                        # its expiry not yet recorded, leaves less than nothing.
+                        "pattern": r"^-?[0-9]+\.[0-9]{2}$",
+                        "description": "From version 3 on: balance - held + "
+                        "credit limit.",
+                    },
                 },
-                optional=("closed",),
+                optional=("closed", "held", "available"),
             ),
             {"type": "null"},
         ],

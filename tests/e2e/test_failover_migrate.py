@@ -20,6 +20,7 @@ import pytest
 from pocket.bootstrap import open_catalog, open_pocket
 from pocket.config import Settings
 from pocket.domainmodel import Cause, Wallet
+from pocket.walletrecords import LATEST_VERSION
 from tests.e2e.processes import PocketProcess, run_pocket, wait_for
 from tests.e2e.test_failover import crash_and_promote, pocket_database
 from tests.pgserver import ReplicatedPair
@@ -119,7 +120,7 @@ def test_migrate_follows_the_primary_across_a_failover(
         f"{going_on - promoted:.2f}s after the promotion; migrate's own pauses: "
         f"{paused}s"
     )
-    assert "wallet_records v1 is live (was v2)." in output
+    assert f"wallet_records v1 is live (was v{LATEST_VERSION})." in output
     assert "Lost the migrate lock" in output, output
     assert "Holding the migrate lock again" in output
     assert "Traceback" not in output

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pocket.config import Settings
+from pocket.walletrecords import LATEST_VERSION
 from tests.e2e.processes import PocketProcess, follow, records, replay, serve, wait_for
 from tools.scratch import free_port
 
@@ -37,7 +38,8 @@ def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     }
 
 
-LIVE = frozenset({("projection", "wallet_records"), ("version", "2")})
+VERSION = ("version", str(LATEST_VERSION))
+LIVE = frozenset({("projection", "wallet_records"), VERSION})
 
 
 def test_serve_and_follow_log_every_line_as_json_with_the_access_fields(
@@ -110,7 +112,7 @@ def test_a_follower_shows_its_role_lag_and_work_on_its_metrics_port(
         def caught_up() -> bool:
             samples = scrape(port)
             return samples.get(("pocket_projection_lag_events", LIVE)) == 0 and bool(
-                samples.get(("pocket_projection_head", LIVE - {("version", "2")}))
+                samples.get(("pocket_projection_head", LIVE - {VERSION}))
             )
 
         wait_for(caught_up, what="the follower to catch up")

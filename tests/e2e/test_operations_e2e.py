@@ -17,6 +17,7 @@ import pytest
 from pocket.bootstrap import open_pocket
 from pocket.config import Settings
 from pocket.domainmodel import Cause, Wallet
+from pocket.walletrecords import LATEST_VERSION, table_of
 from tests.e2e.processes import (
     Api,
     PocketProcess,
@@ -108,18 +109,18 @@ def test_a_version_bump_is_rebuilt_while_a_client_keeps_writing(
             wait_for(lambda: writer.answers["200"] > 20, what="some writes")
             down = run_pocket(tmp_path, env, "migrate", "--version", "1")
             assert down.returncode == 0, down.stderr
-            assert "wallet_records v1 is live (was v2)." in down.stdout
+            assert f"wallet_records v1 is live (was v{LATEST_VERSION})." in down.stdout
             up = run_pocket(tmp_path, env, "migrate")
             assert up.returncode == 0, up.stderr
-            assert "wallet_records v2 is live (was v1)." in up.stdout
+            assert f"wallet_records v{LATEST_VERSION} is live (was v1)." in up.stdout
             wait_for(lambda: writer.answers["200"] > 100, what="more writes")
         assert set(writer.answers) == {"200"}
         wait_for(lambda: records(settings) == replay(settings), what="the projection")
         assert credited(user, user_id) == writer.acknowledged
         report = json.loads(run_pocket(tmp_path, env, "status", "--json").stdout)
         (projection,) = report["projections"]
-        assert projection["live_version"] == 2
-        assert [v["version"] for v in projection["versions"]] == [2]
+        assert projection["live_version"] == LATEST_VERSION
+        assert [v["version"] for v in projection["versions"]] == [LATEST_VERSION]
     finally:
         follower.close()
         server.close()
@@ -153,7 +154,7 @@ def test_a_rebuild_killed_midway_runs_again_to_the_end(
     report = json.loads(run_pocket(tmp_path, env, "status", "--json").stdout)
     (projection,) = report["projections"]
     partial = {v["version"]: v["position"] for v in projection["versions"]}
-    assert projection["live_version"] == 2
+    assert projection["live_version"] == LATEST_VERSION
     assert 0 < partial[1] < projection["head"], partial
     again = run_pocket(tmp_path, env, "migrate", "--version", "1")
     assert again.returncode == 0, again.stderr
@@ -241,7 +242,7 @@ def test_verify_catches_a_row_tampered_with_by_hand(
     clean = run_pocket(tmp_path, env, "verify")
     assert clean.returncode == 0, clean.stdout + clean.stderr
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute("UPDATE wallet_records_v2 SET balance = 700.00")
+        conn.execute(f"UPDATE {table_of(LATEST_VERSION)} SET balance = 700.00")
     tampered = run_pocket(tmp_path, env, "verify")
     assert tampered.returncode == 1
     assert "wallet_records has balance 700.00, the events say 7.00" in tampered.stdout

@@ -23,6 +23,7 @@ from pocket.config import Settings
 from pocket.domainmodel import Cause, Wallet
 from pocket.migration import MigrationInterrupted, MigrationRefused, migrate
 from pocket.operations import verify
+from pocket.walletrecords import LATEST_VERSION
 from tests.e2e.processes import wait_for
 from tests.integration.test_operations import quiet, readers_see
 from tests.integration.test_read_only import read_only
@@ -203,7 +204,7 @@ def test_a_rebuild_whose_lock_another_migration_took_meanwhile_stops(
         migration.finish()
         assert isinstance(migration.error, MigrationRefused), migration.error
         assert "Another pocket migrate is running" in str(migration.error)
-        assert open_catalog(pocket).live_version() == 2
+        assert open_catalog(pocket).live_version() == LATEST_VERSION
     finally:
         other.release()
 

@@ -20,9 +20,13 @@ from pocket.commands import AddMoney, DrawMoney, OpenWallet
 from pocket.config import Settings
 from pocket.database import Database
 from pocket.runner import FollowerThread, Listener, PocketRunner
-from pocket.system import WalletRecords, WalletRecordsV2, projector_of, system
-from pocket.walletrecords import Batch, WalletChanges, WalletRecord
+from pocket.system import VERSIONS, WalletRecords, projector_of, system
+from pocket.walletrecords import LATEST_VERSION, Batch, WalletChanges, WalletRecord
+from tests.holds import PAYER_BALANCE, hold_history
 from tests.replay import replayed_records
+
+# What a new database's followers apply: the latest version's projector.
+LIVE = VERSIONS[LATEST_VERSION]
 
 
 @pytest.fixture
@@ -63,6 +67,22 @@ def make_history(pocket: Pocket, wallets: int = 5, moves: int = 4) -> list[UUID]
     return ids
 
 
+@pytest.mark.parametrize("version", sorted(VERSIONS))
+def test_every_version_follows_holds_and_limits_as_the_events_say(
+    pocket: Pocket, catalog: ProjectionCatalog, version: int
+) -> None:
+    payer, payee = hold_history(pocket)
+    catalog.create_rows(version)
+    with closing(projector_of(pocket, version, live_only=False)) as projector:
+        projector.batch_size = 3  # sections that end between a hold and its end
+        projector.catch_up("Pocket")
+    rows = {r.aggregate_id: r for r in catalog.records(version)}
+    assert rows == replayed_records(pocket, version)
+    assert rows[payer].balance == PAYER_BALANCE
+    assert rows[payee].balance == Decimal("3.50")
+    assert rows[payer].version == pocket.get_wallet(payer).version
+
+
 def test_catching_up_makes_the_table_equal_to_a_replay(
     pocket: Pocket, catalog: ProjectionCatalog, projector: WalletRecords
 ) -> None:
@@ -100,10 +120,10 @@ def test_events_written_while_the_follower_was_away_are_caught_up(
     pocket: Pocket, catalog: ProjectionCatalog
 ) -> None:
     make_history(pocket, wallets=2, moves=1)
-    with closing(projector_of(pocket, 2)) as projector:
+    with closing(projector_of(pocket, LATEST_VERSION)) as projector:
         projector.catch_up("Pocket")
     make_history(pocket, wallets=2, moves=3)
-    with closing(projector_of(pocket, 2)) as projector:
+    with closing(projector_of(pocket, LATEST_VERSION)) as projector:
         assert projector.catch_up("Pocket") > 0
     assert table(catalog) == replayed_records(pocket)
 
@@ -133,7 +153,9 @@ def test_two_followers_at_once_apply_each_event_once(
     pocket: Pocket, catalog: ProjectionCatalog
 ) -> None:
     make_history(pocket, wallets=4, moves=6)
-    projectors = [projector_of(pocket, 2, batch_size=size) for size in (3, 5, 7)]
+    projectors = [
+        projector_of(pocket, LATEST_VERSION, batch_size=size) for size in (3, 5, 7)
+    ]
     start = threading.Barrier(len(projectors))
 
     def race(projector: WalletRecords) -> None:
@@ -161,7 +183,7 @@ def test_a_running_system_applies_new_events_by_itself(sql_settings: Settings) -
     try:
         pocket = runner.pocket
         (wallet_id,) = make_history(pocket, wallets=1, moves=3)
-        recorder = runner.get(WalletRecordsV2).recorder
+        recorder = runner.get(LIVE).recorder
         recorder.wait("Pocket", pocket.recorder.max_notification_id(), timeout=10)
         record = table(ProjectionCatalog(Database.of(pocket)))[wallet_id]
         assert record.balance == pocket.get_wallet(wallet_id).balance
@@ -202,7 +224,7 @@ def test_events_that_arrive_while_the_follower_gathers_are_applied_in_one_round(
     runner = running_follower(sql_settings, gather=2.0)
     try:
         pocket = runner.pocket
-        live = runner.get(WalletRecordsV2)
+        live = runner.get(LIVE)
         wallet_id = pocket.open_wallet(OpenWallet(user_id="1"))
         live.recorder.wait("Pocket", pocket.recorder.max_notification_id(), timeout=10)
         before = live.sections_applied
@@ -230,7 +252,7 @@ def test_the_first_event_after_a_quiet_spell_is_applied_without_gathering(
     try:
         pocket = runner.pocket
         pocket.open_wallet(OpenWallet(user_id="1"))
-        live = runner.get(WalletRecordsV2).recorder
+        live = runner.get(LIVE).recorder
         live.wait("Pocket", pocket.recorder.max_notification_id(), timeout=10)
     finally:
         started = time.monotonic()
@@ -246,8 +268,16 @@ def test_the_library_interface_applies_one_event(
     (notification,) = pocket.recorder.select_notifications(start=1, limit=1)
     event = pocket.mapper.to_domain_event(notification)
     projector.process_event(event, Tracking("Pocket", notification.id))
+    zero = Decimal("0.00")
     assert table(catalog)[wallet_id] == WalletRecord(
-        wallet_id, "9", Decimal("0.00"), 1, closed=False
+        wallet_id,
+        "9",
+        zero,
+        1,
+        closed=False,
+        held=zero,
+        available=zero,
+        credit_limit=zero,
     )
     with pytest.raises(IntegrityError):
         projector.process_event(event, Tracking("Pocket", notification.id))

@@ -17,6 +17,7 @@ from pocket.bootstrap import bootstrap
 from pocket.config import Settings
 from pocket.operations import verify
 from pocket.service import PocketService
+from pocket.walletrecords import LATEST_VERSION
 from pocket.web import create_app
 from tests.docs import page, section
 from tests.pgserver import PostgresServer
@@ -139,8 +140,11 @@ def test_the_projection_s_lag_is_read_when_scraped(
     samples = metrics(client)  # No follower in this process: nothing applied.
     head = service.pocket.recorder.max_notification_id()
     wallet_records = {"projection": "wallet_records"}
-    live = {**wallet_records, "version": "2"}
-    assert value(samples, "pocket_projection_live_version", **wallet_records) == 2
+    live = {**wallet_records, "version": str(LATEST_VERSION)}
+    assert (
+        value(samples, "pocket_projection_live_version", **wallet_records)
+        == LATEST_VERSION
+    )
     assert value(samples, "pocket_projection_head", **wallet_records) == head
     assert value(samples, "pocket_projection_position", **live) == 0
     assert value(samples, "pocket_projection_lag_events", **live) == head
@@ -160,7 +164,7 @@ def test_a_follower_in_the_process_shows_its_role_and_work(
         user_id, auth = signed_up(client, "Ann")
         body = {"amount": "1", "source": "x"}
         client.post(f"/users/{user_id}/add_money", json=body, headers=auth)
-        live = {"projection": "wallet_records", "version": "2"}
+        live = {"projection": "wallet_records", "version": str(LATEST_VERSION)}
         deadline = time.monotonic() + 10
         while value(metrics(client), "pocket_projection_lag_events", **live) != 0:
             assert time.monotonic() < deadline, "the follower did not catch up"
