@@ -61,6 +61,7 @@ def admin_status() -> Response:
         # Read last: a gate that tripped while the rest was read says so.
         gate={"open": not pocket_service.gate.down.is_set()},
         projections=report["projections"],
+        followers=report["followers"],
         reads=pocket_service.reads.state(),
         writes=pocket_service.writes(),
         verify=None if verification is None else verification.as_json(),

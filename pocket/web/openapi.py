@@ -369,6 +369,39 @@ SCHEMAS: dict[str, Schema] = {
             },
         }
     ),
+    "Follower": obj(
+        {
+            "name": {
+                "type": "string",
+                "description": "The follower: hold_expiry, which records expiries.",
+            },
+            "position": {
+                "type": "integer",
+                "description": "How far in the event log it has read.",
+            },
+            "head": {"type": "integer", "description": "The log's last position."},
+            "lag_events": {"type": "integer", "minimum": 0},
+            "lag_seconds": {"type": "number", "minimum": 0},
+            "follower": {
+                **ref("LockHolder"),
+                "description": "The active follower (and any standbys).",
+            },
+            "open_holds": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Open holds it knows of.",
+            },
+            "due_holds": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Open holds past their expiry, not yet recorded.",
+            },
+            "next_expiry": {
+                "description": "When the soonest open hold expires (null: none).",
+                "oneOf": [{"type": "string", "format": "date-time"}, {"type": "null"}],
+            },
+        }
+    ),
     "Verification": obj(
         {
             "at": {**TIMESTAMP, "description": "When the run finished."},
@@ -395,6 +428,14 @@ SCHEMAS: dict[str, Schema] = {
                 "type": "array",
                 "description": "Exactly what `pocket status --json` reports.",
                 "items": ref("Projection"),
+            },
+            "followers": {
+                "type": "array",
+                "description": (
+                    "The other followers, as `pocket status --json` reports them: "
+                    "the hold-expiry follower."
+                ),
+                "items": ref("Follower"),
             },
             "verify": {
                 "description": "The last `pocket verify` run, null if none ran.",

@@ -75,13 +75,16 @@ export async function call(method, path, { token, body, key } = {}) {
   }
 }
 
-/** The API's error ({code, message, fields}) of an answer that is not a success. */
+/**
+ * The API's error ({code, message, fields, hold}) of an answer that is not a
+ * success; hold: the hold as it really ended, which a hold_ended refusal tells.
+ */
 export function errorOf(result) {
   const error = result.data && result.data.error;
   if (error && typeof error.message === "string") {
-    return { code: error.code, message: error.message, fields: error.fields || null };
+    return { code: error.code, message: error.message, fields: error.fields || null, hold: error.hold || null };
   }
-  return { code: null, message: `The server answered ${result.status}.`, fields: null };
+  return { code: null, message: `The server answered ${result.status}.`, fields: null, hold: null };
 }
 
 /** Whether an answer leaves it unknown if the request happened (resend it under the same key). */

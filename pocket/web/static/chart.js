@@ -6,6 +6,8 @@
 const SVG = "http://www.w3.org/2000/svg";
 const MARGIN = { right: 12, top: 16, bottom: 30 };
 const CHAR_WIDTH = 7.5; // about, at the labels' 12px
+// What an entry did: money in or out, or a hold placed or let go (the balance unmoved).
+const CHANGES = { IN: "+", OUT: "−", HOLD: "held ", RELEASE: "released " };
 
 /** Cents of a money string ("15.00") as a BigInt: exact, however large. */
 export function cents(money) {
@@ -67,7 +69,7 @@ export function drawChart(svg, { entries, width, dateLabel }) {
   for (const point of points) {
     const { entry } = point;
     const dot = add(svg, "circle", {
-      class: `point ${entry.type === "IN" ? "in" : "out"}`,
+      class: `point ${entry.type.toLowerCase()}`,
       cx: x(point.time),
       cy: y(point.cents),
       r: 4,
@@ -75,8 +77,7 @@ export function drawChart(svg, { entries, width, dateLabel }) {
       "data-date": entry.date,
       "data-balance": entry.balance,
     });
-    const sign = entry.type === "IN" ? "+" : "−";
-    add(dot, "title", {}).textContent = `${dateLabel(point.time, 0)}: ${sign}${entry.amount}, balance ${entry.balance}`;
+    add(dot, "title", {}).textContent = `${dateLabel(point.time, 0)}: ${CHANGES[entry.type] ?? ""}${entry.amount}, balance ${entry.balance}`;
   }
 }
 

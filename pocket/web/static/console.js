@@ -1,6 +1,7 @@
-// The operator console: GET /admin/status (what `pocket status --json` reports,
-// the 503 gate, the last `pocket verify`) and GET /users, every 2 seconds, with
-// the admin token this tab keeps in its sessionStorage.
+// The operator console: GET /admin/status (what `pocket status --json` reports:
+// the projection and the hold-expiry follower; the 503 gate, the last `pocket
+// verify`) and GET /users, every 2 seconds, with the admin token this tab keeps
+// in its sessionStorage.
 
 import { call, errorOf, NoAnswer } from "./api.js";
 import { handleForm } from "./forms.js";
@@ -17,6 +18,7 @@ let latest = 0; // the last refresh started: older ones do not draw over it
 const pages = [null]; // the ?after= cursor of each page of users seen
 let pageIndex = 0;
 
+const SECTIONS = ["projections", "expiry", "users", "verify"]; // greyed while they are not current
 const NUMBER = new Intl.NumberFormat("en-US");
 const TIME = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
 const fmt = (n) => NUMBER.format(n);
@@ -121,7 +123,7 @@ async function refresh() {
 function failed(why) {
   $("refreshed").textContent = `Could not refresh at ${TIME.format(new Date())}: ${why}. Trying again every 2 s.`;
   $("refreshed").className = "bad-text";
-  for (const id of ["projections", "users", "verify"]) $(id).classList.add("stale");
+  for (const id of SECTIONS) $(id).classList.add("stale");
 }
 
 // The status
@@ -131,11 +133,12 @@ function showStatus(status, at) {
   showGate(status.gate.open);
   showWrites(status.writes);
   $("projection-list").replaceChildren(...status.projections.map(projectionFacts));
+  showFollowers(status.followers);
   showVerify(status.verify);
   showReads(status.reads);
   $("refreshed").textContent = `Updated ${TIME.format(at)}; refreshes every 2 s.`;
   $("refreshed").className = "hint";
-  for (const id of ["projections", "users", "verify"]) $(id).classList.remove("stale");
+  for (const id of SECTIONS) $(id).classList.remove("stale");
 }
 
 // Where the list of users is read (POCKET_READ_URL): a standby may lag a little.
@@ -181,6 +184,19 @@ function projectionFacts(p) {
   facts.className = "facts";
   const latestNote = p.latest_version === p.live_version ? "the latest" : `this code's latest: v${p.latest_version}`;
   fact(facts, "live_version", "Live version", `v${p.live_version} (${latestNote})`);
+  followingFacts(facts, p);
+  const migration = p.migration;
+  fact(facts, "migration", "Migration", migration.running ? `running: ${holder(migration)}` : "none running");
+  const others = p.versions.filter((v) => !v.live);
+  if (others.length) {
+    fact(facts, "versions", "Also built", others.map((v) => `v${v.version} at ${fmt(v.position)}`).join(", "));
+  }
+  box.append(title, facts);
+  return box;
+}
+
+/** Where a follower is in Pocket's log, how far behind, and who follows it (active, standbys). */
+function followingFacts(facts, p) {
   fact(facts, "position", "Position", `${fmt(p.position)} of ${fmt(p.head)}`);
   const lag = fact(
     facts,
@@ -192,27 +208,58 @@ function projectionFacts(p) {
   lag.dataset.lagEvents = String(p.lag_events);
   lag.dataset.lagSeconds = String(p.lag_seconds);
   const follower = p.follower;
-  fact(
+  const running = fact(
     facts,
     "follower",
     "Active follower",
     follower.running ? `running: ${holder(follower)}` : "not running",
     follower.running ? "good-text" : "bad-text",
   );
+  running.dataset.running = String(follower.running);
   const standbys = Array.isArray(follower.standbys) ? follower.standbys : [];
   let standbyText = "not reported by this server";
   if (Array.isArray(follower.standbys)) {
     standbyText = standbys.length ? standbys.map(holder).join("; ") : "none";
   }
   fact(facts, "standbys", "Standbys", standbyText);
-  const migration = p.migration;
-  fact(facts, "migration", "Migration", migration.running ? `running: ${holder(migration)}` : "none running");
-  const others = p.versions.filter((v) => !v.live);
-  if (others.length) {
-    fact(facts, "versions", "Also built", others.map((v) => `v${v.version} at ${fmt(v.position)}`).join(", "));
-  }
+}
+
+// The followers beside the projection's (the hold-expiry one): where they are,
+// and what they keep. A server that does not report them says so.
+function showFollowers(followers) {
+  const known = Array.isArray(followers);
+  $("followers-unknown").hidden = known;
+  $("follower-list").replaceChildren(...(known ? followers.map(followerFacts) : []));
+}
+
+function followerFacts(f) {
+  const box = document.createElement("div");
+  box.dataset.follower = f.name;
+  const title = document.createElement("h3");
+  title.textContent = f.name;
+  const facts = document.createElement("dl");
+  facts.className = "facts";
+  followingFacts(facts, f);
+  if ("open_holds" in f) holdFacts(facts, f);
   box.append(title, facts);
   return box;
+}
+
+/** The holds the expiry follower keeps: open, past their expiry (not yet recorded), the next to expire. */
+function holdFacts(facts, f) {
+  fact(facts, "open_holds", "Open holds", fmt(f.open_holds));
+  let dueClass = "good-text";
+  if (f.due_holds > 0) dueClass = f.follower.running ? "warn-text" : "bad-text";
+  const due = fact(
+    facts,
+    "due_holds",
+    "Past their expiry",
+    f.due_holds === 0 ? "none" : `${fmt(f.due_holds)}, not yet recorded as expired`,
+    dueClass,
+  );
+  due.dataset.due = String(f.due_holds);
+  const next = f.next_expiry;
+  fact(facts, "next_expiry", "Next expiry", next ? `${TIME.format(new Date(next))} (${fromNow(next)})` : "none");
 }
 
 /** Who holds a lock, as pocket status says it: pid and host (and since when). */
@@ -253,23 +300,36 @@ function showVerify(run) {
   fact(list, "at_position", "At position", `${fmt(run.position)}, wallet_records v${run.version}`);
 }
 
+/** "in 3 min", "12 s ago": a moment from now. */
+function fromNow(iso) {
+  const seconds = Math.round((Date.parse(iso) - Date.now()) / 1000);
+  return seconds >= 0 ? `in ${span(seconds)}` : `${span(-seconds)} ago`;
+}
+
+function span(seconds) {
+  if (seconds < 90) return `${seconds} s`;
+  if (seconds < 90 * 60) return `${Math.round(seconds / 60)} min`;
+  if (seconds < 36 * 3600) return `${Math.round(seconds / 3600)} h`;
+  return `${Math.round(seconds / 86400)} days`;
+}
+
 function ago(iso) {
-  const seconds = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
-  if (seconds < 90) return `${seconds} s ago`;
-  if (seconds < 90 * 60) return `${Math.round(seconds / 60)} min ago`;
-  if (seconds < 36 * 3600) return `${Math.round(seconds / 3600)} h ago`;
-  return `${Math.round(seconds / 86400)} days ago`;
+  return `${span(Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000)))} ago`;
 }
 
 // The users, a page at a time
+
+const NUMBERS = new Set(["Balance", "Held", "Available", "Version"]);
 
 function showUsers(page) {
   pages.length = pageIndex + 1;
   if (page.next) pages.push(page.next);
   $("users").tBodies[0].replaceChildren(...page.users.map(userRow));
-  // Whether a wallet is closed shows only where the API says (the list may not).
-  const saysClosed = page.users.some(({ wallet }) => wallet && "closed" in wallet);
-  $("users").classList.toggle("no-closed", !saysClosed);
+  // Whether a wallet is closed, and what it holds, show only where the API says
+  // (the list may not: it is the projection's, whose older versions keep neither).
+  const says = (key) => page.users.some(({ wallet }) => wallet && key in wallet);
+  $("users").classList.toggle("no-closed", !says("closed"));
+  $("users").classList.toggle("no-holds", !says("held"));
   $("users-empty").hidden = page.users.length > 0 || pageIndex > 0;
   $("users-previous").disabled = pageIndex === 0;
   $("users-next").disabled = !page.next;
@@ -284,6 +344,8 @@ function userRow({ user, wallet }) {
     ["User", String(user.id)],
     ["Name", user.name],
     ["Balance", wallet ? wallet.balance : "not yet projected"],
+    ["Held", wallet && "held" in wallet ? wallet.held : "—"],
+    ["Available", wallet && "available" in wallet ? wallet.available : "—"],
     ["Version", wallet ? String(wallet.version) : "—"],
     ["Wallet", state],
   ];
@@ -291,7 +353,7 @@ function userRow({ user, wallet }) {
     const cell = document.createElement("td");
     cell.dataset.label = name;
     cell.textContent = text;
-    if (name === "Balance" || name === "Version") cell.className = "num";
+    if (NUMBERS.has(name)) cell.className = "num";
     if (name === "Wallet" && state === "closed") cell.className = "warn-text";
     row.append(cell);
   }

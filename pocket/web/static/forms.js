@@ -9,9 +9,11 @@ import { NoAnswer, errorOf, newKey, outcomeUnknown } from "./api.js";
  * Handles a form's submissions.
  * send(values, key) calls the API and returns its answer; done(data, values)
  * runs on success; fieldFor maps an error code without fields (409
- * insufficient_funds, say) to the field it is about.
+ * insufficient_funds, say) to the field it is about; refused(error, values),
+ * if given, runs after a refusal (the wallet shown again, say), and returns
+ * true when it has shown the error itself (where the form may be gone).
  */
-export function handleForm(form, { send, done, fieldFor = {}, check = null }) {
+export function handleForm(form, { send, done, fieldFor = {}, check = null, refused = null }) {
   let pending = null; // {signature, key}: a submission whose outcome is not known yet
   let busy = false;
   form.noValidate = true; // The API checks the fields, and says what is wrong.
@@ -58,17 +60,29 @@ export function handleForm(form, { send, done, fieldFor = {}, check = null }) {
     }
     if (!result.ok) {
       if (!outcomeUnknown(result)) pending = null;
-      showError(form, errorOf(result), fieldFor, pending !== null);
+      const error = errorOf(result);
+      if (pending === null && refused && (await settle(() => refused(error, values), error.message))) return;
+      showError(form, error, fieldFor, pending !== null);
       return;
     }
     // Done: a new submission, even of the same values, is a new request.
     pending = null;
     form.reset();
+    await settle(() => done(result.data, values), "Done");
+  }
+
+  /**
+   * Runs what follows an answer (showing the wallet again); a read that got no
+   * answer says so after what the answer was (Done, or the refusal), and gives true.
+   */
+  async function settle(then, outcome) {
     try {
-      await done(result.data, values);
+      return await then();
     } catch (error) {
       if (!(error instanceof NoAnswer)) throw error;
-      showMessage(form, `Done, but the page could not show it (${error.message}): reload the page.`, "error");
+      const said = outcome.replace(/[.\s]+$/, "");
+      showMessage(form, `${said}, but the page could not show it (${error.message}): reload the page.`, "error");
+      return true;
     }
   }
 }
@@ -85,24 +99,34 @@ function clearOthers(event) {
       clearMessages(form);
     }
   }
+  // Notes shown for forms that are gone (a hold's, once it ended).
+  for (const note of document.querySelectorAll(".form-message[data-outside]")) {
+    note.hidden = true;
+    note.textContent = "";
+  }
 }
 
 document.addEventListener("submit", clearOthers, true);
 
-/** The form's named fields as strings, as typed (checkboxes: "on" or ""). */
+/** The form's named fields as strings, as typed (checkboxes: "on" or ""; radios: the one chosen). */
 function valuesOf(form) {
   const values = {};
   for (const element of form.elements) {
     if (!element.name || element.type === "submit") continue;
-    values[element.name] = element.type === "checkbox" ? (element.checked ? "on" : "") : element.value;
+    if (element.type === "radio") {
+      if (element.checked) values[element.name] = element.value;
+    } else {
+      values[element.name] = element.type === "checkbox" ? (element.checked ? "on" : "") : element.value;
+    }
   }
   return values;
 }
 
+/** Its buttons disabled while it is in flight: those of its own (form=), wherever they are. */
 function setBusy(form, busy) {
   form.setAttribute("aria-busy", String(busy));
-  for (const button of form.querySelectorAll("button")) {
-    button.disabled = busy;
+  for (const element of form.elements) {
+    if (element.tagName === "BUTTON") element.disabled = busy;
   }
 }
 

@@ -1,10 +1,12 @@
 // The wallet page: sign up or sign in (the token kept in this tab's
-// sessionStorage only), the balance, the history page by page, a chart of the
-// balance drawn from the whole history, and the forms that move money.
+// sessionStorage only), the balance, what is held and available, the open
+// holds (holds.js), the history page by page, a chart of the balance drawn from
+// the whole history, and the forms that move money.
 
 import { NoAnswer, call, errorOf, integerOrText, jsonText } from "./api.js";
 import { drawChart } from "./chart.js";
 import { clearMessages, handleForm, showMessage } from "./forms.js";
+import { holdTarget, holdsPanel, moment, shortId } from "./holds.js";
 
 const SESSION = "pocket.session";
 // Ten entries: about a screen and a half on a phone (each is a card there), the
@@ -84,6 +86,7 @@ function signOut(message) {
     form.reset();
   }
   $("history").tBodies[0].replaceChildren();
+  holds.clear();
   $("chart").replaceChildren();
   charted = null;
   notice(message);
@@ -116,7 +119,7 @@ async function showWallet(data) {
     if (!answered(result)) return;
     showAccount(result.data);
   }
-  await Promise.all([showHistoryPage(), showChart()]);
+  await Promise.all([showHistoryPage(), showChart(), holds.load()]);
 }
 
 /** False (and the person told) when an answer is not a success. */
@@ -133,14 +136,28 @@ function answered(result) {
 
 function showAccount(data) {
   const { user, wallet } = data;
-  $("who").textContent = `${user.name} · user ${user.id}`;
-  $("who").hidden = false;
+  if (user) {
+    $("who").textContent = `${user.name} · user ${user.id}`;
+    $("who").hidden = false;
+  }
   $("balance").textContent = wallet.balance;
+  $("held").textContent = wallet.held;
+  $("available").textContent = wallet.available;
+  // A limit shows only where one is set: a credit limit of 0.00, a daily limit of null, is none.
+  const credit = wallet.credit_limit && wallet.credit_limit !== "0.00" ? wallet.credit_limit : null;
+  $("credit-limit").textContent = credit || "";
+  $("credit-limit-row").hidden = !credit;
+  $("spending-hint").textContent = credit
+    ? `Held: what open holds reserve. Available: what you may spend now, the balance less what is held, plus the credit limit (the balance may go down to −${credit}).`
+    : "Held: what open holds reserve. Available: what you may spend now, the balance less what is held.";
+  $("daily-limit").textContent = wallet.daily_limit ? `${wallet.daily_limit} a day (UTC)` : "";
+  $("daily-limit-row").hidden = !wallet.daily_limit;
   $("wallet-state").textContent = wallet.closed
     ? "This wallet is closed: its history stays readable, but no money can move."
     : `Wallet ${wallet.aggregate_id}`;
   // A closed wallet takes no more money, and cannot be closed again.
   $("actions").hidden = wallet.closed;
+  $("holds-section").hidden = wallet.closed;
   $("close-section").hidden = wallet.closed;
 }
 
@@ -163,15 +180,19 @@ async function showHistoryPage() {
   $("history-page").textContent = `Page ${pageIndex + 1}`;
 }
 
+// How an entry's amount reads: money in, out, or only reserved and let go (the balance unmoved).
+const SIGNS = { IN: "+", OUT: "−", HOLD: "", RELEASE: "" };
+
 function historyRow(t) {
   const row = document.createElement("tr");
   row.dataset.id = t.id;
-  row.className = t.type === "IN" ? "in" : "out";
+  row.className = t.type.toLowerCase();
+  if (t.hold_id) row.dataset.holdId = t.hold_id;
   const cells = [
     ["#", String(t.id)],
     ["When", when(t.date)],
     ["What", what(t)],
-    ["Amount", `${t.type === "IN" ? "+" : "−"}${t.amount}`],
+    ["Amount", `${SIGNS[t.type] ?? ""}${t.amount}`],
     ["Balance after", t.balance],
   ];
   for (const [name, text] of cells) {
@@ -182,6 +203,7 @@ function historyRow(t) {
       kind.className = "kind";
       kind.textContent = t.type;
       cell.append(kind, ` ${text}`);
+      if (t.hold_id) cell.append(holdLine(t));
       if (t.actor) {
         const by = document.createElement("span");
         by.className = "by";
@@ -199,10 +221,29 @@ function historyRow(t) {
 
 function what(t) {
   const note = t.description ? ` (“${t.description}”)` : "";
+  if (t.type === "HOLD") return `held for ${holdTarget(t)}${note}`;
+  if (t.type === "RELEASE") return `hold ${t.outcome === "expired" ? "expired" : "voided"}: back to available`;
   if (t.counterparty) {
     return t.type === "IN" ? `from user ${t.counterparty.user_id}${note}` : `to user ${t.counterparty.user_id}${note}`;
   }
-  return t.type === "IN" ? `from ${t.source}` : `to ${t.destination}`;
+  return t.type === "IN" ? `from ${t.source}` : `to ${t.destination}${note}`;
+}
+
+/** The hold an entry is about (its short id, the whole in a tooltip), and what it says of it. */
+function holdLine(t) {
+  const line = document.createElement("span");
+  line.className = "by";
+  const ref = document.createElement("span");
+  ref.className = "ref";
+  ref.title = t.hold_id;
+  ref.textContent = `hold ${shortId(t.hold_id)}`;
+  line.append(ref);
+  if (t.type === "HOLD" && t.expires_at) line.append(`, until ${moment(t.expires_at)}`);
+  if (t.outcome === "captured") {
+    const rest = t.released && t.released !== "0.00" ? `, ${t.released} released` : ", all of it";
+    line.append(` captured${rest}`);
+  }
+  return line;
 }
 
 const WHEN = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
@@ -285,13 +326,25 @@ window.addEventListener("resize", () => {
   resizing = requestAnimationFrame(drawCharted);
 });
 
-/** After money moved: the account, and the history's first page, where it shows. */
+/** After money moved: the account, the open holds, and the history's first page, where it shows. */
 async function refresh(data) {
   showAccount(data);
   pages.length = 1;
   pageIndex = 0;
-  await Promise.all([showHistoryPage(), showChart()]);
+  await Promise.all([showHistoryPage(), showChart(), holds.load()]);
 }
+
+/** After a hold's command: the wallet it left (its answer names no user), and all that follows. */
+const holds = holdsPanel({
+  api: (...args) => api(...args),
+  userPath: (suffix) => userPath(suffix),
+  shown: (wallet) => refresh({ wallet }),
+  again: async () => {
+    if (!session) return; // signed out meanwhile
+    const result = await api("GET", userPath());
+    if (answered(result)) await refresh(result.data);
+  },
+});
 
 // Moving money: each submission under its own Idempotency-Key
 
