@@ -325,7 +325,7 @@ class FollowerThread(MultiThreadedRunnerThread[UUID]):
                 log.warning("Lost the follower lock (connection dropped)")
         taken = self.lock.try_acquire()
         if taken:
-            log.info("Active: this follower applies events now")
+            log.info("Active: this follower applies %s now", self.projector.name)
         if taken or gave_up:
             # Fresh connections, found as the lock's was: a pooled one may be on
             # an old primary fenced read-only, which gets no new events. Once,

@@ -204,3 +204,13 @@ def records(settings: Settings) -> dict[UUID, WalletRecord]:
         return {record.aggregate_id: record for record in map(record_from_row, rows)}
     finally:
         pocket.close()
+
+
+def leads(process: PocketProcess) -> bool:
+    """Whether a process runs every follower of the system now (the live
+    projector's and the hold-expiry one's), not only the first to take its lock."""
+    log = process.output
+    return (
+        "Active: this follower applies wallet_records_v" in log
+        and "Active: this follower applies hold_expiry" in log
+    )

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from uuid import UUID
 
@@ -20,7 +21,7 @@ from pocket.commands import AddMoney, OpenWallet, PlaceHold
 from pocket.config import Settings
 from pocket.domainmodel import Wallet, utcnow
 from pocket.expiry import EXPIRY_BOUND_SECONDS
-from tests.e2e.processes import follow, wait_for
+from tests.e2e.processes import follow, leads, wait_for
 from tests.pgserver import PostgresServer
 
 pytestmark = pytest.mark.e2e
@@ -86,7 +87,7 @@ def test_holds_expire_within_the_bound_across_a_kill_9_of_the_follower(
 ) -> None:
     env = {"POCKET_DATABASE_URL": url}
     first = follow(tmp_path, env)
-    wait_for(lambda: "Active" in first.output, what="the first follower active")
+    wait_for(partial(leads, first), what="the first follower active")
     second = follow(tmp_path, env)
     try:
         wallet_id, holds = place_holds(pocket, [1.5, 2, 3, 4, 5, 6, 8])
@@ -98,7 +99,7 @@ def test_holds_expire_within_the_bound_across_a_kill_9_of_the_follower(
             what="every hold expired",
         )
         check_expired_once_within_bound(pocket, wallet_id, holds)
-        assert "Active" in second.output
+        assert "Active: this follower applies hold_expiry" in second.output
     finally:
         first.close()
         second.close()
@@ -112,7 +113,7 @@ def test_holds_expire_within_the_bound_across_a_database_restart(
     pocket = open_pocket(settings)
     follower = follow(tmp_path, {"POCKET_DATABASE_URL": url})
     try:
-        wait_for(lambda: "Active" in follower.output, what="the follower active")
+        wait_for(partial(leads, follower), what="the follower active")
         wallet_id, holds = place_holds(pocket, [1.5, 2, 3, 4, 6, 9])
         time.sleep(1.5)
         throwaway_postgres.stop(mode="immediate")  # Holds expire while it is down.

@@ -107,7 +107,7 @@ def active_after(followers: list[PocketProcess], moment: float) -> float:
         datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
         for follower in followers
         for line in follower.output.splitlines()
-        if "Active: this follower applies events now" in line
+        if "Active: this follower applies wallet_records_v" in line
     ]
     return min(stamp for stamp in stamps if stamp > moment) - moment
 

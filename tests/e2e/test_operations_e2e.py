@@ -8,6 +8,7 @@ import threading
 import time
 from collections import Counter
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from uuid import uuid4
 
@@ -22,6 +23,7 @@ from tests.e2e.processes import (
     Api,
     PocketProcess,
     follow,
+    leads,
     records,
     replay,
     run_pocket,
@@ -168,7 +170,7 @@ def test_a_standby_follower_takes_over_when_the_active_one_is_killed(
     settings = Settings.from_url(postgres_url)
     server, api = serve(tmp_path, env, "--no-follower")
     first = follow(tmp_path, env)
-    wait_for(lambda: "Active" in first.output, what="the first follower to lead")
+    wait_for(partial(leads, first), what="the first follower to lead")
     second = follow(tmp_path, env)
     try:
         user, user_id = signed_up(api)

@@ -33,6 +33,7 @@ from tests.e2e.processes import (
     Api,
     PocketProcess,
     follow,
+    leads,
     records,
     replay,
     run_pocket,
@@ -214,7 +215,7 @@ def test_session_mode_serves_follows_and_settles_lost_replies(
         # The follower first, so that the one in `pocket serve` stands by.
         follower = follow(tmp_path, pooled)
         processes.append(follower)
-        wait_for(lambda: "Active" in follower.output, what="the follower to lead")
+        wait_for(partial(leads, follower), what="the follower to lead")
         server, api = serve(
             tmp_path,
             {"POCKET_DATABASE_URL": proxy.url(dbname), "POCKET_SIGNUP_RATE": "off"},

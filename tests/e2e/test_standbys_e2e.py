@@ -14,7 +14,14 @@ import pytest
 
 from pocket.bootstrap import open_pocket
 from pocket.config import Settings
-from tests.e2e.processes import PocketProcess, follow, run_pocket, serve, wait_for
+from tests.e2e.processes import (
+    PocketProcess,
+    follow,
+    leads,
+    run_pocket,
+    serve,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -49,7 +56,7 @@ def test_status_shows_the_active_follower_and_its_standbys_until_each_is_gone(
     tmp_path: Path, env: dict[str, str]
 ) -> None:
     first = follow(tmp_path, env)
-    wait_for(lambda: "Active" in first.output, what="the first follower to lead")
+    wait_for(partial(leads, first), what="the first follower to lead")
     others: list[PocketProcess] = []
     try:
         others += [follow(tmp_path, env), follow(tmp_path, env)]
@@ -65,8 +72,10 @@ def test_status_shows_the_active_follower_and_its_standbys_until_each_is_gone(
         assert f"follower       running (pid {first.process.pid} on " in text
         for pid in pids:
             assert f"standby        pid {pid} on " in text
-        # Said once, not at every look at the lock.
-        assert second.output.count("Standing by") == 1
+        # Said once per follower (the projector's, the hold-expiry one's), not
+        # at every look at the lock.
+        assert second.output.count("Standing by") == 2
+        assert second.output.count("applies hold_expiry; this one takes over") == 1
 
         third.kill()  # A standby that dies leaves the list, whatever killed it.
         wait_for(
@@ -100,7 +109,7 @@ def test_a_standby_follower_opens_no_connection_per_write(
     first = follow(tmp_path, env)
     second: PocketProcess | None = None
     try:
-        wait_for(lambda: "Active" in first.output, what="the first follower to lead")
+        wait_for(partial(leads, first), what="the first follower to lead")
         second = follow(tmp_path, env)
         wait_for(partial(says, second, "Standing by"), what="standing by")
         status, body = api.post("/users", {"name": "Ann"})
