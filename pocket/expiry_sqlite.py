@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import ProcessRecorder
 from eventsourcing.sqlite import SQLiteCursor
 
 from pocket.expiry import DueHold, HoldChanges
@@ -87,14 +86,4 @@ class HoldExpirySQLiteRecorder(WalletRecordsSQLiteRecorder):
 class HoldExpirySQLiteFactory(WalletRecordsSQLiteFactory):
     """Pocket's SQLite factory, whose process recorder is the follower's."""
 
-    def process_recorder(self) -> ProcessRecorder:
-        """The follower's recorder, its tables named after it."""
-        prefix = self.env.name.lower() or "stored"
-        recorder = HoldExpirySQLiteRecorder(
-            self.datastore,
-            events_table_name=f"{prefix}_events",
-            tracking_table_name=f"{prefix}_tracking",
-        )
-        if self.env_create_table():
-            recorder.create_table()
-        return recorder
+    process_recorder_class = HoldExpirySQLiteRecorder

@@ -227,12 +227,15 @@ class Figures:
 class WalletRecordsSQLiteFactory(SQLiteFactory):
     """The library's SQLite factory; process recorders get tables of their own."""
 
-    process_recorder_class = WalletRecordsSQLiteRecorder
+    process_recorder_class: type[WalletRecordsSQLiteRecorder] = (
+        WalletRecordsSQLiteRecorder
+    )
 
     def process_recorder(self) -> ProcessRecorder:
-        """A wallet_records recorder whose tables are named after its application."""
+        """A process recorder (process_recorder_class: wallet_records', or the
+        hold-expiry follower's) whose tables are named after its application."""
         prefix = self.env.name.lower() or "stored"
-        recorder = WalletRecordsSQLiteRecorder(
+        recorder = self.process_recorder_class(
             self.datastore,
             events_table_name=f"{prefix}_events",
             tracking_table_name=f"{prefix}_tracking",
