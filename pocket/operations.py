@@ -21,6 +21,7 @@ from pocket.database import Database, Transaction
 from pocket.domainmodel import CAPTURED, EXPIRED, VOIDED, ZERO, Wallet
 from pocket.expiry import EXPIRY
 from pocket.expiry_sqlite import utc_text
+from pocket.locks import ProcessLock
 from pocket.postgres_events import PocketEventsRecorder
 from pocket.reads import Reads
 from pocket.runner import follower_lock_name
@@ -63,10 +64,7 @@ def status(pocket: Pocket) -> dict[str, Any]:
     positions = catalog.positions()
     head = pocket.recorder.max_notification_id() or 0
     position = positions.get(live) or 0
-    lag_events = count_after(pocket, db, position)
-    lock = follower_lock(pocket, live)
-    follower = lock.holder()
-    standbys = lock.standbys()
+    following = follower_report(pocket, db, position, head, follower_lock(pocket, live))
     migration = named_lock(pocket, f"migrate-{PROJECTION}").holder()
     return {
         "projections": [
@@ -74,15 +72,7 @@ def status(pocket: Pocket) -> dict[str, Any]:
                 "name": PROJECTION,
                 "live_version": live,
                 "latest_version": LATEST_VERSION,
-                "position": position,
-                "head": head,
-                "lag_events": lag_events,
-                "lag_seconds": lag_seconds(pocket, position) if lag_events else 0.0,
-                "follower": {
-                    "running": follower is not None,
-                    **(follower or {}),
-                    "standbys": standbys,
-                },
+                **following,
                 "migration": {"running": migration is not None, **(migration or {})},
                 "versions": [
                     {"version": v, "position": p or 0, "live": v == live}
@@ -91,6 +81,26 @@ def status(pocket: Pocket) -> dict[str, Any]:
             }
         ],
         "followers": [expiry_status(pocket, db, head)],
+    }
+
+
+def follower_report(
+    pocket: Pocket, db: Database, position: int, head: int, lock: ProcessLock
+) -> dict[str, Any]:
+    """Where a follower is in Pocket's log (its position, the head, its lag) and
+    who runs it: the holder of its lock, and those standing by for it."""
+    lag_events = count_after(pocket, db, position)
+    holder = lock.holder()
+    return {
+        "position": position,
+        "head": head,
+        "lag_events": lag_events,
+        "lag_seconds": lag_seconds(pocket, position) if lag_events else 0.0,
+        "follower": {
+            "running": holder is not None,
+            **(holder or {}),
+            "standbys": lock.standbys(),
+        },
     }
 
 
@@ -119,22 +129,12 @@ def expiry_status(pocket: Pocket, db: Database, head: int) -> dict[str, Any]:
                 [moment],
             )
             due = int(overdue["due"])
-    lag_events = count_after(pocket, db, position)
-    lock = named_lock(pocket, follower_lock_name(EXPIRY))
-    follower = lock.holder()
     if isinstance(soonest, str):
         soonest = datetime.fromisoformat(soonest)
+    lock = named_lock(pocket, follower_lock_name(EXPIRY))
     return {
         "name": EXPIRY,
-        "position": position,
-        "head": head,
-        "lag_events": lag_events,
-        "lag_seconds": lag_seconds(pocket, position) if lag_events else 0.0,
-        "follower": {
-            "running": follower is not None,
-            **(follower or {}),
-            "standbys": lock.standbys(),
-        },
+        **follower_report(pocket, db, position, head, lock),
         "open_holds": open_holds,
         "due_holds": due,
         "next_expiry": None if soonest is None else soonest.isoformat(),
@@ -244,11 +244,7 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(format_reads(report["reads"]))
     for p in report["projections"]:
         follower = p["follower"]
-        who = (
-            f"running (pid {follower.get('pid')} on {follower.get('host')})"
-            if follower["running"]
-            else "not running"
-        )
+        who = who_runs(follower)
         lines += [
             f"{p['name']}",
             f"  live version   v{p['live_version']} (this code's latest: "
@@ -273,14 +269,16 @@ def format_status(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def who_runs(follower: dict[str, Any]) -> str:
+    """Whether a follower runs, and where, for a person."""
+    if not follower["running"]:
+        return "not running"
+    return f"running (pid {follower.get('pid')} on {follower.get('host')})"
+
+
 def format_follower(f: dict[str, Any]) -> list[str]:
     """A follower other than the projection's (the hold-expiry one), for a person."""
-    follower = f["follower"]
-    who = (
-        f"running (pid {follower.get('pid')} on {follower.get('host')})"
-        if follower["running"]
-        else "not running"
-    )
+    who = who_runs(f["follower"])
     lines = [
         f"{f['name']}",
         f"  position       {f['position']:,} of {f['head']:,}",
