@@ -550,6 +550,16 @@ class Wallet(Aggregate):
         self.closed = True
 
 
+# How a hold ends, by the event that ends it.
+HoldEnding = Wallet.HoldCaptured | Wallet.HoldVoided | Wallet.HoldExpired
+ENDED_BY: dict[type[HoldEnding], str] = {
+    Wallet.HoldCaptured: CAPTURED,
+    Wallet.HoldVoided: VOIDED,
+    Wallet.HoldExpired: EXPIRED,
+}
+HOLD_ENDINGS: tuple[type[HoldEnding], ...] = tuple(ENDED_BY)
+
+
 def utcnow() -> datetime:
     """Now, in UTC (the domain's clock; its methods take another for tests)."""
     return datetime.now(UTC)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
-from pocket.domainmodel import Wallet
+from pocket.domainmodel import HOLD_ENDINGS, Wallet
 
 # The table of open holds (and, as the library names them, the follower's
 # tracking table: hold_expiry_tracking).
@@ -31,8 +31,7 @@ EXPIRY_BATCH = 100
 # takeover of a dead follower's lock, and slack for a loaded machine).
 EXPIRY_BOUND_SECONDS = 10.0
 
-ENDINGS = (Wallet.HoldCaptured, Wallet.HoldVoided, Wallet.HoldExpired)
-HOLD_EVENTS = (Wallet.HoldPlaced, *ENDINGS)
+HOLD_EVENTS = (Wallet.HoldPlaced, *HOLD_ENDINGS)
 
 
 @dataclass
@@ -49,7 +48,8 @@ class HoldChanges:
         if isinstance(event, Wallet.HoldPlaced):
             self.placed[event.hold_id] = (event.originator_id, event.expires_at)
         elif (
-            isinstance(event, ENDINGS) and self.placed.pop(event.hold_id, None) is None
+            isinstance(event, HOLD_ENDINGS)
+            and self.placed.pop(event.hold_id, None) is None
         ):
             self.ended.add(event.hold_id)
 

@@ -18,7 +18,13 @@ from pocket.application import Pocket
 from pocket.bootstrap import follower_lock, named_lock
 from pocket.catalog import ProjectionCatalog, read_live_version
 from pocket.database import Database, Transaction
-from pocket.domainmodel import CAPTURED, EXPIRED, VOIDED, ZERO, Wallet
+from pocket.domainmodel import (
+    CAPTURED,
+    ENDED_BY,
+    HOLD_ENDINGS,
+    ZERO,
+    Wallet,
+)
 from pocket.expiry import EXPIRY
 from pocket.expiry_sqlite import utc_text
 from pocket.locks import ProcessLock
@@ -462,7 +468,7 @@ def fold_expected(
         wallet.credit_limit = event.credit_limit
     if isinstance(event, Wallet.HoldPlaced):
         place_expected(wallet, event, holds)
-    elif isinstance(event, HOLD_ENDS):
+    elif isinstance(event, HOLD_ENDINGS):
         end_expected(wallet, event, holds)
     recorded = getattr(event, "balance", None)
     if recorded is not None and recorded != wallet.balance:
@@ -470,15 +476,6 @@ def fold_expected(
             f"event {event.originator_version} records balance {recorded:.2f}, "
             f"but its amounts add up to {wallet.balance:.2f}"
         )
-
-
-# How a hold ends, by the event that ends it.
-HOLD_ENDS = (Wallet.HoldCaptured, Wallet.HoldVoided, Wallet.HoldExpired)
-ENDED_BY = {
-    Wallet.HoldCaptured: CAPTURED,
-    Wallet.HoldVoided: VOIDED,
-    Wallet.HoldExpired: EXPIRED,
-}
 
 
 def place_expected(
