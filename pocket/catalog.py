@@ -108,14 +108,7 @@ class ProjectionCatalog:
         if tx is None:
             with self.db.transaction(commit=False) as new_tx:
                 return self.position(version, new_tx)
-        tracking = f"{table_of(version)}_tracking"
-        if not tx.has_table(tracking):
-            return None
-        rows = tx.execute(
-            f"SELECT notification_id FROM {tracking} WHERE application_name = %s",
-            [LEADER],
-        )
-        return int(rows[0]["notification_id"]) if rows else None
+        return tracked_position(tx, table_of(version))
 
     def positions(self) -> dict[int, int | None]:
         """Every version that has rows here, with its position."""
@@ -225,3 +218,16 @@ def select_in(
         yield from tx.execute(
             f"SELECT * FROM {table} WHERE aggregate_id IN ({marks})", chunk
         )
+
+
+def tracked_position(tx: Transaction, follower: str) -> int | None:
+    """How far in Pocket's log a follower (a projector, the hold-expiry one) has
+    applied, by its tracking table; None if it has applied nothing here."""
+    tracking = f"{follower}_tracking"
+    if not tx.has_table(tracking):
+        return None
+    rows = tx.execute(
+        f"SELECT notification_id FROM {tracking} WHERE application_name = %s",
+        [LEADER],
+    )
+    return int(rows[0]["notification_id"]) if rows else None

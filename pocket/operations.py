@@ -16,7 +16,7 @@ from eventsourcing.postgres import PostgresDatastore
 
 from pocket.application import Pocket
 from pocket.bootstrap import follower_lock, named_lock
-from pocket.catalog import ProjectionCatalog, read_live_version
+from pocket.catalog import ProjectionCatalog, read_live_version, tracked_position
 from pocket.database import Database, Transaction
 from pocket.domainmodel import (
     CAPTURED,
@@ -114,16 +114,10 @@ def expiry_status(pocket: Pocket, db: Database, head: int) -> dict[str, Any]:
     """The hold-expiry follower: its position and lag in Pocket's log, whether
     it runs, the open holds it knows of, and those past their expiry that it has
     not recorded yet (due)."""
-    tracking = f"{EXPIRY}_tracking"
     now = datetime.now(UTC)
     with db.transaction(commit=False) as tx:
-        position, open_holds, due, soonest = 0, 0, 0, None
-        if tx.has_table(tracking):
-            rows = tx.execute(
-                f"SELECT notification_id FROM {tracking} WHERE application_name = %s",
-                [Pocket.name],
-            )
-            position = int(rows[0]["notification_id"]) if rows else 0
+        position = tracked_position(tx, EXPIRY) or 0
+        open_holds, due, soonest = 0, 0, None
         if tx.has_table(EXPIRY):
             (counts,) = tx.execute(
                 f"SELECT count(*) AS open, min(expires_at) AS soonest FROM {EXPIRY}"
