@@ -22,7 +22,7 @@ from uuid import UUID
 
 from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import InfrastructureFactory, Tracking
+from eventsourcing.persistence import InfrastructureFactory, Notification, Tracking
 from eventsourcing.system import ProcessApplication, System
 from eventsourcing.utils import Environment, get_topic
 
@@ -160,15 +160,25 @@ class SectionFollower(ProcessApplication[UUID]):
         processing_event.collect_events(
             batch=Batch(self.changes_class(), after, live_only=self.live_only)
         )
-        mapper = self.mappers[leader_name]
         for notification in notifications:
             if notification.topic in self.topics:
-                self.policy(mapper.to_domain_event(notification), processing_event)
+                self.fold_notification(leader_name, notification, processing_event)
         self._record(processing_event)
         self.known_position = notifications[-1].id
         self.sections_applied += 1
         self.notifications_applied += len(notifications)
         return len(notifications)
+
+    def fold_notification(
+        self,
+        leader_name: str,
+        notification: Notification,
+        processing_event: ProcessingEvent[UUID],
+    ) -> None:
+        """Folds one notification of a section into its batch (the change feed
+        also notes where in the log each event is)."""
+        event = self.mappers[leader_name].to_domain_event(notification)
+        self.policy(event, processing_event)
 
     @property
     def position(self) -> int | None:
