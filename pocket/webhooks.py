@@ -10,9 +10,11 @@ an event means it is sent again): receivers deduplicate by the event's id.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -103,20 +105,48 @@ def post(
     )
     conn = connection_class(parts.hostname or "", parts.port, timeout=settings.timeout)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    timed_out = f"no answer within {settings.timeout:g}s"
+    # The socket's timeout bounds each read, not the try: a receiver can answer
+    # a byte at a time, or with "100 Continue" after "100 Continue", each well
+    # within it. At the deadline the watchdog shuts the socket, which ends the
+    # read or write in hand.
+    cut = threading.Event()
+    watchdog = threading.Timer(settings.timeout, cut_off, (conn, cut))
+    watchdog.daemon = True
+    watchdog.start()
     try:
+        conn.connect()
+        if cut.is_set():  # Cut while connecting, before there was a socket.
+            raise TimeoutError
         conn.request("POST", path, body, dict(headers))
         response = conn.getresponse()
         answer = read_bounded(conn, response, deadline)
     except TimeoutError:
-        return Outcome(False, f"no answer within {settings.timeout:g}s")
+        return Outcome(False, timed_out)
     except (OSError, http.client.HTTPException) as error:
+        if cut.is_set():
+            return Outcome(False, timed_out)
         return Outcome(False, f"{type(error).__name__}: {error}"[:ERROR_TEXT])
     finally:
+        watchdog.cancel()
         conn.close()
+    if cut.is_set():
+        return Outcome(False, timed_out)
     if 200 <= response.status < 300:
         return Outcome(True)
     text = answer.decode(errors="replace").strip()
     return Outcome(False, f"HTTP {response.status}: {text}"[:ERROR_TEXT])
+
+
+def cut_off(conn: http.client.HTTPConnection, cut: threading.Event) -> None:
+    """Ends a try at its deadline: shuts its socket (the plain socket's own
+    shutdown, under TLS too, so that no TLS state changes under the thread
+    reading it)."""
+    cut.set()
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def read_bounded(
