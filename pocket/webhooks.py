@@ -126,7 +126,7 @@ def post(
     except (OSError, http.client.HTTPException) as error:
         if cut.is_set():
             return Outcome(False, timed_out)
-        return Outcome(False, f"{type(error).__name__}: {error}"[:ERROR_TEXT])
+        return Outcome(False, error_line(f"{type(error).__name__}: {error}"))
     finally:
         watchdog.cancel()
         conn.close()
@@ -135,7 +135,7 @@ def post(
     if 200 <= response.status < 300:
         return Outcome(True)
     text = answer.decode(errors="replace").strip()
-    return Outcome(False, f"HTTP {response.status}: {text}"[:ERROR_TEXT])
+    return Outcome(False, error_line(f"HTTP {response.status}: {text}"))
 
 
 def cut_off(conn: http.client.HTTPConnection, cut: threading.Event) -> None:
@@ -147,6 +147,13 @@ def cut_off(conn: http.client.HTTPConnection, cut: threading.Event) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def error_line(text: str) -> str:
+    """A failure as recorded: the start of it, and no NUL (which PostgreSQL's
+    text cannot hold: the outcome would not be recorded, and the delivery
+    would be sent again as if never tried)."""
+    return text[:ERROR_TEXT].replace("\x00", "\ufffd")
 
 
 def read_bounded(
