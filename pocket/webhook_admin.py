@@ -4,6 +4,7 @@ replay it from a position of the log, and unsubscribe."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -35,6 +36,13 @@ from pocket.webhook_store import (
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 MAX_URL_LENGTH = 2048
+# Visible ASCII: a space or any other character is percent-encoded, an
+# international host written in its xn-- form.
+URL_PATTERN = "^[!-~]+$"
+URL_CHARACTERS = (
+    "Visible ASCII characters only: percent-encode spaces and other characters, "
+    "and write an international host in its xn-- form."
+)
 MAX_DESCRIPTION_LENGTH = 200
 
 
@@ -195,10 +203,18 @@ class Webhooks:
 
 
 def check_url(url: str) -> None:
-    """An http or https URL with a host (and no credentials in it)."""
+    """An http or https URL with a host (and no credentials in it), written as
+    RFC 3986 writes one: in visible ASCII."""
     if not isinstance(url, str) or len(url) > MAX_URL_LENGTH:
         raise InvalidWebhook("url", f"A URL of at most {MAX_URL_LENGTH} characters.")
-    parts = urlsplit(url)
+    if not re.fullmatch(URL_PATTERN, url):
+        # A space, a control character or a non-ASCII one cannot be stored on
+        # every database, nor sent (http.client refuses it at every try).
+        raise InvalidWebhook("url", URL_CHARACTERS)
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:  # A bracketed host that is not IPv6.
+        raise InvalidWebhook("url", f"Not a URL: {error}.") from None
     try:
         parts.port  # noqa: B018 (raises on a bad port)
     except ValueError as error:
@@ -208,8 +224,6 @@ def check_url(url: str) -> None:
     if parts.username or parts.password:
         msg = "No credentials in the URL: the signature says it is Pocket."
         raise InvalidWebhook("url", msg)
-    if any(ch.isspace() for ch in url):
-        raise InvalidWebhook("url", "A URL has no spaces.")
 
 
 def check_events(events: list[str] | None) -> tuple[str, ...]:

@@ -17,7 +17,12 @@ from pocket.web.context import service
 from pocket.web.fields import CREDIT_LIMIT, DIGITS, USER_ID
 from pocket.web.query import LIMIT, choice_arg, page_limit
 from pocket.web.spec import Operation, Param, documented
-from pocket.webhook_admin import MAX_DESCRIPTION_LENGTH, MAX_URL_LENGTH, Webhooks
+from pocket.webhook_admin import (
+    MAX_DESCRIPTION_LENGTH,
+    MAX_URL_LENGTH,
+    URL_PATTERN,
+    Webhooks,
+)
 from pocket.webhook_store import STATUSES
 
 bp = Blueprint("webhooks", __name__)
@@ -57,7 +62,12 @@ SUBSCRIBE = Body(
     "WebhookRequest",
     url=Field(
         url_value,
-        {"type": "string", "format": "uri", "maxLength": MAX_URL_LENGTH},
+        {
+            "type": "string",
+            "format": "uri",
+            "maxLength": MAX_URL_LENGTH,
+            "pattern": URL_PATTERN,
+        },
     ),
     events=Field(
         events_value,

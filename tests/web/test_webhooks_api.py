@@ -240,6 +240,12 @@ BAD_URLS = [
     "https://orders.example/" + "a" * 3000,
     "https://orders.example:99999/pocket",
     "https://orders.example:port/pocket",
+    "http://[::1/pocket",
+    "https://orders.example/\x00",
+    "https://orders.example/\x7f",
+    "https://orders.example/\ud800",
+    "https://orders.example/caf\u00e9",
+    "https://ordérs.example/pocket",
     "",
 ]
 
