@@ -16,6 +16,7 @@ from uuid import UUID, uuid4
 from pocket.application import Pocket
 from pocket.catalog import tracked_position
 from pocket.database import Database
+from pocket.domainmodel import code_point, refused_character
 from pocket.errors import InvalidWebhook, WebhookNotFound
 from pocket.feed import ALL_TYPES, EVENT_TYPES, money
 from pocket.webhook_store import (
@@ -112,9 +113,7 @@ class Webhooks:
         (with the secret its deliveries are signed with)."""
         check_url(url)
         wanted = check_events(events)
-        if len(description) > MAX_DESCRIPTION_LENGTH:
-            msg = f"At most {MAX_DESCRIPTION_LENGTH} characters."
-            raise InvalidWebhook("description", msg)
+        check_description(description)
         head = self.pocket.recorder.max_notification_id() or 0
         sub = Subscription(
             id=uuid4(),
@@ -224,6 +223,20 @@ def check_url(url: str) -> None:
     if parts.username or parts.password:
         msg = "No credentials in the URL: the signature says it is Pocket."
         raise InvalidWebhook("url", msg)
+
+
+def check_description(description: str) -> str:
+    """A note for the operator, perhaps empty: short, and without what no text
+    of Pocket's may hold (pocket.domainmodel.refused_character)."""
+    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION_LENGTH:
+        msg = f"A string of at most {MAX_DESCRIPTION_LENGTH} characters."
+        raise InvalidWebhook("description", msg)
+    for char in description:
+        why = refused_character(char)
+        if why is not None:
+            msg = f"Must not contain {code_point(char)}, {why}."
+            raise InvalidWebhook("description", msg)
+    return description
 
 
 def check_events(events: list[str] | None) -> tuple[str, ...]:

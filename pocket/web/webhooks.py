@@ -22,6 +22,7 @@ from pocket.webhook_admin import (
     MAX_URL_LENGTH,
     URL_PATTERN,
     Webhooks,
+    check_description,
 )
 from pocket.webhook_store import STATUSES
 
@@ -44,10 +45,7 @@ def events_value(name: str, value: Any) -> list[str]:
 
 def description_value(name: str, value: Any) -> str:
     """A note for the operator (may be empty)."""
-    if not isinstance(value, str) or len(value) > MAX_DESCRIPTION_LENGTH:
-        msg = f"A string of at most {MAX_DESCRIPTION_LENGTH} characters."
-        raise InvalidWebhook(name, msg)
-    return value
+    return check_description(value)
 
 
 def position_value(name: str, value: Any) -> int:
@@ -81,7 +79,16 @@ SUBSCRIBE = Body(
     user_id=USER_ID.optional(),
     alert_below=CREDIT_LIMIT.optional(),
     description=Field(
-        description_value, {"type": "string", "maxLength": MAX_DESCRIPTION_LENGTH}
+        description_value,
+        {
+            "type": "string",
+            "maxLength": MAX_DESCRIPTION_LENGTH,
+            "description": (
+                "A note for the operator (may be empty), without the characters "
+                "no text may hold: control characters, lone surrogates, "
+                "invisible formatting characters, line and paragraph separators."
+            ),
+        },
     ).optional(),
 )
 REPLAY = Body(
