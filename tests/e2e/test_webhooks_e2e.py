@@ -7,9 +7,9 @@ for a while; a balance alert fires once per crossing whichever process sends it.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from itertools import cycle
@@ -86,15 +86,21 @@ class Account:
     api: Api
 
 
-def sign_up(admin: Api, count: int) -> list[Account]:
+def sign_up(admin: Api, count: int, money: str = "100.00") -> list[Account]:
+    """Users, each with a wallet holding money (to send transfers from)."""
     accounts = []
     for n in range(count):
         status, body = admin.post("/users", {"name": f"Writer {n}"})
         assert status == 201, body
-        user = admin.as_user(body["token"])
-        accounts.append(
-            Account(body["user"]["id"], body["wallet"]["aggregate_id"], user)
+        account = Account(
+            body["user"]["id"],
+            body["wallet"]["aggregate_id"],
+            admin.as_user(body["token"]),
         )
+        path = f"/users/{account.user_id}/add_money"
+        status, body = account.api.post(path, {"amount": money, "source": "seed"})
+        assert status == 200, body
+        accounts.append(account)
     return accounts
 
 
@@ -124,15 +130,19 @@ def write(accounts: list[Account], count: int, offset: int) -> None:
 
 def write_from_threads(
     accounts: list[Account], threads: int, each: int
-) -> list[threading.Thread]:
-    """Clients writing at once, each to every wallet in turn; started."""
-    writers = [
-        threading.Thread(target=write, args=(accounts, each, n), daemon=True)
-        for n in range(threads)
-    ]
-    for writer in writers:
-        writer.start()
+) -> list[Future[None]]:
+    """Clients writing at once, each to every wallet in turn; started (their
+    failures raised by written())."""
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="writer")
+    writers = [pool.submit(write, accounts, each, n) for n in range(threads)]
+    pool.shutdown(wait=False)  # They run on; written() waits for them.
     return writers
+
+
+def written(writers: list[Future[None]]) -> None:
+    """Waits for the writers; raises what failed in one."""
+    for writer in writers:
+        writer.result(timeout=60)
 
 
 def versions(admin: Api, accounts: list[Account]) -> dict[str, int]:
@@ -205,8 +215,7 @@ def test_every_event_arrives_in_order_per_wallet_across_a_kill_9_of_the_sender(
         wait_for(lambda: len(hook.delivered()) >= 40, what="deliveries under way")
         cluster.active.kill()
         killed_at = time.monotonic()
-        for writer in writers:
-            writer.join(60)
+        written(writers)
         wait_for(partial(sends, cluster.standby), timeout=10, what="the takeover")
         assert time.monotonic() - killed_at < 5
         expected = versions(cluster.admin, accounts)
@@ -227,8 +236,7 @@ def test_a_receiver_down_or_hanging_for_a_while_gets_every_event_in_order(
         hung.hang_until = time.time() + 3
         hung.hang_seconds = 1.5  # Past the 1 s timeout: the sender gives up, retries.
         accounts = sign_up(cluster.admin, 4)
-        for writer in write_from_threads(accounts, threads=2, each=20):
-            writer.join(60)
+        written(write_from_threads(accounts, threads=2, each=20))
         expected = versions(cluster.admin, accounts)
         for hook, secret in ((down, down_secret), (hung, hung_secret)):
             wait_for_every_event(hook, expected, timeout=45)
@@ -255,7 +263,7 @@ def test_a_balance_alert_fires_once_per_crossing_whichever_follower_sends_it(
 ) -> None:
     with receiver() as hook:
         subscribe(cluster.admin, hook.url, events=["balance.low"], alert_below="10.00")
-        (account,) = sign_up(cluster.admin, 1)
+        (account,) = sign_up(cluster.admin, 1, money="50.00")
         user = account.api
 
         def move(how: str, amount: str) -> None:
@@ -264,7 +272,6 @@ def test_a_balance_alert_fires_once_per_crossing_whichever_follower_sends_it(
             status, body = user.post(path, {"amount": amount, field: "x"})
             assert status == 200, body
 
-        move("add_money", "50.00")
         move("draw_money", "45.00")  # 5.00: crosses below.
         hook.wait_for(1)
         cluster.active.kill()  # The figures it kept stay: 5.00, below.
