@@ -275,7 +275,12 @@ class FollowerThread(MultiThreadedRunnerThread[UUID]):
                 # Gathers the events that arrive meanwhile into the next round.
                 self.is_stopping.wait(self.gather)
             self.is_prompted.wait(wait)
+        self.stand_down()
         self.lock.release()
+
+    def stand_down(self) -> None:
+        """What a stopping follower finishes before it gives its lock up to a
+        standby (nothing here; the webhook follower's tries in hand)."""
 
     def _step(self) -> tuple[float, int]:
         """One round: apply what there is if this version is live and the lock is
@@ -505,11 +510,19 @@ class WebhookThread(FollowerThread):
             self.dispatcher.wake()
         return (0.0 if replayed else wait), applied
 
-    def stop_sending(self) -> None:
-        """Stops the senders (another process's follower sends now)."""
+    def stop_sending(self, *, wait: bool = False) -> None:
+        """Stops the senders (another process's follower sends now); wait: until
+        the tries in hand are done and recorded (at most the timeout)."""
         if self.dispatcher is not None:
             self.dispatcher.stop()
+            if wait:
+                self.dispatcher.join(self.settings.timeout + 5)
             self.dispatcher = None
+
+    def stand_down(self) -> None:
+        # A standby that took the lock at once would send the tries in hand
+        # again, as first tries: they are finished and recorded first.
+        self.stop_sending(wait=True)
 
     def run(self) -> None:
         try:

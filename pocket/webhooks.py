@@ -255,6 +255,8 @@ class SubscriptionSender(threading.Thread):
         now = time.time()
         with self.db.transaction() as tx:
             for delivery, outcome in zip(heads, outcomes, strict=True):
+                if outcome is None:
+                    continue  # Not tried (stopping): still due, as it was.
                 if outcome.ok:
                     mark_delivered(tx, delivery, now)
                     self.counts["delivered"] += 1
@@ -263,10 +265,10 @@ class SubscriptionSender(threading.Thread):
                 mark_failed(tx, delivery, outcome.error or "failed", now, retry_at)
                 self.counts["failed" if retry_at is not None else "parked"] += 1
 
-    def try_one(self, sub: Subscription, delivery: Delivery) -> Outcome:
-        """One try of one delivery."""
+    def try_one(self, sub: Subscription, delivery: Delivery) -> Outcome | None:
+        """One try of one delivery (None: not tried, the sender stopping)."""
         if self.stopping.is_set():
-            return Outcome(False, "stopped before sending")
+            return None
         headers = headers_for(sub, delivery, time.time())
         return post(sub.url, delivery.body, headers, self.settings)
 

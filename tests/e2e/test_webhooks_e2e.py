@@ -286,3 +286,23 @@ def test_a_balance_alert_fires_once_per_crossing_whichever_follower_sends_it(
         assert [a["data"]["available_before"] for a in alerts] == ["50.00", "24.00"]
         assert [a["data"]["available_after"] for a in alerts] == ["5.00", "4.00"]
         assert [a["sequence"] for a in alerts] == [3, 6]
+
+
+def test_a_follower_stopped_with_sigterm_hands_over_without_sending_twice(
+    cluster: Cluster,
+) -> None:
+    """A clean stop (a deploy, a scale-down) finishes the tries in hand and
+    records them before the standby may take over: no event is sent again
+    as the same try."""
+    with receiver() as hook:
+        hook.delay = 0.8  # Tries in hand when the stop comes (within the 1 s).
+        subscribe(cluster.admin, hook.url)
+        accounts = sign_up(cluster.admin, 8)
+        written(write_from_threads(accounts, threads=2, each=12))
+        wait_for(lambda: len(hook.delivered()) >= 10, what="deliveries under way")
+        assert cluster.active.terminate() == 0
+        wait_for(partial(sends, cluster.standby), timeout=10, what="the takeover")
+        expected = versions(cluster.admin, accounts)
+        wait_for_every_event(hook, expected)
+        check_every_event_in_order(hook, expected)
+        assert repeats(hook) == 0
