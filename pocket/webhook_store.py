@@ -408,11 +408,17 @@ def request_replay(
     tx: Transaction, subscription_id: UUID, after: int, until: int, now: float
 ) -> None:
     """Asks the webhook follower to queue a subscription's events again, from
-    after a position up to until (a replay asked for again replaces it)."""
-    tx.execute(f"DELETE FROM {REPLAYS} WHERE subscription_id = %s", [subscription_id])
+    after a position up to until (a replay asked for again replaces it).
+
+    One upsert, not a delete and an insert: two asked for at once on
+    PostgreSQL would each delete nothing, and the second insert fail on the
+    first's row."""
     tx.execute(
         f"INSERT INTO {REPLAYS} (subscription_id, after_position, until_position, "
-        "requested_at) VALUES (%s, %s, %s, %s)",
+        "requested_at) VALUES (%s, %s, %s, %s) ON CONFLICT (subscription_id) "
+        "DO UPDATE SET after_position = excluded.after_position, "
+        "until_position = excluded.until_position, "
+        "requested_at = excluded.requested_at",
         [subscription_id, after, until, now],
     )
 

@@ -4,16 +4,20 @@ names what is wrong and changes nothing, never a 500."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from pocket.application import Pocket
 from pocket.service import PocketService
 from pocket.system import WebhookFeed
+from pocket.web import create_app
 from tests.web.test_ledger_api import ADMIN, error_code, head, sign_up
 
 RECEIVER = "https://orders.example/pocket?shop=7"
@@ -50,6 +54,11 @@ DELIVERY_KEYS = {
     "delivered_at",
     "event",
 }
+
+
+@pytest.fixture
+def app(service: PocketService) -> Flask:
+    return create_app(service)
 
 
 def subscribe(client: FlaskClient, **body: Any) -> TestResponse:
@@ -530,3 +539,36 @@ def test_a_method_the_routes_do_not_take_is_405(client: FlaskClient) -> None:
         answer = client.open(path, method=method, json={}, headers=ADMIN)
         assert error_code(answer) == "method_not_allowed", (method, path)
         assert answer.status_code == 405
+
+
+def test_replays_asked_for_at_once_are_each_accepted_and_one_is_under_way(
+    app: Flask, service: PocketService
+) -> None:
+    """Two operators (or one double click) asking at the same moment: each is
+    a 202, the last one asked for stands; none is a 500."""
+    client = app.test_client()
+    made = subscribed(client)
+    sign_up(client, money="5")
+    queue(service)
+    path = f"/admin/webhooks/{made['id']}/replay"
+    start = threading.Barrier(6)
+
+    def ask(from_position: int) -> list[int]:
+        caller = app.test_client()
+        start.wait()
+        return [
+            caller.post(
+                path, json={"from_position": from_position}, headers=ADMIN
+            ).status_code
+            for _ in range(10)
+        ]
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = [s for got in pool.map(ask, [1, 2] * 3) for s in got]
+    assert answers == [202] * 60
+    webhook = client.get(f"/admin/webhooks/{made['id']}", headers=ADMIN).get_json()
+    assert webhook["webhook"]["replay"] in (
+        {"after": 0, "until": head(service)},
+        {"after": 1, "until": head(service)},
+    )
+    assert replays(service) == 1
