@@ -15,7 +15,7 @@ from uuid import UUID, uuid4
 
 from pocket.application import Pocket
 from pocket.catalog import tracked_position
-from pocket.database import Database
+from pocket.database import Database, Transaction
 from pocket.domainmodel import code_point, refused_character
 from pocket.errors import InvalidWebhook, WebhookNotFound
 from pocket.feed import ALL_TYPES, EVENT_TYPES, money
@@ -28,6 +28,7 @@ from pocket.webhook_store import (
     add_subscription,
     create_tables,
     deliveries,
+    lock_subscriptions,
     queue_figures,
     remove_subscription,
     request_replay,
@@ -114,19 +115,23 @@ class Webhooks:
         check_url(url)
         wanted = check_events(events)
         check_description(description)
-        head = self.pocket.recorder.max_notification_id() or 0
-        sub = Subscription(
-            id=uuid4(),
-            url=url,
-            events=wanted,
-            user_id=user_id,
-            alert_below=alert_below,
-            description=description,
-            secret=SECRET_PREFIX + secrets.token_urlsafe(32),
-            start_position=head,
-            created_at=time.time(),
-        )
         with self.db.transaction() as tx:
+            # The head is read while no section is being queued, and none can
+            # be until this commits: one queued in between would not see the
+            # subscription, and would leave out events after its start.
+            lock_subscriptions(tx)
+            head = self.head_in(tx)
+            sub = Subscription(
+                id=uuid4(),
+                url=url,
+                events=wanted,
+                user_id=user_id,
+                alert_below=alert_below,
+                description=description,
+                secret=SECRET_PREFIX + secrets.token_urlsafe(32),
+                start_position=head,
+                created_at=time.time(),
+            )
             add_subscription(tx, sub)
         return self.status(sub.id)
 
@@ -160,6 +165,14 @@ class Webhooks:
     def head(self) -> int:
         """The last position of Pocket's log."""
         return self.pocket.recorder.max_notification_id() or 0
+
+    def head_in(self, tx: Transaction) -> int:
+        """The last position of Pocket's log, read in a transaction (on its
+        connection: on SQLite another would wait for the write it holds)."""
+        table = self.pocket.recorder.events_table_name  # type: ignore[attr-defined]
+        column = "notification_id" if tx.dialect == "postgres" else "rowid"
+        rows = tx.execute(f"SELECT max({column}) AS head FROM {table}")
+        return int(rows[0]["head"] or 0)
 
     def unsubscribe(self, subscription_id: UUID) -> None:
         """Deletes a subscription and its queue."""

@@ -160,6 +160,16 @@ def remove_subscription(tx: Transaction, subscription_id: UUID) -> bool:
     return True
 
 
+def lock_subscriptions(tx: Transaction) -> None:
+    """Waits for the section being queued (which holds the subscriptions, see
+    queue_subscriptions) to commit, and holds the next back until this
+    transaction ends; on SQLite a write's lock does both."""
+    if tx.dialect == "postgres":
+        tx.execute(f"LOCK TABLE {SUBSCRIPTIONS} IN EXCLUSIVE MODE")
+    else:
+        tx.execute(f"DELETE FROM {SUBSCRIPTIONS} WHERE 0 = 1")
+
+
 def queue_subscriptions(tx: Transaction) -> list[Subscription]:
     """The subscriptions, held (on PostgreSQL) until the section that queues
     their deliveries commits, so that one being deleted takes them all."""
