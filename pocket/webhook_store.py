@@ -308,13 +308,19 @@ def next_attempt(tx: Transaction, subscription_id: UUID) -> float | None:
     return None if soonest is None else float(soonest)
 
 
+# A try's outcome is recorded on its delivery as it was when the try began: a
+# replay queued meanwhile (requeue: queued anew, created_at now) is left to be
+# sent, not marked delivered or parked by a try of before it.
+AS_TRIED = "id = %s AND status = 'pending' AND created_at = %s"
+
+
 def mark_delivered(tx: Transaction, delivery: Delivery, now: float) -> None:
     """Records a delivery the receiver took (2xx)."""
     tx.execute(
         f"UPDATE {DELIVERIES} SET status = 'delivered', attempts = attempts + 1, "
         "last_attempt_at = %s, delivered_at = %s, last_error = NULL "
-        "WHERE id = %s AND status = 'pending'",
-        [now, now, delivery.id],
+        f"WHERE {AS_TRIED}",
+        [now, now, delivery.id, delivery.created_at],
     )
     tx.execute(
         f"UPDATE {SUBSCRIPTIONS} SET last_delivered_at = %s WHERE id = %s",
@@ -334,8 +340,15 @@ def mark_failed(
     tx.execute(
         f"UPDATE {DELIVERIES} SET status = %s, attempts = attempts + 1, "
         "last_attempt_at = %s, last_error = %s, next_attempt_at = %s "
-        "WHERE id = %s AND status = 'pending'",
-        [status, now, error, now if retry_at is None else retry_at, delivery.id],
+        f"WHERE {AS_TRIED}",
+        [
+            status,
+            now,
+            error,
+            now if retry_at is None else retry_at,
+            delivery.id,
+            delivery.created_at,
+        ],
     )
     tx.execute(
         f"UPDATE {SUBSCRIPTIONS} SET last_error = %s, last_error_at = %s WHERE id = %s",

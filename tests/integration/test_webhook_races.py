@@ -1,6 +1,6 @@
-"""The admin and the webhook follower at the same moment: a subscription made
-while events flow and the follower queues them gets every event after its
-start position, on SQLite and PostgreSQL."""
+"""The admin, the webhook follower and a sender at the same moment, on SQLite and
+PostgreSQL: a subscription made while events are queued gets every event after
+its start position; a replay queued while a try is in flight is sent."""
 
 from __future__ import annotations
 
@@ -8,18 +8,29 @@ import threading
 import time
 from collections.abc import Iterator
 from decimal import Decimal
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 
+from pocket.bootstrap import open_pocket
 from pocket.catalog import tracked_position
 from pocket.commands import AddMoney, OpenWallet
 from pocket.config import Settings
-from pocket.database import Transaction
+from pocket.database import Database, Transaction
 from pocket.runner import PocketRunner
 from pocket.system import system
 from pocket.webhook_admin import Webhooks
-from pocket.webhook_store import DELIVERIES, Subscription, add_subscription
+from pocket.webhook_store import (
+    DELIVERIES,
+    Subscription,
+    add_subscription,
+    create_tables,
+    due_heads,
+    enqueue,
+    mark_delivered,
+    mark_failed,
+    requeue,
+)
 from tests.e2e.processes import wait_for
 
 # Nobody listens here: deliveries fail and stay queued, which is all these
@@ -89,3 +100,36 @@ def queued(webhooks: Webhooks, subscription_id: UUID) -> list[int]:
         [subscription_id],
     )
     return [int(row["position"]) for row in rows]
+
+
+@pytest.mark.parametrize("came_to", ["delivered", "parked"])
+def test_a_replay_asked_for_during_a_try_is_not_undone_by_what_the_try_came_to(
+    sql_settings: Settings, came_to: str
+) -> None:
+    """The follower queues a replay's section while a sender has one of its
+    deliveries in flight: the try's outcome, recorded after, is of the
+    delivery as it was, and leaves the replay's to be sent (not marked
+    delivered, nor parked for a retry period the replay began anew)."""
+    pocket = open_pocket(sql_settings)
+    db = Database.of(pocket)
+    sub = Subscription(uuid4(), NOWHERE, ("*",), None, None, "", "s", 0, time.time())
+    row = (sub.id, uuid4(), 1, uuid4(), "money.added", "{}")
+    try:
+        with db.transaction() as tx:
+            create_tables(tx)
+            add_subscription(tx, sub)
+            enqueue(tx, [row], time.time() - 100)
+        with db.transaction(commit=False) as tx:
+            (in_flight,) = due_heads(tx, sub.id, time.time(), 10)
+        with db.transaction() as tx:
+            requeue(tx, [row], time.time())  # The replay, meanwhile.
+        with db.transaction() as tx:
+            if came_to == "delivered":
+                mark_delivered(tx, in_flight, time.time())
+            else:  # Its retry period, counted from its first queueing, is over.
+                mark_failed(tx, in_flight, "HTTP 500", time.time(), None)
+        with db.transaction(commit=False) as tx:
+            (replayed,) = due_heads(tx, sub.id, time.time(), 10)
+        assert (replayed.status, replayed.attempts) == ("pending", 0)
+    finally:
+        pocket.close()
