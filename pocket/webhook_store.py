@@ -25,6 +25,9 @@ DELIVERIES = "webhook_deliveries"
 WALLETS = "webhook_wallets"
 REPLAYS = "webhook_replays"
 PENDING, DELIVERED, PARKED = "pending", "delivered", "parked"
+# How long a subscription being made waits for the section being queued (a
+# section takes milliseconds; the request answers 503 rather than hang).
+LOCK_TIMEOUT_SECONDS = 5
 STATUSES = (PENDING, DELIVERED, PARKED)
 
 
@@ -163,8 +166,10 @@ def remove_subscription(tx: Transaction, subscription_id: UUID) -> bool:
 def lock_subscriptions(tx: Transaction) -> None:
     """Waits for the section being queued (which holds the subscriptions, see
     queue_subscriptions) to commit, and holds the next back until this
-    transaction ends; on SQLite a write's lock does both."""
+    transaction ends; on SQLite a write's lock does both. A section that never
+    ends (its follower frozen, or cut off) refuses it after LOCK_TIMEOUT."""
     if tx.dialect == "postgres":
+        tx.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'")
         tx.execute(f"LOCK TABLE {SUBSCRIPTIONS} IN EXCLUSIVE MODE")
     else:
         tx.execute(f"DELETE FROM {SUBSCRIPTIONS} WHERE 0 = 1")

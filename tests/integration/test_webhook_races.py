@@ -1,27 +1,33 @@
 """The admin, the webhook follower and a sender at the same moment, on SQLite and
 PostgreSQL: a subscription made while events are queued gets every event after
-its start position; a replay queued while a try is in flight is sent."""
+its start position, and waits for a section being queued a bounded time; a
+replay queued while a try is in flight is sent."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from uuid import UUID, uuid4
 
+import psycopg
 import pytest
 
-from pocket.bootstrap import open_pocket
+from pocket.bootstrap import bootstrap, open_pocket
 from pocket.catalog import tracked_position
 from pocket.commands import AddMoney, OpenWallet
 from pocket.config import Settings
 from pocket.database import Database, Transaction
 from pocket.runner import PocketRunner
 from pocket.system import system
+from pocket.web import create_app
 from pocket.webhook_admin import Webhooks
 from pocket.webhook_store import (
     DELIVERIES,
+    LOCK_TIMEOUT_SECONDS,
+    SUBSCRIPTIONS,
     Subscription,
     add_subscription,
     create_tables,
@@ -32,6 +38,7 @@ from pocket.webhook_store import (
     requeue,
 )
 from tests.e2e.processes import wait_for
+from tests.web.test_ledger_api import ADMIN, ADMIN_TOKEN
 
 # Nobody listens here: deliveries fail and stay queued, which is all these
 # tests look at.
@@ -133,3 +140,32 @@ def test_a_replay_asked_for_during_a_try_is_not_undone_by_what_the_try_came_to(
         assert (replayed.status, replayed.attempts) == ("pending", 0)
     finally:
         pocket.close()
+
+
+def test_a_section_that_never_ends_makes_subscribing_a_503_not_a_hang(
+    postgres_url: str,
+) -> None:
+    """A follower frozen (or cut off) in the middle of queueing a section holds
+    the subscriptions: subscribing waits for it LOCK_TIMEOUT_SECONDS at most,
+    then is refused as the database being unavailable, and changes nothing."""
+    settings = Settings.from_url(postgres_url)
+    service = bootstrap(replace(settings, admin_token=ADMIN_TOKEN))
+    client = create_app(service).test_client()
+    try:
+        with psycopg.connect(postgres_url) as stuck:
+            stuck.execute(f"SELECT * FROM {SUBSCRIPTIONS} FOR SHARE")  # A section.
+            began = time.monotonic()
+            answer = client.post(
+                "/admin/webhooks", json={"url": NOWHERE}, headers=ADMIN
+            )
+            waited = time.monotonic() - began
+        assert answer.status_code == 503
+        assert answer.get_json()["error"]["code"] == "service_unavailable"
+        assert LOCK_TIMEOUT_SECONDS <= waited < LOCK_TIMEOUT_SECONDS + 3
+        assert client.get("/admin/webhooks", headers=ADMIN).get_json() == {
+            "webhooks": []
+        }
+        again = client.post("/admin/webhooks", json={"url": NOWHERE}, headers=ADMIN)
+        assert again.status_code == 201
+    finally:
+        service.close()
