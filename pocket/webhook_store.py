@@ -25,9 +25,12 @@ DELIVERIES = "webhook_deliveries"
 WALLETS = "webhook_wallets"
 REPLAYS = "webhook_replays"
 PENDING, DELIVERED, PARKED = "pending", "delivered", "parked"
-# How long a subscription being made waits for the section being queued (a
-# section takes milliseconds; the request answers 503 rather than hang).
-LOCK_TIMEOUT_SECONDS = 5
+# How long the admin's changes wait for a lock the webhook follower holds (a
+# section being queued holds the subscriptions, a replay's section its row, for
+# milliseconds): then refused, a 503, not a request hung behind a follower
+# frozen or cut off in the middle of one. As long as a request waits for a
+# pooled connection.
+LOCK_TIMEOUT_SECONDS = 3
 STATUSES = (PENDING, DELIVERED, PARKED)
 
 
@@ -155,6 +158,7 @@ def remove_subscription(tx: Transaction, subscription_id: UUID) -> bool:
 
     The subscription's row goes first: on PostgreSQL a section being queued
     holds it (FOR SHARE) until it commits, so its deliveries are deleted too."""
+    wait_briefly(tx)
     tx.execute(f"DELETE FROM {SUBSCRIPTIONS} WHERE id = %s", [subscription_id])
     if not tx.rowcount:
         return False
@@ -163,13 +167,20 @@ def remove_subscription(tx: Transaction, subscription_id: UUID) -> bool:
     return True
 
 
+def wait_briefly(tx: Transaction) -> None:
+    """Bounds this transaction's waits for locks to LOCK_TIMEOUT_SECONDS (on
+    PostgreSQL; SQLite's own wait is bounded)."""
+    if tx.dialect == "postgres":
+        tx.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'")
+
+
 def lock_subscriptions(tx: Transaction) -> None:
     """Waits for the section being queued (which holds the subscriptions, see
     queue_subscriptions) to commit, and holds the next back until this
     transaction ends; on SQLite a write's lock does both. A section that never
-    ends (its follower frozen, or cut off) refuses it after LOCK_TIMEOUT."""
+    ends (its follower frozen, or cut off) refuses it (wait_briefly)."""
     if tx.dialect == "postgres":
-        tx.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'")
+        wait_briefly(tx)
         tx.execute(f"LOCK TABLE {SUBSCRIPTIONS} IN EXCLUSIVE MODE")
     else:
         tx.execute(f"DELETE FROM {SUBSCRIPTIONS} WHERE 0 = 1")
@@ -441,6 +452,7 @@ def request_replay(
     One upsert, not a delete and an insert: two asked for at once on
     PostgreSQL would each delete nothing, and the second insert fail on the
     first's row."""
+    wait_briefly(tx)
     tx.execute(
         f"INSERT INTO {REPLAYS} (subscription_id, after_position, until_position, "
         "requested_at) VALUES (%s, %s, %s, %s) ON CONFLICT (subscription_id) "

@@ -1,7 +1,7 @@
 """The admin, the webhook follower and a sender at the same moment, on SQLite and
 PostgreSQL: a subscription made while events are queued gets every event after
-its start position, and waits for a section being queued a bounded time; a
-replay queued while a try is in flight is sent."""
+its start position; the admin's changes wait for a follower's transaction a
+bounded time; a replay queued while a try is in flight is sent."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from decimal import Decimal
+from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg
@@ -27,6 +28,7 @@ from pocket.webhook_admin import Webhooks
 from pocket.webhook_store import (
     DELIVERIES,
     LOCK_TIMEOUT_SECONDS,
+    REPLAYS,
     SUBSCRIPTIONS,
     Subscription,
     add_subscription,
@@ -38,7 +40,8 @@ from pocket.webhook_store import (
     requeue,
 )
 from tests.e2e.processes import wait_for
-from tests.web.test_ledger_api import ADMIN, ADMIN_TOKEN
+from tests.web.test_ledger_api import ADMIN
+from tests.web.test_ledger_api import ADMIN_TOKEN as TOKEN
 
 # Nobody listens here: deliveries fail and stay queued, which is all these
 # tests look at.
@@ -142,30 +145,50 @@ def test_a_replay_asked_for_during_a_try_is_not_undone_by_what_the_try_came_to(
         pocket.close()
 
 
-def test_a_section_that_never_ends_makes_subscribing_a_503_not_a_hang(
+@pytest.mark.parametrize(
+    ("method", "path", "body", "held"),
+    [
+        ("post", "/admin/webhooks", {"url": NOWHERE}, SUBSCRIPTIONS),
+        ("delete", "/admin/webhooks/{id}", None, SUBSCRIPTIONS),
+        ("post", "/admin/webhooks/{id}/replay", {"from_position": 1}, REPLAYS),
+    ],
+)
+def test_a_follower_that_never_ends_its_transaction_makes_a_change_a_503_not_a_hang(
     postgres_url: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    held: str,
 ) -> None:
-    """A follower frozen (or cut off) in the middle of queueing a section holds
-    the subscriptions: subscribing waits for it LOCK_TIMEOUT_SECONDS at most,
-    then is refused as the database being unavailable, and changes nothing."""
-    settings = Settings.from_url(postgres_url)
-    service = bootstrap(replace(settings, admin_token=ADMIN_TOKEN))
+    """A follower frozen (or cut off) in the middle of queueing a section (or a
+    replay's) holds its rows: the admin's change waits LOCK_TIMEOUT_SECONDS at
+    most, then is refused as the database being unavailable, and changes
+    nothing."""
+    service = bootstrap(replace(Settings.from_url(postgres_url), admin_token=TOKEN))
     client = create_app(service).test_client()
+    made = client.post("/admin/webhooks", json={"url": NOWHERE}, headers=ADMIN)
+    webhook = made.get_json()["webhook"]
+    client.post(
+        f"/admin/webhooks/{webhook['id']}/replay",
+        json={"from_position": 1},
+        headers=ADMIN,
+    )
+    before = client.get("/admin/webhooks", headers=ADMIN).get_json()
     try:
-        with psycopg.connect(postgres_url) as stuck:
-            stuck.execute(f"SELECT * FROM {SUBSCRIPTIONS} FOR SHARE")  # A section.
+        with psycopg.connect(postgres_url) as frozen:
+            frozen.execute(f"SELECT * FROM {held} FOR UPDATE")
             began = time.monotonic()
-            answer = client.post(
-                "/admin/webhooks", json={"url": NOWHERE}, headers=ADMIN
+            answer = client.open(
+                path.format(id=webhook["id"]), method=method, json=body, headers=ADMIN
             )
             waited = time.monotonic() - began
         assert answer.status_code == 503
         assert answer.get_json()["error"]["code"] == "service_unavailable"
-        assert LOCK_TIMEOUT_SECONDS <= waited < LOCK_TIMEOUT_SECONDS + 3
-        assert client.get("/admin/webhooks", headers=ADMIN).get_json() == {
-            "webhooks": []
-        }
-        again = client.post("/admin/webhooks", json={"url": NOWHERE}, headers=ADMIN)
-        assert again.status_code == 201
+        assert LOCK_TIMEOUT_SECONDS <= waited < LOCK_TIMEOUT_SECONDS + 2
+        assert client.get("/admin/webhooks", headers=ADMIN).get_json() == before
+        again = client.open(
+            path.format(id=webhook["id"]), method=method, json=body, headers=ADMIN
+        )
+        assert again.status_code < 300
     finally:
         service.close()
