@@ -35,7 +35,13 @@ from pocket.catalog import ProjectionCatalog
 from pocket.gate import DatabaseGate
 from pocket.groupcommit import CommitStats
 from pocket.operations import lag_seconds
-from pocket.runner import ROLES, ExpiryThread, PocketRunner, ProjectorThread
+from pocket.runner import (
+    ROLES,
+    ExpiryThread,
+    PocketRunner,
+    ProjectorThread,
+    WebhookThread,
+)
 from pocket.verifications import VerificationLog
 from pocket.walletrecords import PROJECTION
 
@@ -78,6 +84,7 @@ class PocketCollector(Collector):
             self.pocket.hold_counts,
             [t for t in threads if isinstance(t, ExpiryThread)],
         )
+        yield from webhook_metrics([t for t in threads if isinstance(t, WebhookThread)])
         # While the gate is closed the database is known to be down: a scrape
         # must not wait on it.
         if self.gate is None or not self.gate.down.is_set():
@@ -265,6 +272,32 @@ def hold_metrics(
 
 
 HOLD_OUTCOMES = ("placed", "captured", "voided", "expired", "refused")
+
+
+def webhook_metrics(threads: list[WebhookThread]) -> Iterator[Metric]:
+    """This process's webhook follower: its role, and its senders' tries by
+    outcome (while it is active)."""
+    if not threads:
+        return
+    role = GaugeMetricFamily(
+        "pocket_webhook_follower_role",
+        "What this process's webhook follower does: 1 for its role (active: queues "
+        "and sends deliveries; standby), 0 for the other.",
+        labels=["role"],
+    )
+    tries = CounterMetricFamily(
+        "pocket_webhook_deliveries",
+        "Webhook delivery tries this process made, by outcome: delivered (a 2xx), "
+        "failed (to be retried), parked (failed past the retry period).",
+        labels=["outcome"],
+    )
+    for thread in threads:
+        if thread.role is not None:
+            for name in ROLES[:2]:
+                role.add_metric([name], 1 if thread.role == name else 0)
+        for outcome, count in thread.sent.items():
+            tries.add_metric([outcome], count)
+    yield from (role, tries)
 
 
 def registry_for(

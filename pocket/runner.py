@@ -491,6 +491,8 @@ class WebhookThread(FollowerThread):
         super().__init__(projector, *args, **kwargs)
         self.dispatcher: Dispatcher | None = None
         self.settings = WebhookSettings.from_env(projector.env)
+        # Tries by outcome, of every dispatcher this thread ran (for metrics).
+        self.sent: dict[str, int] = {"delivered": 0, "failed": 0, "parked": 0}
 
     def _step(self) -> tuple[float, int]:
         wait, applied = super()._step()
@@ -499,7 +501,9 @@ class WebhookThread(FollowerThread):
             return wait, applied
         replayed = replay_step(self.projector)
         if self.dispatcher is None or not self.dispatcher.is_alive():
-            self.dispatcher = Dispatcher(Database.of(self.projector), self.settings)
+            self.dispatcher = Dispatcher(
+                Database.of(self.projector), self.settings, self.sent
+            )
             self.dispatcher.start()
         if applied or replayed:
             self.dispatcher.wake()

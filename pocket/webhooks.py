@@ -250,7 +250,9 @@ class Dispatcher(threading.Thread):
     """Keeps a sender running for each subscription (in the process whose
     webhook follower is active), and deletes delivered rows past keeping."""
 
-    def __init__(self, db: Database, settings: WebhookSettings) -> None:
+    def __init__(
+        self, db: Database, settings: WebhookSettings, counts: dict[str, int]
+    ) -> None:
         super().__init__(name="pocket-webhooks", daemon=True)
         self.db = db
         self.settings = settings
@@ -258,7 +260,7 @@ class Dispatcher(threading.Thread):
         self.stopping = threading.Event()
         self.woken = threading.Event()
         # Tries by outcome (delivered, failed, parked), for metrics.
-        self.counts: dict[str, int] = {"delivered": 0, "failed": 0, "parked": 0}
+        self.counts = counts
         self.cleaned_at = 0.0
 
     def run(self) -> None:
