@@ -394,7 +394,7 @@ def test_webhook_settings_reach_the_followers_environment() -> None:
             "POCKET_WEBHOOK_TIMEOUT_SECONDS": "2.5",
             "POCKET_WEBHOOK_CONCURRENCY": "8",
         },
-        Path("/tmp"),
+        Path("/nonexistent"),
     )
     webhooks = WebhookSettings.from_env(settings.env)
     assert (webhooks.timeout, webhooks.concurrency) == (2.5, 8)
@@ -412,4 +412,4 @@ def test_webhook_settings_reach_the_followers_environment() -> None:
 )
 def test_a_webhook_setting_pocket_cannot_use_is_refused(key: str, value: str) -> None:
     with pytest.raises(ConfigurationError, match=key):
-        Settings.from_environ({key: value}, Path("/tmp"))
+        Settings.from_environ({key: value}, Path("/nonexistent"))
