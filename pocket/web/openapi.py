@@ -373,7 +373,10 @@ SCHEMAS: dict[str, Schema] = {
         {
             "name": {
                 "type": "string",
-                "description": "The follower: hold_expiry, which records expiries.",
+                "description": (
+                    "The follower: hold_expiry, which records expiries; "
+                    "broker_publisher, which publishes events to the broker."
+                ),
             },
             "position": {
                 "type": "integer",
@@ -400,7 +403,13 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "When the soonest open hold expires (null: none).",
                 "oneOf": [{"type": "string", "format": "date-time"}, {"type": "null"}],
             },
-        }
+            "exchange": {
+                "type": "string",
+                "description": "The broker publisher's exchange (docs/broker.md).",
+            },
+        },
+        # The holds are hold_expiry's; the exchange, broker_publisher's.
+        optional=("open_holds", "due_holds", "next_expiry", "exchange"),
     ),
     "Verification": obj(
         {
