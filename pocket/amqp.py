@@ -28,6 +28,11 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 CONFIRM_TIMEOUT_SECONDS = 10.0
 # A connection the broker blocks (a resource alarm) is dropped after this long.
 BLOCKED_TIMEOUT_SECONDS = 30.0
+# Heartbeats: a connection that falls silent mid-handshake (opening a channel,
+# declaring the exchange) is given up after about two of these.
+HEARTBEAT_SECONDS = 15
+# How long a close waits for the broker's answer before dropping the connection.
+CLOSE_TIMEOUT_SECONDS = 1.0
 
 
 class BrokerUnavailable(Exception):
@@ -174,6 +179,7 @@ class ConfirmedPublisher:
             "stack_timeout": self.connect_timeout,
             "blocked_connection_timeout": BLOCKED_TIMEOUT_SECONDS,
             "connection_attempts": 1,
+            "heartbeat": HEARTBEAT_SECONDS,
         }
         for name, value in defaults.items():
             if name not in given:
@@ -192,12 +198,23 @@ class ConfirmedPublisher:
             self.close()
 
     def close(self) -> None:
-        """Closes the connection, if any; unconfirmed messages are forgotten."""
+        """Closes the connection, if any, within CLOSE_TIMEOUT_SECONDS: one the
+        broker does not answer (gone silent) is dropped. Unconfirmed messages
+        are forgotten."""
         connection, self.connection, self.channel = self.connection, None, None
         self.pending, self.last_tag, self.refused = set(), 0, False
         if connection is None or connection.is_closed:
             return
+        # The blocking connection's close() waits for the broker's answer with
+        # no bound but the heartbeats; its underlying one asks, and is waited
+        # for here, briefly.
+        raw = connection._impl
         try:
-            connection.close()
+            raw.close()
+            deadline = time.monotonic() + CLOSE_TIMEOUT_SECONDS
+            while not raw.is_closed and time.monotonic() < deadline:
+                connection.process_data_events(time_limit=0.05)
         except (pika.exceptions.AMQPError, OSError) as error:
             log.debug("Closing the broker connection: %s", error)
+        if not raw.is_closed:
+            raw._adapter_disconnect_stream()  # Drops the socket, unanswered.
