@@ -31,6 +31,7 @@ from tests.broker import (
     require_broker,
     unique_exchange,
 )
+from tests.proxy import Proxy
 from tools.scratch import free_port
 
 
@@ -225,3 +226,56 @@ def test_a_position_another_publisher_moved_is_refused(
     assert len(received) == 14  # Every event twice, each with its one id.
     assert len({m.message_id for m in received}) == 7
     check_in_order_per_wallet(received)
+
+
+def test_a_broker_that_falls_silent_fails_the_section_within_its_timeout(
+    pocket: Pocket, consumer: Consumer
+) -> None:
+    proxy = Proxy("127.0.0.1", 5672)
+    through = f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F"
+    try:
+        with closing(publisher_of(pocket, POCKET_AMQP_URL=through)) as publisher:
+            publisher.broker.confirm_timeout = 1.0
+            pocket.open_wallet(OpenWallet(user_id="1"))
+            publisher.catch_up(pocket.name)
+            published = publisher.position
+            proxy.partition()  # Nothing crosses, nobody is told.
+            some_events(pocket)
+            started = time.monotonic()
+            with pytest.raises(BrokerUnavailable, match="confirmed none"):
+                publisher.catch_up(pocket.name)
+            assert time.monotonic() - started < 5
+            assert publisher.position == published
+    finally:
+        proxy.close()
+    assert len(consumer.wait_for(1)) >= 1
+
+
+def test_a_broker_that_is_down_stops_nothing_but_the_publisher(
+    settings: Settings,
+) -> None:
+    nowhere = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
+    env = {**settings.env, "POCKET_AMQP_URL": nowhere}
+    runner = PocketRunner(system_for(env), env)
+    runner.start()
+    try:
+        pocket = runner.pocket
+        some_events(pocket)
+        head = pocket.recorder.max_notification_id()
+        (thread,) = [
+            t for t in runner.threads.values() if isinstance(t, PublisherThread)
+        ]
+        others = [f for f in runner.followers if f is not thread.projector]
+        deadline = time.monotonic() + 10
+        while runner.live_position() != head or thread.failed_rounds < 2:
+            assert time.monotonic() < deadline, (runner.live_position(), head)
+            time.sleep(0.05)
+        assert all(f.position == head for f in others if f.name == "hold_expiry")
+        assert thread.projector.position is None
+        assert thread.is_alive()
+        registry = registry_for(runner, open_catalog(pocket))
+        failures = registry.get_sample_value("pocket_broker_failures_total")
+        assert failures is not None
+        assert failures >= 2
+    finally:
+        runner.stop()
