@@ -5,6 +5,7 @@ that every event arrived at least once and, per wallet, in order."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 # The machine's broker: tests create and delete their own exchanges and queues on
 # it, never stop or restart it (the e2e tests start a throwaway one for that).
 MACHINE_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+# CI starts the machine's broker: there, its absence fails the broker tests.
+REQUIRE_RABBITMQ = os.environ.get("POCKET_REQUIRE_RABBITMQ") == "1"
 
 
 def broker_problem(url: str = MACHINE_AMQP_URL) -> str | None:
@@ -30,10 +33,19 @@ def broker_problem(url: str = MACHINE_AMQP_URL) -> str | None:
 
 
 def require_broker(url: str = MACHINE_AMQP_URL) -> None:
-    """Skips when the machine's broker is not there."""
-    problem = broker_problem(url)
-    if problem is not None:
-        pytest.skip(problem)
+    """Skips (or, with POCKET_REQUIRE_RABBITMQ=1, fails) when the machine's
+    broker is not there."""
+    skip_or_fail(broker_problem(url))
+
+
+def skip_or_fail(problem: str | None) -> None:
+    """Nothing without a problem; else a skip, or with POCKET_REQUIRE_RABBITMQ=1
+    a failure."""
+    if problem is None:
+        return
+    if REQUIRE_RABBITMQ:
+        pytest.fail(f"POCKET_REQUIRE_RABBITMQ=1 but {problem}")
+    pytest.skip(problem)
 
 
 def unique_exchange() -> str:

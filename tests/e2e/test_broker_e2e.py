@@ -21,8 +21,12 @@ from pocket.bootstrap import open_pocket
 from pocket.commands import AddMoney, DrawMoney, OpenWallet, Transfer
 from pocket.config import Settings
 from pocket.feed import event_id
-from tests.broker import Consumer, check_in_order_per_wallet, unique_exchange
-from tests.conftest import skip_or_fail
+from tests.broker import (
+    Consumer,
+    check_in_order_per_wallet,
+    skip_or_fail,
+    unique_exchange,
+)
 from tests.e2e.processes import PocketProcess, follow, serve, wait_for
 from tests.rabbitserver import RabbitServer, rabbitmq_problem, throwaway_rabbitmq
 
