@@ -127,7 +127,7 @@ class ConfirmedPublisher:
                     f"within {self.confirm_timeout:g}s"
                 )
                 raise BrokerUnavailable(msg)
-            self.connection.process_data_events(time_limit=min(remaining, 0.05))
+            self.connection.process_data_events(time_limit=min(remaining, 1.0))
             if self.channel is None or not self.channel.is_open:
                 msg = "the broker closed the channel"
                 raise BrokerUnavailable(msg)
@@ -144,6 +144,16 @@ class ConfirmedPublisher:
             self.pending = {t for t in self.pending if t > tag}
         else:
             self.pending.discard(tag)
+        if not self.pending or self.refused:
+            self._wake()
+
+    def _wake(self) -> None:
+        """Ends the wait in process_data_events now. It returns early only for
+        its own events (a timer's, say), not for the underlying channel's
+        callbacks: without this, each batch would wait out its whole time slice
+        (one message at a time, 20 a second)."""
+        if self.connection is not None:
+            self.connection.call_later(0, lambda: None)
 
     def _open(self) -> BlockingChannel:
         """The channel, in confirm mode on the declared exchange (connecting first
@@ -156,16 +166,21 @@ class ConfirmedPublisher:
         channel = self.connection.channel()
         channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
         confirming: list[bool] = []
+
+        def selected(_: object) -> None:
+            confirming.append(True)
+            self._wake()
+
         channel._impl.confirm_delivery(  # The underlying channel: see _publish.
             ack_nack_callback=self._on_confirm,
-            callback=lambda _: confirming.append(True),
+            callback=selected,
         )
         deadline = time.monotonic() + self.connect_timeout
         while not confirming:
             if time.monotonic() > deadline:
                 msg = "the broker did not enter confirm mode in time"
                 raise BrokerUnavailable(msg)
-            self.connection.process_data_events(time_limit=0.05)
+            self.connection.process_data_events(time_limit=0.5)
         self.channel = channel
         log.info("Connected to the broker; publishing to exchange %r", self.exchange)
         return channel
