@@ -9,6 +9,7 @@ publisher (pocket.broker) records its position only after publish() returns.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,11 +63,15 @@ class ConfirmedPublisher:
         *,
         confirm_timeout: float = CONFIRM_TIMEOUT_SECONDS,
         connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        interrupt: threading.Event | None = None,
     ) -> None:
         self.url = url
         self.exchange = exchange
         self.confirm_timeout = confirm_timeout
         self.connect_timeout = connect_timeout
+        # Set: a wait for confirms ends now, unconfirmed (the process stopping:
+        # its batch is sent again by whoever publishes next).
+        self.interrupt = interrupt or threading.Event()
         self.connection: BlockingConnection | None = None
         self.channel: BlockingChannel | None = None
         # Delivery tags published on this channel and not yet confirmed, the
@@ -94,9 +99,10 @@ class ConfirmedPublisher:
     def _publish(self, messages: Sequence[Message]) -> None:
         channel = self._open()
         # The blocking channel waits for each message's confirm in turn, a round
-        # trip each; its underlying channel takes the whole batch and the broker
-        # confirms it in a few frames (measured here: 4,000 against 17,000
-        # persistent messages a second). pika has no public name for it.
+        # trip and a disk flush each; its underlying channel takes the whole
+        # batch and the broker confirms it in a few frames (measured here into a
+        # durable queue: about 1,000 against 10,000 persistent messages a
+        # second). pika has no public name for it.
         raw = channel._impl
         for message in messages:
             raw.basic_publish(
@@ -120,6 +126,9 @@ class ConfirmedPublisher:
         assert self.connection is not None
         deadline = time.monotonic() + self.confirm_timeout
         while self.pending and not self.refused:
+            if self.interrupt.is_set():
+                msg = f"stopped with {len(self.pending)} message(s) unconfirmed"
+                raise BrokerUnavailable(msg)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 msg = (
@@ -127,7 +136,7 @@ class ConfirmedPublisher:
                     f"within {self.confirm_timeout:g}s"
                 )
                 raise BrokerUnavailable(msg)
-            self.connection.process_data_events(time_limit=min(remaining, 1.0))
+            self.connection.process_data_events(time_limit=min(remaining, 0.25))
             if self.channel is None or not self.channel.is_open:
                 msg = "the broker closed the channel"
                 raise BrokerUnavailable(msg)

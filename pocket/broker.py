@@ -85,6 +85,7 @@ class EventPublisher(SectionFollower):
         self.broker = ConfirmedPublisher(
             self.env.get(AMQP_URL_KEY) or "",
             self.env.get(AMQP_EXCHANGE_KEY) or DEFAULT_AMQP_EXCHANGE,
+            interrupt=self.stopping,
         )
         # Each wallet's owner, as its Created event says (oldest first out).
         self.owners: OrderedDict[UUID, int | None] = OrderedDict()

@@ -4,6 +4,7 @@ event published as its feed document, confirmed before the position moves."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -279,3 +280,26 @@ def test_a_broker_that_is_down_stops_nothing_but_the_publisher(
         assert failures >= 2
     finally:
         runner.stop()
+
+
+def test_a_publisher_stopping_leaves_a_wait_for_confirms_at_once(
+    pocket: Pocket, consumer: Consumer
+) -> None:
+    """Stopping does not wait out a silent broker's confirm timeout: the
+    section stays unrecorded, for whoever publishes next."""
+    proxy = Proxy("127.0.0.1", 5672)
+    through = f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F"
+    try:
+        with closing(publisher_of(pocket, POCKET_AMQP_URL=through)) as publisher:
+            pocket.open_wallet(OpenWallet(user_id="1"))
+            publisher.catch_up(pocket.name)
+            proxy.partition()
+            some_events(pocket)
+            threading.Timer(0.3, publisher.stopping.set).start()
+            started = time.monotonic()
+            with pytest.raises(BrokerUnavailable, match="stopped"):
+                publisher.process_section(pocket.name)
+            assert time.monotonic() - started < 3  # Not the 10 s timeout.
+            assert publisher.position == 1
+    finally:
+        proxy.close()
