@@ -23,6 +23,7 @@ from pocket.tokens import TokenCache, hash_token
 from pocket.users import UserStore
 from pocket.verifications import VerificationLog
 from pocket.walletrecords import table_of
+from pocket.webhook_store import create_tables as create_webhook_tables
 
 
 def bootstrap(settings: Settings, *, follow: bool = False) -> PocketService:
@@ -37,6 +38,8 @@ def bootstrap(settings: Settings, *, follow: bool = False) -> PocketService:
         users = UserStore(Database.of(pocket))
         users.create_table()
         VerificationLog(users.db).create_table()
+        with users.db.transaction() as tx:
+            create_webhook_tables(tx)
         admin = settings.admin_token
         service = PocketService(
             settings,

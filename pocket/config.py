@@ -82,7 +82,8 @@ class Settings:
         if timeout:
             commit_timeout(timeout)  # Refused here, in one line, if it is bad.
             store = replace(store, env={**store.env, COMMIT_TIMEOUT_KEY: timeout})
-        store = replace(store, env={**store.env, **broker_env(environ)})
+        extra = {**webhook_env(environ), **broker_env(environ)}
+        store = replace(store, env={**store.env, **extra})
         return replace(
             store,
             read_env=None if reads is None else reads.env,
@@ -412,3 +413,34 @@ def seconds(name: str, value: str) -> float:
         msg = f"{name} must be a number of seconds, 0 or more, not {value!r}"
         raise ConfigurationError(msg)
     return duration
+
+
+# How the webhook follower sends (pocket.webhooks.WebhookSettings reads them from
+# the library's environment, where the followers find them): each a number of
+# seconds but the concurrency, a count of one or more.
+WEBHOOK_SECONDS = (
+    "POCKET_WEBHOOK_TIMEOUT_SECONDS",
+    "POCKET_WEBHOOK_RETRY_SECONDS",
+    "POCKET_WEBHOOK_BACKOFF_CAP_SECONDS",
+    "POCKET_WEBHOOK_KEEP_SECONDS",
+)
+WEBHOOK_CONCURRENCY = "POCKET_WEBHOOK_CONCURRENCY"
+
+
+def webhook_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The POCKET_WEBHOOK_* variables set, checked (refused in one line)."""
+    env: dict[str, str] = {}
+    for key in WEBHOOK_SECONDS:
+        value = environ.get(key, "").strip()
+        if value:
+            if not 0 < seconds(key, value) < math.inf:
+                msg = f"{key} must be more than 0 seconds, not {value!r}"
+                raise ConfigurationError(msg)
+            env[key] = value
+    count = environ.get(WEBHOOK_CONCURRENCY, "").strip()
+    if count:
+        if not count.isdigit() or not 1 <= int(count) <= 64:
+            msg = f"{WEBHOOK_CONCURRENCY} must be from 1 to 64, not {count!r}"
+            raise ConfigurationError(msg)
+        env[WEBHOOK_CONCURRENCY] = count
+    return env

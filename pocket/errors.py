@@ -236,3 +236,15 @@ class RecipientNotFound(UserNotFound):
     def describe(user_id: object) -> str:
         """The message, naming the user the money was for."""
         return f"There is no user {user_id} to send money to."
+
+
+class WebhookNotFound(PocketError, LookupError):
+    """No webhook subscription has this id."""
+
+
+class InvalidWebhook(PocketError, ValueError):
+    """A field of a webhook subscription is not acceptable."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(problem)
+        self.field = field

@@ -41,6 +41,7 @@ from pocket.runner import (
     PocketRunner,
     ProjectorThread,
     PublisherThread,
+    WebhookThread,
 )
 from pocket.verifications import VerificationLog
 from pocket.walletrecords import PROJECTION
@@ -87,6 +88,7 @@ class PocketCollector(Collector):
         yield from publisher_metrics(
             [t for t in threads if isinstance(t, PublisherThread)]
         )
+        yield from webhook_metrics([t for t in threads if isinstance(t, WebhookThread)])
         # While the gate is closed the database is known to be down: a scrape
         # must not wait on it.
         if self.gate is None or not self.gate.down.is_set():
@@ -303,6 +305,32 @@ def publisher_metrics(publishers: list[PublisherThread]) -> Iterator[Metric]:
             for name in ROLES[:2]:
                 role.add_metric([name], 1 if thread.role == name else 0)
     yield from (published, failures, role)
+
+
+def webhook_metrics(threads: list[WebhookThread]) -> Iterator[Metric]:
+    """This process's webhook follower: its role, and its senders' tries by
+    outcome (while it is active)."""
+    if not threads:
+        return
+    role = GaugeMetricFamily(
+        "pocket_webhook_follower_role",
+        "What this process's webhook follower does: 1 for its role (active: queues "
+        "and sends deliveries; standby), 0 for the other.",
+        labels=["role"],
+    )
+    tries = CounterMetricFamily(
+        "pocket_webhook_deliveries",
+        "Webhook delivery tries this process made, by outcome: delivered (a 2xx), "
+        "failed (to be retried), parked (failed past the retry period).",
+        labels=["outcome"],
+    )
+    for thread in threads:
+        if thread.role is not None:
+            for name in ROLES[:2]:
+                role.add_metric([name], 1 if thread.role == name else 0)
+        for outcome, count in thread.sent.items():
+            tries.add_metric([outcome], count)
+    yield from (role, tries)
 
 
 def registry_for(

@@ -42,6 +42,7 @@ from pocket.walletrecords import (
     record_from_row,
     table_of,
 )
+from pocket.webhook_store import DELIVERIES, SUBSCRIPTIONS
 from pocket.writes import format_writes
 
 Out = Callable[[str], None]
@@ -89,6 +90,7 @@ def status(pocket: Pocket) -> dict[str, Any]:
         ],
         "followers": [
             expiry_status(pocket, db, head),
+            webhook_status(pocket, db, head),
             *publisher_status(pocket, db, head),
         ],
     }
@@ -160,6 +162,31 @@ def publisher_status(pocket: Pocket, db: Database, head: int) -> list[dict[str, 
             "exchange": pocket.env.get(AMQP_EXCHANGE_KEY),
         }
     ]
+
+
+def webhook_status(pocket: Pocket, db: Database, head: int) -> dict[str, Any]:
+    """The webhook follower: its position and lag in Pocket's log, whether it
+    runs, and the subscriptions' deliveries pending and parked."""
+    with db.transaction(commit=False) as tx:
+        position = tracked_position(tx, DELIVERIES) or 0
+        subs, pending, parked = 0, 0, 0
+        if tx.has_table(SUBSCRIPTIONS) and tx.has_table(DELIVERIES):
+            (counts,) = tx.execute(
+                f"SELECT (SELECT count(*) FROM {SUBSCRIPTIONS}) AS subs, "
+                "sum(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS pending, "
+                "sum(CASE WHEN status = 'parked' THEN 1 ELSE 0 END) AS parked "
+                f"FROM {DELIVERIES} WHERE status <> 'delivered'"
+            )
+            subs = int(counts["subs"] or 0)
+            pending, parked = int(counts["pending"] or 0), int(counts["parked"] or 0)
+    lock = named_lock(pocket, follower_lock_name(DELIVERIES))
+    return {
+        "name": DELIVERIES,
+        **follower_report(pocket, db, position, head, lock),
+        "subscriptions": subs,
+        "pending_deliveries": pending,
+        "parked_deliveries": parked,
+    }
 
 
 def replication(pocket: Pocket) -> dict[str, Any] | None:
@@ -298,8 +325,8 @@ def who_runs(follower: dict[str, Any]) -> str:
 
 
 def format_follower(f: dict[str, Any]) -> list[str]:
-    """A follower other than the projection's (the hold-expiry one, the broker
-    publisher), for a person."""
+    """A follower other than the projection's (the hold-expiry one, the webhook
+    one, the broker publisher), for a person."""
     who = who_runs(f["follower"])
     lines = [
         f"{f['name']}",
@@ -309,6 +336,12 @@ def format_follower(f: dict[str, Any]) -> list[str]:
     ]
     if "exchange" in f:
         lines.append(f"  exchange       {f['exchange']}")
+    if "subscriptions" in f:
+        lines.append(
+            f"  webhooks       {f['subscriptions']:,} subscription(s), "
+            f"{f['pending_deliveries']:,} deliveries pending, "
+            f"{f['parked_deliveries']:,} parked"
+        )
     if "open_holds" in f:
         lines.append(
             f"  open holds     {f['open_holds']:,}, {f['due_holds']:,} past their "

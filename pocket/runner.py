@@ -49,8 +49,10 @@ from pocket.errors import HoldEnded, HoldNotDue, HoldNotFound, PocketError
 from pocket.expiry import EXPIRY_TICK_SECONDS
 from pocket.locks import ProcessLock, process_lock
 from pocket.postgres_pool import connect_kwargs, refused_as_read_only
-from pocket.system import HoldExpiry, SectionFollower, WalletRecords
+from pocket.system import HoldExpiry, SectionFollower, WalletRecords, WebhookFeed
 from pocket.walletrecords import ProjectionSwitched
+from pocket.webhook_replay import replay_step
+from pocket.webhooks import Dispatcher, WebhookSettings
 
 log = logging.getLogger(__name__)
 # A lock holder checks that it still holds its lock, and that its version is
@@ -138,6 +140,10 @@ class PocketRunner(MultiThreadedRunner[UUID]):
                 )
             elif isinstance(projector, EventPublisher):
                 thread = PublisherThread(
+                    projector, *arguments, leave_server=self.leave_server
+                )
+            elif isinstance(projector, WebhookFeed):
+                thread = WebhookThread(
                     projector, *arguments, leave_server=self.leave_server
                 )
             else:
@@ -506,6 +512,48 @@ class PublisherThread(FollowerThread):
             delay,
         )
         return delay
+
+
+class WebhookThread(FollowerThread):
+    """Runs the webhook follower: queues each section's deliveries and, while it
+    holds the follower's lock, the replays operators ask for, and keeps the
+    senders (pocket.webhooks.Dispatcher) running in this process."""
+
+    projector: WebhookFeed
+
+    def __init__(self, projector: WebhookFeed, *args: Any, **kwargs: Any) -> None:
+        super().__init__(projector, *args, **kwargs)
+        self.dispatcher: Dispatcher | None = None
+        self.settings = WebhookSettings.from_env(projector.env)
+        # Tries by outcome, of every dispatcher this thread ran (for metrics).
+        self.sent: dict[str, int] = {"delivered": 0, "failed": 0, "parked": 0}
+
+    def _step(self) -> tuple[float, int]:
+        wait, applied = super()._step()
+        if self.role != ACTIVE:
+            self.stop_sending()
+            return wait, applied
+        replayed = replay_step(self.projector)
+        if self.dispatcher is None or not self.dispatcher.is_alive():
+            self.dispatcher = Dispatcher(
+                Database.of(self.projector), self.settings, self.sent
+            )
+            self.dispatcher.start()
+        if applied or replayed:
+            self.dispatcher.wake()
+        return (0.0 if replayed else wait), applied
+
+    def stop_sending(self) -> None:
+        """Stops the senders (another process's follower sends now)."""
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+            self.dispatcher = None
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            self.stop_sending()
 
 
 def is_connection_error(error: BaseException) -> bool:

@@ -30,6 +30,7 @@ from pocket.application import Pocket
 from pocket.expiry import EXPIRY, EXPIRY_BATCH, HOLD_EVENTS, DueHold, HoldChanges
 from pocket.expiry_postgres import HoldExpiryPostgresFactory
 from pocket.expiry_sqlite import HoldExpirySQLiteFactory
+from pocket.feed import FeedChanges
 from pocket.postgres_pool import POSTGRES_DEFAULTS
 from pocket.walletrecords import (
     COLUMNS,
@@ -40,6 +41,8 @@ from pocket.walletrecords import (
 )
 from pocket.walletrecords_postgres import WalletRecordsPostgresFactory
 from pocket.walletrecords_sqlite import WalletRecordsSQLiteFactory
+from pocket.webhook_recorders import WebhookPostgresFactory, WebhookSQLiteFactory
+from pocket.webhook_store import DELIVERIES
 
 
 class SectionFollower(ProcessApplication[UUID]):
@@ -247,6 +250,38 @@ class HoldExpiry(SectionFollower):
         return self.recorder.open_count()  # type: ignore[attr-defined,no-any-return]
 
 
+class WebhookFeed(SectionFollower):
+    """The webhook follower: queues a delivery of each wallet event of Pocket's
+    log for each subscription that wants it, and each balance alert, in the
+    transaction that moves its position (exactly once); its runner thread
+    (pocket.runner.WebhookThread) sends them (pocket.webhooks), at least once."""
+
+    name = DELIVERIES
+    topics = tuple(get_topic(cls) for cls in WALLET_EVENTS)
+    changes_class = FeedChanges
+
+    def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
+        """Pocket's factories, with the follower's recorder of the queue."""
+        module = env.get("PERSISTENCE_MODULE")
+        if module == "eventsourcing.postgres":
+            return WebhookPostgresFactory(env)
+        if module == "eventsourcing.sqlite":
+            return WebhookSQLiteFactory(env)
+        return super().construct_factory(env)
+
+    def fold_notification(
+        self,
+        leader_name: str,
+        notification: Notification,
+        processing_event: ProcessingEvent[UUID],
+    ) -> None:
+        """Notes where in the log the event is: its deliveries name it."""
+        batch = processing_event.saved_kwargs.get("batch")
+        if isinstance(batch, Batch) and isinstance(batch.changes, FeedChanges):
+            batch.changes.position = notification.id
+        super().fold_notification(leader_name, notification, processing_event)
+
+
 class WalletRecordsV3(WalletRecords):
     """Version 3: and what open holds reserve, the credit limit, and what the
     wallet may spend (available)."""
@@ -279,11 +314,11 @@ def projector_of(
 
 
 # Pocket leads; every version of the projector follows it (only the live one
-# applies events), and so does the hold-expiry follower. `pocket serve` and
+# applies events), and so do the hold-expiry and webhook followers. `pocket serve` and
 # `pocket follow` run this system.
 PIPES: list[list[type[Application[Any]]]] = [
     [Pocket, projector] for projector in VERSIONS.values()
 ]
-system = System(pipes=[*PIPES, [Pocket, HoldExpiry]])
+system = System(pipes=[*PIPES, [Pocket, HoldExpiry], [Pocket, WebhookFeed]])
 # Pocket alone: `pocket serve --no-follower`, and the operator commands.
 writer = System(pipes=[[Pocket]])

@@ -28,6 +28,7 @@ from pocket.web import (
     observe,
     pages,
     users,
+    webhooks,
 )
 from pocket.web.auth import Access, access
 from pocket.web.errors import MAX_BODY_BYTES
@@ -53,6 +54,7 @@ def create_app(service: PocketService) -> Flask:
         history.bp,
         meta.bp,
         admin.bp,
+        webhooks.bp,
         pages.bp,
     ):
         app.register_blueprint(blueprint)

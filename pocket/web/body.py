@@ -17,6 +17,7 @@ from pocket.errors import (
     InvalidExpiry,
     InvalidLimit,
     InvalidText,
+    InvalidWebhook,
     PocketError,
 )
 from pocket.web.errors import (
@@ -42,7 +43,7 @@ Schema = dict[str, Any]
 UNKNOWN_FIELD = "Unknown field: the server decides it, or it does not exist."
 REQUIRED = "This field is required."
 # What a field's checker raises for a value it refuses.
-FIELD_ERRORS = (InvalidAmount, InvalidText, InvalidExpiry, InvalidLimit)
+FIELD_ERRORS = (InvalidAmount, InvalidText, InvalidExpiry, InvalidLimit, InvalidWebhook)
 
 
 @dataclass(frozen=True)

@@ -223,6 +223,7 @@ ANSWERS = [
     ),
     Answer(errors.InvalidExpiry, UNPROCESSABLE, "invalid_expiry"),
     Answer(errors.InvalidLimit, UNPROCESSABLE, "invalid_limit"),
+    Answer(errors.InvalidWebhook, UNPROCESSABLE, "validation_failed"),
     Answer(errors.InsufficientFunds, HTTPStatus.CONFLICT, "insufficient_funds"),
     Answer(errors.DailyLimitExceeded, HTTPStatus.CONFLICT, "daily_limit_exceeded"),
     Answer(errors.HoldEnded, HTTPStatus.CONFLICT, "hold_ended"),
@@ -246,6 +247,7 @@ ANSWERS = [
     Answer(errors.UserNotFound, HTTPStatus.NOT_FOUND, "user_not_found"),
     Answer(errors.WalletNotFound, HTTPStatus.NOT_FOUND, "wallet_not_found"),
     Answer(errors.HoldNotFound, HTTPStatus.NOT_FOUND, "hold_not_found"),
+    Answer(errors.WebhookNotFound, HTTPStatus.NOT_FOUND, "webhook_not_found"),
     Answer(
         errors.VersionNotFound,
         HTTPStatus.NOT_FOUND,

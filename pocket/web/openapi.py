@@ -20,10 +20,10 @@ from pocket import __version__
 from pocket.web.auth import IDEMPOTENCY_KEY, REQUEST_ID
 from pocket.web.body import Body, Schema
 from pocket.web.errors import catalogue
-from pocket.web.spec import HOLD_ID, JSON, USER_ID, Operation, Param
+from pocket.web.spec import HOLD_ID, JSON, USER_ID, WEBHOOK_ID, Operation, Param
 
 # The path parameters, in the order they come in a path.
-PATH_PARAMS = (USER_ID, HOLD_ID)
+PATH_PARAMS = (USER_ID, HOLD_ID, WEBHOOK_ID)
 
 MONEY_OUT: Schema = {
     "type": "string",
@@ -120,6 +120,55 @@ HOLD: dict[str, Schema] = {
         UUID_STRING, "The transfer a capture for a user made; null otherwise."
     ),
 }
+
+SECONDS: Schema = {"type": "number", "description": "Unix seconds."}
+WEBHOOK: dict[str, Schema] = {
+    "id": UUID_STRING,
+    "url": {"type": "string"},
+    "events": {"type": "array", "items": {"type": "string"}},
+    "user_id": nullable(USER_ID_OUT, "Only this user's wallet; null: every one."),
+    "alert_below": nullable(MONEY_OUT, "The balance.low threshold; null: none."),
+    "description": {"type": "string"},
+    "created_at": SECONDS,
+    "start_position": {"type": "integer", "minimum": 0},
+    "position": {
+        "type": "integer",
+        "minimum": 0,
+        "description": "Every event up to here is delivered or parked.",
+    },
+    "lag": {"type": "integer", "minimum": 0},
+    "pending": {"type": "integer", "minimum": 0},
+    "parked": {"type": "integer", "minimum": 0},
+    "last_delivered_at": nullable(SECONDS, "The last delivery a receiver took."),
+    "last_error": nullable({"type": "string"}, "The last failure, as it was."),
+    "last_error_at": nullable(SECONDS, "When it was."),
+    "replay": nullable(
+        obj(
+            {
+                "after": {"type": "integer", "minimum": 0},
+                "until": {"type": "integer", "minimum": 0},
+            }
+        ),
+        "A replay under way: queued after this position, up to until.",
+    ),
+}
+DELIVERY: Schema = obj(
+    {
+        "id": {"type": "integer"},
+        "event_id": UUID_STRING,
+        "event_type": {"type": "string"},
+        "position": {"type": "integer"},
+        "wallet_id": UUID_STRING,
+        "status": {"enum": ["pending", "delivered", "parked"]},
+        "attempts": {"type": "integer", "minimum": 0},
+        "created_at": SECONDS,
+        "next_attempt_at": nullable(SECONDS, "The next try, while pending."),
+        "last_attempt_at": nullable(SECONDS, "The last try."),
+        "last_error": nullable({"type": "string"}, "Why the last try failed."),
+        "delivered_at": nullable(SECONDS, "When a receiver took it."),
+        "event": {"type": "object", "description": "The body sent."},
+    }
+)
 
 SCHEMAS: dict[str, Schema] = {
     "User": obj(
@@ -289,6 +338,33 @@ SCHEMAS: dict[str, Schema] = {
         {**HOLD, "wallet": {**ref("Wallet"), "description": "The owner's wallet."}}
     ),
     "HoldList": obj({"holds": {"type": "array", "items": ref("Hold")}}),
+    "Webhook": obj(WEBHOOK),
+    "NewWebhook": obj(
+        {
+            "webhook": obj(
+                {
+                    **WEBHOOK,
+                    "secret": {
+                        "type": "string",
+                        "description": "Signs the deliveries; shown only here.",
+                    },
+                }
+            )
+        }
+    ),
+    "WebhookResult": obj({"webhook": ref("Webhook")}),
+    "WebhookList": obj({"webhooks": {"type": "array", "items": ref("Webhook")}}),
+    "DeliveryList": obj({"deliveries": {"type": "array", "items": DELIVERY}}),
+    "WebhookReplayResult": obj(
+        {
+            "replay": obj(
+                {
+                    "after": {"type": "integer", "minimum": 0},
+                    "until": {"type": "integer", "minimum": 0},
+                }
+            )
+        }
+    ),
     "Error": obj(
         {
             "error": obj(
@@ -598,6 +674,13 @@ TAGS = [
         "name": "admin",
         "description": (
             "The operator's (POCKET_ADMIN_TOKEN): users, status, a wallet's limits."
+        ),
+    },
+    {
+        "name": "webhooks",
+        "description": (
+            "The change feed (admin): subscriptions, their deliveries, replays "
+            "(docs/webhooks.md)."
         ),
     },
     {"name": "pages", "description": "The wallet page and the operator console."},

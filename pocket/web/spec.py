@@ -40,6 +40,7 @@ class Param:
 USER_ID = Param("user_id", "path", {"type": "integer", "minimum": 1})
 # One of their holds (a path whose id is no UUID is no route: 404 not_found).
 HOLD_ID = Param("hold_id", "path", {"type": "string", "format": "uuid"})
+WEBHOOK_ID = Param("webhook_id", "path", {"type": "string", "format": "uuid"})
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,211 @@
+"""The webhook follower, on SQLite and PostgreSQL, with a receiver of the test's
+own: every event delivered at least once and in order per wallet, signed;
+failures retried and parked; balance alerts once per crossing; replays."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from uuid import UUID
+
+import pytest
+
+from pocket.commands import AddMoney, DrawMoney, OpenWallet
+from pocket.config import Settings
+from pocket.feed import verify
+from pocket.runner import PocketRunner
+from pocket.system import system
+from pocket.webhook_admin import Webhooks
+from tests.receiver import Receiver, receiver
+
+
+@pytest.fixture
+def hook() -> Iterator[Receiver]:
+    with receiver() as r:
+        yield r
+
+
+@pytest.fixture
+def runner(sql_settings: Settings) -> Iterator[PocketRunner]:
+    env = {
+        **dict(sql_settings.env),
+        "POCKET_WEBHOOK_TIMEOUT_SECONDS": "1",
+        "POCKET_WEBHOOK_BACKOFF_CAP_SECONDS": "0.5",
+    }
+    r = PocketRunner(system, env)
+    r.start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def opened(runner: PocketRunner, user: str = "1") -> UUID:
+    return runner.pocket.open_wallet(OpenWallet(user_id=user))
+
+
+def add(runner: PocketRunner, wallet_id: UUID, amount: str) -> None:
+    runner.pocket.add_money(
+        AddMoney(wallet_id=wallet_id, amount=Decimal(amount), source="bank")
+    )
+
+
+def test_a_subscription_receives_each_event_signed_in_order(
+    runner: PocketRunner, hook: Receiver
+) -> None:
+    webhooks = Webhooks.of(runner.pocket)
+    sub = webhooks.subscribe(hook.url).subscription
+    wallet_id = opened(runner)
+    for amount in ("1.00", "2.00", "3.00"):
+        add(runner, wallet_id, amount)
+    events = hook.wait_for(4)
+    assert [e["type"] for e in events] == ["wallet.opened", *["money.added"] * 3]
+    assert [e["sequence"] for e in events] == [1, 2, 3, 4]
+    assert [e["balance_after"] for e in events[1:]] == ["1.00", "3.00", "6.00"]
+    assert all(e["user_id"] == 1 and e["wallet_id"] == str(wallet_id) for e in events)
+    for request in hook.delivered():
+        header = request.headers["Pocket-Signature"]
+        assert verify(sub.secret, header, request.body, time.time())
+        assert not verify(sub.secret, header, request.body + b" ", time.time())
+        assert request.headers["Pocket-Event-Id"] == request.event["id"]
+
+
+def test_a_receiver_that_fails_or_hangs_for_a_while_gets_every_event_in_order(
+    runner: PocketRunner, hook: Receiver
+) -> None:
+    webhooks = Webhooks.of(runner.pocket)
+    webhooks.subscribe(hook.url, ["money.added"])
+    wallets = [opened(runner, str(n)) for n in (1, 2)]
+    hook.fail_until = time.time() + 1.5
+    for n in range(5):
+        for wallet_id in wallets:
+            add(runner, wallet_id, f"{n + 1}.00")
+    hook.wait_for(10, timeout=30)
+    hook.hang_until = time.time() + 2
+    hook.hang_seconds = 1.5  # Past the 1 s timeout: the sender gives up, retries.
+    for wallet_id in wallets:
+        add(runner, wallet_id, "9.00")
+    events = hook.wait_for(12, timeout=30)
+    assert any(r.status == 500 for r in hook.requests)
+    # A delivery the receiver took while the sender had stopped waiting (its
+    # reply lost) is still pending: it is sent again.
+    deadline = time.monotonic() + 20
+    while webhooks.all()[0].queue.pending:
+        assert time.monotonic() < deadline, "deliveries still pending"
+        time.sleep(0.1)
+    events = hook.events()
+    for wallet_id in wallets:
+        mine = [e for e in events if e["wallet_id"] == str(wallet_id)]
+        first_seen = list(dict.fromkeys(e["sequence"] for e in mine))
+        assert first_seen == sorted(first_seen) == list(range(2, 8))
+    (status,) = webhooks.all()
+    assert (status.queue.pending, status.queue.parked) == (0, 0)
+    assert status.subscription.last_error is not None
+
+
+def test_a_delivery_past_its_retry_period_is_parked_and_the_next_goes_on(
+    sql_settings: Settings, hook: Receiver
+) -> None:
+    env = {
+        **dict(sql_settings.env),
+        "POCKET_WEBHOOK_RETRY_SECONDS": "1",
+        "POCKET_WEBHOOK_BACKOFF_CAP_SECONDS": "0.2",
+    }
+    runner = PocketRunner(system, env)
+    runner.start()
+    try:
+        webhooks = Webhooks.of(runner.pocket)
+        sub = webhooks.subscribe(hook.url, ["money.added"]).subscription
+        wallet_id = opened(runner)
+        hook.fail_until = time.time() + 3
+        add(runner, wallet_id, "1.00")
+        deadline = time.monotonic() + 20
+        while webhooks.status(sub.id).queue.parked < 1:
+            assert time.monotonic() < deadline, "never parked"
+            time.sleep(0.1)
+        (parked,) = webhooks.deliveries_of(sub.id, "parked")
+        assert parked.attempts >= 2
+        assert "HTTP 500" in (parked.last_error or "")
+        time.sleep(max(0.0, hook.fail_until - time.time()))
+        add(runner, wallet_id, "2.00")
+        (event,) = hook.wait_for(1)
+        assert event["amount"] == "2.00"
+        after, until = webhooks.replay(sub.id, parked.position)
+        assert after == parked.position - 1
+        assert until >= parked.position
+        events = hook.wait_for(3, distinct=False)
+        # From the parked one's position on, in the wallet's order.
+        assert [e["amount"] for e in events] == ["2.00", "1.00", "2.00"]
+        assert webhooks.status(sub.id).queue.parked == 0
+    finally:
+        runner.stop()
+
+
+def test_a_balance_alert_fires_once_per_crossing(
+    runner: PocketRunner, hook: Receiver
+) -> None:
+    webhooks = Webhooks.of(runner.pocket)
+    webhooks.subscribe(hook.url, ["balance.low"], alert_below=Decimal("10.00"))
+    wallet_id = opened(runner)
+    add(runner, wallet_id, "50.00")
+
+    def draw(amount: str) -> None:
+        runner.pocket.draw_money(
+            DrawMoney(wallet_id=wallet_id, amount=Decimal(amount), destination="x")
+        )
+
+    draw("45.00")  # 5.00: crosses below.
+    draw("1.00")  # 4.00: still below, no alert.
+    add(runner, wallet_id, "20.00")  # 24.00: back above.
+    draw("20.00")  # 4.00: crosses again.
+    alerts = hook.wait_for(2)
+    time.sleep(1.0)  # Nothing more comes.
+    alerts = hook.events()
+    assert [a["type"] for a in alerts] == ["balance.low", "balance.low"]
+    assert [a["data"]["available_after"] for a in alerts] == ["5.00", "4.00"]
+    assert [a["data"]["available_before"] for a in alerts] == ["50.00", "24.00"]
+    assert all(a["data"]["threshold"] == "10.00" for a in alerts)
+
+
+def test_a_subscription_gets_only_its_types_and_user_from_its_creation_on(
+    runner: PocketRunner, hook: Receiver
+) -> None:
+    before = opened(runner, "1")
+    add(runner, before, "1.00")
+    webhooks = Webhooks.of(runner.pocket)
+    webhooks.subscribe(hook.url, ["money.added", "wallet.closed"], user_id=2)
+    other = opened(runner, "2")
+    add(runner, before, "2.00")
+    add(runner, other, "3.00")
+    (event,) = hook.wait_for(1)
+    time.sleep(0.5)
+    assert [e["amount"] for e in hook.events()] == ["3.00"]
+    assert event["user_id"] == 2
+
+
+def test_a_replay_from_a_position_sends_the_log_again_even_before_the_subscription(
+    runner: PocketRunner, hook: Receiver
+) -> None:
+    wallet_id = opened(runner)
+    add(runner, wallet_id, "1.00")
+    webhooks = Webhooks.of(runner.pocket)
+    sub = webhooks.subscribe(hook.url, ["money.added"]).subscription
+    add(runner, wallet_id, "2.00")
+    hook.wait_for(1)
+    webhooks.replay(sub.id, 1)
+    events = hook.wait_for(3, distinct=False)
+    assert [e["amount"] for e in events] == ["2.00", "1.00", "2.00"]
+    assert events[0]["id"] == events[2]["id"]  # The same event, the same id.
+
+
+def test_deleting_a_subscription_stops_its_deliveries(
+    runner: PocketRunner, hook: Receiver
+) -> None:
+    webhooks = Webhooks.of(runner.pocket)
+    sub = webhooks.subscribe(hook.url).subscription
+    webhooks.unsubscribe(sub.id)
+    opened(runner)
+    time.sleep(1.0)
+    assert hook.requests == []
+    assert webhooks.all() == []
