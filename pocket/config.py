@@ -82,7 +82,8 @@ class Settings:
         if timeout:
             commit_timeout(timeout)  # Refused here, in one line, if it is bad.
             store = replace(store, env={**store.env, COMMIT_TIMEOUT_KEY: timeout})
-        store = replace(store, env={**store.env, **webhook_env(environ)})
+        extra = {**webhook_env(environ), **broker_env(environ)}
+        store = replace(store, env={**store.env, **extra})
         return replace(
             store,
             read_env=None if reads is None else reads.env,
@@ -309,6 +310,36 @@ def whole_seconds(value: str) -> str:
         msg = f"connect_timeout must be a whole number of seconds, not {value!r}"
         raise ConfigurationError(msg)
     return value.strip()
+
+
+# The broker the publisher follower sends every wallet event to (pocket.broker):
+# copied into the library's environment, where the follower reads them.
+DEFAULT_AMQP_EXCHANGE = "pocket.events"
+AMQP_EXCHANGE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,255}")
+
+
+def broker_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """POCKET_AMQP_URL (amqp:// or amqps://) and POCKET_AMQP_EXCHANGE, checked,
+    as the library's environment ({} when no broker is named)."""
+    url = environ.get("POCKET_AMQP_URL", "").strip()
+    if not url:
+        return {}
+    scheme = url.split(":", 1)[0].lower()
+    if scheme not in ("amqp", "amqps") or "://" not in url:
+        raise wrong_scheme(
+            "POCKET_AMQP_URL",
+            url,
+            "amqp:// or amqps://",
+            "amqp://user:password@host:5672/%2F",
+        )
+    exchange = environ.get("POCKET_AMQP_EXCHANGE", "").strip() or DEFAULT_AMQP_EXCHANGE
+    if not AMQP_EXCHANGE_NAME.fullmatch(exchange) or exchange.startswith("amq."):
+        msg = (
+            "POCKET_AMQP_EXCHANGE must be letters, digits, '-', '_', '.' or ':' "
+            f"(at most 255, not starting with amq.), not {exchange!r}"
+        )
+        raise ConfigurationError(msg)
+    return {"POCKET_AMQP_URL": url, "POCKET_AMQP_EXCHANGE": exchange}
 
 
 @dataclass(frozen=True)

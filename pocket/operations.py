@@ -16,6 +16,7 @@ from eventsourcing.postgres import PostgresDatastore
 
 from pocket.application import Pocket
 from pocket.bootstrap import follower_lock, named_lock
+from pocket.broker import AMQP_EXCHANGE_KEY, PUBLISHER, publishes
 from pocket.catalog import ProjectionCatalog, read_live_version, tracked_position
 from pocket.database import Database, Transaction
 from pocket.domainmodel import (
@@ -90,6 +91,7 @@ def status(pocket: Pocket) -> dict[str, Any]:
         "followers": [
             expiry_status(pocket, db, head),
             webhook_status(pocket, db, head),
+            *publisher_status(pocket, db, head),
         ],
     }
 
@@ -143,6 +145,23 @@ def expiry_status(pocket: Pocket, db: Database, head: int) -> dict[str, Any]:
         "due_holds": due,
         "next_expiry": None if soonest is None else soonest.isoformat(),
     }
+
+
+def publisher_status(pocket: Pocket, db: Database, head: int) -> list[dict[str, Any]]:
+    """The broker publisher, when a broker is configured: its position (the
+    last event the broker confirmed), its lag, who runs it, and its exchange."""
+    if not publishes(pocket.env):
+        return []
+    with db.transaction(commit=False) as tx:
+        position = tracked_position(tx, PUBLISHER) or 0
+    lock = named_lock(pocket, follower_lock_name(PUBLISHER))
+    return [
+        {
+            "name": PUBLISHER,
+            **follower_report(pocket, db, position, head, lock),
+            "exchange": pocket.env.get(AMQP_EXCHANGE_KEY),
+        }
+    ]
 
 
 def webhook_status(pocket: Pocket, db: Database, head: int) -> dict[str, Any]:
@@ -306,8 +325,8 @@ def who_runs(follower: dict[str, Any]) -> str:
 
 
 def format_follower(f: dict[str, Any]) -> list[str]:
-    """A follower other than the projection's (the hold-expiry or the webhook
-    one), for a person."""
+    """A follower other than the projection's (the hold-expiry one, the webhook
+    one, the broker publisher), for a person."""
     who = who_runs(f["follower"])
     lines = [
         f"{f['name']}",
@@ -315,17 +334,20 @@ def format_follower(f: dict[str, Any]) -> list[str]:
         f"  lag            {f['lag_events']:,} events, {f['lag_seconds']:.1f} s",
         f"  follower       {who}",
     ]
+    if "exchange" in f:
+        lines.append(f"  exchange       {f['exchange']}")
     if "subscriptions" in f:
         lines.append(
             f"  webhooks       {f['subscriptions']:,} subscription(s), "
             f"{f['pending_deliveries']:,} deliveries pending, "
             f"{f['parked_deliveries']:,} parked"
         )
-        return lines
-    lines.append(
-        f"  open holds     {f['open_holds']:,}, {f['due_holds']:,} past their expiry"
-    )
-    if f["next_expiry"]:
+    if "open_holds" in f:
+        lines.append(
+            f"  open holds     {f['open_holds']:,}, {f['due_holds']:,} past their "
+            "expiry"
+        )
+    if f.get("next_expiry"):
         lines.append(f"  next expiry    {format_moment(f['next_expiry'])}")
     return lines
 

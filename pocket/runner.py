@@ -38,7 +38,9 @@ from eventsourcing.system import (
 )
 from eventsourcing.utils import EnvType
 
+from pocket.amqp import BrokerUnavailable
 from pocket.application import Pocket
+from pocket.broker import EventPublisher
 from pocket.catalog import ProjectionCatalog
 from pocket.commands import ExpireHold, expiry_key
 from pocket.database import Database
@@ -74,6 +76,8 @@ STANDBY_FLOOR_SECONDS = 0.25
 # waits for the lock (another follower holds it), or waits for its version to
 # become live.
 ACTIVE, STANDBY, NOT_LIVE = "active", "standby", "not_live"
+# The longest the broker publisher waits before trying a broker again.
+BROKER_BACKOFF_SECONDS = 10.0
 ROLES = (ACTIVE, STANDBY, NOT_LIVE)
 
 
@@ -133,6 +137,10 @@ class PocketRunner(MultiThreadedRunner[UUID]):
             if isinstance(projector, HoldExpiry):
                 thread = ExpiryThread(
                     projector, *arguments, pocket=pocket, leave_server=self.leave_server
+                )
+            elif isinstance(projector, EventPublisher):
+                thread = PublisherThread(
+                    projector, *arguments, leave_server=self.leave_server
                 )
             elif isinstance(projector, WebhookFeed):
                 thread = WebhookThread(
@@ -478,6 +486,32 @@ class ExpiryThread(FollowerThread):
             expired += 1
         self.expired += expired
         return expired
+
+
+class PublisherThread(FollowerThread):
+    """Runs the broker publisher. A broker that is down, refuses or is slow fails
+    only this thread's rounds: each backs off and starts again from the position,
+    which moved only past what the broker confirmed."""
+
+    projector: EventPublisher
+
+    def _step(self) -> tuple[float, int]:
+        if self.role == ACTIVE:
+            self.projector.broker.keep_alive()  # Its heartbeats, between rounds.
+        return super()._step()
+
+    def _failed(self, error: Exception) -> float:
+        if not isinstance(error, BrokerUnavailable):
+            return super()._failed(error)
+        self.failures += 1
+        self.failed_rounds += 1
+        delay = min(BROKER_BACKOFF_SECONDS, 0.25 * 2.0 ** min(self.failures, 6))
+        log.warning(
+            "Publishing to the broker failed (%s); the position stays, again in %.2fs",
+            error,
+            delay,
+        )
+        return delay
 
 
 class WebhookThread(FollowerThread):

@@ -456,9 +456,10 @@ SCHEMAS: dict[str, Schema] = {
                 "type": "string",
                 "description": (
                     "The follower: hold_expiry, which records expiries (with "
-                    "open_holds, due_holds, next_expiry), or webhook_deliveries, "
+                    "open_holds, due_holds, next_expiry); webhook_deliveries, "
                     "which sends the change feed (with subscriptions, "
-                    "pending_deliveries, parked_deliveries)."
+                    "pending_deliveries, parked_deliveries); broker_publisher, "
+                    "which publishes events to the broker (with exchange)."
                 ),
             },
             "position": {
@@ -501,7 +502,13 @@ SCHEMAS: dict[str, Schema] = {
                 "minimum": 0,
                 "description": "Webhook deliveries given up on (replay them).",
             },
+            "exchange": {
+                "type": "string",
+                "description": "The broker publisher's exchange (docs/broker.md).",
+            },
         },
+        # Each follower's own figures: the holds are hold_expiry's, the
+        # deliveries webhook_deliveries', the exchange broker_publisher's.
         optional=(
             "open_holds",
             "due_holds",
@@ -509,6 +516,7 @@ SCHEMAS: dict[str, Schema] = {
             "subscriptions",
             "pending_deliveries",
             "parked_deliveries",
+            "exchange",
         ),
     ),
     "Verification": obj(

@@ -387,14 +387,14 @@ def test_the_readme_s_summary_agrees_with_the_configuration_table() -> None:
     assert {name: table.get(name) for name in summary} == summary
 
 
-def test_webhook_settings_reach_the_followers_environment() -> None:
+def test_webhook_settings_reach_the_followers_environment(tmp_path: Path) -> None:
     settings = Settings.from_environ(
         {
             "POCKET_DATABASE_URL": "sqlite:///x.db",
             "POCKET_WEBHOOK_TIMEOUT_SECONDS": "2.5",
             "POCKET_WEBHOOK_CONCURRENCY": "8",
         },
-        Path("/nonexistent"),
+        tmp_path,
     )
     webhooks = WebhookSettings.from_env(settings.env)
     assert (webhooks.timeout, webhooks.concurrency) == (2.5, 8)
@@ -410,6 +410,8 @@ def test_webhook_settings_reach_the_followers_environment() -> None:
         ("POCKET_WEBHOOK_CONCURRENCY", "2.5"),
     ],
 )
-def test_a_webhook_setting_pocket_cannot_use_is_refused(key: str, value: str) -> None:
+def test_a_webhook_setting_pocket_cannot_use_is_refused(
+    key: str, value: str, tmp_path: Path
+) -> None:
     with pytest.raises(ConfigurationError, match=key):
-        Settings.from_environ({key: value}, Path("/nonexistent"))
+        Settings.from_environ({key: value}, tmp_path)
