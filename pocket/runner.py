@@ -544,9 +544,13 @@ class WebhookThread(FollowerThread):
         return (0.0 if replayed else wait), applied
 
     def stop_sending(self) -> None:
-        """Stops the senders (another process's follower sends now)."""
+        """Stops the senders (another process's follower sends now, or this one
+        is stopping), and waits for them: a sender still using a connection
+        when the runner closes the applications' pools would crash the process."""
         if self.dispatcher is not None:
             self.dispatcher.stop()
+            # A delivery in flight takes the timeout at most.
+            self.dispatcher.join(self.settings.timeout + 2)
             self.dispatcher = None
 
     def run(self) -> None:

@@ -215,6 +215,8 @@ class SubscriptionSender(threading.Thread):
         """Sends each delivery (at once, up to the concurrency), then records
         each outcome."""
         outcomes = list(self.pool.map(lambda d: self.try_one(sub, d), heads))
+        if self.stopping.is_set():
+            return  # Not recorded: sent again by whoever sends next.
         now = time.time()
         with self.db.transaction() as tx:
             for delivery, outcome in zip(heads, outcomes, strict=True):
