@@ -27,6 +27,7 @@ from pocket.commands import (
     ExpireHold,
     OpenWallet,
     PlaceHold,
+    SetAlertThreshold,
     SetCreditLimit,
     SetDailyLimit,
     Transfer,
@@ -364,6 +365,16 @@ class Pocket(Leader[UUID]):
         """Caps what a wallet spends in a UTC day, or lifts the cap (the admin's)."""
         wallet = wallets.get(command.wallet_id)
         wallet.set_daily_limit(command.daily_limit, command.cause)
+        return wallets.save(WalletInfo.of(wallet))
+
+    @handler
+    def set_alert_threshold(
+        self, command: SetAlertThreshold, wallets: Wallets
+    ) -> WalletInfo:
+        """Asks for balance.low events below a threshold, or for none (the
+        admin's; the change feed sends them: docs/webhooks.md)."""
+        wallet = wallets.get(command.wallet_id)
+        wallet.set_alert_threshold(command.alert_below, command.cause)
         return wallets.save(WalletInfo.of(wallet))
 
     def _open_hold(self, wallet: Wallet, hold_id: UUID, now: datetime) -> HoldInfo:

@@ -9,6 +9,7 @@ import time
 from eventsourcing.persistence import IntegrityError
 
 from pocket.application import Pocket
+from pocket.broker import system_for
 from pocket.catalog import ProjectionCatalog
 from pocket.config import Settings
 from pocket.database import Database
@@ -17,7 +18,7 @@ from pocket.locks import ProcessLock, process_lock
 from pocket.reads import Reads
 from pocket.runner import follower_lock_name, open_runner
 from pocket.service import PocketService
-from pocket.system import system, writer
+from pocket.system import writer
 from pocket.tokens import TokenCache, hash_token
 from pocket.users import UserStore
 from pocket.verifications import VerificationLog
@@ -29,7 +30,9 @@ def bootstrap(settings: Settings, *, follow: bool = False) -> PocketService:
     """The service the API and the CLI use: the system (with the projector's
     followers, or Pocket alone), the users table, the projection catalogue,
     the 503 gate and the token cache; the followers started."""
-    runner = open_runner(system if follow else writer, dict(settings.env))
+    runner = open_runner(
+        system_for(settings.env) if follow else writer, dict(settings.env)
+    )
     try:
         pocket = runner.pocket
         users = UserStore(Database.of(pocket))

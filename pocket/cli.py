@@ -24,6 +24,7 @@ from prometheus_client import start_http_server
 from pocket import __version__, logs
 from pocket.application import Pocket
 from pocket.bootstrap import bootstrap, open_pocket
+from pocket.broker import system_for
 from pocket.catalog import ProjectionCatalog
 from pocket.config import ConfigurationError, LogSettings, Settings
 from pocket.database import Database
@@ -40,7 +41,7 @@ from pocket.preflight import DatabaseDown, DatabaseProblem, check_database, one_
 from pocket.reads import Reads
 from pocket.runner import PocketRunner, open_runner
 from pocket.server import Limits, build_server
-from pocket.system import VERSIONS, system
+from pocket.system import VERSIONS
 from pocket.walletrecords import LATEST_VERSION
 from pocket.web import create_app
 from pocket.writes import commit_waits, writes_report
@@ -314,7 +315,11 @@ def follow(args: argparse.Namespace, settings: Settings) -> int:
     runner = when_database_answers(
         settings,
         lambda: started(
-            open_runner(system, dict(settings.env), batch_size=args.batch_size)
+            open_runner(
+                system_for(settings.env),
+                dict(settings.env),
+                batch_size=args.batch_size,
+            )
         ),
     )
     metrics: WSGIServer | None = None

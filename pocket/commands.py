@@ -242,3 +242,18 @@ class SetDailyLimit(Command):
 
     def fingerprint(self) -> tuple[object, ...]:
         return ("set_daily_limit", self.wallet_id, self.daily_limit)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetAlertThreshold(Command):
+    """Ask for a balance.low event when a wallet's available amount goes below
+    a threshold (None: never)."""
+
+    wallet_id: UUID
+    alert_below: Decimal | None
+
+    def wallet_ids(self) -> tuple[UUID, ...]:
+        return (self.wallet_id,)
+
+    def fingerprint(self) -> tuple[object, ...]:
+        return ("set_alert_threshold", self.wallet_id, self.alert_below)

@@ -82,6 +82,8 @@ class Settings:
         if timeout:
             commit_timeout(timeout)  # Refused here, in one line, if it is bad.
             store = replace(store, env={**store.env, COMMIT_TIMEOUT_KEY: timeout})
+        extra = {**webhook_env(environ), **broker_env(environ)}
+        store = replace(store, env={**store.env, **extra})
         return replace(
             store,
             read_env=None if reads is None else reads.env,
@@ -310,6 +312,36 @@ def whole_seconds(value: str) -> str:
     return value.strip()
 
 
+# The broker the publisher follower sends every wallet event to (pocket.broker):
+# copied into the library's environment, where the follower reads them.
+DEFAULT_AMQP_EXCHANGE = "pocket.events"
+AMQP_EXCHANGE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,255}")
+
+
+def broker_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """POCKET_AMQP_URL (amqp:// or amqps://) and POCKET_AMQP_EXCHANGE, checked,
+    as the library's environment ({} when no broker is named)."""
+    url = environ.get("POCKET_AMQP_URL", "").strip()
+    if not url:
+        return {}
+    scheme = url.split(":", 1)[0].lower()
+    if scheme not in ("amqp", "amqps") or "://" not in url:
+        raise wrong_scheme(
+            "POCKET_AMQP_URL",
+            url,
+            "amqp:// or amqps://",
+            "amqp://user:password@host:5672/%2F",
+        )
+    exchange = environ.get("POCKET_AMQP_EXCHANGE", "").strip() or DEFAULT_AMQP_EXCHANGE
+    if not AMQP_EXCHANGE_NAME.fullmatch(exchange) or exchange.startswith("amq."):
+        msg = (
+            "POCKET_AMQP_EXCHANGE must be letters, digits, '-', '_', '.' or ':' "
+            f"(at most 255, not starting with amq.), not {exchange!r}"
+        )
+        raise ConfigurationError(msg)
+    return {"POCKET_AMQP_URL": url, "POCKET_AMQP_EXCHANGE": exchange}
+
+
 @dataclass(frozen=True)
 class LogSettings:
     """How the commands log: POCKET_LOG_LEVEL and POCKET_LOG_FORMAT."""
@@ -381,3 +413,34 @@ def seconds(name: str, value: str) -> float:
         msg = f"{name} must be a number of seconds, 0 or more, not {value!r}"
         raise ConfigurationError(msg)
     return duration
+
+
+# How the webhook follower sends (pocket.webhooks.WebhookSettings reads them from
+# the library's environment, where the followers find them): each a number of
+# seconds but the concurrency, a count of one or more.
+WEBHOOK_SECONDS = (
+    "POCKET_WEBHOOK_TIMEOUT_SECONDS",
+    "POCKET_WEBHOOK_RETRY_SECONDS",
+    "POCKET_WEBHOOK_BACKOFF_CAP_SECONDS",
+    "POCKET_WEBHOOK_KEEP_SECONDS",
+)
+WEBHOOK_CONCURRENCY = "POCKET_WEBHOOK_CONCURRENCY"
+
+
+def webhook_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The POCKET_WEBHOOK_* variables set, checked (refused in one line)."""
+    env: dict[str, str] = {}
+    for key in WEBHOOK_SECONDS:
+        value = environ.get(key, "").strip()
+        if value:
+            if not 0 < seconds(key, value) < math.inf:
+                msg = f"{key} must be more than 0 seconds, not {value!r}"
+                raise ConfigurationError(msg)
+            env[key] = value
+    count = environ.get(WEBHOOK_CONCURRENCY, "").strip()
+    if count:
+        if not count.isdigit() or not 1 <= int(count) <= 64:
+            msg = f"{WEBHOOK_CONCURRENCY} must be from 1 to 64, not {count!r}"
+            raise ConfigurationError(msg)
+        env[WEBHOOK_CONCURRENCY] = count
+    return env

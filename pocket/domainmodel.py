@@ -79,7 +79,7 @@ class Wallet(Aggregate):
     yet (the hold-expiry follower records it).
     """
 
-    class_version = 3
+    class_version = 4
 
     class Created(Aggregate.Created):
         """The wallet was opened for a user."""
@@ -252,6 +252,17 @@ class Wallet(Aggregate):
         def apply(self, aggregate: Any) -> None:
             cast(Wallet, aggregate).daily_limit = self.daily_limit
 
+    class AlertThresholdSet(Aggregate.Event):
+        """The admin asked to be told (a balance.low event of the change feed)
+        when the available amount goes below alert_below (None: never)."""
+
+        alert_below: Decimal | None
+        actor: str
+        correlation_id: str
+
+        def apply(self, aggregate: Any) -> None:
+            cast(Wallet, aggregate).alert_below = self.alert_below
+
     @event(Created)
     def __init__(
         self, user_id: str, id: UUID, actor: str | None, correlation_id: str | None
@@ -267,6 +278,7 @@ class Wallet(Aggregate):
         self.holds: dict[str, dict[str, Any]] = {}
         self.credit_limit = ZERO
         self.daily_limit: Decimal | None = None
+        self.alert_below: Decimal | None = None
         # What went out on spent_on (a UTC day, ISO): draws, transfers, captures.
         self.spent_on = ""
         self.spent = ZERO
@@ -284,6 +296,11 @@ class Wallet(Aggregate):
         state.update(
             holds={}, credit_limit=ZERO, daily_limit=None, spent_on="", spent=ZERO
         )
+
+    @staticmethod
+    def upcast_v3_v4(state: dict[str, Any]) -> None:
+        """Snapshots taken before balance alerts: no threshold."""
+        state["alert_below"] = None
 
     @classmethod
     def open(cls, user_id: str, wallet_id: UUID, cause: Cause) -> Wallet:
@@ -485,6 +502,19 @@ class Wallet(Aggregate):
         self.trigger_event(
             self.DailyLimitSet,
             daily_limit=daily_limit,
+            actor=cause.actor,
+            correlation_id=cause.correlation_id,
+        )
+
+    def set_alert_threshold(self, alert_below: Decimal | None, cause: Cause) -> None:
+        """Asks for a balance.low event when the available amount goes below
+        alert_below (None: no alert)."""
+        self.check_open()
+        if alert_below is not None:
+            alert_below = check_limit("alert_below", alert_below)
+        self.trigger_event(
+            self.AlertThresholdSet,
+            alert_below=alert_below,
             actor=cause.actor,
             correlation_id=cause.correlation_id,
         )

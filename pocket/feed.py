@@ -41,6 +41,7 @@ FEED_TYPES: dict[type[Any], str] = {
     Wallet.HoldExpired: "hold.expired",
     Wallet.CreditLimitSet: "limit.credit_set",
     Wallet.DailyLimitSet: "limit.daily_set",
+    Wallet.AlertThresholdSet: "limit.alert_set",
 }
 assert set(FEED_TYPES) == set(WALLET_EVENTS), "every wallet event has a feed type"
 # Not a wallet event: the webhook follower's alert that a wallet's available
@@ -78,6 +79,7 @@ def event_data(event: Any) -> dict[str, Any]:
         "held",
         "credit_limit",
         "daily_limit",
+        "alert_below",
     ):
         if not hasattr(event, name):
             continue
@@ -184,6 +186,8 @@ class WalletFigures:
     balance: Decimal = ZERO
     held: Decimal = ZERO
     credit_limit: Decimal = ZERO
+    # The wallet's own balance.low threshold (a subscription may set its own).
+    alert_below: Decimal | None = None
 
     @property
     def available(self) -> Decimal:
@@ -199,6 +203,8 @@ class WalletFigures:
             self.held -= event.amount
         elif isinstance(event, Wallet.CreditLimitSet):
             self.credit_limit = event.credit_limit
+        elif isinstance(event, Wallet.AlertThresholdSet):
+            self.alert_below = event.alert_below
         balance = getattr(event, "balance", None)
         if isinstance(balance, Decimal):
             self.balance = balance

@@ -138,6 +138,7 @@ def wallet_to_record(wallet: WalletInfo) -> dict[str, Any]:
         "held": wallet.held,
         "credit_limit": wallet.credit_limit,
         "daily_limit": wallet.daily_limit,
+        "alert_below": wallet.alert_below,
     }
 
 

@@ -35,7 +35,14 @@ from pocket.catalog import ProjectionCatalog
 from pocket.gate import DatabaseGate
 from pocket.groupcommit import CommitStats
 from pocket.operations import lag_seconds
-from pocket.runner import ROLES, ExpiryThread, PocketRunner, ProjectorThread
+from pocket.runner import (
+    ROLES,
+    ExpiryThread,
+    PocketRunner,
+    ProjectorThread,
+    PublisherThread,
+    WebhookThread,
+)
 from pocket.verifications import VerificationLog
 from pocket.walletrecords import PROJECTION
 
@@ -78,6 +85,10 @@ class PocketCollector(Collector):
             self.pocket.hold_counts,
             [t for t in threads if isinstance(t, ExpiryThread)],
         )
+        yield from publisher_metrics(
+            [t for t in threads if isinstance(t, PublisherThread)]
+        )
+        yield from webhook_metrics([t for t in threads if isinstance(t, WebhookThread)])
         # While the gate is closed the database is known to be down: a scrape
         # must not wait on it.
         if self.gate is None or not self.gate.down.is_set():
@@ -265,6 +276,61 @@ def hold_metrics(
 
 
 HOLD_OUTCOMES = ("placed", "captured", "voided", "expired", "refused")
+
+
+def publisher_metrics(publishers: list[PublisherThread]) -> Iterator[Metric]:
+    """The broker publisher's messages confirmed, failed rounds and role (no
+    samples without POCKET_AMQP_URL, the families all the same)."""
+    published = CounterMetricFamily(
+        "pocket_broker_published",
+        "Wallet events this process published to the broker and the broker "
+        "confirmed (a section sent again after a failure counts again).",
+    )
+    failures = CounterMetricFamily(
+        "pocket_broker_failures",
+        "Rounds of the broker publisher that failed (the broker down, slow to "
+        "confirm, or refusing), each tried again after a pause.",
+    )
+    role = GaugeMetricFamily(
+        "pocket_broker_publisher_role",
+        "What this process's broker publisher does: 1 for its role (active: "
+        "publishes; standby: waits for the active one's lock), 0 for the other.",
+        labels=["role"],
+    )
+    if publishers:
+        published.add_metric([], sum(t.projector.published for t in publishers))
+        failures.add_metric([], sum(t.failed_rounds for t in publishers))
+    for thread in publishers:
+        if thread.role is not None:
+            for name in ROLES[:2]:
+                role.add_metric([name], 1 if thread.role == name else 0)
+    yield from (published, failures, role)
+
+
+def webhook_metrics(threads: list[WebhookThread]) -> Iterator[Metric]:
+    """This process's webhook follower: its role, and its senders' tries by
+    outcome (while it is active)."""
+    if not threads:
+        return
+    role = GaugeMetricFamily(
+        "pocket_webhook_follower_role",
+        "What this process's webhook follower does: 1 for its role (active: queues "
+        "and sends deliveries; standby), 0 for the other.",
+        labels=["role"],
+    )
+    tries = CounterMetricFamily(
+        "pocket_webhook_deliveries",
+        "Webhook delivery tries this process made, by outcome: delivered (a 2xx), "
+        "failed (to be retried), parked (failed past the retry period).",
+        labels=["outcome"],
+    )
+    for thread in threads:
+        if thread.role is not None:
+            for name in ROLES[:2]:
+                role.add_metric([name], 1 if thread.role == name else 0)
+        for outcome, count in thread.sent.items():
+            tries.add_metric([outcome], count)
+    yield from (role, tries)
 
 
 def registry_for(

@@ -16,6 +16,7 @@ from eventsourcing.postgres import PostgresDatastore
 
 from pocket.application import Pocket
 from pocket.bootstrap import follower_lock, named_lock
+from pocket.broker import AMQP_EXCHANGE_KEY, PUBLISHER, publishes
 from pocket.catalog import ProjectionCatalog, read_live_version, tracked_position
 from pocket.database import Database, Transaction
 from pocket.domainmodel import (
@@ -41,6 +42,7 @@ from pocket.walletrecords import (
     record_from_row,
     table_of,
 )
+from pocket.webhook_store import DELIVERIES, SUBSCRIPTIONS
 from pocket.writes import format_writes
 
 Out = Callable[[str], None]
@@ -86,7 +88,11 @@ def status(pocket: Pocket) -> dict[str, Any]:
                 ],
             }
         ],
-        "followers": [expiry_status(pocket, db, head)],
+        "followers": [
+            expiry_status(pocket, db, head),
+            webhook_status(pocket, db, head),
+            *publisher_status(pocket, db, head),
+        ],
     }
 
 
@@ -138,6 +144,48 @@ def expiry_status(pocket: Pocket, db: Database, head: int) -> dict[str, Any]:
         "open_holds": open_holds,
         "due_holds": due,
         "next_expiry": None if soonest is None else soonest.isoformat(),
+    }
+
+
+def publisher_status(pocket: Pocket, db: Database, head: int) -> list[dict[str, Any]]:
+    """The broker publisher, when a broker is configured: its position (the
+    last event the broker confirmed), its lag, who runs it, and its exchange."""
+    if not publishes(pocket.env):
+        return []
+    with db.transaction(commit=False) as tx:
+        position = tracked_position(tx, PUBLISHER) or 0
+    lock = named_lock(pocket, follower_lock_name(PUBLISHER))
+    return [
+        {
+            "name": PUBLISHER,
+            **follower_report(pocket, db, position, head, lock),
+            "exchange": pocket.env.get(AMQP_EXCHANGE_KEY),
+        }
+    ]
+
+
+def webhook_status(pocket: Pocket, db: Database, head: int) -> dict[str, Any]:
+    """The webhook follower: its position and lag in Pocket's log, whether it
+    runs, and the subscriptions' deliveries pending and parked."""
+    with db.transaction(commit=False) as tx:
+        position = tracked_position(tx, DELIVERIES) or 0
+        subs, pending, parked = 0, 0, 0
+        if tx.has_table(SUBSCRIPTIONS) and tx.has_table(DELIVERIES):
+            (counts,) = tx.execute(
+                f"SELECT (SELECT count(*) FROM {SUBSCRIPTIONS}) AS subs, "
+                "sum(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS pending, "
+                "sum(CASE WHEN status = 'parked' THEN 1 ELSE 0 END) AS parked "
+                f"FROM {DELIVERIES} WHERE status <> 'delivered'"
+            )
+            subs = int(counts["subs"] or 0)
+            pending, parked = int(counts["pending"] or 0), int(counts["parked"] or 0)
+    lock = named_lock(pocket, follower_lock_name(DELIVERIES))
+    return {
+        "name": DELIVERIES,
+        **follower_report(pocket, db, position, head, lock),
+        "subscriptions": subs,
+        "pending_deliveries": pending,
+        "parked_deliveries": parked,
     }
 
 
@@ -277,16 +325,29 @@ def who_runs(follower: dict[str, Any]) -> str:
 
 
 def format_follower(f: dict[str, Any]) -> list[str]:
-    """A follower other than the projection's (the hold-expiry one), for a person."""
+    """A follower other than the projection's (the hold-expiry one, the webhook
+    one, the broker publisher), for a person."""
     who = who_runs(f["follower"])
     lines = [
         f"{f['name']}",
         f"  position       {f['position']:,} of {f['head']:,}",
         f"  lag            {f['lag_events']:,} events, {f['lag_seconds']:.1f} s",
         f"  follower       {who}",
-        f"  open holds     {f['open_holds']:,}, {f['due_holds']:,} past their expiry",
     ]
-    if f["next_expiry"]:
+    if "exchange" in f:
+        lines.append(f"  exchange       {f['exchange']}")
+    if "subscriptions" in f:
+        lines.append(
+            f"  webhooks       {f['subscriptions']:,} subscription(s), "
+            f"{f['pending_deliveries']:,} deliveries pending, "
+            f"{f['parked_deliveries']:,} parked"
+        )
+    if "open_holds" in f:
+        lines.append(
+            f"  open holds     {f['open_holds']:,}, {f['due_holds']:,} past their "
+            "expiry"
+        )
+    if f.get("next_expiry"):
         lines.append(f"  next expiry    {format_moment(f['next_expiry'])}")
     return lines
 

@@ -35,6 +35,7 @@ class WalletInfo:
     held: Decimal = ZERO
     credit_limit: Decimal = ZERO
     daily_limit: Decimal | None = None
+    alert_below: Decimal | None = None
     # True when this is the answer an earlier run of the same keyed command gave.
     replayed: bool = field(default=False, compare=False)
 
@@ -57,6 +58,7 @@ class WalletInfo:
             wallet.held(now),
             wallet.credit_limit,
             wallet.daily_limit,
+            wallet.alert_below,
         )
 
 

@@ -38,7 +38,9 @@ from eventsourcing.system import (
 )
 from eventsourcing.utils import EnvType
 
+from pocket.amqp import BrokerUnavailable
 from pocket.application import Pocket
+from pocket.broker import EventPublisher
 from pocket.catalog import ProjectionCatalog
 from pocket.commands import ExpireHold, expiry_key
 from pocket.database import Database
@@ -74,6 +76,8 @@ STANDBY_FLOOR_SECONDS = 0.25
 # waits for the lock (another follower holds it), or waits for its version to
 # become live.
 ACTIVE, STANDBY, NOT_LIVE = "active", "standby", "not_live"
+# The longest the broker publisher waits before trying a broker again.
+BROKER_BACKOFF_SECONDS = 10.0
 ROLES = (ACTIVE, STANDBY, NOT_LIVE)
 
 
@@ -133,6 +137,10 @@ class PocketRunner(MultiThreadedRunner[UUID]):
             if isinstance(projector, HoldExpiry):
                 thread = ExpiryThread(
                     projector, *arguments, pocket=pocket, leave_server=self.leave_server
+                )
+            elif isinstance(projector, EventPublisher):
+                thread = PublisherThread(
+                    projector, *arguments, leave_server=self.leave_server
                 )
             elif isinstance(projector, WebhookFeed):
                 thread = WebhookThread(
@@ -485,6 +493,32 @@ class ExpiryThread(FollowerThread):
         return expired
 
 
+class PublisherThread(FollowerThread):
+    """Runs the broker publisher. A broker that is down, refuses or is slow fails
+    only this thread's rounds: each backs off and starts again from the position,
+    which moved only past what the broker confirmed."""
+
+    projector: EventPublisher
+
+    def _step(self) -> tuple[float, int]:
+        if self.role == ACTIVE:
+            self.projector.broker.keep_alive()  # Its heartbeats, between rounds.
+        return super()._step()
+
+    def _failed(self, error: Exception) -> float:
+        if not isinstance(error, BrokerUnavailable):
+            return super()._failed(error)
+        self.failures += 1
+        self.failed_rounds += 1
+        delay = min(BROKER_BACKOFF_SECONDS, 0.25 * 2.0 ** min(self.failures, 6))
+        log.warning(
+            "Publishing to the broker failed (%s); the position stays, again in %.2fs",
+            error,
+            delay,
+        )
+        return delay
+
+
 class WebhookThread(FollowerThread):
     """Runs the webhook follower: queues each section's deliveries and, while it
     holds the follower's lock, the replays operators ask for, and keeps the
@@ -496,6 +530,8 @@ class WebhookThread(FollowerThread):
         super().__init__(projector, *args, **kwargs)
         self.dispatcher: Dispatcher | None = None
         self.settings = WebhookSettings.from_env(projector.env)
+        # Tries by outcome, of every dispatcher this thread ran (for metrics).
+        self.sent: dict[str, int] = {"delivered": 0, "failed": 0, "parked": 0}
 
     def _step(self) -> tuple[float, int]:
         wait, applied = super()._step()
@@ -504,25 +540,35 @@ class WebhookThread(FollowerThread):
             return wait, applied
         replayed = replay_step(self.projector)
         if self.dispatcher is None or not self.dispatcher.is_alive():
-            self.dispatcher = Dispatcher(Database.of(self.projector), self.settings)
+            self.dispatcher = Dispatcher(
+                Database.of(self.projector), self.settings, self.sent
+            )
             self.dispatcher.start()
         if applied or replayed:
             self.dispatcher.wake()
         return (0.0 if replayed else wait), applied
 
-    def stop_sending(self, *, wait: bool = False) -> None:
-        """Stops the senders (another process's follower sends now); wait: until
-        the tries in hand are done and recorded (at most the timeout)."""
+    def stop_sending(self) -> None:
+        """Stops the senders (another process's follower sends now, or this one
+        is stopping), and waits for them: a sender still using a connection
+        when the runner closes the applications' pools would crash the process."""
         if self.dispatcher is not None:
             self.dispatcher.stop()
-            if wait:
-                self.dispatcher.join(self.settings.timeout + 5)
+            # A delivery in flight takes the timeout at most.
+            self.dispatcher.join(self.settings.timeout + 2)
             self.dispatcher = None
 
     def stand_down(self) -> None:
         # A standby that took the lock at once would send the tries in hand
         # again, as first tries: they are finished and recorded first.
-        self.stop_sending(wait=True)
+        self.stop_sending()
+
+    def join(self, timeout: float | None = None) -> None:
+        # Stopping, it waits for its tries in hand (the webhook timeout at most)
+        # and records them: the runner closes the pools only after that.
+        if timeout is not None:
+            timeout = max(timeout, self.settings.timeout + 5)
+        super().join(timeout)
 
     def run(self) -> None:
         try:

@@ -175,6 +175,7 @@ WALLET_EVENTS = (
     Wallet.HoldExpired,
     Wallet.CreditLimitSet,
     Wallet.DailyLimitSet,
+    Wallet.AlertThresholdSet,
 )
 
 

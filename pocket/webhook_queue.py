@@ -26,6 +26,7 @@ from pocket.feed import (
 from pocket.webhook_store import (
     QueuedRow,
     Subscription,
+    WalletRow,
     enqueue,
     queue_subscriptions,
     requeue,
@@ -57,21 +58,7 @@ def queue_section(tx: Transaction, changes: FeedChanges, now: float) -> int:
         if subs:
             fed = feed_event(position, event, wallet.user_id)
             rows += matches(subs, fed, wallet, before)
-    save_wallet_figures(
-        tx,
-        (
-            (
-                w,
-                (
-                    None if f.user_id is None else str(f.user_id),
-                    f.balance,
-                    f.held,
-                    f.credit_limit,
-                ),
-            )
-            for w, f in figures.items()
-        ),
-    )
+    save_wallet_figures(tx, ((w, as_row(f)) for w, f in figures.items()))
     enqueue(tx, rows, now)
     return len(rows)
 
@@ -93,7 +80,8 @@ def matches(
             continue
         if sub.wants(fed.type):
             rows.append(queued(sub.id, fed))
-        below = sub.alert_below
+        # The subscription's threshold, else the wallet's own.
+        below = sub.alert_below if sub.alert_below is not None else wallet.alert_below
         if below is not None and sub.wants(BALANCE_LOW) and before >= below > after:
             rows.append(queued(sub.id, alert_event(fed, sub.id, below, after, before)))
     return rows
@@ -111,12 +99,24 @@ def queued(subscription_id: UUID, fed: FeedEvent) -> QueuedRow:
     )
 
 
+def as_row(figures: WalletFigures) -> WalletRow:
+    """A wallet's figures as the table keeps them."""
+    user = None if figures.user_id is None else str(figures.user_id)
+    return (
+        user,
+        figures.balance,
+        figures.held,
+        figures.credit_limit,
+        figures.alert_below,
+    )
+
+
 def load_figures(tx: Transaction, wallet_ids: set[UUID]) -> dict[UUID, WalletFigures]:
     """The figures kept of these wallets (a wallet not seen yet has none)."""
     rows = wallet_figures(tx, sorted(wallet_ids))
     return {
-        wallet_id: WalletFigures(user_of(user), balance, held, credit)
-        for wallet_id, (user, balance, held, credit) in rows.items()
+        wallet_id: WalletFigures(user_of(user), balance, held, credit, alert)
+        for wallet_id, (user, balance, held, credit, alert) in rows.items()
     }
 
 

@@ -64,7 +64,7 @@ def webhook_ddl(dialect: Dialect) -> list[str]:
         "(delivered_at) WHERE status = 'delivered'",
         f"CREATE TABLE IF NOT EXISTS {WALLETS} (wallet_id {uuid} PRIMARY KEY, "
         f"user_id text, balance {money} NOT NULL, held {money} NOT NULL, "
-        f"credit_limit {money} NOT NULL)",
+        f"credit_limit {money} NOT NULL, alert_below {money})",
         f"CREATE TABLE IF NOT EXISTS {REPLAYS} (subscription_id {uuid} PRIMARY KEY, "
         "after_position bigint NOT NULL, until_position bigint NOT NULL, "
         f"requested_at {moment} NOT NULL)",
@@ -498,7 +498,7 @@ def advance_replay(
     return tx.rowcount == 1
 
 
-WalletRow = tuple[str | None, Decimal, Decimal, Decimal]
+WalletRow = tuple[str | None, Decimal, Decimal, Decimal, Decimal | None]
 
 
 def wallet_figures(tx: Transaction, wallet_ids: list[UUID]) -> dict[UUID, WalletRow]:
@@ -516,6 +516,7 @@ def wallet_figures(tx: Transaction, wallet_ids: list[UUID]) -> dict[UUID, Wallet
                 as_decimal(row["balance"]),
                 as_decimal(row["held"]),
                 as_decimal(row["credit_limit"]),
+                None if row["alert_below"] is None else as_decimal(row["alert_below"]),
             )
     return found
 
@@ -525,9 +526,10 @@ def save_wallet_figures(
 ) -> None:
     """Records the figures of wallets a section moved."""
     tx.executemany(
-        f"INSERT INTO {WALLETS} (wallet_id, user_id, balance, held, credit_limit) "
-        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (wallet_id) DO UPDATE SET "
-        "user_id = excluded.user_id, balance = excluded.balance, "
-        "held = excluded.held, credit_limit = excluded.credit_limit",
+        f"INSERT INTO {WALLETS} (wallet_id, user_id, balance, held, credit_limit, "
+        "alert_below) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (wallet_id) DO "
+        "UPDATE SET user_id = excluded.user_id, balance = excluded.balance, "
+        "held = excluded.held, credit_limit = excluded.credit_limit, "
+        "alert_below = excluded.alert_below",
         [(wallet_id, *row) for wallet_id, row in figures],
     )

@@ -251,6 +251,10 @@ class SubscriptionSender(threading.Thread):
     def send(self, sub: Subscription, heads: list[Delivery]) -> None:
         """Sends each delivery (at once, up to the concurrency), then records
         each outcome."""
+        # Stopping, the tries made are recorded all the same (the follower
+        # waits for this before the standby may take over, and the runner
+        # before it closes the pools): not recorded, they would be sent again
+        # as first tries.
         outcomes = list(self.pool.map(lambda d: self.try_one(sub, d), heads))
         now = time.time()
         with self.db.transaction() as tx:
@@ -289,7 +293,9 @@ class Dispatcher(threading.Thread):
     """Keeps a sender running for each subscription (in the process whose
     webhook follower is active), and deletes delivered rows past keeping."""
 
-    def __init__(self, db: Database, settings: WebhookSettings) -> None:
+    def __init__(
+        self, db: Database, settings: WebhookSettings, counts: dict[str, int]
+    ) -> None:
         super().__init__(name="pocket-webhooks", daemon=True)
         self.db = db
         self.settings = settings
@@ -297,7 +303,7 @@ class Dispatcher(threading.Thread):
         self.stopping = threading.Event()
         self.woken = threading.Event()
         # Tries by outcome (delivered, failed, parked), for metrics.
-        self.counts: dict[str, int] = {"delivered": 0, "failed": 0, "parked": 0}
+        self.counts = counts
         self.cleaned_at = 0.0
 
     def run(self) -> None:

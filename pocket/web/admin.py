@@ -8,14 +8,14 @@ from eventsourcing.persistence import OperationalError
 from flask import Blueprint, Response, jsonify
 
 from pocket.application import WalletInfo
-from pocket.commands import SetCreditLimit, SetDailyLimit
+from pocket.commands import SetAlertThreshold, SetCreditLimit, SetDailyLimit
 from pocket.errors import InvalidLimit
 from pocket.operations import last_verification, status
 from pocket.service import Account
 from pocket.web.auth import Access, access
 from pocket.web.body import Body, Choice
 from pocket.web.context import cause, service
-from pocket.web.fields import CREDIT_LIMIT, DAILY_LIMIT
+from pocket.web.fields import ALERT_BELOW, CREDIT_LIMIT, DAILY_LIMIT
 from pocket.web.json_views import account_json
 from pocket.web.spec import Operation, documented
 
@@ -23,10 +23,15 @@ bp = Blueprint("admin", __name__)
 LIMITS = Body(
     "Limits",
     choices=(
-        Choice(("credit_limit", "daily_limit"), exclusive=False, kind=InvalidLimit),
+        Choice(
+            ("credit_limit", "daily_limit", "alert_below"),
+            exclusive=False,
+            kind=InvalidLimit,
+        ),
     ),
     credit_limit=CREDIT_LIMIT.optional(),
     daily_limit=DAILY_LIMIT.optional(),
+    alert_below=ALERT_BELOW.optional(),
 )
 
 
@@ -82,7 +87,9 @@ def admin_status() -> Response:
             "(available) may go (0.00: not at all). daily_limit: what it may "
             "spend in a UTC day, open holds included; null lifts it. Each given "
             "is recorded as an event of its own, the admin its actor; one left "
-            "out is left as it is."
+            "out is left as it is. alert_below: a balance.low event of the "
+            "change feed when the available amount goes below it (a "
+            "subscription's own threshold wins); null: none."
         ),
     )
 )
@@ -104,6 +111,14 @@ def set_limits(user_id: int) -> Response:
             SetDailyLimit(
                 wallet_id=user.wallet_id,
                 daily_limit=body["daily_limit"],
+                cause=cause(),
+            )
+        )
+    if "alert_below" in body:
+        wallet = service().pocket.set_alert_threshold(
+            SetAlertThreshold(
+                wallet_id=user.wallet_id,
+                alert_below=body["alert_below"],
                 cause=cause(),
             )
         )

@@ -213,6 +213,14 @@ DAILY_LIMIT = Field(
         "oneOf": [*LIMIT_SCHEMA["oneOf"], {"type": "null"}],
     },
 )
+ALERT_BELOW = Field(
+    daily_limit_value,
+    {
+        **LIMIT_SCHEMA,
+        "description": f"{LIMIT_SCHEMA['description']} null: no balance alert.",
+        "oneOf": [*LIMIT_SCHEMA["oneOf"], {"type": "null"}],
+    },
+)
 EXPIRES_IN = Field(
     seconds_value,
     {

@@ -52,6 +52,7 @@ def wallet_json(wallet: WalletInfo) -> dict[str, Any]:
         "available": money(wallet.available),
         "credit_limit": money(wallet.credit_limit),
         "daily_limit": optional_money(wallet.daily_limit),
+        "alert_below": optional_money(wallet.alert_below),
     }
 
 

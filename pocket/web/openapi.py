@@ -82,6 +82,11 @@ WALLET_SPENDING: dict[str, Schema] = {
         "description": "What it may spend in a UTC day, holds included; null: "
         "no limit.",
     },
+    "alert_below": {
+        "oneOf": [MONEY_OUT, {"type": "null"}],
+        "description": "Below this available amount, the change feed sends a "
+        "balance.low event (docs/webhooks.md); null: none.",
+    },
 }
 HOLD_STATUS: Schema = {"enum": ["open", "captured", "voided", "expired"]}
 COUNTERPARTY: Schema = {
@@ -449,7 +454,13 @@ SCHEMAS: dict[str, Schema] = {
         {
             "name": {
                 "type": "string",
-                "description": "The follower: hold_expiry, which records expiries.",
+                "description": (
+                    "The follower: hold_expiry, which records expiries (with "
+                    "open_holds, due_holds, next_expiry); webhook_deliveries, "
+                    "which sends the change feed (with subscriptions, "
+                    "pending_deliveries, parked_deliveries); broker_publisher, "
+                    "which publishes events to the broker (with exchange)."
+                ),
             },
             "position": {
                 "type": "integer",
@@ -476,7 +487,37 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "When the soonest open hold expires (null: none).",
                 "oneOf": [{"type": "string", "format": "date-time"}, {"type": "null"}],
             },
-        }
+            "subscriptions": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Webhook subscriptions (the webhook follower's).",
+            },
+            "pending_deliveries": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Webhook deliveries waiting to be sent or retried.",
+            },
+            "parked_deliveries": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Webhook deliveries given up on (replay them).",
+            },
+            "exchange": {
+                "type": "string",
+                "description": "The broker publisher's exchange (docs/broker.md).",
+            },
+        },
+        # Each follower's own figures: the holds are hold_expiry's, the
+        # deliveries webhook_deliveries', the exchange broker_publisher's.
+        optional=(
+            "open_holds",
+            "due_holds",
+            "next_expiry",
+            "subscriptions",
+            "pending_deliveries",
+            "parked_deliveries",
+            "exchange",
+        ),
     ),
     "Verification": obj(
         {

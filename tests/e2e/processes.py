@@ -208,9 +208,11 @@ def records(settings: Settings) -> dict[UUID, WalletRecord]:
 
 def leads(process: PocketProcess) -> bool:
     """Whether a process runs every follower of the system now (the live
-    projector's and the hold-expiry one's), not only the first to take its lock."""
+    projector's, the hold-expiry one's and the webhook one's), not only the first
+    to take its lock."""
     log = process.output
     return (
         "Active: this follower applies wallet_records_v" in log
         and "Active: this follower applies hold_expiry" in log
+        and "Active: this follower applies webhook_deliveries" in log
     )

@@ -20,6 +20,8 @@ from tests.e2e.processes import POCKET, serve
 pytestmark = pytest.mark.e2e
 README = Path(__file__).parents[2] / "README.md"
 README_BASE = "http://127.0.0.1:5000"
+# The admin token the session says make run was started with.
+README_ADMIN_TOKEN = "a-long-random-secret-of-yours"
 # All the session may run, beside the shell: what any POSIX system has, and the
 # two tools the README asks for.
 TOOLS = ("curl", "mktemp", "tee", "rm")
@@ -73,7 +75,7 @@ def test_the_readmes_curl_session_works_pasted_in_order(
     shell_path = shutil.which(shell[0])
     assert shell_path is not None, f"{shell[0]} is not installed"
     path = only_the_tools(tmp_path / "bin")
-    server, api = serve(checkout, {})
+    server, api = serve(checkout, {"POCKET_ADMIN_TOKEN": README_ADMIN_TOKEN})
     try:
         before = files_under(checkout)
         script = session_script().replace(README_BASE, api.base_url)
@@ -110,6 +112,11 @@ def test_the_readmes_curl_session_works_pasted_in_order(
     assert balances == ["20.00", "15.00"], out
     for answer in ("internal_error", "not_found", "validation_failed", "Traceback"):
         assert answer not in out + done.stderr
+    # The webhook's first delivery, printed by the session's own receiver.
+    delivered = re.findall(r"^delivered: (\{.*\})$", out, re.M)
+    assert len(delivered) == 1, out
+    assert '"type":"money.added"' in delivered[0]
+    assert '"amount":"1.00","balance_after":"6.00"' in delivered[0]
     assert "wallet_records" in out  # make status
     assert "0 mismatch(es)" in out  # make verify
     # Nothing new in the checkout (no gabriela.json), and the scratch folder gone.

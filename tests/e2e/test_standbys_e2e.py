@@ -72,9 +72,9 @@ def test_status_shows_the_active_follower_and_its_standbys_until_each_is_gone(
         assert f"follower       running (pid {first.process.pid} on " in text
         for pid in pids:
             assert f"standby        pid {pid} on " in text
-        # Said once per follower (the projector's, the hold-expiry one's), not
-        # at every look at the lock.
-        assert second.output.count("Standing by") == 2
+        # Said once per follower (the projector's, the hold-expiry one's, the
+        # webhook one's), not at every look at the lock.
+        assert second.output.count("Standing by") == 3
         assert second.output.count("applies hold_expiry; this one takes over") == 1
 
         third.kill()  # A standby that dies leaves the list, whatever killed it.

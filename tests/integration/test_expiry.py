@@ -205,7 +205,7 @@ def test_status_shows_the_followers_position_lag_and_open_holds(
     expiry.catch_up(pocket.name)
     time.sleep(1.1)
     hold(pocket, wallet_id)  # Not applied yet: the follower lags by one event.
-    (report,) = status(pocket)["followers"]
+    report, _ = status(pocket)["followers"]
     head = pocket.recorder.max_notification_id() or 0
     assert report["name"] == "hold_expiry"
     assert (report["position"], report["head"]) == (head - 1, head)

@@ -11,7 +11,7 @@ from uuid import UUID
 
 import pytest
 
-from pocket.commands import AddMoney, DrawMoney, OpenWallet
+from pocket.commands import AddMoney, DrawMoney, OpenWallet, SetAlertThreshold
 from pocket.config import Settings
 from pocket.feed import verify
 from pocket.runner import PocketRunner
@@ -209,3 +209,25 @@ def test_deleting_a_subscription_stops_its_deliveries(
     time.sleep(1.0)
     assert hook.requests == []
     assert webhooks.all() == []
+
+
+def test_a_wallets_own_threshold_alerts_a_subscription_that_has_none(
+    runner: PocketRunner, hook: Receiver
+) -> None:
+    webhooks = Webhooks.of(runner.pocket)
+    webhooks.subscribe(hook.url, ["balance.low"])
+    own = webhooks.subscribe(hook.url, ["balance.low"], alert_below=Decimal("2.00"))
+    wallet_id = opened(runner)
+    runner.pocket.set_alert_threshold(
+        SetAlertThreshold(wallet_id=wallet_id, alert_below=Decimal("8.00"))
+    )
+    assert runner.pocket.get_wallet(wallet_id).alert_below == Decimal("8.00")
+    add(runner, wallet_id, "10.00")
+    runner.pocket.draw_money(
+        DrawMoney(wallet_id=wallet_id, amount=Decimal("5.00"), destination="x")
+    )  # 5.00: below the wallet's 8.00, not below the subscription's 2.00.
+    (alert,) = hook.wait_for(1)
+    time.sleep(1.0)
+    assert len(hook.events()) == 1
+    assert alert["data"]["threshold"] == "8.00"
+    assert webhooks.status(own.subscription.id).queue.pending == 0

@@ -18,6 +18,7 @@ from pocket.config import (
 from pocket.postgres import PocketPostgresFactory
 from pocket.postgres_pool import connect_kwargs, libpq_options
 from pocket.ratelimit import Rate
+from pocket.webhooks import WebhookSettings
 from tests.docs import README, page, section
 
 
@@ -384,3 +385,33 @@ def test_the_readme_s_summary_agrees_with_the_configuration_table() -> None:
     table = variable_rows(section(page("configuration.md"), "Environment variables"))
     assert "POCKET_DATABASE_URL" in summary
     assert {name: table.get(name) for name in summary} == summary
+
+
+def test_webhook_settings_reach_the_followers_environment(tmp_path: Path) -> None:
+    settings = Settings.from_environ(
+        {
+            "POCKET_DATABASE_URL": "sqlite:///x.db",
+            "POCKET_WEBHOOK_TIMEOUT_SECONDS": "2.5",
+            "POCKET_WEBHOOK_CONCURRENCY": "8",
+        },
+        tmp_path,
+    )
+    webhooks = WebhookSettings.from_env(settings.env)
+    assert (webhooks.timeout, webhooks.concurrency) == (2.5, 8)
+    assert webhooks.retry_for == WebhookSettings.retry_for
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("POCKET_WEBHOOK_TIMEOUT_SECONDS", "0"),
+        ("POCKET_WEBHOOK_RETRY_SECONDS", "soon"),
+        ("POCKET_WEBHOOK_CONCURRENCY", "0"),
+        ("POCKET_WEBHOOK_CONCURRENCY", "2.5"),
+    ],
+)
+def test_a_webhook_setting_pocket_cannot_use_is_refused(
+    key: str, value: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigurationError, match=key):
+        Settings.from_environ({key: value}, tmp_path)

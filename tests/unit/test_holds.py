@@ -513,7 +513,15 @@ def test_a_snapshot_from_before_holds_upcasts_to_no_holds_and_no_limits() -> Non
     state = {
         k: v
         for k, v in snapshot.state.items()
-        if k not in ("holds", "credit_limit", "daily_limit", "spent_on", "spent")
+        if k
+        not in (
+            "holds",
+            "credit_limit",
+            "daily_limit",
+            "spent_on",
+            "spent",
+            "alert_below",
+        )
     }
     state["class_version"] = 2
     old = through_json(dataclasses.replace(snapshot, state=state))
@@ -529,6 +537,19 @@ def test_a_snapshot_from_before_holds_upcasts_to_no_holds_and_no_limits() -> Non
     copy.set_daily_limit(D("40"), CAUSE)
     hold(copy, "40", now=now)
     assert copy.spent_today(now) == D("40.00")
+
+
+def test_a_snapshot_from_before_balance_alerts_upcasts_to_no_threshold() -> None:
+    wallet = new_wallet("100")
+    snapshot = Snapshot.take(wallet)
+    state = {k: v for k, v in snapshot.state.items() if k != "alert_below"}
+    state["class_version"] = 3
+    copy = through_json(dataclasses.replace(snapshot, state=state)).mutate(None)
+    assert isinstance(copy, Wallet)
+    assert copy.alert_below is None
+    assert copy.balance == D("100.00")
+    copy.set_alert_threshold(D("10"), CAUSE)
+    assert copy.alert_below == D("10.00")
 
 
 # Helpers

@@ -56,10 +56,13 @@ def test_the_admin_sees_what_pocket_status_reports(
     assert projection["head"] == service.pocket.recorder.max_notification_id()
     assert projection["lag_events"] == projection["head"] - projection["position"]
     assert projection["lag_seconds"] >= 0
-    (expiry,) = body["followers"]
+    expiry, webhooks = body["followers"]
     assert expiry["name"] == "hold_expiry"
     assert expiry["head"] == projection["head"]
     assert (expiry["open_holds"], expiry["due_holds"]) == (0, 0)
+    assert webhooks["name"] == "webhook_deliveries"
+    assert webhooks["head"] == projection["head"]
+    assert (webhooks["subscriptions"], webhooks["parked_deliveries"]) == (0, 0)
     assert body["verify"] is None
 
 

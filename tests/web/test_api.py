@@ -73,6 +73,7 @@ def test_the_seed_session(client: FlaskClient) -> None:
         "available": "0.00",
         "credit_limit": "0.00",
         "daily_limit": None,
+        "alert_below": None,
     }
     uid = user["id"]
     sign_in(client, body["token"])

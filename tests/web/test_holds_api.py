@@ -772,7 +772,7 @@ def test_bad_limits_are_422_invalid_limit_and_change_nothing(
         assert answer.status_code == 422, body
         error = answer.get_json()["error"]
         assert error["code"] == "invalid_limit", (body, error)
-        assert set(error["fields"]) <= {"credit_limit", "daily_limit"}
+        assert set(error["fields"]) <= {"credit_limit", "daily_limit", "alert_below"}
     unknown = set_limits(client, ann, credit_limit=1, balance=100)
     assert unknown.status_code == 422
     assert error_code(unknown) == "validation_failed"

@@ -302,6 +302,7 @@ def test_holds_and_limits_are_documented_with_their_parameters(app: Flask) -> No
     assert schemas["Limits"]["anyOf"] == [
         {"required": ["credit_limit"]},
         {"required": ["daily_limit"]},
+        {"required": ["alert_below"]},
     ]
     wallet = schemas["Wallet"]["properties"]
     assert {"held", "available", "credit_limit", "daily_limit"} <= set(wallet)

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from pocket.application import Pocket
+from pocket.webhook_admin import Webhooks
 from tools.bench.figures import Results, Sizes
 from tools.bench.http_figures import answered, record, record_cpu
 from tools.bench.servers import (
@@ -21,6 +22,7 @@ from tools.bench.servers import (
     group_cpu_seconds,
     server_process,
 )
+from tools.bench.slow_receiver import DELAY_SECONDS, slow_receiver
 from tools.bench.watch import Projection
 from tools.bench.wrk import Load, drive
 from tools.front import granian_on_socket, nginx_command, nginx_front
@@ -45,6 +47,7 @@ def deployments(
         projection.wait_for(server)
         used = cpu_seconds(server.pid) - before
     record_cpu(results, "http_default_cpu_us", used, answered(loads))
+    loads += with_slow_webhook(pocket, url, script, sizes, results)
     with follower_process(url) as follower, server_process(url) as (port, server):
         projection.wait_for(follower)
         start = projection.position()
@@ -85,4 +88,30 @@ def behind_nginx(
             projection.wait_for(follower)
             used = sum(group_cpu_seconds(group) for group in groups) - before
     record_cpu(results, "http_front_cpu_us", used, answered(loads))
+    return loads
+
+
+def with_slow_webhook(
+    pocket: Pocket, url: str, script: Path, sizes: Sizes, results: Results
+) -> list[Load]:
+    """The default server again, while a subscription to every event waits on a
+    slow receiver (each delivery answered after half a second): its deliveries
+    queue up, and the API must not slow down (docs/webhooks.md)."""
+    webhooks = Webhooks.of(pocket)
+    with slow_receiver() as hook:
+        subscription = webhooks.subscribe(hook).subscription
+        try:
+            with server_process(url, follower=True) as (port, server):
+                Projection(pocket).wait_for(server)
+                loads = record(
+                    results, "http_default_webhook", drive([port], script, sizes)
+                )
+                queued = webhooks.status(subscription.id).queue
+        finally:
+            webhooks.unsubscribe(subscription.id)
+    results.note(
+        f"slow receiver: {queued.pending:,} deliveries still queued as the run "
+        "ended (each answered after "
+        f"{DELAY_SECONDS:g}s)"
+    )
     return loads

@@ -63,6 +63,13 @@ HTTP_ROWS: list[tuple[str, str, str]] = [
     ("http_default_vs_library", "  ratio to the library's shape", "x"),
     ("http_default_cpu_vs_library", "  CPU per request, ratio to the library's", "x"),
     (
+        "http_default_webhook",
+        f"POST add_money, {FEW_USERS} users, pocket serve, a slow webhook receiver",
+        "/s",
+    ),
+    ("http_default_webhook_p99", "  latency p99", "ms"),
+    ("http_webhook_vs_default", "  ratio to no webhook (target >= 0.95x)", "x"),
+    (
         "http_split",
         f"POST add_money, {FEW_USERS} users, --no-follower + pocket follow",
         "/s",

@@ -95,6 +95,7 @@ def ratios(results: Results) -> None:
         "http_default_cpu_vs_library": ("http_default_cpu_us", "http_library_cpu_us"),
         "http_split_vs_library": ("http_split", "http_library"),
         "http_default_vs_split": ("http_default", "http_split"),
+        "http_webhook_vs_default": ("http_default_webhook", "http_default"),
         "http_front_vs_default": ("http_front", "http_default"),
         "http_front_cpu_vs_default": ("http_front_cpu_us", "http_default_cpu_us"),
         "http_two_processes_ratio": ("http_two_processes", "http_add_money_2000"),

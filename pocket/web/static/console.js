@@ -1,10 +1,11 @@
 // The operator console: GET /admin/status (what `pocket status --json` reports:
 // the projection and the hold-expiry follower; the 503 gate, the last `pocket
-// verify`) and GET /users, every 2 seconds, with the admin token this tab keeps
-// in its sessionStorage.
+// verify`), GET /users and the webhooks (webhooks.js), every 2 seconds, with the
+// admin token this tab keeps in its sessionStorage.
 
 import { call, errorOf, NoAnswer } from "./api.js";
 import { handleForm } from "./forms.js";
+import { webhooksPanel } from "./webhooks.js";
 
 const TOKEN = "pocket.admin";
 const EVERY_MS = 2000;
@@ -18,10 +19,18 @@ let latest = 0; // the last refresh started: older ones do not draw over it
 const pages = [null]; // the ?after= cursor of each page of users seen
 let pageIndex = 0;
 
-const SECTIONS = ["projections", "expiry", "users", "verify"]; // greyed while they are not current
+const SECTIONS = ["projections", "expiry", "users", "verify", "webhook-list"]; // greyed while they are not current
 const NUMBER = new Intl.NumberFormat("en-US");
 const TIME = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
 const fmt = (n) => NUMBER.format(n);
+
+const webhooks = webhooksPanel({
+  api: (method, path, options = {}) => call(method, path, { ...options, token }),
+  since: (unixSeconds) => {
+    const iso = new Date(unixSeconds * 1000).toISOString();
+    return `${TIME.format(new Date(iso))} (${ago(iso)})`;
+  },
+});
 
 // Signing in and out
 
@@ -65,6 +74,7 @@ function signOut(message) {
   $("signed-in").hidden = true;
   $("sign-out").hidden = true;
   $("database").textContent = "";
+  webhooks.clear();
   $("signed-out").hidden = false;
   notice(message);
   $("admin-token").focus();
@@ -118,6 +128,7 @@ async function refresh() {
   const now = new Date();
   showStatus(status.data, now);
   showUsers(users.data);
+  await webhooks.load();
 }
 
 function failed(why) {
