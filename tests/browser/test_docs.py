@@ -25,9 +25,18 @@ def test_the_docs_group_the_operations_by_tag_users_first_with_an_icon(
     page.on("response", keep)
     page.reload()
     sections = page.locator(".opblock-tag-section h3.opblock-tag")
-    expect(sections).to_have_count(7)
+    expect(sections).to_have_count(8)
     names = [tag.get_attribute("data-tag") for tag in sections.all()]
-    assert names == ["users", "money", "holds", "history", "admin", "pages", "meta"]
+    assert names == [
+        "users",
+        "money",
+        "holds",
+        "history",
+        "admin",
+        "webhooks",
+        "pages",
+        "meta",
+    ]
     expect(page.locator("h3.opblock-tag[data-tag=default]")).to_have_count(0)
     money = page.locator(".opblock-tag-section").nth(1)
     expect(money.locator(".opblock-summary-path")).to_have_text(
