@@ -19,15 +19,15 @@ from typing import Any, cast
 from uuid import UUID
 
 from eventsourcing.application import LocalNotificationLog, ProcessingEvent
-from eventsourcing.persistence import InfrastructureFactory, Notification, Recording
+from eventsourcing.persistence import Recording
 from eventsourcing.system import System
-from eventsourcing.utils import Environment, get_topic
+from eventsourcing.utils import get_topic
 
 from pocket.amqp import ConfirmedPublisher, Message
 from pocket.application import Pocket
 from pocket.config import DEFAULT_AMQP_EXCHANGE
 from pocket.domainmodel import Wallet
-from pocket.feed import FeedChanges, FeedEvent, feed_event
+from pocket.feed import FeedChanges, FeedEvent, feed_event, user_number
 from pocket.system import SectionFollower, system
 from pocket.walletrecords import WALLET_EVENTS, Batch
 from pocket.walletrecords_postgres import (
@@ -67,9 +67,31 @@ def message_of(document: FeedEvent, timestamp: int) -> Message:
     return Message(document.type, str(document.id), document.encoded(), timestamp)
 
 
-def user_number(user_id: str) -> int | None:
-    """A wallet's owner as the feed names users (the users table's integer ids)."""
-    return int(user_id) if user_id.isascii() and user_id.isdigit() else None
+class PublisherPostgresRecorder(WalletRecordsPostgresRecorder):
+    """The publisher's position on PostgreSQL, moved by compare-and-set (it
+    keeps no rows: what it sends is the broker's)."""
+
+    def _apply(self, curs: Any, changes: Any) -> None:
+        pass
+
+
+class PublisherSQLiteRecorder(WalletRecordsSQLiteRecorder):
+    """The publisher's position on SQLite, moved by compare-and-set."""
+
+    def _apply(self, c: Any, changes: Any) -> None:
+        pass
+
+
+class PublisherPostgresFactory(WalletRecordsPostgresFactory):
+    """Pocket's PostgreSQL factory, whose process recorder is the publisher's."""
+
+    process_recorder_class = PublisherPostgresRecorder
+
+
+class PublisherSQLiteFactory(WalletRecordsSQLiteFactory):
+    """Pocket's SQLite factory, whose process recorder is the publisher's."""
+
+    process_recorder_class = PublisherSQLiteRecorder
 
 
 class EventPublisher(SectionFollower):
@@ -79,6 +101,8 @@ class EventPublisher(SectionFollower):
     name = PUBLISHER
     topics = tuple(get_topic(cls) for cls in WALLET_EVENTS)
     changes_class = FeedChanges
+    postgres_factory = PublisherPostgresFactory
+    sqlite_factory = PublisherSQLiteFactory
 
     def __init__(self, env: Any = None) -> None:
         super().__init__(env)
@@ -91,26 +115,6 @@ class EventPublisher(SectionFollower):
         self.owners: OrderedDict[UUID, int | None] = OrderedDict()
         # Messages this object published and the broker confirmed (for metrics).
         self.published = 0
-
-    def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
-        """Pocket's factories, with a recorder that keeps only the position."""
-        module = env.get("PERSISTENCE_MODULE")
-        if module == "eventsourcing.postgres":
-            return PublisherPostgresFactory(env)
-        if module == "eventsourcing.sqlite":
-            return PublisherSQLiteFactory(env)
-        return super().construct_factory(env)
-
-    def fold_notification(
-        self,
-        leader_name: str,
-        notification: Notification,
-        processing_event: ProcessingEvent[UUID],
-    ) -> None:
-        """Notes where in the log the event is: its document says so."""
-        batch = processing_event.saved_kwargs["batch"]
-        batch.changes.position = notification.id
-        super().fold_notification(leader_name, notification, processing_event)
 
     def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
         """Publishes the section's events and waits for the broker's confirms,
@@ -163,30 +167,3 @@ class EventPublisher(SectionFollower):
         """Closes the broker connection and the database's."""
         self.broker.close()
         super().close()
-
-
-class PublisherPostgresRecorder(WalletRecordsPostgresRecorder):
-    """The publisher's position on PostgreSQL, moved by compare-and-set (it
-    keeps no rows: what it sends is the broker's)."""
-
-    def _apply(self, curs: Any, changes: Any) -> None:
-        pass
-
-
-class PublisherSQLiteRecorder(WalletRecordsSQLiteRecorder):
-    """The publisher's position on SQLite, moved by compare-and-set."""
-
-    def _apply(self, c: Any, changes: Any) -> None:
-        pass
-
-
-class PublisherPostgresFactory(WalletRecordsPostgresFactory):
-    """Pocket's PostgreSQL factory, whose process recorder is the publisher's."""
-
-    process_recorder_class = PublisherPostgresRecorder
-
-
-class PublisherSQLiteFactory(WalletRecordsSQLiteFactory):
-    """Pocket's SQLite factory, whose process recorder is the publisher's."""
-
-    process_recorder_class = PublisherSQLiteRecorder

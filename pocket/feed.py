@@ -58,6 +58,12 @@ def event_id(wallet_id: UUID, version: int, suffix: str = "") -> UUID:
     return uuid5(FEED_NAMESPACE, f"{wallet_id}/{version}{suffix}")
 
 
+def user_number(user_id: str) -> int | None:
+    """A wallet's owner as the feed names users: the users table's integer id
+    (a wallet embedded under another kind of name has none)."""
+    return int(user_id) if user_id.isascii() and user_id.isdigit() else None
+
+
 def money(value: Decimal | None) -> str | None:
     """An amount as the API writes it: two places, as a string."""
     return None if value is None else f"{value:.2f}"

@@ -52,6 +52,13 @@ class SectionFollower(ProcessApplication[UUID]):
     compare-and-set. The projector and the hold-expiry follower are two."""
 
     changes_class: ClassVar[type[Any]]
+    # The factories whose process recorders apply its batches.
+    postgres_factory: ClassVar[type[WalletRecordsPostgresFactory]] = (
+        WalletRecordsPostgresFactory
+    )
+    sqlite_factory: ClassVar[type[WalletRecordsSQLiteFactory]] = (
+        WalletRecordsSQLiteFactory
+    )
     # Notifications applied in one transaction, at most (the library's: 10).
     pull_section_size = 1000
     # One thread uses a projector: it needs few connections.
@@ -79,12 +86,13 @@ class SectionFollower(ProcessApplication[UUID]):
         self.known_position: int | None = None
 
     def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
-        """Pocket's factories: recorders that apply the followers' batches."""
+        """Pocket's factories: recorders that apply the followers' batches (each
+        follower names its own, postgres_factory and sqlite_factory)."""
         module = env.get("PERSISTENCE_MODULE")
         if module == "eventsourcing.postgres":
-            return WalletRecordsPostgresFactory(env)
+            return self.postgres_factory(env)
         if module == "eventsourcing.sqlite":
-            return WalletRecordsSQLiteFactory(env)
+            return self.sqlite_factory(env)
         return super().construct_factory(env)
 
     def policy(
@@ -178,8 +186,12 @@ class SectionFollower(ProcessApplication[UUID]):
         notification: Notification,
         processing_event: ProcessingEvent[UUID],
     ) -> None:
-        """Folds one notification of a section into its batch (the change feed
-        also notes where in the log each event is)."""
+        """Folds one notification of a section into its batch (the change
+        feed's followers also note where in the log each event is: their
+        documents say so)."""
+        batch = processing_event.saved_kwargs.get("batch")
+        if isinstance(batch, Batch) and isinstance(batch.changes, FeedChanges):
+            batch.changes.position = notification.id
         event = self.mappers[leader_name].to_domain_event(notification)
         self.policy(event, processing_event)
 
@@ -227,15 +239,8 @@ class HoldExpiry(SectionFollower):
     name = EXPIRY
     topics = tuple(get_topic(cls) for cls in HOLD_EVENTS)
     changes_class = HoldChanges
-
-    def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
-        """Pocket's factories, with the follower's recorder of open holds."""
-        module = env.get("PERSISTENCE_MODULE")
-        if module == "eventsourcing.postgres":
-            return HoldExpiryPostgresFactory(env)
-        if module == "eventsourcing.sqlite":
-            return HoldExpirySQLiteFactory(env)
-        return super().construct_factory(env)
+    postgres_factory = HoldExpiryPostgresFactory
+    sqlite_factory = HoldExpirySQLiteFactory
 
     def due(self, now: datetime, limit: int = EXPIRY_BATCH) -> list[DueHold]:
         """The open holds whose expiry has come by now, soonest first."""
@@ -259,27 +264,8 @@ class WebhookFeed(SectionFollower):
     name = DELIVERIES
     topics = tuple(get_topic(cls) for cls in WALLET_EVENTS)
     changes_class = FeedChanges
-
-    def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
-        """Pocket's factories, with the follower's recorder of the queue."""
-        module = env.get("PERSISTENCE_MODULE")
-        if module == "eventsourcing.postgres":
-            return WebhookPostgresFactory(env)
-        if module == "eventsourcing.sqlite":
-            return WebhookSQLiteFactory(env)
-        return super().construct_factory(env)
-
-    def fold_notification(
-        self,
-        leader_name: str,
-        notification: Notification,
-        processing_event: ProcessingEvent[UUID],
-    ) -> None:
-        """Notes where in the log the event is: its deliveries name it."""
-        batch = processing_event.saved_kwargs.get("batch")
-        if isinstance(batch, Batch) and isinstance(batch.changes, FeedChanges):
-            batch.changes.position = notification.id
-        super().fold_notification(leader_name, notification, processing_event)
+    postgres_factory = WebhookPostgresFactory
+    sqlite_factory = WebhookSQLiteFactory
 
 
 class WalletRecordsV3(WalletRecords):

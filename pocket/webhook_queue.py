@@ -22,6 +22,7 @@ from pocket.feed import (
     WalletFigures,
     alert_event,
     feed_event,
+    user_number,
 )
 from pocket.webhook_store import (
     QueuedRow,
@@ -35,12 +36,6 @@ from pocket.webhook_store import (
 )
 
 
-def user_of(value: str | None) -> int | None:
-    """A wallet's user as the feed shows it: the users table's integer id (a
-    wallet embedded under another kind of name has none)."""
-    return int(value) if value is not None and value.isdigit() else None
-
-
 def queue_section(tx: Transaction, changes: FeedChanges, now: float) -> int:
     """Queues a section's deliveries and moves the wallets' figures past it;
     returns how many deliveries it queued."""
@@ -52,7 +47,7 @@ def queue_section(tx: Transaction, changes: FeedChanges, now: float) -> int:
     for position, event in changes.events:
         wallet = figures.setdefault(event.originator_id, WalletFigures(None))
         if isinstance(event, Wallet.Created):
-            wallet.user_id = user_of(event.user_id)
+            wallet.user_id = user_number(event.user_id)
         before = wallet.available
         wallet.fold(event)
         if subs:
@@ -115,7 +110,9 @@ def load_figures(tx: Transaction, wallet_ids: set[UUID]) -> dict[UUID, WalletFig
     """The figures kept of these wallets (a wallet not seen yet has none)."""
     rows = wallet_figures(tx, sorted(wallet_ids))
     return {
-        wallet_id: WalletFigures(user_of(user), balance, held, credit, alert)
+        wallet_id: WalletFigures(
+            None if user is None else user_number(user), balance, held, credit, alert
+        )
         for wallet_id, (user, balance, held, credit, alert) in rows.items()
     }
 
@@ -132,7 +129,7 @@ def queue_replay(
     rows: list[QueuedRow] = []
     for position, event in events:
         known = users.get(event.originator_id)
-        user_id = None if known is None else user_of(known[0])
+        user_id = None if known is None or known[0] is None else user_number(known[0])
         if sub.user_id is not None and sub.user_id != user_id:
             continue
         fed = feed_event(position, event, user_id)

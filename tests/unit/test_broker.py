@@ -17,10 +17,10 @@ from pocket.amqp import (
     CONNECT_TIMEOUT_SECONDS,
     ConfirmedPublisher,
 )
-from pocket.broker import PUBLISHER, message_of, publishes, system_for, user_number
+from pocket.broker import PUBLISHER, message_of, publishes, system_for
 from pocket.config import ConfigurationError, Settings
 from pocket.domainmodel import Cause, Wallet
-from pocket.feed import event_id, feed_event
+from pocket.feed import event_id, feed_event, user_number
 from pocket.system import system
 
 
