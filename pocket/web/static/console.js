@@ -25,6 +25,7 @@ const TIME = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle
 const fmt = (n) => NUMBER.format(n);
 
 const webhooks = webhooksPanel({
+  fact,
   api: (method, path, options = {}) => call(method, path, { ...options, token }),
   since: (unixSeconds) => {
     const iso = new Date(unixSeconds * 1000).toISOString();

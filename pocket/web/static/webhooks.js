@@ -14,9 +14,11 @@ const MOST_PARKED = 500; // read to find the first one (the API's largest page)
 
 /**
  * The card. api(method, path, options) calls the API with the admin token;
- * since(unixSeconds) says a moment for a person ("21:40:03 (4 s ago)").
+ * since(unixSeconds) says a moment for a person ("21:40:03 (4 s ago)");
+ * fact(list, key, name, text, className) adds a fact to a list as the rest
+ * of the console shows them.
  */
-export function webhooksPanel({ api, since }) {
+export function webhooksPanel({ api, since, fact }) {
   const items = new Map(); // subscription id -> {item, status}, kept across refreshes (their forms with them)
   let latest = 0; // the last read of the list started: older ones do not draw over it
 
@@ -357,17 +359,6 @@ async function unkeyed(request) {
     if (!(error instanceof NoAnswer)) throw error;
     return unknown(`No answer from the server (${error.message}).`);
   }
-}
-
-function fact(list, key, name, text, className) {
-  const term = document.createElement("dt");
-  term.textContent = name;
-  const value = document.createElement("dd");
-  value.dataset.fact = key;
-  value.textContent = text;
-  if (className) value.className = className;
-  list.append(term, value);
-  return value;
 }
 
 function element(tag, properties = {}, ...children) {
