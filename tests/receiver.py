@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from pocket.config import Settings
+from pocket.runner import PocketRunner
+from pocket.system import system
+
 
 @dataclass(frozen=True)
 class Received:
@@ -113,3 +117,15 @@ def receiver() -> Iterator[Receiver]:
     finally:
         r.server.shutdown()
         r.server.server_close()
+
+
+@contextmanager
+def running(settings: Settings, **webhook_env: str) -> Iterator[PocketRunner]:
+    """Pocket's system running on the settings' store (its webhook follower
+    sending as the POCKET_WEBHOOK_* variables given say), stopped after."""
+    runner = PocketRunner(system, {**dict(settings.env), **webhook_env})
+    runner.start()
+    try:
+        yield runner
+    finally:
+        runner.stop()

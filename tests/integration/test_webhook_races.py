@@ -22,7 +22,6 @@ from pocket.commands import AddMoney, OpenWallet
 from pocket.config import Settings
 from pocket.database import Database, Transaction
 from pocket.runner import PocketRunner
-from pocket.system import system
 from pocket.web import create_app
 from pocket.webhook_admin import Webhooks
 from pocket.webhook_store import (
@@ -40,6 +39,7 @@ from pocket.webhook_store import (
     requeue,
 )
 from tests.e2e.processes import wait_for
+from tests.receiver import running
 from tests.web.test_ledger_api import ADMIN
 from tests.web.test_ledger_api import ADMIN_TOKEN as TOKEN
 
@@ -50,12 +50,8 @@ NOWHERE = "http://127.0.0.1:9/"
 
 @pytest.fixture
 def runner(sql_settings: Settings) -> Iterator[PocketRunner]:
-    r = PocketRunner(system, dict(sql_settings.env))
-    r.start()
-    try:
+    with running(sql_settings) as r:
         yield r
-    finally:
-        r.stop()
 
 
 def test_a_subscription_made_while_events_are_queued_gets_each_one_after_its_start(

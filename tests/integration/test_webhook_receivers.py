@@ -14,10 +14,10 @@ import pytest
 from pocket.commands import OpenWallet
 from pocket.config import Settings
 from pocket.runner import PocketRunner
-from pocket.system import system
 from pocket.webhook_admin import Webhooks
 from pocket.webhooks import Outcome, WebhookSettings, post
 from tests.e2e.processes import wait_for
+from tests.receiver import running
 from tests.rogue_receiver import (
     Answer,
     answering,
@@ -31,17 +31,12 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 @pytest.fixture
 def runner(sql_settings: Settings) -> Iterator[PocketRunner]:
-    env = {
-        **dict(sql_settings.env),
-        "POCKET_WEBHOOK_TIMEOUT_SECONDS": "1",
-        "POCKET_WEBHOOK_BACKOFF_CAP_SECONDS": "0.2",
-    }
-    r = PocketRunner(system, env)
-    r.start()
-    try:
+    with running(
+        sql_settings,
+        POCKET_WEBHOOK_TIMEOUT_SECONDS="1",
+        POCKET_WEBHOOK_BACKOFF_CAP_SECONDS="0.2",
+    ) as r:
         yield r
-    finally:
-        r.stop()
 
 
 @pytest.mark.parametrize("answer", [endless_continues, trickled_headers])

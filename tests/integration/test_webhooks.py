@@ -15,9 +15,8 @@ from pocket.commands import AddMoney, DrawMoney, OpenWallet, SetAlertThreshold
 from pocket.config import Settings
 from pocket.feed import verify
 from pocket.runner import PocketRunner
-from pocket.system import system
 from pocket.webhook_admin import Webhooks
-from tests.receiver import Receiver, receiver
+from tests.receiver import Receiver, receiver, running
 
 
 @pytest.fixture
@@ -28,17 +27,12 @@ def hook() -> Iterator[Receiver]:
 
 @pytest.fixture
 def runner(sql_settings: Settings) -> Iterator[PocketRunner]:
-    env = {
-        **dict(sql_settings.env),
-        "POCKET_WEBHOOK_TIMEOUT_SECONDS": "1",
-        "POCKET_WEBHOOK_BACKOFF_CAP_SECONDS": "0.5",
-    }
-    r = PocketRunner(system, env)
-    r.start()
-    try:
+    with running(
+        sql_settings,
+        POCKET_WEBHOOK_TIMEOUT_SECONDS="1",
+        POCKET_WEBHOOK_BACKOFF_CAP_SECONDS="0.5",
+    ) as r:
         yield r
-    finally:
-        r.stop()
 
 
 def opened(runner: PocketRunner, user: str = "1") -> UUID:
@@ -107,14 +101,11 @@ def test_a_receiver_that_fails_or_hangs_for_a_while_gets_every_event_in_order(
 def test_a_delivery_past_its_retry_period_is_parked_and_the_next_goes_on(
     sql_settings: Settings, hook: Receiver
 ) -> None:
-    env = {
-        **dict(sql_settings.env),
-        "POCKET_WEBHOOK_RETRY_SECONDS": "1",
-        "POCKET_WEBHOOK_BACKOFF_CAP_SECONDS": "0.2",
-    }
-    runner = PocketRunner(system, env)
-    runner.start()
-    try:
+    with running(
+        sql_settings,
+        POCKET_WEBHOOK_RETRY_SECONDS="1",
+        POCKET_WEBHOOK_BACKOFF_CAP_SECONDS="0.2",
+    ) as runner:
         webhooks = Webhooks.of(runner.pocket)
         sub = webhooks.subscribe(hook.url, ["money.added"]).subscription
         wallet_id = opened(runner)
@@ -138,8 +129,6 @@ def test_a_delivery_past_its_retry_period_is_parked_and_the_next_goes_on(
         # From the parked one's position on, in the wallet's order.
         assert [e["amount"] for e in events] == ["2.00", "1.00", "2.00"]
         assert webhooks.status(sub.id).queue.parked == 0
-    finally:
-        runner.stop()
 
 
 def test_a_balance_alert_fires_once_per_crossing(
