@@ -446,8 +446,9 @@ class ExpiryThread(FollowerThread):
         wait, applied = super()._step()
         if self.role != ACTIVE:
             return wait, applied
-        if applied:
-            return 0.0, applied  # Up to date first: its holds may have ended.
+        # The catch-up ended at the log's head as it stood, so the table of open
+        # holds is up to date: expiries are sent after every round, applied or
+        # not (under writes that never pause, every round applies some events).
         self.expire_due()
         soonest = self.projector.next_expiry()
         if soonest is not None:

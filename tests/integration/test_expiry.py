@@ -150,6 +150,41 @@ def test_a_running_system_expires_holds_within_the_bound(
         runner.stop()
 
 
+def test_holds_expire_on_time_while_writes_never_stop(
+    sql_settings: Settings,
+) -> None:
+    """Under writes that never pause, every round of the expiry follower applies
+    some events: it must still record the expiries that come due."""
+    runner = PocketRunner(system, dict(sql_settings.env))
+    runner.start()
+    stop = threading.Event()
+    try:
+        pocket = runner.pocket
+        wallet_id = funded_wallet(pocket)
+        busy = funded_wallet(pocket)
+
+        def write() -> None:
+            while not stop.is_set():
+                pocket.add_money(
+                    AddMoney(wallet_id=busy, amount=Decimal("0.01"), source="x")
+                )
+                stop.wait(0.02)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        hold_id = hold(pocket, wallet_id, seconds=1)
+        expires_at = pocket.hold(wallet_id, hold_id).expires_at.timestamp()
+        deadline = expires_at + EXPIRY_BOUND_SECONDS
+        while not endings(pocket, wallet_id, hold_id) and time.time() < deadline:
+            time.sleep(0.05)
+        assert writer.is_alive()  # The writes never paused meanwhile.
+        assert endings(pocket, wallet_id, hold_id), "not expired within the bound"
+    finally:
+        stop.set()
+        writer.join()
+        runner.stop()
+
+
 def test_followers_racing_to_expire_record_each_expiry_once(
     sql_settings: Settings,
 ) -> None:
