@@ -267,6 +267,13 @@ class WebhookFeed(SectionFollower):
     postgres_factory = WebhookPostgresFactory
     sqlite_factory = WebhookSQLiteFactory
 
+    @property
+    def subscribed(self) -> bool:
+        """Whether the last section with events found a subscription (so far as
+        this process saw; True until then): its runner thread gathers longer
+        while none exists."""
+        return bool(getattr(self.recorder, "subscribed", True))
+
 
 class WalletRecordsV3(WalletRecords):
     """Version 3: and what open holds reserve, the credit limit, and what the

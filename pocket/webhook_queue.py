@@ -36,11 +36,14 @@ from pocket.webhook_store import (
 )
 
 
-def queue_section(tx: Transaction, changes: FeedChanges, now: float) -> int:
+def queue_section(
+    tx: Transaction, changes: FeedChanges, now: float, subscribed: bool = True
+) -> bool:
     """Queues a section's deliveries and moves the wallets' figures past it;
-    returns how many deliveries it queued."""
+    returns whether any subscription exists (subscribed, what was last known,
+    for a section without wallet events)."""
     if not changes.events:
-        return 0
+        return subscribed
     subs = queue_subscriptions(tx)
     figures = load_figures(tx, {event.originator_id for _, event in changes.events})
     rows: list[QueuedRow] = []
@@ -55,7 +58,7 @@ def queue_section(tx: Transaction, changes: FeedChanges, now: float) -> int:
             rows += matches(subs, fed, wallet, before)
     save_wallet_figures(tx, ((w, as_row(f)) for w, f in figures.items()))
     enqueue(tx, rows, now)
-    return len(rows)
+    return bool(subs)
 
 
 def matches(

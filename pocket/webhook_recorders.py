@@ -32,17 +32,22 @@ class WebhookPostgresRecorder(WalletRecordsPostgresRecorder):
 
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
+        self.subscribed = True
         self.sql_create_statements.extend(
             SQL(s).format() for s in webhook_ddl("postgres")
         )
 
     def _apply(self, curs: Cursor[DictRow], changes: Any) -> None:
         assert isinstance(changes, FeedChanges)
-        queue_section(Transaction(curs, "postgres"), changes, time.time())
+        self.subscribed = queue_section(
+            Transaction(curs, "postgres"), changes, time.time(), self.subscribed
+        )
 
 
 class WebhookSQLiteRecorder(WalletRecordsSQLiteRecorder):
     """The follower's tracking position and the webhooks' tables."""
+
+    subscribed = True
 
     def construct_create_table_statements(self) -> list[str]:
         return [*super().construct_create_table_statements(), *webhook_ddl("sqlite")]
@@ -50,7 +55,9 @@ class WebhookSQLiteRecorder(WalletRecordsSQLiteRecorder):
     def _apply(self, c: SQLiteCursor, changes: Any) -> None:
         assert isinstance(changes, FeedChanges)
         cursor = getattr(c, "sqlite_cursor", c)
-        queue_section(Transaction(cursor, "sqlite"), changes, time.time())
+        self.subscribed = queue_section(
+            Transaction(cursor, "sqlite"), changes, time.time(), self.subscribed
+        )
 
 
 class WebhookPostgresFactory(WalletRecordsPostgresFactory):

@@ -14,7 +14,13 @@ import pytest
 from pocket.commands import AddMoney, DrawMoney, OpenWallet, SetAlertThreshold
 from pocket.config import Settings
 from pocket.feed import verify
-from pocket.runner import PocketRunner
+from pocket.runner import (
+    GATHER_SECONDS,
+    LONG_GATHER_SECONDS,
+    PocketRunner,
+    WebhookThread,
+)
+from pocket.system import WebhookFeed
 from pocket.webhook_admin import Webhooks
 from tests.receiver import Receiver, receiver, running
 
@@ -220,3 +226,24 @@ def test_a_wallets_own_threshold_alerts_a_subscription_that_has_none(
     assert len(hook.events()) == 1
     assert alert["data"]["threshold"] == "8.00"
     assert webhooks.status(own.subscription.id).queue.pending == 0
+
+
+def test_with_no_subscription_the_follower_gathers_longer_and_misses_nothing(
+    runner: PocketRunner, hook: Receiver
+) -> None:
+    (thread,) = [t for t in runner.threads.values() if isinstance(t, WebhookThread)]
+    feed = runner.get(WebhookFeed)
+    wallet_id = opened(runner)
+    add(runner, wallet_id, "5.00")
+    head = runner.pocket.recorder.max_notification_id()
+    feed.recorder.wait(runner.pocket.name, head, timeout=10)
+    assert not feed.subscribed
+    assert thread.gathering() == LONG_GATHER_SECONDS
+    webhooks = Webhooks.of(runner.pocket)
+    webhooks.subscribe(hook.url)
+    for amount in ("1.00", "2.00"):  # Into a long gathering: queued after it.
+        add(runner, wallet_id, amount)
+    events = hook.wait_for(2)
+    assert [e["balance_after"] for e in events] == ["6.00", "8.00"]
+    assert feed.subscribed
+    assert thread.gathering() == GATHER_SECONDS
