@@ -30,6 +30,7 @@ MAY_BE_ZERO = {
     "follow_live_lag_ms",
     "follow_live_cpu_us",
     "follow_live_cpu_ratio",
+    "follow_live_vs_projection",
     "http_split_follow_cpu_us",
     "http_front_cpu_us",
     "http_front_cpu_vs_default",

@@ -18,6 +18,7 @@ from pocket.bootstrap import open_catalog, open_pocket
 from pocket.config import Settings
 from pocket.domainmodel import Cause, Wallet
 from pocket.migration import open_builder
+from pocket.system import HoldExpiry, WebhookFeed
 from tools.bench.figures import Results, Sizes, rate
 
 
@@ -58,6 +59,24 @@ def projection(pocket: Pocket, sizes: Sizes, results: Results) -> None:
         applied = max(batched.notifications_applied, 1)
         results.add("catchup_cpu_us", used / applied * 1e6)
     catalog.drop(spare)
+    results.add(
+        "followers_catchup_cpu_us", results.figures["catchup_cpu_us"] + others(pocket)
+    )
+
+
+def others(pocket: Pocket) -> float:
+    """The CPU per event of the other followers `pocket follow` runs (hold
+    expiry, webhooks) catching up, summed: they are behind by what the
+    benchmark wrote since the live follower's run (none subscribed)."""
+    total = 0.0
+    for follower_class in (HoldExpiry, WebhookFeed):
+        follower = follower_class(env={**dict(pocket.env), "CREATE_TABLE": "yes"})
+        follower.follow(pocket.name, pocket.notification_log)
+        with closing(follower):
+            cpu = time.process_time()
+            applied = follower.catch_up(pocket.name)
+            total += (time.process_time() - cpu) / max(applied, 1) * 1e6
+    return total
 
 
 def rebuild(url: str, results: Results) -> None:

@@ -137,6 +137,11 @@ ROWS: list[tuple[str, str, str]] = [
     ("catchup_ratio", "  ratio to one transaction per event", "x"),
     ("catchup_cpu_us", "  CPU per event, batched", "us"),
     (
+        "followers_catchup_cpu_us",
+        "  CPU per event, every follower pocket follow runs, batched",
+        "us",
+    ),
+    (
         "follow_live_cpu_us",
         f"pocket follow live, {LIVE_RATE} commands/s: CPU per event (<= 100)",
         "us",
@@ -144,7 +149,12 @@ ROWS: list[tuple[str, str, str]] = [
     ("follow_live_rate", "  commands a second, achieved", "/s"),
     ("follow_live_lag_events", "  lag, most seen in 50 ms samples: events", "ev"),
     ("follow_live_lag_ms", "  lag, most seen: oldest unapplied event's age", "ms"),
-    ("follow_live_cpu_ratio", "  ratio to catch-up CPU per event (target <= 3)", "x"),
+    (
+        "follow_live_cpu_ratio",
+        "  ratio to the same followers' catch-up (target <= 3)",
+        "x",
+    ),
+    ("follow_live_vs_projection", "  ratio to the projection's catch-up alone", "x"),
     ("rebuild", "pocket migrate rebuild", "ev/s"),
     ("rebuild_peak_mb", "  peak memory of the pocket migrate process", "MB"),
     ("latency_small", "one command, 10-event wallet, new process", "ms"),

@@ -102,7 +102,8 @@ def ratios(results: Results) -> None:
         "http_two_routed_ratio": ("http_two_routed", "http_add_money_2000"),
         "http_granian_ratio": ("http_granian", "http_add_money"),
         "catchup_ratio": ("catchup", "catchup_per_event"),
-        "follow_live_cpu_ratio": ("follow_live_cpu_us", "catchup_cpu_us"),
+        "follow_live_cpu_ratio": ("follow_live_cpu_us", "followers_catchup_cpu_us"),
+        "follow_live_vs_projection": ("follow_live_cpu_us", "catchup_cpu_us"),
         "latency_ratio": ("latency_large", "latency_small"),
         "page_ratio": ("page_end", "page_start"),
     }
