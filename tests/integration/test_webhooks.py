@@ -4,6 +4,7 @@ failures retried and parked; balance alerts once per crossing; replays."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -13,6 +14,7 @@ import pytest
 
 from pocket.commands import AddMoney, DrawMoney, OpenWallet, SetAlertThreshold
 from pocket.config import Settings
+from pocket.database import Database
 from pocket.feed import verify
 from pocket.runner import (
     GATHER_SECONDS,
@@ -22,7 +24,9 @@ from pocket.runner import (
 )
 from pocket.system import WebhookFeed
 from pocket.webhook_admin import Webhooks
+from pocket.webhook_store import DELIVERIES
 from tests.receiver import Receiver, receiver, running
+from tools.scratch import free_port
 
 
 @pytest.fixture
@@ -247,3 +251,51 @@ def test_with_no_subscription_the_follower_gathers_longer_and_misses_nothing(
     assert [e["balance_after"] for e in events] == ["6.00", "8.00"]
     assert feed.subscribed
     assert thread.gathering() == GATHER_SECONDS
+
+
+def test_many_subscriptions_failing_at_once_leave_the_follower_its_connections(
+    postgres_settings: Settings, hook: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hundred subscriptions whose receiver refuses every connection, each
+    retried every 50 ms, and one whose receiver answers. The senders share the
+    follower's small pool (1 + 2 overflow) but hold a connection only for a
+    query, never across a try: the answering subscription gets every event in
+    order, and neither the follower nor a sender ever waits out the pool's
+    timeout (which it would log)."""
+    caplog.set_level(logging.WARNING)
+    with running(
+        postgres_settings,
+        POCKET_WEBHOOK_TIMEOUT_SECONDS="1",
+        POCKET_WEBHOOK_BACKOFF_CAP_SECONDS="0.05",
+    ) as runner:
+        webhooks = Webhooks.of(runner.pocket)
+        dead = f"http://127.0.0.1:{free_port()}/"
+        for _ in range(100):
+            webhooks.subscribe(dead, events=["money.added"])
+        webhooks.subscribe(hook.url, events=["money.added"])
+        wallets = [opened(runner, str(n)) for n in range(4)]
+        for _ in range(10):
+            for wallet_id in wallets:
+                add(runner, wallet_id, "1.00")
+        events = hook.wait_for(40)
+        assert len({e["id"] for e in events}) == 40
+        for wallet_id in wallets:
+            mine = [
+                e["balance_after"] for e in events if e["wallet_id"] == str(wallet_id)
+            ]
+            assert mine == [f"{n}.00" for n in range(1, 11)]
+        feed = runner.get(WebhookFeed)
+        head = runner.pocket.recorder.max_notification_id()
+        feed.recorder.wait(runner.pocket.name, head, timeout=10)
+        time.sleep(2)  # The dead subscriptions' retries go on meanwhile.
+        with Database.of(feed).transaction(commit=False) as tx:
+            tried = tx.execute(
+                f"SELECT count(*) AS n FROM {DELIVERIES} WHERE attempts > 2"
+            )
+        # Each wallet's first delivery to each dead receiver, tried again and
+        # again (the ones after it wait their turn: in order per wallet).
+        assert tried[0]["n"] == 100 * len(wallets)
+    complaints = [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+    ]
+    assert complaints == []
