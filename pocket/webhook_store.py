@@ -296,29 +296,51 @@ def requeue_alerts(
     )
 
 
+# Each wallet's earliest pending delivery of a subscription: the only one of the
+# wallet's that may be sent (in order per wallet). Found wallet by wallet through
+# the pending index, a probe or two for each wallet with deliveries waiting
+# however deep its backlog (a skip scan: SQLite and PostgreSQL lack one of their
+# own). A NOT EXISTS per pending row instead was quadratic in a wallet's
+# backlog: 14 s a round for 100,000 deliveries over 10 wallets on PostgreSQL.
+HEADS = (
+    "WITH RECURSIVE waiting(wallet_id) AS ("
+    f"SELECT (SELECT wallet_id FROM {DELIVERIES} WHERE subscription_id = %s "
+    "AND status = 'pending' ORDER BY wallet_id LIMIT 1) "
+    "UNION ALL "
+    f"SELECT (SELECT e.wallet_id FROM {DELIVERIES} e WHERE e.subscription_id = %s "
+    "AND e.status = 'pending' AND e.wallet_id > waiting.wallet_id "
+    "ORDER BY e.wallet_id LIMIT 1) "
+    "FROM waiting WHERE waiting.wallet_id IS NOT NULL"
+    "), heads AS ("
+    f"SELECT d.* FROM waiting JOIN {DELIVERIES} d ON d.id = ("
+    f"SELECT h.id FROM {DELIVERIES} h WHERE h.subscription_id = %s "
+    "AND h.status = 'pending' AND h.wallet_id = waiting.wallet_id "
+    "ORDER BY h.position, h.id LIMIT 1)) "
+)
+
+
 def due_heads(
     tx: Transaction, subscription_id: UUID, now: float, limit: int
 ) -> list[Delivery]:
     """The deliveries to send now: each wallet's earliest pending one, if its
-    time has come (a later one waits for it: in order per wallet)."""
+    time has come (a later one waits for it: in order per wallet), earliest in
+    the log first."""
     rows = tx.execute(
-        f"SELECT d.* FROM {DELIVERIES} d WHERE d.subscription_id = %s "
-        "AND d.status = 'pending' AND d.next_attempt_at <= %s AND NOT EXISTS ("
-        f"SELECT 1 FROM {DELIVERIES} e WHERE e.subscription_id = d.subscription_id "
-        "AND e.wallet_id = d.wallet_id AND e.status = 'pending' "
-        "AND (e.position < d.position OR (e.position = d.position AND e.id < d.id))"
-        ") ORDER BY d.position, d.id LIMIT %s",
-        [subscription_id, now, limit],
+        HEADS + "SELECT * FROM heads WHERE next_attempt_at <= %s "
+        "ORDER BY position, id LIMIT %s",
+        [subscription_id] * 3 + [now, limit],
     )
     return [Delivery.from_row(row) for row in rows]
 
 
 def next_attempt(tx: Transaction, subscription_id: UUID) -> float | None:
-    """When the subscription's soonest pending delivery may be tried."""
+    """When the subscription's soonest sendable delivery may be tried: that of
+    a wallet's earliest pending one (a later one, though queued due, waits for
+    it; counting those, a sender whose receiver fails would look again at once,
+    and again, for as long as the backlog lasts)."""
     rows = tx.execute(
-        f"SELECT min(next_attempt_at) AS soonest FROM {DELIVERIES} "
-        "WHERE subscription_id = %s AND status = 'pending'",
-        [subscription_id],
+        HEADS + "SELECT min(next_attempt_at) AS soonest FROM heads",
+        [subscription_id] * 3,
     )
     soonest = rows[0]["soonest"] if rows else None
     return None if soonest is None else float(soonest)

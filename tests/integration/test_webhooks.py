@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -24,7 +25,7 @@ from pocket.runner import (
 )
 from pocket.system import WebhookFeed
 from pocket.webhook_admin import Webhooks
-from pocket.webhook_store import DELIVERIES
+from pocket.webhook_store import DELIVERIES, due_heads
 from tests.receiver import Receiver, receiver, running
 from tools.scratch import free_port
 
@@ -299,3 +300,32 @@ def test_many_subscriptions_failing_at_once_leave_the_follower_its_connections(
         r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
     ]
     assert complaints == []
+
+
+def test_a_sender_whose_receiver_fails_waits_for_the_retry_behind_a_backlog(
+    sql_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wallet's first delivery fails and waits for its retry; the ones queued
+    behind it are due by their own time but wait their turn. The sender sleeps
+    until the retry, where it looked again at once, tens of thousands of times
+    a second (counted here through the query each round starts with)."""
+    rounds = 0
+    real = due_heads
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal rounds
+        rounds += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("pocket.webhooks.due_heads", counted)
+    with running(sql_settings, POCKET_WEBHOOK_BACKOFF_CAP_SECONDS="5") as runner:
+        Webhooks.of(runner.pocket).subscribe(f"http://127.0.0.1:{free_port()}/")
+        wallet_id = opened(runner)
+        for amount in ("1.00", "2.00", "3.00"):
+            add(runner, wallet_id, amount)
+        time.sleep(1.5)  # The first try failed; the rest are queued behind it.
+        before = rounds
+        time.sleep(3)
+        during = rounds - before
+    # About one round a second (a retry, the sender's own 1 s look).
+    assert 0 < during < 30
