@@ -221,8 +221,8 @@ class FollowerThread(MultiThreadedRunnerThread[UUID]):
     backs off and tries again after any failure."""
 
     # How long to let pass after a round that applied events (a test may set
-    # an instance's gather).
-    gather_seconds = GATHER_SECONDS
+    # an instance's).
+    gather = GATHER_SECONDS
 
     def __init__(
         self,
@@ -248,7 +248,6 @@ class FollowerThread(MultiThreadedRunnerThread[UUID]):
         self.failed_rounds = 0
         # When (monotonic) the lock and the live version were last checked.
         self.checked_at = -math.inf
-        self.gather = self.gather_seconds
 
     def stop(self) -> None:
         """Stops after the transaction in hand."""
@@ -448,7 +447,7 @@ class ExpiryThread(FollowerThread):
     however many send it)."""
 
     projector: HoldExpiry
-    gather_seconds = LONG_GATHER_SECONDS
+    gather = LONG_GATHER_SECONDS
 
     def __init__(
         self, projector: HoldExpiry, *args: Any, pocket: Pocket, **kwargs: Any

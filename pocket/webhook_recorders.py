@@ -27,37 +27,39 @@ from pocket.webhook_queue import queue_section
 from pocket.webhook_store import webhook_ddl
 
 
-class WebhookPostgresRecorder(WalletRecordsPostgresRecorder):
+class QueuesSections:
+    """What both recorders do with a section's changes in its transaction."""
+
+    # Whether the last section with wallet events found a subscription (True
+    # until one is read): the follower's thread gathers longer while none does.
+    subscribed = True
+
+    def queue(self, tx: Transaction, changes: Any) -> None:
+        assert isinstance(changes, FeedChanges)
+        self.subscribed = queue_section(tx, changes, time.time(), self.subscribed)
+
+
+class WebhookPostgresRecorder(QueuesSections, WalletRecordsPostgresRecorder):
     """The follower's tracking position and the webhooks' tables."""
 
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
-        self.subscribed = True
         self.sql_create_statements.extend(
             SQL(s).format() for s in webhook_ddl("postgres")
         )
 
     def _apply(self, curs: Cursor[DictRow], changes: Any) -> None:
-        assert isinstance(changes, FeedChanges)
-        self.subscribed = queue_section(
-            Transaction(curs, "postgres"), changes, time.time(), self.subscribed
-        )
+        self.queue(Transaction(curs, "postgres"), changes)
 
 
-class WebhookSQLiteRecorder(WalletRecordsSQLiteRecorder):
+class WebhookSQLiteRecorder(QueuesSections, WalletRecordsSQLiteRecorder):
     """The follower's tracking position and the webhooks' tables."""
-
-    subscribed = True
 
     def construct_create_table_statements(self) -> list[str]:
         return [*super().construct_create_table_statements(), *webhook_ddl("sqlite")]
 
     def _apply(self, c: SQLiteCursor, changes: Any) -> None:
-        assert isinstance(changes, FeedChanges)
-        cursor = getattr(c, "sqlite_cursor", c)
-        self.subscribed = queue_section(
-            Transaction(cursor, "sqlite"), changes, time.time(), self.subscribed
-        )
+        self.queue(Transaction(getattr(c, "sqlite_cursor", c), "sqlite"), changes)
 
 
 class WebhookPostgresFactory(WalletRecordsPostgresFactory):

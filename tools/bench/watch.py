@@ -57,7 +57,7 @@ class Projection:
         """How far the other followers a `pocket follow` runs (hold expiry,
         webhooks) have come, the one behind: a measurement that starts before
         they catch up counts their catch-up as live work."""
-        with self.catalog.db.transaction() as tx:
+        with self.catalog.db.transaction(commit=False) as tx:
             return min(tracked_position(tx, name) or 0 for name in (EXPIRY, DELIVERIES))
 
     @staticmethod
